@@ -1,0 +1,177 @@
+//! The HTTP API of Hybrid Live (`shared/API.md`): axum routes that turn requests into
+//! commands on `commands::WriteSide`, authentication, and the operations endpoints.
+//!
+//! Layering (DESIGN §2): thin — parse, authorise, call the command layer, map the result;
+//! every business rule stays in `domain`. Never depends on Kafka.
+//!
+//! Invariants:
+//! - every error response has the body `{"error": {"code", "message", "request_id"}}` with a
+//!   stable code from the one table in [`error`]; no internal error text is ever sent;
+//! - every response carries `x-request-id`; it becomes the correlation id of the events a
+//!   command appends;
+//! - command responses carry the aggregate's version (`ETag`, and `version` in bodies) and
+//!   `x-global-position` (0 when the command changed nothing);
+//! - bodies are strict JSON (unknown fields → 400) under a size limit (→ 413).
+//!
+//! Layout:
+//! - `error`: [`error::ApiError`], the status/code table, the error envelope middleware;
+//! - `request_id`: `x-request-id`;
+//! - `idempotency`: `Idempotency-Key` on commands;
+//! - `extract`: strict JSON, the authenticated [`extract::Principal`], `If-Match`;
+//! - `routes`: `auth`, `social`, `posts`, `ops` route groups;
+//! - `openapi`: the OpenAPI document;
+//! - `state`: [`state::AppState`].
+
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod openapi;
+pub mod request_id;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+pub use state::AppState;
+
+/// What the API needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub http_addr: SocketAddr,
+    /// HS256 secret of access tokens.
+    pub jwt_secret: Vec<u8>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// Prefix of every Redis key this instance writes.
+    pub redis_prefix: String,
+    pub commands: commands::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            jwt_secret: auth::jwt::DEV_SECRET.to_vec(),
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+            body_limit: 64 * 1024,
+            redis_prefix: "hl:".to_owned(),
+            commands: commands::Settings::default(),
+        }
+    }
+}
+
+/// A bound, ready-to-run API server.
+#[derive(Debug)]
+pub struct App {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+/// The process-wide Prometheus recorder (metrics has one global recorder per process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours stays unused.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+impl App {
+    /// Binds `settings.http_addr` (port 0 picks a free port) and wires the routes.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn build(
+        settings: Settings,
+        pool: sqlx::PgPool,
+        redis: redis::aio::ConnectionManager,
+    ) -> std::io::Result<App> {
+        let state = AppState {
+            write: Arc::new(commands::WriteSide::new(pool.clone(), settings.commands)),
+            jwt: Arc::new(auth::jwt::JwtKeys::new(
+                &settings.jwt_secret,
+                settings.access_ttl,
+                "hybridlive",
+            )),
+            refresh: auth::refresh::RefreshTokens::new(
+                redis.clone(),
+                format!("{}auth:", settings.redis_prefix),
+                settings.refresh_ttl,
+            ),
+            pool,
+            redis,
+            metrics: metrics_handle(),
+            body_limit: settings.body_limit,
+        };
+        let router = router(state, settings.body_limit);
+        let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
+        Ok(App { listener, router })
+    }
+
+    /// The bound address (tests bind port 0 and read the port here).
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+}
+
+/// Every route with its middleware, outermost last.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .merge(routes::auth::routes())
+        .merge(routes::social::routes())
+        .merge(routes::posts::routes())
+        .merge(routes::ops::routes())
+        .merge(openapi::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(axum::middleware::from_fn(routes::ops::record_metrics))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(error::envelope))
+        .layer(axum::middleware::from_fn(request_id::assign))
+}

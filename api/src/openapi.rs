@@ -1,0 +1,46 @@
+//! The OpenAPI 3 document, generated from the handlers' annotations, at `/openapi.json`, and
+//! interactive docs (Swagger UI, served from the binary: no CDN) at `/docs`.
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::routes::{auth, ops, posts, social};
+use crate::state::AppState;
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Hybrid Live API", description = "Commands, auth and operations of Hybrid Live. Errors always have the body {\"error\": {\"code\", \"message\", \"request_id\"}}."),
+    paths(
+        auth::register, auth::login, auth::refresh, auth::logout, auth::me,
+        social::follow, social::unfollow,
+        posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
+        ops::healthz, ops::readyz, ops::metrics,
+    ),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}

@@ -1,0 +1,320 @@
+//! `/v1/auth/*` and `/v1/me`: registration, login, token refresh and logout.
+//!
+//! Login reads the `User` aggregate (the write model), not a read model, so a user can log in
+//! the moment registration returned. An unknown login and a wrong password get the same
+//! answer after the same Argon2 work.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::onboarding::OnboardingStatus;
+use domain::user::{User, UserCommand, EMAIL_CLAIM, USERNAME_CLAIM};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{CommandMeta, JsonBody, Principal};
+use crate::routes::{command_headers, context};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/register", post(register))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/me", get(me))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// 3–30 characters of `[a-z0-9_]`.
+    pub username: String,
+    pub email: String,
+    /// 10–128 characters, not a common password, not containing the username.
+    pub password: String,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Username or email.
+    pub login: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A fresh token pair.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub user_id: Uuid,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeResponse {
+    pub user_id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub email: String,
+    pub roles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// `pending`, `completed` or `failed`.
+    pub onboarding: &'static str,
+}
+
+/// Register a user and log them in.
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = TokenResponse), (status = 409, body = crate::error::ErrorBody, description = "username_taken, email_taken"),
+              (status = 422, body = crate::error::ErrorBody, description = "invalid_username, invalid_email, invalid_display_name, weak_password")))]
+pub async fn register(
+    State(state): State<AppState>,
+    meta: CommandMeta,
+    JsonBody(body): JsonBody<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    // Cheap checks first: hashing costs tens of milliseconds of CPU.
+    if !domain::user::is_valid_username(&body.username) {
+        return Err(ApiError::rule(
+            "invalid_username",
+            "username must be 3 to 30 characters of a-z, 0-9 and _",
+        ));
+    }
+    let email = domain::user::normalise_email(&body.email)
+        .ok_or_else(|| ApiError::rule("invalid_email", "email must look like name@example.com"))?;
+    auth::password::check_password_strength(&body.password, &body.username, &email)
+        .map_err(|weak| ApiError::rule("weak_password", weak))?;
+    ensure_available(&state, &body.username, &email).await?;
+
+    let password_hash = auth::password::hash_password_async(body.password)
+        .await
+        .map_err(ApiError::internal)?;
+    let user_id = meta.mint_id("user");
+    let command = UserCommand::RegisterUser {
+        user_id,
+        username: body.username,
+        email,
+        display_name: body.display_name,
+        password_hash,
+    };
+    let ctx = context(&meta, Some(user_id), None);
+    let executed = state
+        .write
+        .users
+        .execute(&user_id.to_string(), command, &ctx)
+        .await?;
+    let tokens = issue_tokens(&state, user_id, Vec::new()).await?;
+    let mut headers = command_headers(&executed);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/users/{user_id}")) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(tokens)))
+}
+
+/// Early, friendly refusal of a taken name; the claim in the append stays the real guard.
+async fn ensure_available(state: &AppState, username: &str, email: &str) -> Result<(), ApiError> {
+    let taken: Vec<String> = sqlx::query_scalar(
+        "SELECT scope FROM unique_claims WHERE (scope = $1 AND value = $2) OR (scope = $3 AND value = $4)",
+    )
+    .bind(USERNAME_CLAIM)
+    .bind(username)
+    .bind(EMAIL_CLAIM)
+    .bind(email)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| crate::error::domain_errors::store(e.into()))?;
+    if taken.iter().any(|s| s == USERNAME_CLAIM) {
+        return Err(ApiError::UsernameTaken);
+    }
+    if taken.iter().any(|s| s == EMAIL_CLAIM) {
+        return Err(ApiError::EmailTaken);
+    }
+    Ok(())
+}
+
+async fn issue_tokens(
+    state: &AppState,
+    user_id: Uuid,
+    roles: Vec<String>,
+) -> Result<TokenResponse, ApiError> {
+    let (access_token, expires_in) = state
+        .jwt
+        .issue(user_id, &roles)
+        .map_err(ApiError::internal)?;
+    let refresh_token = state
+        .refresh
+        .issue(user_id)
+        .await
+        .map_err(refresh_unavailable)?;
+    Ok(TokenResponse {
+        user_id,
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in,
+    })
+}
+
+fn refresh_unavailable(error: auth::refresh::RefreshError) -> ApiError {
+    match error {
+        auth::refresh::RefreshError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+        other => ApiError::internal(other),
+    }
+}
+
+/// The registered, active user a login names, if any.
+async fn find_user(state: &AppState, login: &str) -> Result<Option<User>, ApiError> {
+    let stream_id: Option<String> = sqlx::query_scalar(
+        "SELECT stream_id FROM unique_claims WHERE (scope = $1 AND value = $2) OR (scope = $3 AND value = lower($2)) LIMIT 1",
+    )
+    .bind(USERNAME_CLAIM)
+    .bind(login)
+    .bind(EMAIL_CLAIM)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| crate::error::domain_errors::store(e.into()))?;
+    let Some(stream_id) = stream_id else {
+        return Ok(None);
+    };
+    let user = state.write.users.store().load(&stream_id).await?.aggregate;
+    Ok(user.is_active().then_some(user))
+}
+
+/// Log in with username or email.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody, description = "invalid_credentials")))]
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let user = find_user(&state, &body.login).await?;
+    let hash = user.as_ref().map(|u| u.password_hash().to_owned());
+    // Unknown users get the same Argon2 work as wrong passwords.
+    let valid = auth::password::verify_password_async(body.password, hash)
+        .await
+        .map_err(ApiError::internal)?;
+    match user {
+        Some(user) if valid => {
+            let roles = user.roles().iter().cloned().collect();
+            Ok(Json(issue_tokens(&state, user.user_id(), roles).await?))
+        }
+        _ => Err(ApiError::InvalidCredentials),
+    }
+}
+
+/// Trade a refresh token for a new pair (the old one stops working; reusing it revokes the
+/// whole login).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody, description = "invalid_refresh_token")))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    use auth::refresh::RefreshError;
+    let rotated = state
+        .refresh
+        .rotate(&body.refresh_token)
+        .await
+        .map_err(|e| match e {
+            RefreshError::Invalid | RefreshError::Reused => ApiError::InvalidRefreshToken,
+            other => refresh_unavailable(other),
+        })?;
+    let user = state
+        .write
+        .users
+        .store()
+        .load(&rotated.user_id.to_string())
+        .await?
+        .aggregate;
+    if !user.is_active() {
+        state
+            .refresh
+            .revoke(&rotated.token)
+            .await
+            .map_err(refresh_unavailable)?;
+        return Err(ApiError::InvalidRefreshToken);
+    }
+    let roles: Vec<String> = user.roles().iter().cloned().collect();
+    let (access_token, expires_in) = state
+        .jwt
+        .issue(user.user_id(), &roles)
+        .map_err(ApiError::internal)?;
+    Ok(Json(TokenResponse {
+        user_id: user.user_id(),
+        access_token,
+        refresh_token: rotated.token,
+        token_type: "Bearer",
+        expires_in,
+    }))
+}
+
+/// Revoke a refresh token and every token of its login. Always 204.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshRequest, responses((status = 204)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .refresh
+        .revoke(&body.refresh_token)
+        .await
+        .map_err(refresh_unavailable)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's account.
+#[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = MeResponse), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn me(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<(HeaderMap, Json<MeResponse>), ApiError> {
+    let id = principal.user_id.to_string();
+    let loaded = state.write.users.store().load(&id).await?;
+    let user = loaded.aggregate;
+    if !user.is_active() {
+        return Err(ApiError::NotFound("user"));
+    }
+    let onboarding = state.write.onboarding.store().load(&id).await?.aggregate;
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT recorded_at FROM events WHERE stream_type = 'user' AND stream_id = $1 AND stream_version = 1",
+    )
+    .bind(&id)
+    .fetch_one(&state.pool)
+    .await
+    .map_err(|e| crate::error::domain_errors::store(e.into()))?;
+    let mut headers = HeaderMap::new();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", loaded.version)) {
+        headers.insert(header::ETAG, etag);
+    }
+    Ok((
+        headers,
+        Json(MeResponse {
+            user_id: user.user_id(),
+            username: user.username().to_owned(),
+            display_name: user.display_name().to_owned(),
+            email: user.email().to_owned(),
+            roles: user.roles().iter().cloned().collect(),
+            created_at,
+            onboarding: match onboarding.status() {
+                OnboardingStatus::Pending => "pending",
+                OnboardingStatus::Completed => "completed",
+                OnboardingStatus::Failed => "failed",
+            },
+        }),
+    ))
+}

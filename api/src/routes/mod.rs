@@ -1,0 +1,53 @@
+//! Route groups, one module each, and what command routes share.
+
+pub mod auth;
+pub mod ops;
+pub mod posts;
+pub mod social;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use commands::{CommandContext, Executed};
+use event_schemas::Metadata;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::CommandMeta;
+
+pub const GLOBAL_POSITION: HeaderName = HeaderName::from_static("x-global-position");
+
+/// The metadata every event of this request carries: the request id doubles as the
+/// correlation id, the caller is the actor.
+pub fn context(
+    meta: &CommandMeta,
+    actor: Option<Uuid>,
+    expected_version: Option<u64>,
+) -> CommandContext {
+    CommandContext {
+        metadata: Metadata {
+            correlation_id: Some(meta.request_id.0.clone()),
+            causation_id: None,
+            actor: actor.map(|id| format!("user:{id}")),
+            request_id: Some(meta.request_id.0.clone()),
+        },
+        command_id: meta.command_id.clone(),
+        expected_version,
+    }
+}
+
+/// `ETag: "<version>"` and `x-global-position` of a command's result.
+pub fn command_headers(executed: &Executed) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", executed.version)) {
+        headers.insert(axum::http::header::ETAG, etag);
+    }
+    headers.insert(
+        GLOBAL_POSITION,
+        HeaderValue::from(executed.last_position.unwrap_or(0)),
+    );
+    headers
+}
+
+/// A path id: anything that is not a UUID cannot name an existing resource.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(what))
+}

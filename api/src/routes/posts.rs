@@ -1,0 +1,193 @@
+//! `/v1/posts*`: publishing and deleting posts, comments, likes.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::routing::{delete, post, put};
+use axum::{Json, Router};
+use domain::comment::CommentCommand;
+use domain::like::{like_stream_id, LikeCommand};
+use domain::post::PostCommand;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{CommandMeta, IfMatch, JsonBody, Principal};
+use crate::routes::{command_headers, context, parse_id};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/posts", post(publish))
+        .route("/v1/posts/{post_id}", delete(delete_post))
+        .route("/v1/posts/{post_id}/comments", post(add_comment))
+        .route("/v1/posts/{post_id}/like", put(like).delete(unlike))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// 1–200 characters.
+    pub title: String,
+    /// 1–20000 characters of markdown.
+    pub body_markdown: String,
+    /// Up to 10 absolute http(s) URLs.
+    #[serde(default)]
+    pub media: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishResponse {
+    pub post_id: Uuid,
+    pub version: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommentRequest {
+    /// 1–2000 characters.
+    pub body: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommentResponse {
+    pub comment_id: Uuid,
+}
+
+/// Publish a post.
+#[utoipa::path(post, path = "/v1/posts", tag = "posts", security(("bearer" = [])), request_body = PublishRequest,
+    responses((status = 201, body = PublishResponse), (status = 422, body = crate::error::ErrorBody, description = "invalid_title, invalid_body, invalid_media")))]
+pub async fn publish(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: CommandMeta,
+    JsonBody(body): JsonBody<PublishRequest>,
+) -> Result<(StatusCode, HeaderMap, Json<PublishResponse>), ApiError> {
+    let post_id = meta.mint_id("post");
+    let command = PostCommand::PublishPost {
+        post_id,
+        author_id: principal.user_id,
+        title: body.title,
+        body_markdown: body.body_markdown,
+        media: body.media,
+    };
+    let ctx = context(&meta, Some(principal.user_id), None);
+    let executed = state
+        .write
+        .posts
+        .execute(&post_id.to_string(), command, &ctx)
+        .await?;
+    let mut headers = command_headers(&executed);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/posts/{post_id}")) {
+        headers.insert(header::LOCATION, location);
+    }
+    let version = executed.version;
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(PublishResponse { post_id, version }),
+    ))
+}
+
+/// Delete a post (author only; idempotent).
+#[utoipa::path(delete, path = "/v1/posts/{post_id}", tag = "posts", security(("bearer" = [])),
+    params(("post_id" = Uuid, Path)),
+    responses((status = 204), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody, description = "version_conflict")))]
+pub async fn delete_post(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: CommandMeta,
+    IfMatch(expected): IfMatch,
+    Path(post_id): Path<String>,
+) -> Result<(StatusCode, HeaderMap), ApiError> {
+    parse_id(&post_id, "post")?;
+    let command = PostCommand::DeletePost {
+        actor_id: principal.user_id,
+    };
+    let ctx = context(&meta, Some(principal.user_id), expected);
+    let executed = state.write.posts.execute(&post_id, command, &ctx).await?;
+    Ok((StatusCode::NO_CONTENT, command_headers(&executed)))
+}
+
+/// 404 unless the post exists and is not deleted.
+async fn live_post(state: &AppState, post_id: &str) -> Result<Uuid, ApiError> {
+    let id = parse_id(post_id, "post")?;
+    let post = state.write.posts.store().load(post_id).await?.aggregate;
+    if post.is_live() {
+        Ok(id)
+    } else {
+        Err(ApiError::NotFound("post"))
+    }
+}
+
+/// Comment on a post.
+#[utoipa::path(post, path = "/v1/posts/{post_id}/comments", tag = "posts", security(("bearer" = [])),
+    params(("post_id" = Uuid, Path)), request_body = CommentRequest,
+    responses((status = 201, body = CommentResponse), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody, description = "invalid_body")))]
+pub async fn add_comment(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: CommandMeta,
+    Path(post_id): Path<String>,
+    JsonBody(body): JsonBody<CommentRequest>,
+) -> Result<(StatusCode, HeaderMap, Json<CommentResponse>), ApiError> {
+    let post_id = live_post(&state, &post_id).await?;
+    let comment_id = meta.mint_id("comment");
+    let command = CommentCommand::AddComment {
+        comment_id,
+        post_id,
+        author_id: principal.user_id,
+        body: body.body,
+    };
+    let ctx = context(&meta, Some(principal.user_id), None);
+    let executed = state
+        .write
+        .comments
+        .execute(&comment_id.to_string(), command, &ctx)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        command_headers(&executed),
+        Json(CommentResponse { comment_id }),
+    ))
+}
+
+/// Like a post (idempotent: one like per user).
+#[utoipa::path(put, path = "/v1/posts/{post_id}/like", tag = "posts", security(("bearer" = [])),
+    params(("post_id" = Uuid, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn like(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: CommandMeta,
+    Path(post_id): Path<String>,
+) -> Result<(StatusCode, HeaderMap), ApiError> {
+    let post_id = live_post(&state, &post_id).await?;
+    let command = LikeCommand::LikePost {
+        post_id,
+        user_id: principal.user_id,
+    };
+    let ctx = context(&meta, Some(principal.user_id), None);
+    let stream = like_stream_id(post_id, principal.user_id);
+    let executed = state.write.likes.execute(&stream, command, &ctx).await?;
+    Ok((StatusCode::NO_CONTENT, command_headers(&executed)))
+}
+
+/// Take a like back (idempotent).
+#[utoipa::path(delete, path = "/v1/posts/{post_id}/like", tag = "posts", security(("bearer" = [])),
+    params(("post_id" = Uuid, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn unlike(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: CommandMeta,
+    Path(post_id): Path<String>,
+) -> Result<(StatusCode, HeaderMap), ApiError> {
+    let post_id = parse_id(&post_id, "post")?;
+    let command = LikeCommand::UnlikePost {
+        post_id,
+        user_id: principal.user_id,
+    };
+    let ctx = context(&meta, Some(principal.user_id), None);
+    let stream = like_stream_id(post_id, principal.user_id);
+    let executed = state.write.likes.execute(&stream, command, &ctx).await?;
+    Ok((StatusCode::NO_CONTENT, command_headers(&executed)))
+}

@@ -1,0 +1,21 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use auth::jwt::JwtKeys;
+use auth::refresh::RefreshTokens;
+use commands::WriteSide;
+use sqlx::PgPool;
+
+/// Cheap to clone: everything inside is shared.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub write: Arc<WriteSide>,
+    pub jwt: Arc<JwtKeys>,
+    pub refresh: RefreshTokens,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Largest accepted request body, bytes.
+    pub body_limit: usize,
+}

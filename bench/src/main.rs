@@ -1,0 +1,238 @@
+//! `bench`: the write side's append benchmark.
+//!
+//! `bench appends` measures, in one run against one fresh database:
+//!
+//! - **Single-event command appends**: C concurrent clients, each issuing one
+//!   `UserCommand::UpdateProfile` (with a fresh display name, so every command appends exactly
+//!   one event) to a user picked uniformly at random from N registered users, for
+//!   `--seconds`. Four scenarios:
+//!   1. `hybridlive (commands::CommandHandler)`: our command path (load snapshot + later
+//!      events → decide → one-statement append);
+//!   2. `hybridlive via cqrs_es::CqrsFramework`: our `store::AggregateStore` under cqrs-es's
+//!      own framework;
+//!   3. `postgres-es via cqrs_es::CqrsFramework`: cqrs-es's reference PostgreSQL store, set
+//!      up with its own `postgres_snapshot_cqrs` and its own table DDL;
+//!   4. `raw INSERT+COMMIT (1 row)`: a single-row INSERT of the same JSON payload in an
+//!      autocommit transaction, the ceiling for one durable write per operation.
+//! - **Batch appends**: each client appends `--batch-size` events per operation to a stream
+//!   of its own: our `PgEventStore::append` (one statement), postgres-es's
+//!   `PostgresEventRepository::persist` (what `CqrsFramework` runs to commit that many events;
+//!   one INSERT per event in one transaction) and a raw multi-row INSERT.
+//!
+//! Throughput counts successful operations per second; latency is each operation's wall
+//! time from the client's call to its answer, p50 and p99 from an HDR histogram.
+//!
+//! Why the comparison is fair: every scenario runs on the same server, database, machine and
+//! build; uses the same aggregate (`domain::user::User`) and the same commands; gets its own
+//! pool of exactly C connections, opened before timing starts; writes N streams it
+//! registered itself (registration is untimed); starts every slice after `VACUUM ANALYZE`
+//! and `CHECKPOINT`, so none pays for another's dirty pages, and after an untimed warm-up,
+//! so statements are prepared; and makes one attempt per operation, a version conflict being
+//! counted, not retried (cqrs-es's framework never retries, so our handler gets one attempt
+//! too). The scenarios take turns in `--rounds` slices, in reverse order every other round,
+//! so that a change in the machine's background load falls on all of them alike.
+//! Both aggregate stores snapshot every `--snapshot-every` events. What differs is the store
+//! itself, and that is the point: ours also keeps a stream row with its lock, a global
+//! position, a per-stream hash chain and the commit-order columns its readers need, which
+//! postgres-es does not (see `migrations/`).
+//!
+//! Everything lives in one fresh database (`--database-name`, dropped at the end unless
+//! `--keep`): our schema from `store::MIGRATOR`, postgres-es's `events` and `snapshots` in
+//! schema `postgres_es` (the names clash with ours; `pg_` prefixes are reserved), and
+//! `raw_inserts`. Results are printed as markdown on stdout (progress goes to stderr);
+//! `--json FILE` writes them as JSON too.
+//!
+//! Layout:
+//! - `scenarios`: the seven scenarios, their setup and their clients;
+//! - `runner`: the closed-loop driver of C clients and its HDR measurement;
+//! - `setup`: the benchmark database: creation, settling between slices, drop;
+//! - `report`: the markdown table and the JSON.
+
+mod report;
+mod runner;
+mod scenarios;
+mod setup;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::Report;
+use crate::scenarios::{Kind, Load, Scenario};
+use crate::setup::BenchDatabase;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "Benchmarks of the Hybrid Live write side.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Single-event command appends and batch appends: ours vs postgres-es vs raw INSERTs.
+    Appends(AppendsArgs),
+}
+
+#[derive(Debug, Args)]
+struct AppendsArgs {
+    /// Concurrent clients C (and connections in each scenario's pool).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Streams N the single-event scenarios spread their commands over.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Measured seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Untimed warm-up seconds before every measured slice.
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
+    /// Slices each scenario's measured time is cut into; the scenarios take turns, in
+    /// reverse order every other round, so that a drift in the machine's load (another
+    /// process, autovacuum, a checkpoint) falls on all of them alike.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Events per append in the batch scenarios.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Snapshot interval, in events, of both aggregate stores.
+    #[arg(long, default_value_t = 100)]
+    snapshot_every: usize,
+    /// A database on the server to benchmark; only used to create the benchmark database.
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// The benchmark database, dropped and created anew.
+    #[arg(long, default_value = "hybridlive_bench")]
+    database_name: String,
+    /// Keep the benchmark database after the run.
+    #[arg(long)]
+    keep: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+impl AppendsArgs {
+    fn load(&self) -> anyhow::Result<Load> {
+        if self.clients == 0 || self.streams == 0 || self.batch_size == 0 {
+            bail!("--clients, --streams and --batch-size must be at least 1");
+        }
+        if self.snapshot_every == 0 || self.seconds == 0 || self.rounds == 0 {
+            bail!("--snapshot-every, --seconds and --rounds must be at least 1");
+        }
+        Ok(Load {
+            clients: self.clients,
+            streams: self.streams,
+            warmup: Duration::from_secs(self.warmup_seconds),
+            duration: Duration::from_secs(self.seconds),
+            rounds: self.rounds,
+            snapshot_every: self.snapshot_every,
+            batch_size: self.batch_size,
+        })
+    }
+
+    /// The command that repeats this run, every parameter spelled out (the URL left out, as
+    /// it may hold a password).
+    fn command(&self) -> String {
+        format!(
+            "cargo run --release -p bench -- appends --clients {} --streams {} --seconds {} \
+             --rounds {} --warmup-seconds {} --batch-size {} --snapshot-every {}",
+            self.clients,
+            self.streams,
+            self.seconds,
+            self.rounds,
+            self.warmup_seconds,
+            self.batch_size,
+            self.snapshot_every
+        )
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Appends(args) => appends(args).await,
+    }
+}
+
+async fn appends(args: AppendsArgs) -> anyhow::Result<()> {
+    let load = args.load()?;
+    let db = BenchDatabase::create(&args.database_url, &args.database_name).await?;
+    eprintln!("Created database {}.", db.name());
+    let measured = run_scenarios(&db, load, args.command()).await;
+    // Clean up whatever happened, but report the results before a failed drop.
+    let dropped = if args.keep {
+        eprintln!("Kept database {}.", db.name());
+        Ok(())
+    } else {
+        db.drop_database().await
+    };
+    let report = measured?;
+    println!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report.json()).context("encoding JSON")?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    dropped
+}
+
+async fn run_scenarios(db: &BenchDatabase, load: Load, command: String) -> anyhow::Result<Report> {
+    let server = db.facts().await?;
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    let scenarios = |kinds: &[Kind]| {
+        kinds
+            .iter()
+            .map(|&kind| Scenario::new(kind, &load))
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let mut single = scenarios(&Kind::SINGLE_EVENT)?;
+    let mut batch = scenarios(&Kind::BATCH)?;
+    for round in 0..load.rounds {
+        run_round(&mut single, db, &load, round).await?;
+        run_round(&mut batch, db, &load, round).await?;
+    }
+    Ok(Report {
+        command,
+        load,
+        cores,
+        server,
+        single,
+        batch,
+    })
+}
+
+/// One slice of every scenario of `group`, in order in even rounds and reversed in odd ones.
+async fn run_round(
+    group: &mut [Scenario],
+    db: &BenchDatabase,
+    load: &Load,
+    round: u32,
+) -> anyhow::Result<()> {
+    let reversed = round % 2 == 1;
+    if reversed {
+        group.reverse();
+    }
+    for scenario in group.iter_mut() {
+        scenario.run_slice(db, load, round).await?;
+    }
+    if reversed {
+        group.reverse();
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The application layer of the write side: runs a command against its aggregate and
+//! appends the resulting events.
+//!
+//! Sits between `api` (which turns HTTP into commands) and `store` (which persists events);
+//! knows `domain`, and nothing of HTTP, Kafka or read models.
+//!
+//! Invariants:
+//! - every rule is decided by the aggregate's `handle`; this layer only loads, runs, appends;
+//! - a version conflict is retried (reload, decide again) a bounded number of times, unless
+//!   the caller pinned the version it decided on (`If-Match`), which makes it final;
+//! - a command with a `command_id` gets deterministic event ids, so a retried command that
+//!   already committed appends nothing.
+//!
+//! Layout:
+//! - [`handler`]: [`CommandHandler`], [`CommandContext`], [`Executed`], [`CommandError`];
+//! - [`write_side`]: [`WriteSide`], a handler per aggregate over one pool.
+
+pub mod handler;
+pub mod write_side;
+
+pub use handler::{CommandContext, CommandError, CommandHandler, Executed};
+pub use write_side::{Settings, WriteSide};

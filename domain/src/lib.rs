@@ -1,0 +1,43 @@
+//! Hybrid Live's domain: the aggregates, their commands and events, and every business rule.
+//!
+//! Each aggregate is a plain cqrs-es [`cqrs_es::Aggregate`]: `handle` checks a command
+//! against the aggregate's state and decides the events (all rules live there), `apply`
+//! folds an event into the state and cannot fail. The application layer (`commands`) loads
+//! aggregates from the event store, runs commands and appends the events; checks that span
+//! aggregates ("does the post exist?") are its job, so `Services = ()` everywhere.
+//!
+//! Layering (DESIGN §2): this crate is pure — no IO, no async runtime, no database or
+//! transport crates. It depends on `event-schemas` only for the wire payloads: every
+//! aggregate's event enum wraps the *current* payload type of each of its event types, so an
+//! event converts to and from [`event_schemas::Event`] by a move (see `wire`). The read side
+//! never sees this crate.
+//!
+//! Invariants:
+//! - `Aggregate::TYPE` is the stream type ([`event_schemas::stream_type`]) and every event of
+//!   an aggregate belongs to that stream type;
+//! - aggregate state is small and serde-serialisable: it is snapshotted as JSON;
+//! - commands that would change nothing (follow twice, delete a deleted post) succeed with no
+//!   events, so retried requests are harmless; conflicting ones are typed errors;
+//! - values unique across streams (usernames, emails) are declared as [`claims`] by events
+//!   and enforced by the event store in the append transaction.
+//!
+//! Layout:
+//! - [`user`]: [`user::User`] — registration, its rollback, the profile; username/email claims;
+//! - [`social_graph`]: [`social_graph::SocialGraph`] — whom one user follows;
+//! - [`post`]: [`post::Post`] — publishing and deleting posts;
+//! - [`comment`]: [`comment::Comment`] — one comment on a post;
+//! - [`like`]: [`like::Like`] — one user's like of one post ([`like::like_stream_id`]);
+//! - [`onboarding`]: [`onboarding::Onboarding`] — the registration saga's progress;
+//! - [`claims`]: the unique-value claims an aggregate's events make;
+//! - `wire`: the macro tying each event enum to the wire catalogue;
+//! - `text`: text-length rules shared by the aggregates.
+
+pub mod claims;
+pub mod comment;
+pub mod like;
+pub mod onboarding;
+pub mod post;
+pub mod social_graph;
+mod text;
+pub mod user;
+mod wire;

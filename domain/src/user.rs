@@ -1,0 +1,864 @@
+//! The [`User`] aggregate: registration, its compensation, and the profile.
+//!
+//! Stream id: the user's uuid. Username and email uniqueness spans users, so it is not decided
+//! here: a registration *claims* both values ([`Claims`]) and the event store rejects the
+//! append when another user holds one, which surfaces as [`UserError::UsernameTaken`] or
+//! [`UserError::EmailTaken`].
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use event_schemas::stream_type;
+use std::collections::BTreeSet;
+
+use event_schemas::user::{
+    UserProfileUpdatedV1, UserRegisteredV2, UserRegistrationRolledBackV1, UserRoleGrantedV1,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::claims::{Claim, ClaimTaken, Claims};
+use crate::text::trimmed_within;
+use crate::wire::domain_events;
+
+/// Claim scope of usernames.
+pub const USERNAME_CLAIM: &str = "username";
+/// Claim scope of (lower-cased) email addresses.
+pub const EMAIL_CLAIM: &str = "email";
+
+const USERNAME_MIN: usize = 3;
+const USERNAME_MAX: usize = 30;
+const EMAIL_MAX: usize = 254;
+const DISPLAY_NAME_MAX: usize = 50;
+
+/// Commands of a [`User`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserCommand {
+    /// Registers a new user. `display_name` defaults to the username.
+    RegisterUser {
+        user_id: Uuid,
+        /// 3–30 characters of `[a-z0-9_]`; not normalised, so `Ada` is rejected.
+        username: String,
+        /// `local@domain.tld`, at most 254 characters; stored lower-cased.
+        email: String,
+        /// Trimmed; 1–50 characters.
+        display_name: Option<String>,
+        /// The PHC string of the password hash, computed by the application layer.
+        password_hash: String,
+    },
+    /// Changes the display name (trimmed; 1–50 characters).
+    UpdateProfile { display_name: String },
+    /// Compensates a registration whose onboarding failed; frees username and email.
+    RollBackRegistration { reason: String },
+    /// Grants one of [`ROLES`]; granting a held role changes nothing.
+    GrantRole { role: String },
+}
+
+/// The roles a user can be granted.
+pub const ROLES: &[&str] = &["admin", "auditor", "analyst"];
+
+domain_events! {
+    /// Events of a [`User`] stream.
+    pub enum UserEvent for User {
+        Registered(UserRegisteredV2) = UserRegistered,
+        RegistrationRolledBack(UserRegistrationRolledBackV1) = UserRegistrationRolledBack,
+        ProfileUpdated(UserProfileUpdatedV1) = UserProfileUpdated,
+        RoleGranted(UserRoleGrantedV1) = UserRoleGranted,
+    }
+}
+
+/// Why a [`UserCommand`] was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("username must be 3 to 30 characters of a-z, 0-9 and _")]
+    InvalidUsername,
+    #[error("email must look like name@example.com and be at most 254 characters")]
+    InvalidEmail,
+    #[error("display name must be 1 to 50 characters")]
+    InvalidDisplayName,
+    #[error("password hash must not be empty")]
+    EmptyPasswordHash,
+    #[error("username is already taken")]
+    UsernameTaken,
+    #[error("email is already taken")]
+    EmailTaken,
+    #[error("user is already registered")]
+    AlreadyRegistered,
+    #[error("user is not registered")]
+    NotRegistered,
+    #[error("user registration was rolled back")]
+    RolledBack,
+    #[error("unknown role; roles are admin, auditor and analyst")]
+    UnknownRole,
+}
+
+/// Where a user is in its life cycle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserStatus {
+    /// No registration yet (a fresh stream).
+    #[default]
+    Unregistered,
+    Registered,
+    /// The registration was compensated; the stream is closed for good.
+    RolledBack,
+}
+
+/// A user account. State is what the rules need, no more (it is snapshotted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    user_id: Uuid,
+    status: UserStatus,
+    username: String,
+    display_name: String,
+    email: String,
+    /// Needed by login, which reads the aggregate (strongly consistent, unlike a read model).
+    password_hash: String,
+    roles: BTreeSet<String>,
+}
+
+impl User {
+    /// The user's id; nil before registration.
+    pub fn user_id(&self) -> Uuid {
+        self.user_id
+    }
+
+    pub fn status(&self) -> UserStatus {
+        self.status
+    }
+
+    /// Registered and not rolled back.
+    pub fn is_active(&self) -> bool {
+        self.status == UserStatus::Registered
+    }
+
+    /// Empty before registration.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Empty before registration.
+    pub fn display_name(&self) -> &str {
+        &self.display_name
+    }
+
+    /// Lower-cased; empty before registration.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// The PHC string of the password hash; empty before registration.
+    pub fn password_hash(&self) -> &str {
+        &self.password_hash
+    }
+
+    pub fn roles(&self) -> &BTreeSet<String> {
+        &self.roles
+    }
+
+    fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+        match command {
+            UserCommand::RegisterUser {
+                user_id,
+                username,
+                email,
+                display_name,
+                password_hash,
+            } => {
+                if self.status != UserStatus::Unregistered {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                if !is_valid_username(&username) {
+                    return Err(UserError::InvalidUsername);
+                }
+                let email = normalise_email(&email).ok_or(UserError::InvalidEmail)?;
+                let display_name = match display_name {
+                    Some(name) => valid_display_name(&name)?,
+                    None => username.clone(),
+                };
+                if password_hash.is_empty() {
+                    return Err(UserError::EmptyPasswordHash);
+                }
+                Ok(vec![UserEvent::Registered(UserRegisteredV2 {
+                    user_id,
+                    username,
+                    email,
+                    display_name,
+                    password_hash,
+                })])
+            }
+            UserCommand::UpdateProfile { display_name } => {
+                self.ensure_active()?;
+                let display_name = valid_display_name(&display_name)?;
+                if display_name == self.display_name {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![UserEvent::ProfileUpdated(UserProfileUpdatedV1 {
+                    user_id: self.user_id,
+                    display_name,
+                })])
+            }
+            UserCommand::GrantRole { role } => {
+                self.ensure_active()?;
+                if !ROLES.contains(&role.as_str()) {
+                    return Err(UserError::UnknownRole);
+                }
+                if self.roles.contains(&role) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![UserEvent::RoleGranted(UserRoleGrantedV1 {
+                    user_id: self.user_id,
+                    role,
+                })])
+            }
+            UserCommand::RollBackRegistration { reason } => match self.status {
+                UserStatus::Unregistered => Err(UserError::NotRegistered),
+                UserStatus::RolledBack => Ok(Vec::new()),
+                UserStatus::Registered => Ok(vec![UserEvent::RegistrationRolledBack(
+                    UserRegistrationRolledBackV1 {
+                        user_id: self.user_id,
+                        reason,
+                    },
+                )]),
+            },
+        }
+    }
+
+    fn ensure_active(&self) -> Result<(), UserError> {
+        match self.status {
+            UserStatus::Unregistered => Err(UserError::NotRegistered),
+            UserStatus::RolledBack => Err(UserError::RolledBack),
+            UserStatus::Registered => Ok(()),
+        }
+    }
+}
+
+impl Aggregate for User {
+    const TYPE: &'static str = stream_type::USER;
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = UserError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: UserCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), UserError> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: UserEvent) {
+        match event {
+            UserEvent::Registered(e) => {
+                self.user_id = e.user_id;
+                self.status = UserStatus::Registered;
+                self.username = e.username;
+                self.display_name = e.display_name;
+                self.email = e.email;
+                self.password_hash = e.password_hash;
+            }
+            UserEvent::RegistrationRolledBack(_) => self.status = UserStatus::RolledBack,
+            UserEvent::ProfileUpdated(e) => self.display_name = e.display_name,
+            UserEvent::RoleGranted(e) => {
+                self.roles.insert(e.role);
+            }
+        }
+    }
+}
+
+impl Claims for User {
+    fn claims(event: &UserEvent) -> Vec<Claim> {
+        match event {
+            UserEvent::Registered(e) => vec![
+                Claim::Reserve {
+                    scope: USERNAME_CLAIM,
+                    value: e.username.clone(),
+                },
+                Claim::Reserve {
+                    scope: EMAIL_CLAIM,
+                    // Already lower-cased by the rules; repeated so that a historical event
+                    // can never claim a differently cased duplicate.
+                    value: e.email.to_lowercase(),
+                },
+            ],
+            UserEvent::RegistrationRolledBack(_) => vec![Claim::ReleaseAll],
+            UserEvent::ProfileUpdated(_) | UserEvent::RoleGranted(_) => Vec::new(),
+        }
+    }
+
+    fn claim_rejected(taken: ClaimTaken) -> Option<UserError> {
+        match taken.scope.as_str() {
+            USERNAME_CLAIM => Some(UserError::UsernameTaken),
+            EMAIL_CLAIM => Some(UserError::EmailTaken),
+            _ => None,
+        }
+    }
+}
+
+/// 3–30 characters of `[a-z0-9_]` (the rule `RegisterUser` applies; exposed so callers can
+/// refuse a bad name before doing expensive work such as hashing a password).
+pub fn is_valid_username(username: &str) -> bool {
+    (USERNAME_MIN..=USERNAME_MAX).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The lower-cased address if `email` looks like `local@domain.tld`: one `@`, a non-empty
+/// local part, a domain of at least two non-empty dot-separated labels, no whitespace or
+/// control characters, at most 254 characters. Deliverability is not this layer's business.
+pub fn normalise_email(email: &str) -> Option<String> {
+    if email.chars().count() > EMAIL_MAX
+        || email.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return None;
+    }
+    let (local, domain) = email.split_once('@')?;
+    let well_formed = !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && domain.split('.').all(|label| !label.is_empty());
+    well_formed.then(|| email.to_lowercase())
+}
+
+fn valid_display_name(name: &str) -> Result<String, UserError> {
+    trimmed_within(name, DISPLAY_NAME_MAX)
+        .map(str::to_owned)
+        .ok_or(UserError::InvalidDisplayName)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use cqrs_es::test::TestFramework;
+    use event_schemas::Event;
+
+    use super::*;
+
+    type UserTest = TestFramework<User>;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+
+    fn ada() -> Uuid {
+        Uuid::from_u128(0xada)
+    }
+
+    fn register(username: &str, email: &str, display_name: Option<&str>) -> UserCommand {
+        UserCommand::RegisterUser {
+            user_id: ada(),
+            username: username.to_owned(),
+            email: email.to_owned(),
+            display_name: display_name.map(str::to_owned),
+            password_hash: HASH.to_owned(),
+        }
+    }
+
+    fn registered(username: &str, email: &str, display_name: &str) -> UserEvent {
+        UserEvent::Registered(UserRegisteredV2 {
+            user_id: ada(),
+            username: username.to_owned(),
+            email: email.to_owned(),
+            display_name: display_name.to_owned(),
+            password_hash: HASH.to_owned(),
+        })
+    }
+
+    fn ada_registered() -> UserEvent {
+        registered("ada", "ada@example.com", "Ada Lovelace")
+    }
+
+    fn rolled_back() -> UserEvent {
+        UserEvent::RegistrationRolledBack(UserRegistrationRolledBackV1 {
+            user_id: ada(),
+            reason: "timeline dead-lettered the user".to_owned(),
+        })
+    }
+
+    fn profile_updated(display_name: &str) -> UserEvent {
+        UserEvent::ProfileUpdated(UserProfileUpdatedV1 {
+            user_id: ada(),
+            display_name: display_name.to_owned(),
+        })
+    }
+
+    fn update_profile(display_name: &str) -> UserCommand {
+        UserCommand::UpdateProfile {
+            display_name: display_name.to_owned(),
+        }
+    }
+
+    fn roll_back() -> UserCommand {
+        UserCommand::RollBackRegistration {
+            reason: "timeline dead-lettered the user".to_owned(),
+        }
+    }
+
+    fn username_outcome(username: &str) -> Result<(), UserError> {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(register(username, "a@example.com", Some("A")))
+            .inspect_result()
+            .map(|_| ())
+    }
+
+    fn email_outcome(email: &str) -> Result<Vec<UserEvent>, UserError> {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(register("ada", email, Some("Ada")))
+            .inspect_result()
+    }
+
+    fn registered_display_name(display_name: Option<&str>) -> Result<String, UserError> {
+        let events = UserTest::with(())
+            .given_no_previous_events()
+            .when(register("ada", "ada@example.com", display_name))
+            .inspect_result()?;
+        match events.as_slice() {
+            [UserEvent::Registered(e)] => Ok(e.display_name.clone()),
+            other => panic!("expected one Registered event, got {other:?}"),
+        }
+    }
+
+    // RegisterUser
+
+    #[test]
+    fn registering_a_fresh_user_emits_registered() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(register("ada", "ada@example.com", Some("Ada Lovelace")))
+            .then_expect_events(vec![ada_registered()]);
+    }
+
+    #[test]
+    fn registering_an_already_registered_user_is_rejected() {
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(register("ada", "ada@example.com", Some("Ada Lovelace")))
+            .then_expect_error(UserError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn registering_a_rolled_back_user_again_is_rejected() {
+        UserTest::with(())
+            .given(vec![ada_registered(), rolled_back()])
+            .when(register("ada", "ada@example.com", None))
+            .then_expect_error(UserError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn usernames_of_3_to_30_characters_are_accepted() {
+        assert_eq!(username_outcome("abc"), Ok(()));
+        assert_eq!(username_outcome(&"a".repeat(30)), Ok(()));
+        assert_eq!(username_outcome("ada_lovelace_1815"), Ok(()));
+        assert_eq!(username_outcome("___"), Ok(()));
+        assert_eq!(username_outcome("007"), Ok(()));
+    }
+
+    #[test]
+    fn usernames_shorter_than_3_or_longer_than_30_characters_are_rejected() {
+        assert_eq!(username_outcome(""), Err(UserError::InvalidUsername));
+        assert_eq!(username_outcome("ab"), Err(UserError::InvalidUsername));
+        assert_eq!(
+            username_outcome(&"a".repeat(31)),
+            Err(UserError::InvalidUsername)
+        );
+    }
+
+    #[test]
+    fn usernames_with_uppercase_letters_are_rejected() {
+        assert_eq!(username_outcome("Ada"), Err(UserError::InvalidUsername));
+        assert_eq!(username_outcome("ADA"), Err(UserError::InvalidUsername));
+    }
+
+    #[test]
+    fn usernames_with_other_characters_are_rejected() {
+        for username in [
+            "ada lovelace",
+            " ada",
+            "ada-l",
+            "ada.l",
+            "ada@l",
+            "adé",
+            "ада",
+            "ada\n",
+            "ab\u{301}",
+        ] {
+            assert_eq!(
+                username_outcome(username),
+                Err(UserError::InvalidUsername),
+                "{username:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_unicode_username_is_rejected_even_within_the_byte_length() {
+        // Three characters, six bytes: neither count makes it valid.
+        assert_eq!(username_outcome("ééé"), Err(UserError::InvalidUsername));
+    }
+
+    #[test]
+    fn well_formed_emails_are_accepted() {
+        for email in [
+            "a@b.co",
+            "ada.lovelace+feed@mail.example.org",
+            "x_y-z@sub.domain.example",
+            "ünïcode@exämple.de",
+        ] {
+            assert!(email_outcome(email).is_ok(), "{email:?}");
+        }
+    }
+
+    #[test]
+    fn emails_are_stored_lower_cased() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(register(
+                "ada",
+                "Ada.Lovelace@Example.COM",
+                Some("Ada Lovelace"),
+            ))
+            .then_expect_events(vec![registered(
+                "ada",
+                "ada.lovelace@example.com",
+                "Ada Lovelace",
+            )]);
+    }
+
+    #[test]
+    fn malformed_emails_are_rejected() {
+        for email in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "ada@example.",
+            "ada@.example.com",
+            "ada@example..com",
+            "ada@@example.com",
+            "ada@b@example.com",
+            "ada lovelace@example.com",
+            " ada@example.com",
+            "ada@example.com ",
+            "ada@exa\tmple.com",
+            "ada@example.com\n",
+            "ada\u{0}@example.com",
+        ] {
+            assert_eq!(
+                email_outcome(email),
+                Err(UserError::InvalidEmail),
+                "{email:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_email_of_254_characters_is_accepted_and_255_is_rejected() {
+        let domain = "@example.com";
+        let at_limit = format!("{}{domain}", "a".repeat(254 - domain.len()));
+        let over_limit = format!("{}{domain}", "a".repeat(255 - domain.len()));
+        assert_eq!(at_limit.len(), 254);
+        assert!(email_outcome(&at_limit).is_ok());
+        assert_eq!(email_outcome(&over_limit), Err(UserError::InvalidEmail));
+    }
+
+    #[test]
+    fn a_missing_display_name_defaults_to_the_username() {
+        assert_eq!(registered_display_name(None), Ok("ada".to_owned()));
+    }
+
+    #[test]
+    fn the_display_name_is_trimmed() {
+        assert_eq!(
+            registered_display_name(Some("  Ada Lovelace \t")),
+            Ok("Ada Lovelace".to_owned())
+        );
+    }
+
+    #[test]
+    fn display_names_of_1_to_50_characters_are_accepted() {
+        assert_eq!(registered_display_name(Some("A")), Ok("A".to_owned()));
+        let fifty = "é".repeat(50);
+        assert_eq!(registered_display_name(Some(&fifty)), Ok(fifty.clone()));
+        assert_eq!(
+            registered_display_name(Some("Ада 🚀")),
+            Ok("Ада 🚀".to_owned())
+        );
+    }
+
+    #[test]
+    fn empty_blank_or_longer_than_50_character_display_names_are_rejected() {
+        for name in [
+            String::new(),
+            "   ".to_owned(),
+            "\n\t".to_owned(),
+            "a".repeat(51),
+        ] {
+            assert_eq!(
+                registered_display_name(Some(&name)),
+                Err(UserError::InvalidDisplayName),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_password_hash_is_rejected() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::RegisterUser {
+                user_id: ada(),
+                username: "ada".to_owned(),
+                email: "ada@example.com".to_owned(),
+                display_name: None,
+                password_hash: String::new(),
+            })
+            .then_expect_error(UserError::EmptyPasswordHash);
+    }
+
+    // UpdateProfile
+
+    #[test]
+    fn updating_the_profile_of_a_registered_user_emits_profile_updated() {
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(update_profile("Countess of Lovelace"))
+            .then_expect_events(vec![profile_updated("Countess of Lovelace")]);
+    }
+
+    #[test]
+    fn the_updated_display_name_is_trimmed() {
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(update_profile("  Countess  "))
+            .then_expect_events(vec![profile_updated("Countess")]);
+    }
+
+    #[test]
+    fn updating_to_the_current_display_name_emits_nothing() {
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(update_profile("Ada Lovelace"))
+            .then_expect_events(vec![]);
+        UserTest::with(())
+            .given(vec![ada_registered(), profile_updated("Countess")])
+            .when(update_profile(" Countess "))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn updating_back_to_an_earlier_display_name_emits_profile_updated() {
+        UserTest::with(())
+            .given(vec![ada_registered(), profile_updated("Countess")])
+            .when(update_profile("Ada Lovelace"))
+            .then_expect_events(vec![profile_updated("Ada Lovelace")]);
+    }
+
+    #[test]
+    fn updating_the_profile_with_an_invalid_display_name_is_rejected() {
+        for name in [String::new(), " ".to_owned(), "x".repeat(51)] {
+            UserTest::with(())
+                .given(vec![ada_registered()])
+                .when(update_profile(&name))
+                .then_expect_error(UserError::InvalidDisplayName);
+        }
+    }
+
+    #[test]
+    fn updating_the_profile_of_an_unregistered_user_is_rejected() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(update_profile("Ada"))
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn updating_the_profile_of_a_rolled_back_user_is_rejected() {
+        UserTest::with(())
+            .given(vec![ada_registered(), rolled_back()])
+            .when(update_profile("Ada"))
+            .then_expect_error(UserError::RolledBack);
+    }
+
+    // RollBackRegistration
+
+    #[test]
+    fn rolling_back_a_registered_user_emits_registration_rolled_back() {
+        UserTest::with(())
+            .given(vec![ada_registered(), profile_updated("Countess")])
+            .when(roll_back())
+            .then_expect_events(vec![rolled_back()]);
+    }
+
+    #[test]
+    fn rolling_back_an_unregistered_user_is_rejected() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(roll_back())
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn rolling_back_a_rolled_back_user_again_emits_nothing() {
+        UserTest::with(())
+            .given(vec![ada_registered(), rolled_back()])
+            .when(roll_back())
+            .then_expect_events(vec![]);
+    }
+
+    // State
+
+    #[test]
+    fn the_state_follows_the_life_cycle() {
+        let mut user = User::default();
+        assert_eq!(user.status(), UserStatus::Unregistered);
+        assert!(!user.is_active());
+
+        user.apply(ada_registered());
+        assert_eq!(user.status(), UserStatus::Registered);
+        assert!(user.is_active());
+        assert_eq!(user.user_id(), ada());
+        assert_eq!(user.username(), "ada");
+        assert_eq!(user.display_name(), "Ada Lovelace");
+
+        user.apply(profile_updated("Countess"));
+        assert_eq!(user.display_name(), "Countess");
+
+        user.apply(rolled_back());
+        assert_eq!(user.status(), UserStatus::RolledBack);
+        assert!(!user.is_active());
+    }
+
+    #[test]
+    fn the_state_survives_a_json_snapshot() {
+        let mut user = User::default();
+        user.apply(ada_registered());
+        let snapshot = serde_json::to_value(&user).unwrap();
+        assert_eq!(serde_json::from_value::<User>(snapshot).unwrap(), user);
+    }
+
+    // Claims
+
+    #[test]
+    fn registering_claims_the_username_and_the_lower_cased_email() {
+        let event = registered("ada", "Ada@Example.com", "Ada");
+        assert_eq!(
+            User::claims(&event),
+            vec![
+                Claim::Reserve {
+                    scope: "username",
+                    value: "ada".to_owned()
+                },
+                Claim::Reserve {
+                    scope: "email",
+                    value: "ada@example.com".to_owned()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rolling_back_releases_every_claim() {
+        assert_eq!(User::claims(&rolled_back()), vec![Claim::ReleaseAll]);
+    }
+
+    #[test]
+    fn updating_the_profile_claims_nothing() {
+        assert_eq!(User::claims(&profile_updated("Ada")), vec![]);
+    }
+
+    #[test]
+    fn a_taken_username_or_email_becomes_the_matching_rejection() {
+        let taken = |scope: &str| ClaimTaken {
+            scope: scope.to_owned(),
+            value: "ada".to_owned(),
+        };
+        assert_eq!(
+            User::claim_rejected(taken("username")),
+            Some(UserError::UsernameTaken)
+        );
+        assert_eq!(
+            User::claim_rejected(taken("email")),
+            Some(UserError::EmailTaken)
+        );
+        assert_eq!(User::claim_rejected(taken("phone")), None);
+    }
+
+    // Wire
+
+    #[test]
+    fn user_events_round_trip_through_the_wire_catalogue() {
+        crate::wire::testing::assert_wire_round_trip::<User>(
+            vec![ada_registered(), profile_updated("Countess"), rolled_back()],
+            Event::OnboardingCompleted(event_schemas::onboarding::OnboardingCompletedV1 {
+                user_id: ada(),
+            }),
+        );
+    }
+
+    // GrantRole
+
+    fn grant(role: &str) -> UserCommand {
+        UserCommand::GrantRole {
+            role: role.to_owned(),
+        }
+    }
+
+    fn role_granted(role: &str) -> UserEvent {
+        UserEvent::RoleGranted(UserRoleGrantedV1 {
+            user_id: ada(),
+            role: role.to_owned(),
+        })
+    }
+
+    #[test]
+    fn granting_a_known_role_to_a_registered_user_grants_it() {
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(grant("auditor"))
+            .then_expect_events(vec![role_granted("auditor")]);
+    }
+
+    #[test]
+    fn granting_a_held_role_again_changes_nothing() {
+        UserTest::with(())
+            .given(vec![ada_registered(), role_granted("admin")])
+            .when(grant("admin"))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn granting_an_unknown_role_is_rejected() {
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(grant("superuser"))
+            .then_expect_error(UserError::UnknownRole);
+    }
+
+    #[test]
+    fn granting_a_role_to_an_unregistered_or_rolled_back_user_is_rejected() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(grant("admin"))
+            .then_expect_error(UserError::NotRegistered);
+        UserTest::with(())
+            .given(vec![ada_registered(), rolled_back()])
+            .when(grant("admin"))
+            .then_expect_error(UserError::RolledBack);
+    }
+
+    #[test]
+    fn login_data_and_roles_are_kept_in_the_state() {
+        let mut user = User::default();
+        user.apply(ada_registered());
+        user.apply(role_granted("auditor"));
+        assert_eq!(user.email(), "ada@example.com");
+        assert_eq!(user.password_hash(), HASH);
+        assert!(user.roles().contains("auditor"));
+    }
+}

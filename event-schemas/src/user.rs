@@ -1,0 +1,69 @@
+//! `user.*` events: registration, its compensation, profile changes.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `user.registered` v1: the first published shape, where the display name was optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegisteredV1 {
+    pub user_id: Uuid,
+    /// 3–30 characters of `[a-z0-9_]`, unique across users.
+    pub username: String,
+    /// Lower-cased; unique across users.
+    pub email: String,
+    pub display_name: Option<String>,
+    /// PHC string of the password hash (Argon2id). Never the password itself.
+    pub password_hash: String,
+}
+
+/// `user.registered` v2: the display name is always present (v1 events without one take the
+/// username, see [`crate::upcast`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegisteredV2 {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub password_hash: String,
+}
+
+impl From<UserRegisteredV1> for UserRegisteredV2 {
+    fn from(v1: UserRegisteredV1) -> Self {
+        let display_name = v1.display_name.unwrap_or_else(|| v1.username.clone());
+        Self {
+            user_id: v1.user_id,
+            username: v1.username,
+            email: v1.email,
+            display_name,
+            password_hash: v1.password_hash,
+        }
+    }
+}
+
+/// `user.registration_rolled_back` v1: the compensation of a registration whose onboarding
+/// failed. Frees the username and email again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegistrationRolledBackV1 {
+    pub user_id: Uuid,
+    pub reason: String,
+}
+
+/// `user.profile_updated` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserProfileUpdatedV1 {
+    pub user_id: Uuid,
+    pub display_name: String,
+}
+
+/// `user.role_granted` v1: an administrator granted a role (`admin`, `auditor`, `analyst`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRoleGrantedV1 {
+    pub user_id: Uuid,
+    pub role: String,
+}

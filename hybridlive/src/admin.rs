@@ -1,0 +1,49 @@
+//! `hybridlive admin …`: operator commands that go through the same command layer (and so
+//! the same rules and the same audit trail) as the API.
+
+use anyhow::Context;
+use commands::{CommandContext, WriteSide};
+use domain::user::{UserCommand, USERNAME_CLAIM};
+use event_schemas::Metadata;
+
+/// Grants `role` to `user` (a user id or a username).
+pub async fn grant_role(pool: sqlx::PgPool, user: &str, role: &str) -> anyhow::Result<()> {
+    let user_id = match uuid::Uuid::parse_str(user) {
+        Ok(id) => id.to_string(),
+        Err(_) => sqlx::query_scalar::<_, String>(
+            "SELECT stream_id FROM unique_claims WHERE scope = $1 AND value = $2",
+        )
+        .bind(USERNAME_CLAIM)
+        .bind(user)
+        .fetch_optional(&pool)
+        .await
+        .context("looking the username up")?
+        .with_context(|| format!("no user named {user}"))?,
+    };
+    let write = WriteSide::new(pool, commands::Settings::default());
+    let context = CommandContext {
+        metadata: Metadata {
+            actor: Some("system:admin-cli".to_owned()),
+            ..Metadata::default()
+        },
+        ..CommandContext::default()
+    };
+    let command = UserCommand::GrantRole {
+        role: role.to_owned(),
+    };
+    let executed = write
+        .users
+        .execute(&user_id, command, &context)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("granting {role} to {user}"))?;
+    if executed.appended == 0 {
+        println!("{user} already has the role {role}");
+    } else {
+        println!(
+            "granted {role} to {user} (user {user_id}, version {})",
+            executed.version
+        );
+    }
+    Ok(())
+}

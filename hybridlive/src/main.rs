@@ -1,0 +1,283 @@
+//! `hybridlive`: the one binary of Hybrid Live (DESIGN §9). Reads configuration from the
+//! environment and flags, installs tracing and signal handlers, and hands over to the
+//! libraries.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sqlx::postgres::PgPoolOptions;
+
+mod admin;
+mod dev;
+
+/// The event-sourced social backend.
+#[derive(Debug, Parser)]
+#[command(name = "hybridlive", version, about)]
+struct Cli {
+    /// PostgreSQL holding the event store.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/hybridlive",
+        global = true
+    )]
+    database_url: String,
+
+    /// Connections in the PostgreSQL pool.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 32,
+        global = true
+    )]
+    database_max_connections: u32,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Applies pending schema migrations, then exits. Run it before starting services;
+    /// concurrent runs are safe (they serialise on an advisory lock).
+    Migrate {
+        /// Create the database first if it does not exist.
+        #[arg(long)]
+        create_database: bool,
+    },
+    /// Serves the HTTP API. Refuses to start with the development JWT secret.
+    Serve(ServeArgs),
+    /// Everything in one process for local development: the HTTP API (the development JWT
+    /// secret is allowed) and, with --print-events, the committed log as JSON lines.
+    Dev {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Print every committed event, in the order projections read them, to stdout.
+        #[arg(long)]
+        print_events: bool,
+    },
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Checks the immutable log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// Redis (refresh tokens; later caches and pub/sub).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Prefix of every Redis key this deployment writes.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "hl:")]
+    redis_prefix: String,
+    /// HS256 secret of access tokens, at least 32 bytes. Required by `serve`.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Access token lifetime, seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    access_token_ttl_secs: u64,
+    /// Refresh token lifetime, seconds.
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    refresh_token_ttl_secs: u64,
+    /// Largest accepted request body, bytes.
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    body_limit_bytes: usize,
+    /// Snapshot aggregates every this many versions (0 = never).
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    snapshot_every: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Grants a role (admin, auditor, analyst) to a user, by id or username.
+    GrantRole { user: String, role: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recomputes the hash chain of every event in a range of positions; exits 1 when the
+    /// log was altered.
+    Verify {
+        #[arg(long, default_value_t = 0)]
+        from_position: i64,
+        #[arg(long, default_value_t = i64::MAX)]
+        to_position: i64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Migrate { create_database } => migrate(&cli.database_url, create_database).await,
+        Command::Serve(args) => {
+            let pool = connect(&cli.database_url, cli.database_max_connections).await?;
+            serve(args, pool, false).await
+        }
+        Command::Dev {
+            serve: args,
+            print_events,
+        } => {
+            let pool = connect(&cli.database_url, cli.database_max_connections).await?;
+            if print_events {
+                let follower = pool.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = dev::print_events(follower).await {
+                        tracing::error!(error = format!("{error:#}"), "Event printer stopped.");
+                    }
+                });
+            }
+            serve(args, pool, true).await
+        }
+        Command::Admin {
+            command: AdminCommand::GrantRole { user, role },
+        } => {
+            let pool = connect(&cli.database_url, 2).await?;
+            admin::grant_role(pool, &user, &role).await
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    from_position,
+                    to_position,
+                },
+        } => verify(&cli.database_url, from_position, to_position).await,
+    }
+}
+
+async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(database_url)
+        .await
+        .context("connecting to DATABASE_URL")
+}
+
+async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result<()> {
+    let jwt_secret = match args.jwt_secret {
+        Some(secret) => secret.into_bytes(),
+        None if dev => auth::jwt::DEV_SECRET.to_vec(),
+        None => anyhow::bail!("JWT_SECRET is required (at least 32 random bytes); only `hybridlive dev` may run without it"),
+    };
+    if !dev {
+        auth::jwt::check_secret(&jwt_secret).context("JWT_SECRET is not safe to use")?;
+    }
+    let redis = redis::Client::open(args.redis_url.as_str()).context("parsing REDIS_URL")?;
+    let redis = redis::aio::ConnectionManager::new(redis)
+        .await
+        .context("connecting to REDIS_URL")?;
+    let settings = api::Settings {
+        http_addr: args.http_addr,
+        jwt_secret,
+        access_ttl: Duration::from_secs(args.access_token_ttl_secs),
+        refresh_ttl: Duration::from_secs(args.refresh_token_ttl_secs),
+        body_limit: args.body_limit_bytes,
+        redis_prefix: args.redis_prefix,
+        commands: commands::Settings {
+            snapshot_every: args.snapshot_every,
+            ..commands::Settings::default()
+        },
+    };
+    let app = api::App::build(settings, pool, redis)
+        .await
+        .context("binding HTTP_ADDR")?;
+    tracing::info!(addr = %app.local_addr()?, dev, "Serving the HTTP API.");
+    app.run_until_stopped(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, drain in-flight requests.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("Shutting down: draining in-flight requests.");
+}
+
+async fn verify(database_url: &str, from: i64, to: i64) -> anyhow::Result<()> {
+    let store = store::PgEventStore::new(connect(database_url, 1).await?);
+    let verification = store.verify(from, to).await.context("verifying the log")?;
+    println!("{}", serde_json::to_string(&verification)?);
+    if !verification.ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn migrate(database_url: &str, create_database: bool) -> anyhow::Result<()> {
+    use sqlx::migrate::MigrateDatabase;
+    if create_database
+        && !sqlx::Postgres::database_exists(database_url)
+            .await
+            .context("checking whether the database exists")?
+    {
+        sqlx::Postgres::create_database(database_url)
+            .await
+            .context("creating the database")?;
+        tracing::info!("Created the database.");
+    }
+    let pool = connect(database_url, 1).await?;
+    let before = applied(&pool).await?;
+    store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    let after = applied(&pool).await?;
+    tracing::info!(
+        applied = after - before,
+        total = after,
+        "Database schema is up to date."
+    );
+    Ok(())
+}
+
+async fn applied(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .context("reading the migration table")?;
+    if !exists {
+        return Ok(0);
+    }
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .context("reading the migration table")
+}

@@ -1,0 +1,188 @@
+//! The `hybridlive` binary as an operator runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Output;
+
+use testkit::TestDb;
+
+async fn hybridlive(database_url: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn table_exists(db: &TestDb, table: &str) -> bool {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
+    let db = TestDb::empty().await;
+    assert!(!table_exists(&db, "events").await);
+    let first = hybridlive(&db.url, &["migrate"]).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for table in [
+        "events",
+        "streams",
+        "unique_claims",
+        "snapshots",
+        "checkpoints",
+    ] {
+        assert!(table_exists(&db, table).await, "{table} missing");
+    }
+    let second = hybridlive(&db.url, &["migrate"]).await;
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_migrations_of_one_database_do_not_race() {
+    let db = TestDb::empty().await;
+    let runs = futures::future::join_all((0..4).map(|_| hybridlive(&db.url, &["migrate"]))).await;
+    for run in runs {
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, store::MIGRATOR.iter().count());
+}
+
+#[tokio::test]
+async fn migrate_reports_an_unreachable_database_clearly() {
+    let out = hybridlive("postgres://postgres@127.0.0.1:1/nothing", &["migrate"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("connecting to DATABASE_URL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn audit_verify_passes_on_a_clean_log_and_fails_after_tampering() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO streams VALUES ('t', 's', 2); \
+         INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload) \
+         VALUES (gen_random_uuid(), 't', 's', 1, 'test.happened', 1, '{\"n\": 1}'), \
+                (gen_random_uuid(), 't', 's', 2, 'test.happened', 1, '{\"n\": 2}');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let clean = hybridlive(&db.url, &["audit", "verify"]).await;
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains(r#""ok":true"#));
+
+    sqlx::raw_sql(
+        "SET session_replication_role = replica; \
+         UPDATE events SET payload = '{\"n\": 3}' WHERE stream_version = 2;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let tampered = hybridlive(&db.url, &["audit", "verify"]).await;
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&tampered.stdout).contains(r#""ok":false"#));
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_a_real_jwt_secret() {
+    let db = TestDb::new().await;
+    let missing = hybridlive(&db.url, &["serve", "--http-addr", "127.0.0.1:0"]).await;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("JWT_SECRET is required"));
+    let dev_secret = String::from_utf8_lossy(auth::jwt::DEV_SECRET).into_owned();
+    for secret in [dev_secret.as_str(), "too-short"] {
+        let out = hybridlive(
+            &db.url,
+            &[
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                secret,
+            ],
+        )
+        .await;
+        assert!(!out.status.success(), "started with {secret}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET is not safe"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn admin_grant_role_grants_once_through_the_command_layer() {
+    let db = TestDb::new().await;
+    let write = commands::WriteSide::new(db.pool.clone(), commands::Settings::default());
+    let id = uuid::Uuid::now_v7();
+    let register = domain::user::UserCommand::RegisterUser {
+        user_id: id,
+        username: "audra".into(),
+        email: "audra@example.com".into(),
+        display_name: None,
+        password_hash: "$argon2id$x".into(),
+    };
+    write
+        .users
+        .execute(&id.to_string(), register, &Default::default())
+        .await
+        .unwrap();
+
+    let by_name = hybridlive(&db.url, &["admin", "grant-role", "audra", "auditor"]).await;
+    assert!(
+        by_name.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_name.stderr)
+    );
+    let by_id = hybridlive(
+        &db.url,
+        &["admin", "grant-role", &id.to_string(), "auditor"],
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&by_id.stdout).contains("already has"));
+    let unknown_role = hybridlive(&db.url, &["admin", "grant-role", "audra", "king"]).await;
+    assert!(!unknown_role.status.success());
+    let unknown_user = hybridlive(&db.url, &["admin", "grant-role", "nobody", "auditor"]).await;
+    assert!(!unknown_user.status.success());
+
+    let user = write
+        .users
+        .store()
+        .load(&id.to_string())
+        .await
+        .unwrap()
+        .aggregate;
+    assert!(user.roles().contains("auditor"));
+    let actor: serde_json::Value =
+        sqlx::query_scalar("SELECT metadata FROM events WHERE event_type = 'user.role_granted'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(actor["actor"], "system:admin-cli");
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: starts (or installs) the services the tests need, then runs every test
+# of the workspace against them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --no-fail-fast "$@"
+else
+  exec cargo test --workspace --no-fail-fast "$@"
+fi

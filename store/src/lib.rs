@@ -1,0 +1,38 @@
+//! The PostgreSQL event store (DESIGN §3), the source of truth of Hybrid Live.
+//!
+//! Sits under `commands` in the layering: it knows `event-schemas` (the wire contract) and
+//! `domain::claims`, and no HTTP, Kafka or read-model crate.
+//!
+//! Invariants, enforced by the database where it can:
+//! - one append is one statement, so one transaction, whose first write locks the stream's
+//!   row; a stale expected version is an [`AppendError::Conflict`], never a duplicate version;
+//! - an append whose event ids are already stored is an idempotent no-op that returns the
+//!   original [`Appended`];
+//! - the `events` table is append-only (trigger and privileges) and hash-chained per stream;
+//!   [`PgEventStore::verify`] recomputes the chain;
+//! - [`LogReader`] never skips a committed event: it reads in `(transaction_id,
+//!   global_position)` order and only below the oldest running transaction.
+//!
+//! Layout:
+//! - [`append`]: [`PgEventStore`], appends and stream reads;
+//! - [`aggregate`]: [`AggregateStore`], the `cqrs_es::EventStore` with snapshots;
+//! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
+//! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
+//! - [`verify`]: the hash-chain verification.
+
+pub mod aggregate;
+pub mod append;
+pub mod checkpoint;
+pub mod log;
+pub mod verify;
+
+pub use aggregate::{AggregateStore, LoadedAggregate};
+pub use append::{
+    AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent, StoreError,
+};
+pub use checkpoint::Checkpoints;
+pub use log::{LogPosition, LogReader};
+pub use verify::Verification;
+
+/// The schema migrations of `migrations/`, embedded; run by `hybridlive migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -1,0 +1,103 @@
+//! The catch-up reader of the global log.
+//!
+//! Sequence values become visible before their transaction commits, so reading
+//! "`global_position` > last seen" skips events under concurrency: a transaction that took
+//! position 10 may commit after one that took 11 was already read. This reader orders by
+//! `(transaction_id, global_position)` and reads only events of transactions older than the
+//! oldest one still running (`pg_snapshot_xmin`), none of which can commit anything new. The
+//! price: one long-open write transaction holds every reader back, which
+//! [`LogReader::holdback`] measures.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPool;
+
+use crate::append::{RecordedEvent, StoreError, EVENT_COLUMNS};
+
+/// A point in the log's read order: everything at or before it has been read.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct LogPosition {
+    /// The writing transaction's id (`xid8`) of the last event read.
+    pub transaction_id: u64,
+    /// The global position of the last event read.
+    pub global_position: i64,
+}
+
+impl LogPosition {
+    /// Before the first event.
+    pub const START: LogPosition = LogPosition {
+        transaction_id: 0,
+        global_position: 0,
+    };
+
+    /// The position of `event`: a reader that has handled it checkpoints this.
+    pub fn of(event: &RecordedEvent) -> Self {
+        Self {
+            transaction_id: event.transaction_id,
+            global_position: event.global_position,
+        }
+    }
+}
+
+/// Reads the committed log in a gap-free total order.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    pool: PgPool,
+    batch_sql: String,
+}
+
+impl LogReader {
+    pub fn new(pool: PgPool) -> Self {
+        let batch_sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+              WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) \
+              ORDER BY events.transaction_id, events.global_position \
+              LIMIT $3"
+        );
+        Self { pool, batch_sql }
+    }
+
+    /// Up to `limit` events after `after`, in read order. An empty batch means the reader is
+    /// caught up with everything that can no longer change.
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure or a corrupt row.
+    pub async fn read_batch(
+        &self,
+        after: LogPosition,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&self.batch_sql)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(RecordedEvent::from_row).collect()
+    }
+
+    /// How long the oldest open write transaction (of any database of the cluster: they share
+    /// one transaction-id space) has been running: readers cannot pass its events until it
+    /// ends. Zero when none is open. Also sets the gauge `eventstore_reader_holdback_seconds`;
+    /// reader loops call it every few seconds, not per batch. Needs `pg_read_all_stats` (or superuser) to see other
+    /// roles' transactions.
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure.
+    pub async fn holdback(&self) -> Result<Duration, StoreError> {
+        let seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - min(xact_start))::float8 \
+               FROM pg_stat_activity \
+              WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let holdback = Duration::from_secs_f64(seconds.unwrap_or(0.0).max(0.0));
+        metrics::gauge!("eventstore_reader_holdback_seconds").set(holdback.as_secs_f64());
+        Ok(holdback)
+    }
+}

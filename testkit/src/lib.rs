@@ -1,0 +1,114 @@
+//! Test support: a fresh, migrated PostgreSQL database per test, so tests run in parallel
+//! and never share state (STYLE: "a fresh database per test").
+//!
+//! `DATABASE_URL` names the server (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`);
+//! each [`TestDb`] creates `hl_test_<uuid>` on it, runs the project's migrations, and drops
+//! the database again when dropped.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+/// The server tests run against when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+
+/// The server's URL: `DATABASE_URL` or [`DEFAULT_DATABASE_URL`].
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// A database that exists for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    admin: PgConnectOptions,
+}
+
+impl TestDb {
+    /// A new database with every migration applied.
+    ///
+    /// # Panics
+    /// When the server is unreachable or a migration fails: the test cannot run.
+    #[allow(clippy::expect_used)]
+    pub async fn new() -> Self {
+        let db = Self::empty().await;
+        store::MIGRATOR
+            .run(&db.pool)
+            .await
+            .expect("migrations apply to a fresh database");
+        db
+    }
+
+    /// A new database without migrations (for testing `migrate` itself).
+    ///
+    /// # Panics
+    /// When the server is unreachable.
+    #[allow(clippy::expect_used)]
+    pub async fn empty() -> Self {
+        let admin: PgConnectOptions = server_url().parse().expect("DATABASE_URL is a valid URL");
+        let name = format!("hl_test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .expect("PostgreSQL is reachable at DATABASE_URL (run scripts/services.sh)");
+        conn.execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("can create a test database");
+        conn.close().await.ok();
+        let options = admin.clone().database(&name);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(32)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .expect("can connect to the test database");
+        Self {
+            name,
+            url,
+            pool,
+            admin,
+        }
+    }
+
+    /// A connection to the test database with its own options (e.g. another role).
+    ///
+    /// # Panics
+    /// When the connection fails.
+    #[allow(clippy::expect_used)]
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect_with(&self.admin.clone().database(&self.name))
+            .await
+            .expect("can connect to the test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; drop the database from a thread of its own.
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                    let _ = conn
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
