@@ -42,12 +42,17 @@
 //! `raw_inserts`. Results are printed as markdown on stdout (progress goes to stderr);
 //! `--json FILE` writes them as JSON too.
 //!
+//! `bench http` measures the command API over real HTTP (publish posts, register users); see
+//! the `http` module.
+//!
 //! Layout:
+//! - `http`: the HTTP benchmark: the API on a runtime of its own, its clients and phases;
 //! - `scenarios`: the seven scenarios, their setup and their clients;
 //! - `runner`: the closed-loop driver of C clients and its HDR measurement;
 //! - `setup`: the benchmark database: creation, settling between slices, drop;
 //! - `report`: the markdown table and the JSON.
 
+mod http;
 mod report;
 mod runner;
 mod scenarios;
@@ -74,6 +79,45 @@ struct Cli {
 enum Command {
     /// Single-event command appends and batch appends: ours vs postgres-es vs raw INSERTs.
     Appends(AppendsArgs),
+    /// The command API over HTTP: publish-post commands/s and registrations/s, p50/p99.
+    Http(HttpArgs),
+}
+
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// Concurrent clients C publishing posts.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Concurrent clients registering users (each registration hashes a password).
+    #[arg(long, default_value_t = 4)]
+    register_clients: usize,
+    /// Measured seconds of the publish phase.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Measured seconds of the registration phase.
+    #[arg(long, default_value_t = 10)]
+    register_seconds: u64,
+    /// Untimed warm-up seconds before each phase.
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Connections in the API's PostgreSQL pool (`DATABASE_MAX_CONNECTIONS`).
+    #[arg(long, default_value_t = 32)]
+    pool_size: u32,
+    /// Worker threads of the API server's runtime (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    server_threads: usize,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// A database on the server to benchmark; only used to create the benchmark database.
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// The benchmark database, dropped and created anew, and dropped at the end.
+    #[arg(long, default_value = "hybridlive_bench_http")]
+    database_name: String,
 }
 
 #[derive(Debug, Args)]
@@ -166,7 +210,74 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Appends(args) => appends(args).await,
+        Command::Http(args) => http_bench(args).await,
     }
+}
+
+async fn http_bench(args: HttpArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.register_clients == 0 || args.pool_size == 0 {
+        bail!("--clients, --register-clients and --pool-size must be at least 1");
+    }
+    if args.seconds == 0 || args.register_seconds == 0 {
+        bail!("--seconds and --register-seconds must be at least 1");
+    }
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    let load = http::HttpLoad {
+        clients: args.clients,
+        register_clients: args.register_clients,
+        warmup: Duration::from_secs(args.warmup_seconds),
+        publish: Duration::from_secs(args.seconds),
+        register: Duration::from_secs(args.register_seconds),
+        pool_size: args.pool_size,
+        server_threads: if args.server_threads == 0 {
+            cores
+        } else {
+            args.server_threads
+        },
+        redis_url: args.redis_url.clone(),
+    };
+    let db = BenchDatabase::create(&args.database_url, &args.database_name).await?;
+    let server = db.facts().await?;
+    let measured = http::run(&db, &load).await;
+    let dropped = db.drop_database().await;
+    let phases = measured?;
+    println!(
+        "`cargo run --release -p bench -- http --clients {} --register-clients {} --seconds {} \
+         --register-seconds {} --warmup-seconds {} --pool-size {}`\n",
+        args.clients,
+        args.register_clients,
+        args.seconds,
+        args.register_seconds,
+        args.warmup_seconds,
+        args.pool_size
+    );
+    println!(
+        "{cores} cores; PostgreSQL {} (synchronous_commit={}, shared_buffers={}); the API on {} \
+         worker threads, pool {}.\n",
+        server.server_version,
+        server.synchronous_commit,
+        server.shared_buffers,
+        load.server_threads,
+        load.pool_size
+    );
+    println!("| phase | clients | commands/s | p50 ms | p99 ms | conflicts | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for phase in &phases {
+        let m = &phase.measured;
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            phase.name,
+            phase.clients,
+            m.ops_per_sec(),
+            m.latency_ms(0.5),
+            m.latency_ms(0.99),
+            m.conflicts,
+            m.failures
+        );
+    }
+    dropped
 }
 
 async fn appends(args: AppendsArgs) -> anyhow::Result<()> {

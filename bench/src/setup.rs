@@ -55,7 +55,7 @@ pub struct ServerFacts {
 }
 
 /// A database created for this run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BenchDatabase {
     server: PgConnectOptions,
     name: String,

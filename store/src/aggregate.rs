@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
 use domain::claims::Claims;
 use event_schemas::{Event, Metadata, UnexpectedEvent};
+use sqlx::postgres::PgRow;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -70,53 +71,60 @@ where
         &self.store
     }
 
-    /// The aggregate's current state: the latest snapshot (if readable) plus later events.
+    /// The aggregate's current state: the latest snapshot (if readable) plus later events,
+    /// read in one round trip ([`LOAD_SQL`]) of only the columns a fold needs.
     ///
     /// # Errors
     /// [`StoreError`] on database failure or an event that cannot be decoded.
     pub async fn load(&self, stream_id: &str) -> Result<LoadedAggregate<A>, StoreError> {
-        let mut loaded = self.load_snapshot(stream_id).await?;
-        for recorded in self
-            .store
-            .read_stream(A::TYPE, stream_id, loaded.version)
-            .await?
-        {
-            loaded.version = recorded.stream_version;
-            loaded.aggregate.apply(decode::<A>(&recorded)?);
-        }
-        Ok(loaded)
-    }
-
-    async fn load_snapshot(&self, stream_id: &str) -> Result<LoadedAggregate<A>, StoreError> {
-        let fresh = LoadedAggregate {
+        let rows = sqlx::query(LOAD_SQL)
+            .bind(A::TYPE)
+            .bind(stream_id)
+            .bind(self.snapshot_every > 0)
+            .fetch_all(self.store.pool())
+            .await?;
+        let mut loaded = LoadedAggregate {
             aggregate: A::default(),
             stream_id: stream_id.to_owned(),
             version: 0,
         };
-        if self.snapshot_every == 0 {
-            return Ok(fresh);
-        }
-        let row = sqlx::query(
-            "SELECT version, state FROM snapshots WHERE stream_type = $1 AND stream_id = $2",
-        )
-        .bind(A::TYPE)
-        .bind(stream_id)
-        .fetch_optional(self.store.pool())
-        .await?;
-        let Some(row) = row else { return Ok(fresh) };
-        let version = to_u64(row.try_get("version")?)?;
-        match serde_json::from_value::<A>(row.try_get("state")?) {
-            Ok(aggregate) => Ok(LoadedAggregate {
-                aggregate,
-                stream_id: stream_id.to_owned(),
-                version,
-            }),
-            Err(error) => {
-                // The aggregate's shape changed since the snapshot: replay from the start.
-                tracing::warn!(stream_type = A::TYPE, %stream_id, %error, "Snapshot unreadable; replaying the whole stream.");
-                Ok(fresh)
+        let mut rows = rows.iter().peekable();
+        let is_snapshot =
+            |row: &&PgRow| matches!(row.try_get::<Option<&str>, _>("event_type"), Ok(None));
+        if let Some(snapshot) = rows.next_if(is_snapshot) {
+            let version = to_u64(snapshot.try_get("stream_version")?)?;
+            match serde_json::from_value::<A>(snapshot.try_get("payload")?) {
+                Ok(aggregate) => {
+                    loaded.aggregate = aggregate;
+                    loaded.version = version;
+                }
+                Err(error) => {
+                    // The aggregate's shape changed since the snapshot: replay from the start.
+                    tracing::warn!(stream_type = A::TYPE, %stream_id, %error, "Snapshot unreadable; replaying the whole stream.");
+                    for recorded in self.store.read_stream(A::TYPE, stream_id, 0).await? {
+                        loaded.version = recorded.stream_version;
+                        loaded.aggregate.apply(decode::<A>(&recorded)?);
+                    }
+                    return Ok(loaded);
+                }
             }
         }
+        for row in rows {
+            let version = to_u64(row.try_get("stream_version")?)?;
+            let schema_version = u32::try_from(row.try_get::<i32, _>("schema_version")?)
+                .map_err(|_| StoreError::Corrupt("negative schema_version".into()))?;
+            let event = Event::decode(
+                row.try_get("event_type")?,
+                schema_version,
+                row.try_get("payload")?,
+            )?;
+            let event = A::Event::try_from(event).map_err(|e| {
+                StoreError::Corrupt(format!("{}/{stream_id} version {version}: {e}", A::TYPE))
+            })?;
+            loaded.version = version;
+            loaded.aggregate.apply(event);
+        }
+        Ok(loaded)
     }
 
     /// Appends `events`, decided on `loaded` (so expected version `loaded.version`), with
@@ -194,6 +202,26 @@ where
         }
     }
 }
+
+/// Snapshot (when `$3`) and later events in one statement: the snapshot first, as a row
+/// with a NULL `event_type` and the state as `payload`, then the events after it in version
+/// order, with only the columns a fold needs. (The snapshot's version is below every event's
+/// it is followed by, so ordering by version puts it first.)
+const LOAD_SQL: &str = r"
+WITH snapshot AS (
+    SELECT version, state FROM snapshots
+     WHERE $3 AND stream_type = $1 AND stream_id = $2
+)
+SELECT version AS stream_version, NULL::text AS event_type, NULL::integer AS schema_version,
+       state AS payload
+  FROM snapshot
+UNION ALL
+SELECT stream_version, event_type, schema_version, payload
+  FROM events
+ WHERE stream_type = $1 AND stream_id = $2
+   AND stream_version > COALESCE((SELECT version FROM snapshot), 0)
+ORDER BY stream_version
+";
 
 /// The id of the `index`-th event of command `command_id`.
 pub fn derived_event_id(command_id: &str, index: usize) -> Uuid {

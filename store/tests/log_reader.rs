@@ -89,7 +89,7 @@ async fn an_event_committed_after_a_later_position_was_read_is_not_skipped() {
     );
 
     slow_tx.commit().await.unwrap();
-    let (after_commit, _) = read_all(&reader, position).await;
+    let after_commit = testkit::read_log(&reader, position, 2).await;
     let streams: Vec<&str> = after_commit.iter().map(|e| e.stream_id.as_str()).collect();
     assert_eq!(
         streams,

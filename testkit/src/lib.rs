@@ -112,3 +112,32 @@ impl Drop for TestDb {
         let _ = dropper.join();
     }
 }
+
+/// Reads the log from `from` until `expected` events were read, waiting (up to 30 s) while
+/// open transactions anywhere on the server — other tests' too — hold the reader back
+/// below their `xmin`: an empty batch means "nothing safe to read yet", not "the end".
+///
+/// # Panics
+/// When a read fails.
+#[allow(clippy::expect_used)]
+pub async fn read_log(
+    reader: &store::LogReader,
+    from: store::LogPosition,
+    expected: usize,
+) -> Vec<store::RecordedEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut position = from;
+    let mut read = Vec::new();
+    while read.len() < expected && std::time::Instant::now() < deadline {
+        let batch = reader
+            .read_batch(position, 100)
+            .await
+            .expect("reading the log");
+        match batch.last() {
+            Some(last) => position = store::LogPosition::of(last),
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+        read.extend(batch);
+    }
+    read
+}

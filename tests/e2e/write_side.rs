@@ -106,14 +106,15 @@ async fn a_social_session_lands_in_the_log_in_order_with_metadata_and_verifies()
     );
 
     let reader = LogReader::new(app.db.pool.clone());
-    let mut position = LogPosition::START;
-    let mut log = Vec::new();
-    loop {
-        let batch = reader.read_batch(position, 3).await.unwrap();
-        let Some(last) = batch.last() else { break };
-        position = LogPosition::of(last);
-        log.extend(batch.iter().map(|e| e.decode().unwrap()));
-    }
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let log: Vec<_> = testkit::read_log(&reader, LogPosition::START, total as usize)
+        .await
+        .iter()
+        .map(|e| e.decode().unwrap())
+        .collect();
     let kinds: Vec<EventKind> = log.iter().map(|e| e.event.kind()).collect();
     assert_eq!(
         kinds,
