@@ -6,7 +6,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use domain::claims::Claims;
 use event_schemas::{Event, Metadata, UnexpectedEvent};
-use store::{AggregateStore, AppendError, StoreError};
+use store::{AggregateStore, AppendError, LoadedAggregate, StoreError};
 use uuid::Uuid;
 
 /// Who issues a command and under which conditions.
@@ -17,6 +17,12 @@ pub struct CommandContext {
     pub command_id: Option<String>,
     /// The version the caller decided on (`If-Match`): a mismatch is a final conflict.
     pub expected_version: Option<u64>,
+    /// The caller just minted the aggregate's id, so the stream is almost surely new: the
+    /// first attempt decides on the empty aggregate without reading the stream. Safe either
+    /// way: the append expects version 0, so if the stream does exist it conflicts, and a
+    /// refusal by the empty aggregate is not trusted; both make the next attempt load the
+    /// stream and decide as usual.
+    pub new_stream: bool,
 }
 
 /// A command that was accepted.
@@ -88,7 +94,17 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut loaded = self.store.load(id).await.map_err(CommandError::Store)?;
+            let guessed_new =
+                attempt == 1 && context.new_stream && context.expected_version.unwrap_or(0) == 0;
+            let mut loaded = if guessed_new {
+                LoadedAggregate {
+                    aggregate: A::default(),
+                    stream_id: id.to_owned(),
+                    version: 0,
+                }
+            } else {
+                self.store.load(id).await.map_err(CommandError::Store)?
+            };
             if let Some(expected) = context.expected_version {
                 if expected != loaded.version {
                     return Err(CommandError::Conflict {
@@ -98,12 +114,21 @@ where
                 }
             }
             let sink = EventSink::default();
-            loaded
+            let decided = loaded
                 .aggregate
                 .handle(command.clone(), &self.services, &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+                .await;
+            match decided {
+                // Refused by the guessed empty state: only the real state may refuse.
+                Err(_) if guessed_new => continue,
+                Err(rejection) => return Err(CommandError::Rejected(rejection)),
+                Ok(()) => {}
+            }
             let events = sink.collect().await;
+            if events.is_empty() && guessed_new {
+                // Nothing to do on the guessed empty state proves nothing: check the real one.
+                continue;
+            }
             if events.is_empty() {
                 return Ok(Executed {
                     version: loaded.version,
@@ -122,6 +147,8 @@ where
                 )
                 .await;
             match outcome {
+                // The stream was not new after all: load it and decide again, at once.
+                Err(AppendError::Conflict { .. }) if guessed_new => {}
                 Ok(appended) => {
                     return Ok(Executed {
                         version: appended.stream_version,

@@ -438,3 +438,50 @@ async fn the_store_serves_cqrs_es_framework_with_metadata_and_typed_rejections()
         "{err:?}"
     );
 }
+
+/// `new_stream` skips the first load; when the guess is wrong the append conflicts and the
+/// command is decided again on the loaded aggregate, as if no guess had been made.
+#[tokio::test]
+async fn a_wrong_new_stream_guess_is_decided_again_on_the_real_state() {
+    let db = TestDb::new().await;
+    let handler = users(&db, 0);
+    let id = Uuid::now_v7();
+    let guess = CommandContext {
+        new_stream: true,
+        ..CommandContext::default()
+    };
+    let first = handler
+        .execute(
+            &id.to_string(),
+            register(id, "gus", "gus@example.com"),
+            &guess,
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.version, first.appended), (1, 1));
+
+    // The same stream again: the empty aggregate would accept; the real one refuses.
+    let again = handler
+        .execute(
+            &id.to_string(),
+            register(id, "gus2", "gus2@example.com"),
+            &guess,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, CommandError::Rejected(UserError::AlreadyRegistered)),
+        "{again:?}"
+    );
+    // And a command that is valid on the real state goes through at the right version.
+    let renamed = handler
+        .execute(&id.to_string(), rename("Gus"), &guess)
+        .await
+        .unwrap();
+    assert_eq!(renamed.version, 2);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+}

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{CommandMeta, JsonBody, Principal};
-use crate::routes::{command_headers, context};
+use crate::routes::{command_headers, new_stream_context};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -111,7 +111,7 @@ pub async fn register(
         display_name: body.display_name,
         password_hash,
     };
-    let ctx = context(&meta, Some(user_id), None);
+    let ctx = new_stream_context(&meta, Some(user_id));
     let executed = state
         .write
         .users

@@ -31,6 +31,15 @@ pub fn context(
         },
         command_id: meta.command_id.clone(),
         expected_version,
+        new_stream: false,
+    }
+}
+
+/// [`context`] for a command on an aggregate whose id this request just minted.
+pub fn new_stream_context(meta: &CommandMeta, actor: Option<Uuid>) -> CommandContext {
+    CommandContext {
+        new_stream: true,
+        ..context(meta, actor, None)
     }
 }
 

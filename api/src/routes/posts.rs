@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{CommandMeta, IfMatch, JsonBody, Principal};
-use crate::routes::{command_headers, context, parse_id};
+use crate::routes::{command_headers, context, new_stream_context, parse_id};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -71,7 +71,7 @@ pub async fn publish(
         body_markdown: body.body_markdown,
         media: body.media,
     };
-    let ctx = context(&meta, Some(principal.user_id), None);
+    let ctx = new_stream_context(&meta, Some(principal.user_id));
     let executed = state
         .write
         .posts
@@ -139,7 +139,7 @@ pub async fn add_comment(
         author_id: principal.user_id,
         body: body.body,
     };
-    let ctx = context(&meta, Some(principal.user_id), None);
+    let ctx = new_stream_context(&meta, Some(principal.user_id));
     let executed = state
         .write
         .comments
