@@ -122,19 +122,23 @@ async fn measure<C: Client>(
 
 const PASSWORD: &str = "correct horse battery staple";
 
+/// The registration of `username`, with a valid password and email.
+fn registration(http: &reqwest::Client, base: &str, username: &str) -> reqwest::RequestBuilder {
+    http.post(format!("{base}/v1/auth/register"))
+        .json(&serde_json::json!({
+            "username": username,
+            "email": format!("{username}@bench.example"),
+            "password": PASSWORD,
+        }))
+}
+
 /// Registers `username`; `Ok(None)` when the server refused.
 async fn register(
     http: &reqwest::Client,
     base: &str,
     username: &str,
 ) -> anyhow::Result<Option<String>> {
-    let response = http
-        .post(format!("{base}/v1/auth/register"))
-        .json(&serde_json::json!({
-            "username": username,
-            "email": format!("{username}@bench.example"),
-            "password": PASSWORD,
-        }))
+    let response = registration(http, base, username)
         .send()
         .await
         .context("sending the registration")?;
@@ -191,14 +195,7 @@ impl Client for Registrar {
     async fn step(&mut self) -> Outcome {
         self.sent += 1;
         let username = format!("{}{}", self.prefix, self.sent);
-        let status = self
-            .http
-            .post(format!("{}/v1/auth/register", self.base))
-            .json(&serde_json::json!({
-                "username": username,
-                "email": format!("{username}@bench.example"),
-                "password": PASSWORD,
-            }))
+        let status = registration(&self.http, &self.base, &username)
             .send()
             .await
             .map(|response| response.status());

@@ -83,6 +83,18 @@ enum Command {
     Http(HttpArgs),
 }
 
+/// The PostgreSQL server a benchmark runs on.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// A database on the server to benchmark; only used to create the benchmark database.
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+}
+
 #[derive(Debug, Args)]
 struct HttpArgs {
     /// Concurrent clients C publishing posts.
@@ -108,13 +120,8 @@ struct HttpArgs {
     server_threads: usize,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// A database on the server to benchmark; only used to create the benchmark database.
-    #[arg(
-        long,
-        env = "BENCH_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The benchmark database, dropped and created anew, and dropped at the end.
     #[arg(long, default_value = "hybridlive_bench_http")]
     database_name: String,
@@ -145,13 +152,8 @@ struct AppendsArgs {
     /// Snapshot interval, in events, of both aggregate stores.
     #[arg(long, default_value_t = 100)]
     snapshot_every: usize,
-    /// A database on the server to benchmark; only used to create the benchmark database.
-    #[arg(
-        long,
-        env = "BENCH_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    )]
-    database_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The benchmark database, dropped and created anew.
     #[arg(long, default_value = "hybridlive_bench")]
     database_name: String,
@@ -238,7 +240,7 @@ async fn http_bench(args: HttpArgs) -> anyhow::Result<()> {
         },
         redis_url: args.redis_url.clone(),
     };
-    let db = BenchDatabase::create(&args.database_url, &args.database_name).await?;
+    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
     let server = db.facts().await?;
     let measured = http::run(&db, &load).await;
     let dropped = db.drop_database().await;
@@ -282,7 +284,7 @@ async fn http_bench(args: HttpArgs) -> anyhow::Result<()> {
 
 async fn appends(args: AppendsArgs) -> anyhow::Result<()> {
     let load = args.load()?;
-    let db = BenchDatabase::create(&args.database_url, &args.database_name).await?;
+    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
     eprintln!("Created database {}.", db.name());
     let measured = run_scenarios(&db, load, args.command()).await;
     // Clean up whatever happened, but report the results before a failed drop.
