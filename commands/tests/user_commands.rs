@@ -37,17 +37,25 @@ fn rename(name: &str) -> UserCommand {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_registrations_of_one_username_succeed_exactly_once() {
+/// 100 concurrent registrations, the `n`-th with `identity(n)` as (username, email): exactly
+/// one is stored, every other is refused with `refusal`.
+async fn hundred_concurrent_registrations(
+    identity: fn(usize) -> (String, String),
+    refusal: UserError,
+) {
     let db = TestDb::new().await;
     let handler = std::sync::Arc::new(users(&db, 0));
-    let attempts = (0..50).map(|n| {
+    let attempts = (0..100).map(|n| {
         let handler = handler.clone();
         tokio::spawn(async move {
             let id = Uuid::now_v7();
-            let command = register(id, "alice", &format!("alice{n}@example.com"));
+            let (username, email) = identity(n);
             handler
-                .execute(&id.to_string(), command, &CommandContext::default())
+                .execute(
+                    &id.to_string(),
+                    register(id, &username, &email),
+                    &CommandContext::default(),
+                )
                 .await
         })
     });
@@ -59,10 +67,8 @@ async fn fifty_concurrent_registrations_of_one_username_succeed_exactly_once() {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
     for result in &results {
         if let Err(error) = result {
-            assert!(
-                matches!(error, CommandError::Rejected(UserError::UsernameTaken)),
-                "{error:?}"
-            );
+            assert_eq!(error.to_string(), refusal.to_string(), "{error:?}");
+            assert!(matches!(error, CommandError::Rejected(_)), "{error:?}");
         }
     }
     let registered: i64 =
@@ -71,6 +77,24 @@ async fn fifty_concurrent_registrations_of_one_username_succeed_exactly_once() {
             .await
             .unwrap();
     assert_eq!(registered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_registrations_of_one_username_succeed_exactly_once() {
+    hundred_concurrent_registrations(
+        |n| ("alice".into(), format!("alice{n}@example.com")),
+        UserError::UsernameTaken,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_registrations_of_one_email_succeed_exactly_once() {
+    hundred_concurrent_registrations(
+        |n| (format!("bob{n}"), "Bob@Example.com".into()),
+        UserError::EmailTaken,
+    )
+    .await;
 }
 
 #[tokio::test]

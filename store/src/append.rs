@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use domain::claims::{Claim, ClaimTaken};
 use event_schemas::{DecodeError, Event, EventEnvelope, Metadata};
 use serde_json::Value;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnection, PgExecutor, PgPool};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -233,6 +233,30 @@ impl PgEventStore {
     /// stored with other content, [`AppendError::Store`] for database failures.
     #[tracing::instrument(skip_all, fields(stream_type = %request.stream_type, stream_id = %request.stream_id, expected = request.expected_version, events = request.events.len()))]
     pub async fn append(&self, request: &AppendRequest) -> Result<Appended, AppendError> {
+        self.append_on(&self.pool, request).await
+    }
+
+    /// [`Self::append`] inside the caller's transaction on `connection`, which commits or
+    /// rolls back as the caller decides; the stream stays locked for other writers until
+    /// then. The duplicate and conflict look-ups that follow a refused append read committed
+    /// state through the pool; after an [`AppendError::Store`] or [`AppendError::Taken`] the
+    /// transaction is aborted and must be rolled back.
+    ///
+    /// # Errors
+    /// As [`Self::append`].
+    pub async fn append_in(
+        &self,
+        connection: &mut PgConnection,
+        request: &AppendRequest,
+    ) -> Result<Appended, AppendError> {
+        self.append_on(connection, request).await
+    }
+
+    async fn append_on<'e, E: PgExecutor<'e>>(
+        &self,
+        executor: E,
+        request: &AppendRequest,
+    ) -> Result<Appended, AppendError> {
         if request.events.is_empty() {
             return Err(AppendError::Empty);
         }
@@ -277,7 +301,7 @@ impl PgEventStore {
             .bind(&reserve_values)
             .bind(release_all)
             .bind(&metadata)
-            .fetch_one(&self.pool)
+            .fetch_one(executor)
             .await;
 
         let row = match result {

@@ -84,8 +84,8 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing() {
     assert_eq!(store.read_stream("test", "s", 0).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn concurrent_appends_with_the_same_expected_version_conflict_all_but_once() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_appends_with_the_same_expected_version_conflict_all_but_once() {
     let db = TestDb::new().await;
     let store = PgEventStore::new(db.pool.clone());
     store
@@ -93,7 +93,7 @@ async fn concurrent_appends_with_the_same_expected_version_conflict_all_but_once
         .await
         .unwrap();
 
-    let writers = (0..24).map(|n| {
+    let writers = (0..64).map(|n| {
         let store = store.clone();
         tokio::spawn(async move { store.append(&request("hot", 1, vec![event(n)])).await })
     });
@@ -107,7 +107,7 @@ async fn concurrent_appends_with_the_same_expected_version_conflict_all_but_once
                 Err(AppendError::Conflict { .. }) => (ok, c + 1),
                 Err(other) => panic!("unexpected error {other:?}"),
             });
-    assert_eq!((ok, conflicts), (1, 23));
+    assert_eq!((ok, conflicts), (1, 63));
     let versions: Vec<u64> = store
         .read_stream("test", "hot", 0)
         .await

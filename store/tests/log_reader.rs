@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_schemas::Metadata;
@@ -119,63 +121,141 @@ async fn holdback_reports_the_age_of_the_oldest_open_write_transaction() {
     );
 }
 
-/// Many writers over many streams while a reader follows the log: at the end the reader has
-/// seen every committed event exactly once, and every stream in version order.
+/// A number in `0..n`, from a v4 UUID's random bits.
+fn random_below(n: u64) -> u64 {
+    u64::try_from(Uuid::new_v4().as_u128() % u128::from(n)).unwrap()
+}
+
+/// What broke the well-known stores, at scale: 32 writers append in explicit transactions
+/// and sleep inside them after the append (most not at all, some a few milliseconds, 1 in 50
+/// for 50–250 ms), so transactions commit out of position order; 1 in 10 rolls back; a
+/// reader follows the log all the while. Once 50k events are committed, the reader must have
+/// read exactly those: each once, every stream in version order, none skipped, nothing of a
+/// rolled-back transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reader_following_sixteen_concurrent_writers_sees_every_event_once_in_stream_order() {
-    const WRITERS: usize = 16;
-    const APPENDS_PER_WRITER: u64 = 150;
-    const STREAMS: usize = 8; // writers share streams, so they also conflict
+async fn a_reader_following_32_writers_with_delays_and_rollbacks_reads_exactly_the_committed_events(
+) {
+    const WRITERS: usize = 32;
+    const COMMITTED_TARGET: usize = 50_000;
+    const STREAMS: u64 = 256;
 
     let db = TestDb::new().await;
-    let store = PgEventStore::new(db.pool.clone());
-    let reader = LogReader::new(db.pool.clone());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(u32::try_from(WRITERS).unwrap() + 4)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let store = PgEventStore::new(pool.clone());
+    let reader = LogReader::new(pool.clone());
+    let committed = Arc::new(AtomicUsize::new(0));
+    let final_count = Arc::new(AtomicUsize::new(usize::MAX));
 
     let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let store = store.clone();
+        .map(|_| {
+            let (store, pool, committed) = (store.clone(), pool.clone(), committed.clone());
             tokio::spawn(async move {
-                let mut written = 0;
-                let stream = format!("s{}", w % STREAMS);
-                while written < APPENDS_PER_WRITER {
-                    let version = store.stream_version("test", &stream).await.unwrap();
-                    if store.append(&append(&stream, version)).await.is_ok() {
-                        written += 1;
+                let mut mine = Vec::new();
+                let mut rolled_back = 0_usize;
+                while committed.load(Ordering::Relaxed) < COMMITTED_TARGET {
+                    let stream = format!("s{}", random_below(STREAMS));
+                    let mut connection = pool.acquire().await.unwrap();
+                    let mut tx = connection.begin().await.unwrap();
+                    let version: Option<i64> = sqlx::query_scalar(
+                        "SELECT version FROM streams WHERE stream_type = 'test' AND stream_id = $1",
+                    )
+                    .bind(&stream)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .unwrap();
+                    let mut request = append(&stream, u64::try_from(version.unwrap_or(0)).unwrap());
+                    for _ in 0..random_below(4) {
+                        let mut extra = append(&stream, 0).events.remove(0);
+                        extra.payload = json!({ "extra": true });
+                        request.events.push(extra);
+                    }
+                    match store.append_in(&mut tx, &request).await {
+                        Ok(_) => {}
+                        Err(store::AppendError::Conflict { .. }) => {
+                            tx.rollback().await.unwrap();
+                            continue;
+                        }
+                        Err(other) => panic!("append failed: {other}"),
+                    }
+                    match random_below(100) {
+                        0..2 => {
+                            tokio::time::sleep(Duration::from_millis(50 + random_below(200))).await
+                        }
+                        2..30 => tokio::time::sleep(Duration::from_millis(random_below(4))).await,
+                        _ => tokio::task::yield_now().await,
+                    }
+                    if random_below(10) == 0 {
+                        tx.rollback().await.unwrap();
+                        rolled_back += request.events.len();
+                    } else {
+                        tx.commit().await.unwrap();
+                        committed.fetch_add(request.events.len(), Ordering::Relaxed);
+                        mine.extend(request.events.iter().map(|e| e.event_id));
                     }
                 }
+                (mine, rolled_back)
             })
         })
         .collect();
 
-    let follower = tokio::spawn(async move {
-        let mut position = LogPosition::START;
-        let mut seen = Vec::new();
-        let expected = WRITERS as u64 * APPENDS_PER_WRITER;
-        let started = std::time::Instant::now();
-        // Bounded: a reader that skipped an event would otherwise wait forever.
-        while (seen.len() as u64) < expected && started.elapsed() < Duration::from_secs(60) {
-            let batch = reader.read_batch(position, 64).await.unwrap();
-            match batch.last() {
-                Some(last) => position = LogPosition::of(last),
-                None => tokio::time::sleep(Duration::from_millis(2)).await,
+    let follower = {
+        let final_count = final_count.clone();
+        tokio::spawn(async move {
+            let mut position = LogPosition::START;
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            // Bounded: a reader that skipped an event would otherwise wait forever.
+            while std::time::Instant::now() < deadline {
+                let batch = reader.read_batch(position, 500).await.unwrap();
+                match batch.last() {
+                    Some(last) => position = LogPosition::of(last),
+                    None if seen.len() >= final_count.load(Ordering::Acquire) => break,
+                    None => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+                seen.extend(batch);
             }
-            seen.extend(batch);
-        }
-        seen
-    });
+            seen
+        })
+    };
 
+    let mut committed_ids = HashSet::new();
+    let mut rolled_back = 0;
     for writer in writers {
-        writer.await.unwrap();
+        let (mine, dropped) = writer.await.unwrap();
+        committed_ids.extend(mine);
+        rolled_back += dropped;
     }
+    final_count.store(committed_ids.len(), Ordering::Release);
     let seen: Vec<RecordedEvent> = follower.await.unwrap();
 
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.pool)
+    assert!(
+        committed_ids.len() >= COMMITTED_TARGET,
+        "{} committed",
+        committed_ids.len()
+    );
+    assert!(rolled_back > 0, "no transaction was rolled back");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(seen.len() as i64, total);
-    let unique: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
-    assert_eq!(unique.len(), seen.len(), "an event was read twice");
+    assert_eq!(usize::try_from(stored).unwrap(), committed_ids.len());
+    let seen_ids: HashSet<Uuid> = seen.iter().map(|e| e.event_id).collect();
+    assert_eq!(seen_ids.len(), seen.len(), "an event was read twice");
+    assert_eq!(
+        seen_ids.len(),
+        committed_ids.len(),
+        "read {} of {} committed events",
+        seen_ids.len(),
+        committed_ids.len()
+    );
+    assert!(
+        seen_ids == committed_ids,
+        "the reader read other events than were committed"
+    );
     let mut last_version: HashMap<&str, u64> = HashMap::new();
     for event in &seen {
         let last = last_version.entry(event.stream_id.as_str()).or_default();
