@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Makes sure the services of the lite profile are up on this machine: PostgreSQL on
-# 127.0.0.1:5432 and Redis on 127.0.0.1:6379. Reuses what is running, starts what is
-# installed but stopped, installs (Debian packages) what is missing. Idempotent.
+# 127.0.0.1:5432 and Redis on 127.0.0.1:6379 — and with --kafka also a Kafka-protocol broker
+# on 127.0.0.1:9092 (tansu, built from crates.io once and cached). Reuses what is running,
+# starts what is installed but stopped, installs what is missing. Idempotent.
 set -euo pipefail
+
+with_kafka=""
+for arg in "$@"; do
+  case "$arg" in
+    --kafka) with_kafka=1 ;;
+    *) printf 'usage: %s [--kafka]\n' "$0" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -68,5 +77,47 @@ ensure_redis() {
   redis_up || { log "Redis did not start; see /tmp/hybridlive-redis/redis.log"; exit 1; }
 }
 
+# Kafka: no Kafka or Redpanda package is reachable from these machines, so the tests use
+# tansu (an Apache-Kafka-compatible broker in Rust, crates.io) with its SQLite storage
+# engine. Built once (about 13 min on 2 cores) into $HYBRIDLIVE_TOOLS and reused.
+TANSU_VERSION=0.6.0
+tools="${HYBRIDLIVE_TOOLS:-$HOME/.local/share/hybridlive/tools}"
+state="${HYBRIDLIVE_STATE:-$HOME/.local/state/hybridlive}"
+
+kafka_up() { (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; }
+
+ensure_kafka() {
+  if kafka_up; then
+    log "a Kafka-protocol broker is listening on 127.0.0.1:9092"
+    return
+  fi
+  local tansu="$tools/bin/tansu"
+  if [ ! -x "$tansu" ] || ! "$tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    log "building tansu $TANSU_VERSION into $tools (once; about 13 minutes on 2 cores)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql \
+      --root "$tools" --quiet
+  fi
+  mkdir -p "$state/tansu"
+  log "starting tansu on 127.0.0.1:9092 (data: $state/tansu)"
+  # (tansu reads a sqlite:// path relative to its working directory.)
+  (
+    cd "$state/tansu"
+    nohup "$tansu" broker \
+      --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 \
+      --storage-engine sqlite://tansu.db \
+      >tansu.log 2>&1 </dev/null &
+  )
+  for _ in $(seq 1 60); do kafka_up && break; sleep 0.5; done
+  kafka_up || { log "tansu did not start; see $state/tansu/tansu.log"; exit 1; }
+  # tansu 0.6.0's SQLite schema has no index on record headers, and it looks them up once
+  # per fetched record: fetching grows with the square of the topic's size (7k records with
+  # headers: 10 s instead of 0.3 s). Its DDL is `create … if not exists`, so the index stays.
+  command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3
+  sqlite3 "$state/tansu/tansu.db" \
+    "CREATE INDEX IF NOT EXISTS header_record_idx ON header (topition, offset_id);"
+}
+
 ensure_postgres
 ensure_redis
+if [ -n "$with_kafka" ]; then ensure_kafka; fi

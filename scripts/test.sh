@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: starts (or installs) the services the tests need, then runs every test
-# of the workspace against them.
+# The test command: starts (or installs) the services the tests need — PostgreSQL, Redis
+# and a Kafka-protocol broker (unless KAFKA_BROKERS names one) — then runs every test of the
+# workspace against them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/services.sh
+if [ -n "${KAFKA_BROKERS:-}" ]; then scripts/services.sh; else scripts/services.sh --kafka; fi
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -53,6 +53,8 @@ pub enum ApiError {
     /// Valid JSON that breaks a rule: `code` names the rule.
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -94,6 +96,7 @@ impl ApiError {
             Self::IdempotencyKeyInUse => (S::CONFLICT, "idempotency_key_in_use"),
             Self::IdempotencyKeyReused => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             Self::Unprocessable { code, .. } => (S::UNPROCESSABLE_ENTITY, code),
+            Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -130,6 +133,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         if matches!(self, Self::IdempotencyKeyInUse | Self::Unavailable(_)) {
             response

@@ -17,6 +17,7 @@
 //! - `error`: [`error::ApiError`], the status/code table, the error envelope middleware;
 //! - `request_id`: `x-request-id`;
 //! - `idempotency`: `Idempotency-Key` on commands;
+//! - `rate_limit`: Redis-backed limits per IP, per user and on the credential endpoints;
 //! - `extract`: strict JSON, the authenticated [`extract::Principal`], `If-Match`;
 //! - `routes`: `auth`, `social`, `posts`, `ops` route groups;
 //! - `openapi`: the OpenAPI document;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod openapi;
+pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 pub mod state;
@@ -55,6 +57,7 @@ pub struct Settings {
     pub body_limit: usize,
     /// Prefix of every Redis key this instance writes.
     pub redis_prefix: String,
+    pub rate_limits: rate_limit::RateLimits,
     pub commands: commands::Settings,
 }
 
@@ -67,6 +70,7 @@ impl Default for Settings {
             refresh_ttl: Duration::from_secs(7 * 24 * 3600),
             body_limit: 64 * 1024,
             redis_prefix: "hl:".to_owned(),
+            rate_limits: rate_limit::RateLimits::default(),
             commands: commands::Settings::default(),
         }
     }
@@ -119,6 +123,8 @@ impl App {
             redis,
             metrics: metrics_handle(),
             body_limit: settings.body_limit,
+            redis_prefix: settings.redis_prefix,
+            rate_limits: settings.rate_limits,
         };
         let router = router(state, settings.body_limit);
         let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
@@ -162,6 +168,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::idempotency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
         ))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

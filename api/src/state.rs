@@ -18,4 +18,7 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Largest accepted request body, bytes.
     pub body_limit: usize,
+    /// Prefix of every Redis key this instance writes.
+    pub redis_prefix: String,
+    pub rate_limits: crate::rate_limit::RateLimits,
 }

@@ -279,6 +279,8 @@ async fn build_app(
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         jwt_secret: format!("bench-{}-{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()).into_bytes(),
         redis_prefix: format!("bench:{}:", uuid::Uuid::new_v4().simple()),
+        // The benchmark's clients are a few users on one IP, far above any sane limit.
+        rate_limits: api::rate_limit::RateLimits::OFF,
         ..api::Settings::default()
     };
     api::App::build(settings, pool, redis)

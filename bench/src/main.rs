@@ -43,7 +43,7 @@
 //! `--json FILE` writes them as JSON too.
 //!
 //! `bench http` measures the command API over real HTTP (publish posts, register users); see
-//! the `http` module.
+//! the `http` module. `bench relay` measures the outbox relay against Kafka; see `relay`.
 //!
 //! Layout:
 //! - `http`: the HTTP benchmark: the API on a runtime of its own, its clients and phases;
@@ -53,6 +53,7 @@
 //! - `report`: the markdown table and the JSON.
 
 mod http;
+mod relay;
 mod report;
 mod runner;
 mod scenarios;
@@ -81,6 +82,33 @@ enum Command {
     Appends(AppendsArgs),
     /// The command API over HTTP: publish-post commands/s and registrations/s, p50/p99.
     Http(HttpArgs),
+    /// The outbox relay against Kafka: append → acknowledged latency at a fixed rate, and
+    /// the events/s it drains a backlog at.
+    Relay(RelayArgs),
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Single-event appends per second in the latency phase.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of the latency phase.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Events in the backlog the throughput phase drains.
+    #[arg(long, default_value_t = 200_000)]
+    backlog: usize,
+    /// The relay's batch size (`RELAY_BATCH_SIZE`).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: u32,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The benchmark database, dropped and created anew, and dropped at the end.
+    #[arg(long, default_value = "hybridlive_bench_relay")]
+    database_name: String,
 }
 
 /// The PostgreSQL server a benchmark runs on.
@@ -213,7 +241,52 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Appends(args) => appends(args).await,
         Command::Http(args) => http_bench(args).await,
+        Command::Relay(args) => relay_bench(args).await,
     }
+}
+
+async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
+    if args.rate == 0 || args.seconds == 0 || args.backlog == 0 || args.batch_size == 0 {
+        bail!("--rate, --seconds, --backlog and --batch-size must be at least 1");
+    }
+    let load = relay::RelayLoad {
+        brokers: args.kafka_brokers.clone(),
+        rate: args.rate,
+        duration: Duration::from_secs(args.seconds),
+        backlog: args.backlog,
+        batch_size: args.batch_size,
+    };
+    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
+    let server = db.facts().await?;
+    let measured = relay::run(&db, &load).await;
+    let dropped = db.drop_database().await;
+    let result = measured?;
+    println!(
+        "`cargo run --release -p bench -- relay --rate {} --seconds {} --backlog {} \
+         --batch-size {}` (broker: {})\n",
+        args.rate, args.seconds, args.backlog, args.batch_size, args.kafka_brokers
+    );
+    println!(
+        "PostgreSQL {} (synchronous_commit={}).\n",
+        server.server_version, server.synchronous_commit
+    );
+    let ms = |q: f64| result.latency.value_at_quantile(q) as f64 / 1000.0;
+    println!("| phase | figure |\n|---|---|");
+    println!(
+        "| append → Kafka ack at {:.0} events/s ({} events) | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
+        result.achieved_rate,
+        result.latency.len(),
+        ms(0.5),
+        ms(0.99),
+        result.latency.max() as f64 / 1000.0
+    );
+    println!(
+        "| drain a backlog of {} events | {:.1} s, {:.0} events/s |",
+        result.backlog,
+        result.drain.as_secs_f64(),
+        result.backlog as f64 / result.drain.as_secs_f64()
+    );
+    dropped
 }
 
 async fn http_bench(args: HttpArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
 
 mod admin;
 mod dev;
@@ -54,9 +55,24 @@ enum Command {
     Dev {
         #[command(flatten)]
         serve: ServeArgs,
+        /// Kafka for the relay, which `dev` runs only when this is set.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
+        #[command(flatten)]
+        kafka: KafkaTopicArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
         /// Print every committed event, in the order projections read them, to stdout.
         #[arg(long)]
         print_events: bool,
+    },
+    /// The outbox relay: publishes every committed event to Kafka, in the log's gap-free
+    /// order. Run several for availability: exactly one is active at a time.
+    Relay {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
     },
     /// Administration.
     Admin {
@@ -96,6 +112,69 @@ struct ServeArgs {
     /// Snapshot aggregates every this many versions (0 = never).
     #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
+    /// Requests per minute per client IP on /v1 (0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_IP", default_value_t = 1200)]
+    rate_limit_per_ip: u32,
+    /// Requests per minute per authenticated user on /v1 (0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_USER", default_value_t = 600)]
+    rate_limit_per_user: u32,
+    /// POST /v1/auth/* requests per minute per client IP (0 = no limit).
+    #[arg(long, env = "RATE_LIMIT_AUTH_PER_IP", default_value_t = 30)]
+    rate_limit_auth_per_ip: u32,
+}
+
+#[derive(Debug, Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    #[command(flatten)]
+    topics: KafkaTopicArgs,
+}
+
+#[derive(Debug, Args)]
+struct KafkaTopicArgs {
+    /// Prefix of every topic name; an event goes to `<prefix><stream_type>`.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "hl.")]
+    kafka_topic_prefix: String,
+    /// Partitions of the topics the relay creates.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 6)]
+    kafka_topic_partitions: i32,
+    /// Replication factor of the topics the relay creates.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    kafka_replication_factor: i32,
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// The relay's checkpoint and lease name; relays of one name share one active instance.
+    #[arg(long, env = "RELAY_NAME", default_value = "relay")]
+    relay_name: String,
+    /// Events per published batch (one checkpoint write each).
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 1000)]
+    relay_batch_size: u32,
+    /// Fallback poll of the log, milliseconds (appends wake the relay at once).
+    #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
+    relay_poll_ms: u64,
+    /// How often a standby relay tries to take over, milliseconds.
+    #[arg(long, env = "RELAY_STANDBY_MS", default_value_t = 500)]
+    relay_standby_ms: u64,
+}
+
+impl RelayArgs {
+    fn settings(&self, brokers: String, topics: &KafkaTopicArgs) -> relay::RelaySettings {
+        relay::RelaySettings {
+            brokers,
+            topic_prefix: topics.kafka_topic_prefix.clone(),
+            topic_partitions: topics.kafka_topic_partitions,
+            topic_replication: topics.kafka_replication_factor,
+            name: self.relay_name.clone(),
+            batch_size: self.relay_batch_size,
+            poll_interval: Duration::from_millis(self.relay_poll_ms),
+            standby_interval: Duration::from_millis(self.relay_standby_ms),
+            producer_properties: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,11 +211,28 @@ async fn main() -> anyhow::Result<()> {
             let pool = connect(&cli.database_url, cli.database_max_connections).await?;
             serve(args, pool, false).await
         }
+        Command::Relay { kafka, relay } => {
+            let pool = connect(&cli.database_url, 4).await?;
+            let settings = relay.settings(kafka.kafka_brokers, &kafka.topics);
+            let stop = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(stop.clone()));
+            relay::Relay::new(pool, settings).run(stop).await;
+            Ok(())
+        }
         Command::Dev {
             serve: args,
             print_events,
+            kafka_brokers,
+            kafka,
+            relay,
         } => {
             let pool = connect(&cli.database_url, cli.database_max_connections).await?;
+            let stop = CancellationToken::new();
+            let relay = kafka_brokers.map(|brokers| {
+                let relay = relay::Relay::new(pool.clone(), relay.settings(brokers, &kafka));
+                let stop = stop.clone();
+                tokio::spawn(async move { relay.run(stop).await })
+            });
             if print_events {
                 let follower = pool.clone();
                 tokio::spawn(async move {
@@ -145,7 +241,12 @@ async fn main() -> anyhow::Result<()> {
                     }
                 });
             }
-            serve(args, pool, true).await
+            let served = serve(args, pool, true).await;
+            stop.cancel();
+            if let Some(relay) = relay {
+                relay.await.context("the relay task panicked")?;
+            }
+            served
         }
         Command::Admin {
             command: AdminCommand::GrantRole { user, role },
@@ -192,6 +293,11 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result
         refresh_ttl: Duration::from_secs(args.refresh_token_ttl_secs),
         body_limit: args.body_limit_bytes,
         redis_prefix: args.redis_prefix,
+        rate_limits: api::rate_limit::RateLimits {
+            per_ip: args.rate_limit_per_ip,
+            per_user: args.rate_limit_per_user,
+            auth_per_ip: args.rate_limit_auth_per_ip,
+        },
         commands: commands::Settings {
             snapshot_every: args.snapshot_every,
             ..commands::Settings::default()
@@ -228,7 +334,12 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-    tracing::info!("Shutting down: draining in-flight requests.");
+    tracing::info!("Shutting down: draining in-flight work.");
+}
+
+async fn cancel_on_signal(stop: CancellationToken) {
+    shutdown_signal().await;
+    stop.cancel();
 }
 
 async fn verify(database_url: &str, from: i64, to: i64) -> anyhow::Result<()> {

@@ -8,6 +8,8 @@ use sqlx::postgres::{PgConnection, PgExecutor, PgPool};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::wakeup::Waker;
+
 /// One event to append, already encoded in its current schema version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
@@ -103,8 +105,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A committed event as stored, before decoding.
-#[derive(Debug, Clone, PartialEq)]
+/// A committed event as stored, before decoding. Its JSON form (without the hash, which
+/// auditors check in the log itself) is the value of the relay's Kafka messages.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecordedEvent {
     pub global_position: i64,
     pub event_id: Uuid,
@@ -118,6 +121,7 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
     /// The id of the transaction that wrote the event.
     pub transaction_id: u64,
+    #[serde(skip)]
     pub hash: Vec<u8>,
 }
 
@@ -214,11 +218,15 @@ SELECT (SELECT version FROM stream) AS version,
 #[derive(Debug, Clone)]
 pub struct PgEventStore {
     pool: PgPool,
+    waker: Waker,
 }
 
 impl PgEventStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            waker: Waker::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -233,13 +241,18 @@ impl PgEventStore {
     /// stored with other content, [`AppendError::Store`] for database failures.
     #[tracing::instrument(skip_all, fields(stream_type = %request.stream_type, stream_id = %request.stream_id, expected = request.expected_version, events = request.events.len()))]
     pub async fn append(&self, request: &AppendRequest) -> Result<Appended, AppendError> {
-        self.append_on(&self.pool, request).await
+        let appended = self.append_on(&self.pool, request).await?;
+        if !appended.duplicate {
+            self.waker.wake(&self.pool);
+        }
+        Ok(appended)
     }
 
     /// [`Self::append`] inside the caller's transaction on `connection`, which commits or
     /// rolls back as the caller decides; the stream stays locked for other writers until
-    /// then. The duplicate and conflict look-ups that follow a refused append read committed
-    /// state through the pool; after an [`AppendError::Store`] or [`AppendError::Taken`] the
+    /// then. Log readers are not woken: they find the events at their next poll. The
+    /// duplicate and conflict look-ups that follow a refused append read committed state
+    /// through the pool; after an [`AppendError::Store`] or [`AppendError::Taken`] the
     /// transaction is aborted and must be rolled back.
     ///
     /// # Errors

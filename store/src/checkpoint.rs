@@ -22,11 +22,22 @@ impl Checkpoints {
     /// # Errors
     /// [`StoreError`] on database failure or a corrupt row.
     pub async fn load(&self, name: &str) -> Result<LogPosition, StoreError> {
+        Self::load_with(&self.pool, name).await
+    }
+
+    /// [`Self::load`] with any executor (the relay reads on its lease connection).
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure or a corrupt row.
+    pub async fn load_with<'e, E>(executor: E, name: &str) -> Result<LogPosition, StoreError>
+    where
+        E: Executor<'e, Database = Postgres>,
+    {
         let row: Option<(String, i64)> = sqlx::query_as(
             "SELECT transaction_id::text, global_position FROM checkpoints WHERE name = $1",
         )
         .bind(name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(executor)
         .await?;
         match row {
             None => Ok(LogPosition::START),

@@ -18,13 +18,15 @@
 //! - [`aggregate`]: [`AggregateStore`], the `cqrs_es::EventStore` with snapshots;
 //! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
 //! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
-//! - [`verify`]: the hash-chain verification.
+//! - [`verify`]: the hash-chain verification;
+//! - [`wakeup`]: `NOTIFY` after commits and [`LogWaiter`], what readers wait on.
 
 pub mod aggregate;
 pub mod append;
 pub mod checkpoint;
 pub mod log;
 pub mod verify;
+pub mod wakeup;
 
 pub use aggregate::{AggregateStore, LoadedAggregate};
 pub use append::{
@@ -33,6 +35,7 @@ pub use append::{
 pub use checkpoint::Checkpoints;
 pub use log::{LogPosition, LogReader};
 pub use verify::Verification;
+pub use wakeup::{LogWaiter, EVENTS_CHANNEL};
 
 /// The schema migrations of `migrations/`, embedded; run by `hybridlive migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -4,4 +4,5 @@
 mod api_auth;
 mod api_commands;
 mod api_contract;
+mod api_rate_limits;
 mod write_side;

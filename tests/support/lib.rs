@@ -94,6 +94,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut api::Settings)) -> TestApp 
         http_addr: ([127, 0, 0, 1], 0).into(),
         jwt_secret: jwt_secret.clone(),
         redis_prefix: redis_prefix.clone(),
+        // Every test client is 127.0.0.1; the rate-limit tests switch limits on themselves.
+        rate_limits: api::rate_limit::RateLimits::OFF,
         ..api::Settings::default()
     };
     adjust(&mut settings);

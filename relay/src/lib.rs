@@ -1,0 +1,413 @@
+//! The outbox relay (DESIGN §4): publishes every committed event of the PostgreSQL log to
+//! Kafka, in the log's gap-free read order ([`store::LogReader`]), never skipping one.
+//!
+//! - **One active instance.** Every instance competes for a session advisory lock on its own
+//!   connection (the *lease*); the holder publishes, the others retry every
+//!   [`RelaySettings::standby_interval`]. A dead holder's connection closes and PostgreSQL
+//!   releases the lock, so a standby takes over within that interval. The checkpoint is
+//!   written on the lease connection: an instance that lost its lease cannot advance it.
+//! - **At least once, in order.** A batch is produced (idempotent producer, `acks=all`,
+//!   key = stream id, so a stream's events stay in one partition, in version order), every
+//!   delivery is awaited, and only then is the checkpoint saved. A crash re-publishes at most
+//!   the unacknowledged batch: duplicates only at a restart boundary, which consumers drop
+//!   by `(stream, version)`. Any failure drops the producer and the lease and starts over
+//!   from the checkpoint.
+//! - **Fast.** Woken by `NOTIFY` after each append ([`store::LogWaiter`]), with
+//!   [`RelaySettings::poll_interval`] as the fallback.
+//!
+//! Topics: `<prefix><stream_type>` (e.g. `hl.post`), created on first use. Message value:
+//! the [`store::RecordedEvent`] as JSON; headers `event_id`, `event_type`,
+//! `schema_version`, `global_position`, `stream_version`, `correlation_id`.
+//!
+//! Metrics: `relay_active` (1 on the lease holder), `relay_published_total`,
+//! `relay_publish_failures_total`, `relay_backlog_events`, `relay_lag_seconds` (age of the
+//! last published event when it was acknowledged).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use sqlx::ConnectOptions;
+use store::{Checkpoints, LogPosition, LogReader, LogWaiter, RecordedEvent, StoreError};
+use tokio_util::sync::CancellationToken;
+
+/// How a relay connects and paces itself.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topic name prefix; the topic of an event is `<prefix><stream_type>`.
+    pub topic_prefix: String,
+    /// Partitions of topics the relay creates.
+    pub topic_partitions: i32,
+    /// Replication factor of topics the relay creates.
+    pub topic_replication: i32,
+    /// The relay's name: its checkpoint and its lease. Relays with different names are
+    /// independent (e.g. one per cluster).
+    pub name: String,
+    /// Events per batch (one checkpoint write per batch).
+    pub batch_size: u32,
+    /// Fallback poll when no `NOTIFY` arrives.
+    pub poll_interval: Duration,
+    /// How often a standby tries to take the lease.
+    pub standby_interval: Duration,
+    /// Extra librdkafka producer properties (`key=value`), applied last.
+    pub producer_properties: Vec<(String, String)>,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "hl.".into(),
+            topic_partitions: 6,
+            topic_replication: 1,
+            name: "relay".into(),
+            batch_size: 1000,
+            poll_interval: Duration::from_secs(1),
+            standby_interval: Duration::from_millis(500),
+            producer_properties: Vec::new(),
+        }
+    }
+}
+
+/// Why a relay session ended; the relay starts a new one after a pause.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("kafka delivery of event at position {position} failed: {error}")]
+    Delivery { position: i64, error: KafkaError },
+    #[error("creating topic {topic}: {error}")]
+    Topic {
+        topic: String,
+        error: RDKafkaErrorCode,
+    },
+}
+
+/// Called with every batch Kafka acknowledged, before its checkpoint is saved.
+pub type PublishedHook = Arc<dyn Fn(&[RecordedEvent]) + Send + Sync>;
+
+/// A relay instance. [`Relay::run`] until the token is cancelled.
+pub struct Relay {
+    pool: PgPool,
+    settings: RelaySettings,
+    on_published: Option<PublishedHook>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, settings: RelaySettings) -> Self {
+        Self {
+            pool,
+            settings,
+            on_published: None,
+        }
+    }
+
+    /// Observes every acknowledged batch (the benchmark times deliveries with it).
+    #[must_use]
+    pub fn on_published(mut self, hook: PublishedHook) -> Self {
+        self.on_published = Some(hook);
+        self
+    }
+
+    /// Competes for the lease, publishes while holding it, and starts over after any
+    /// failure. Returns when `stop` is cancelled, after the batch in flight was acknowledged
+    /// and checkpointed (graceful shutdown).
+    pub async fn run(&self, stop: CancellationToken) {
+        let mut pause = Duration::from_millis(200);
+        while !stop.is_cancelled() {
+            let Some(mut lease) = self.acquire(&stop).await else {
+                return;
+            };
+            metrics::gauge!("relay_active").set(1.0);
+            tracing::info!(relay = %self.settings.name, "Relay is active.");
+            let result = self.publish_while_active(&mut lease, &stop).await;
+            metrics::gauge!("relay_active").set(0.0);
+            drop(lease);
+            match result {
+                Ok(()) => {
+                    tracing::info!(relay = %self.settings.name, "Relay stopped.");
+                    return;
+                }
+                Err(error) => {
+                    metrics::counter!("relay_publish_failures_total").increment(1);
+                    tracing::warn!(%error, retry_in_ms = pause.as_millis(), "Relay session failed; starting over from the checkpoint.");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Waits until this instance holds the lease (or `stop`).
+    async fn acquire(&self, stop: &CancellationToken) -> Option<PgConnection> {
+        let options: PgConnectOptions = (*self.pool.connect_options())
+            .clone()
+            .application_name(&format!("hybridlive relay {}", std::process::id()));
+        let mut standby_logged = false;
+        loop {
+            let attempt = async {
+                let mut connection = options.connect().await?;
+                let locked: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_lock(hashtextextended('hybridlive relay ' || $1, 0))",
+                )
+                .bind(&self.settings.name)
+                .fetch_one(&mut connection)
+                .await?;
+                Ok::<_, sqlx::Error>(locked.then_some(connection))
+            };
+            match attempt.await {
+                Ok(Some(connection)) => return Some(connection),
+                Ok(None) if !standby_logged => {
+                    tracing::info!(relay = %self.settings.name, "Another relay is active; standing by.");
+                    standby_logged = true;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "Cannot reach PostgreSQL for the lease."),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.standby_interval) => {}
+                () = stop.cancelled() => return None,
+            }
+        }
+    }
+
+    async fn publish_while_active(
+        &self,
+        lease: &mut PgConnection,
+        stop: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let producer = self.producer()?;
+        let mut topics = Topics::new(&self.settings)?;
+        let reader = LogReader::new(self.pool.clone());
+        let mut waiter = LogWaiter::new(self.pool.clone(), self.settings.poll_interval);
+        let mut position = Checkpoints::load_with(&mut *lease, &self.settings.name).await?;
+        let mut last_backlog = Instant::now() - Duration::from_secs(60);
+        tracing::info!(?position, "Relaying from the checkpoint.");
+        loop {
+            if last_backlog.elapsed() >= Duration::from_secs(5) {
+                self.measure_backlog(position).await?;
+                last_backlog = Instant::now();
+            }
+            let batch = reader
+                .read_batch(position, self.settings.batch_size)
+                .await?;
+            let Some(last) = batch.last() else {
+                // Caught up: also proves the lease connection is alive.
+                sqlx::query("SELECT 1").execute(&mut *lease).await?;
+                tokio::select! {
+                    () = waiter.wait() => continue,
+                    () = stop.cancelled() => return Ok(()),
+                }
+            };
+            topics.ensure(&batch).await?;
+            publish(&producer, &self.settings.topic_prefix, &batch).await?;
+            if let Some(hook) = &self.on_published {
+                hook(&batch);
+            }
+            position = LogPosition::of(last);
+            Checkpoints::save_with(&mut *lease, &self.settings.name, position).await?;
+            metrics::counter!("relay_published_total").increment(batch.len() as u64);
+            let lag = chrono::Utc::now() - last.recorded_at;
+            metrics::gauge!("relay_lag_seconds").set(lag.as_seconds_f64().max(0.0));
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "30000")
+            .set(
+                "client.id",
+                format!("hybridlive-relay-{}", self.settings.name),
+            );
+        for (key, value) in &self.settings.producer_properties {
+            config.set(key, value);
+        }
+        config.create()
+    }
+
+    /// Events not yet relayed (capped at one million, to keep the count cheap).
+    async fn measure_backlog(&self, position: LogPosition) -> Result<(), sqlx::Error> {
+        let backlog: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM events \
+              WHERE (transaction_id, global_position) > ($1::text::xid8, $2) LIMIT 1000000) e",
+        )
+        .bind(position.transaction_id.to_string())
+        .bind(position.global_position)
+        .fetch_one(&self.pool)
+        .await?;
+        metrics::gauge!("relay_backlog_events").set(backlog as f64);
+        Ok(())
+    }
+}
+
+/// Produces every event of `batch` and waits until Kafka acknowledged all of them.
+async fn publish(
+    producer: &FutureProducer,
+    prefix: &str,
+    batch: &[RecordedEvent],
+) -> Result<(), RelayError> {
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for event in batch {
+        let topic = format!("{prefix}{}", event.stream_type);
+        let value = serde_json::to_vec(event)
+            .map_err(|e| StoreError::Corrupt(format!("event {} as JSON: {e}", event.event_id)))?;
+        let event_id = event.event_id.to_string();
+        let schema_version = event.schema_version.to_string();
+        let global_position = event.global_position.to_string();
+        let stream_version = event.stream_version.to_string();
+        let correlation_id = event
+            .metadata
+            .get("correlation_id")
+            .and_then(serde_json::Value::as_str);
+        let headers = OwnedHeaders::new_with_capacity(6)
+            .insert(header("event_id", &event_id))
+            .insert(header("event_type", &event.event_type))
+            .insert(header("schema_version", &schema_version))
+            .insert(header("global_position", &global_position))
+            .insert(header("stream_version", &stream_version))
+            .insert(Header {
+                key: "correlation_id",
+                value: correlation_id,
+            });
+        let mut record = FutureRecord::to(&topic)
+            .key(&event.stream_id)
+            .payload(&value)
+            .headers(headers)
+            .timestamp(event.recorded_at.timestamp_millis());
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push((event.global_position, delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // librdkafka's queue is full: let it drain.
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                    tokio::task::yield_now().await;
+                }
+                Err((error, _)) => {
+                    return Err(RelayError::Delivery {
+                        position: event.global_position,
+                        error,
+                    })
+                }
+            }
+        }
+    }
+    for (position, delivery) in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _message))) => return Err(RelayError::Delivery { position, error }),
+            Err(_canceled) => {
+                return Err(RelayError::Delivery {
+                    position,
+                    error: KafkaError::Canceled,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header<'a>(key: &'a str, value: &'a String) -> Header<'a, &'a String> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+/// The topics this session has made sure exist.
+struct Topics {
+    admin: AdminClient<DefaultClientContext>,
+    prefix: String,
+    partitions: i32,
+    replication: i32,
+    known: HashSet<String>,
+}
+
+impl Topics {
+    fn new(settings: &RelaySettings) -> Result<Self, KafkaError> {
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .create()?;
+        Ok(Self {
+            admin,
+            prefix: settings.topic_prefix.clone(),
+            partitions: settings.topic_partitions,
+            replication: settings.topic_replication,
+            known: HashSet::new(),
+        })
+    }
+
+    async fn ensure(&mut self, batch: &[RecordedEvent]) -> Result<(), RelayError> {
+        let missing: HashSet<String> = batch
+            .iter()
+            .map(|e| format!("{}{}", self.prefix, e.stream_type))
+            .filter(|topic| !self.known.contains(topic))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|topic| {
+                NewTopic::new(
+                    topic,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in self.admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(topic) => tracing::info!(%topic, "Created topic."),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, error)) => return Err(RelayError::Topic { topic, error }),
+            }
+        }
+        self.known.extend(missing);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Topics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topics")
+            .field("known", &self.known)
+            .finish()
+    }
+}
