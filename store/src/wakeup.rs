@@ -17,8 +17,11 @@ use tokio::sync::mpsc;
 /// The `LISTEN`/`NOTIFY` channel that announces new events (the payload is empty).
 pub const EVENTS_CHANNEL: &str = "hybridlive_events";
 
+/// The shortest time between two wake-ups one store sends.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Sends coalesced wake-ups: at most one `NOTIFY` in flight and one queued, however many
-/// appends commit meanwhile. Started on first use, by the task that appends; it stops when
+/// appends commit meanwhile, and at most one per [`NOTIFY_INTERVAL`]. Started on first use, by the task that appends; it stops when
 /// the last clone is dropped.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Waker {
@@ -39,6 +42,10 @@ impl Waker {
                     {
                         tracing::debug!(%error, "Could not notify log readers; they will poll.");
                     }
+                    // At most one NOTIFY per interval: under load the wake-ups cost the
+                    // database at most 200 tiny transactions per second, not one
+                    // per append; a reader is late by the interval at most.
+                    tokio::time::sleep(NOTIFY_INTERVAL).await;
                 }
             });
             sender
