@@ -97,6 +97,29 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// `/metrics` (Prometheus text) and `/healthz` alone, for worker processes without the API
+/// (`hybridlive relay`).
+pub fn metrics_router() -> Router {
+    let handle = metrics_handle();
+    Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let body = handle.render();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+}
+
 impl App {
     /// Binds `settings.http_addr` (port 0 picks a free port) and wires the routes.
     ///

@@ -73,6 +73,8 @@ enum Command {
         kafka: KafkaArgs,
         #[command(flatten)]
         relay: RelayArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Administration.
     Admin {
@@ -161,6 +163,14 @@ struct RelayArgs {
     relay_standby_ms: u64,
 }
 
+/// Where a worker process (`relay`) serves `/metrics` and `/healthz`.
+#[derive(Debug, Args)]
+struct MetricsArgs {
+    /// Address of the worker's `/metrics` and `/healthz`; none when unset.
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+}
+
 impl RelayArgs {
     fn settings(&self, brokers: String, topics: &KafkaTopicArgs) -> relay::RelaySettings {
         relay::RelaySettings {
@@ -211,11 +221,18 @@ async fn main() -> anyhow::Result<()> {
             let pool = connect(&cli.database_url, cli.database_max_connections).await?;
             serve(args, pool, false).await
         }
-        Command::Relay { kafka, relay } => {
+        Command::Relay {
+            kafka,
+            relay,
+            metrics,
+        } => {
             let pool = connect(&cli.database_url, 4).await?;
             let settings = relay.settings(kafka.kafka_brokers, &kafka.topics);
             let stop = CancellationToken::new();
             tokio::spawn(cancel_on_signal(stop.clone()));
+            if let Some(addr) = metrics.metrics_addr {
+                serve_metrics(addr, stop.clone()).await?;
+            }
             relay::Relay::new(pool, settings).run(stop).await;
             Ok(())
         }
@@ -335,6 +352,23 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("Shutting down: draining in-flight work.");
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `stop`.
+async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
+    tracing::info!(%addr, "Serving /metrics.");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, api::metrics_router())
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "The metrics endpoint failed.");
+        }
+    });
+    Ok(())
 }
 
 async fn cancel_on_signal(stop: CancellationToken) {

@@ -29,7 +29,14 @@ fn brokers() -> String {
 
 /// A relay process on the test's database, publishing under its own topic prefix.
 fn spawn_relay(db: &TestDb, prefix: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+    relay_command(db, prefix)
+        .spawn()
+        .expect("the hybridlive binary runs")
+}
+
+fn relay_command(db: &TestDb, prefix: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hybridlive"));
+    command
         .arg("relay")
         .env("DATABASE_URL", &db.url)
         .env("KAFKA_BROKERS", brokers())
@@ -39,9 +46,8 @@ fn spawn_relay(db: &TestDb, prefix: &str) -> Child {
         .env("RELAY_STANDBY_MS", "200")
         .env("RUST_LOG", "warn,relay=info")
         .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the hybridlive binary runs")
+        .kill_on_drop(true);
+    command
 }
 
 fn append(stream_type: &str, stream_id: &str, expected: u64, events: u64) -> AppendRequest {
@@ -332,4 +338,31 @@ async fn of_two_relays_exactly_one_publishes_and_the_other_takes_over_within_5s_
     let (applied, duplicates) = apply_exactly_once(&partitions);
     assert_eq!(duplicates, 0);
     assert_eq!(applied.values().sum::<u64>(), 400);
+}
+
+#[tokio::test]
+async fn a_relay_serves_its_metrics_on_metrics_addr() {
+    let db = TestDb::new().await;
+    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut relay = relay_command(&db, &prefix)
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .spawn()
+        .unwrap();
+    let store = PgEventStore::new(db.pool.clone());
+    store.append(&append("post", "p1", 0, 3)).await.unwrap();
+    wait_until_relayed(&db, Duration::from_secs(30)).await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("relay_published_total 3"), "{metrics}");
+    assert!(metrics.contains("relay_active 1"), "{metrics}");
+    relay.start_kill().unwrap();
 }
