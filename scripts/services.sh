@@ -97,8 +97,13 @@ ensure_kafka() {
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql \
       --root "$tools" --quiet
   fi
+  # A scratch broker for tests and development: each start begins with empty storage, so
+  # the SQLite file cannot grow without bound across test runs (tests use topic prefixes
+  # of their own; a relay's checkpoint may be ahead of a fresh broker — use real Kafka,
+  # docker-compose, for anything that must keep its topics).
   mkdir -p "$state/tansu"
-  log "starting tansu on 127.0.0.1:9092 (data: $state/tansu)"
+  rm -f "$state/tansu"/tansu.db*
+  log "starting tansu on 127.0.0.1:9092 (data, emptied at each start: $state/tansu)"
   # (tansu reads a sqlite:// path relative to its working directory.)
   (
     cd "$state/tansu"
