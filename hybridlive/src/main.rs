@@ -76,6 +76,11 @@ enum Command {
         #[command(flatten)]
         metrics: MetricsArgs,
     },
+    /// Dead-lettered events of the projections.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -188,6 +193,16 @@ impl RelayArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Lists dead letters (one JSON object per line), in log order.
+    List {
+        /// Only this projection's.
+        #[arg(long)]
+        projection: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Grants a role (admin, auditor, analyst) to a user, by id or username.
     GrantRole { user: String, role: String },
@@ -264,6 +279,26 @@ async fn main() -> anyhow::Result<()> {
                 relay.await.context("the relay task panicked")?;
             }
             served
+        }
+        Command::Dlq {
+            command: DlqCommand::List { projection },
+        } => {
+            let pool = connect(&cli.database_url, 1).await?;
+            let letters = projections::DeadLetters::new(pool)
+                .list(projection.as_deref())
+                .await
+                .context("reading dead_letters")?;
+            for letter in letters {
+                let line = serde_json::json!({
+                    "projection": letter.projection,
+                    "event_id": letter.event_id,
+                    "global_position": letter.global_position,
+                    "attempts": letter.attempts,
+                    "error": letter.error,
+                });
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::Admin {
             command: AdminCommand::GrantRole { user, role },

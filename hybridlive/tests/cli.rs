@@ -186,3 +186,40 @@ async fn admin_grant_role_grants_once_through_the_command_layer() {
             .unwrap();
     assert_eq!(actor["actor"], "system:admin-cli");
 }
+
+#[tokio::test]
+async fn dlq_list_prints_dead_letters_as_json_lines_filtered_by_projection() {
+    let db = TestDb::new().await;
+    for (projection, position) in [("timeline", 7_i64), ("counters", 9), ("timeline", 3)] {
+        sqlx::query(
+            "INSERT INTO dead_letters (projection, event_id, global_position, error, attempts) \
+             VALUES ($1, gen_random_uuid(), $2, 'boom', 5)",
+        )
+        .bind(projection)
+        .bind(position)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let out = hybridlive(&db.url, &["dlq", "list", "--projection", "timeline"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let positions: Vec<i64> = lines
+        .iter()
+        .map(|l| l["global_position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(positions, [3, 7], "only timeline's, in log order");
+    assert!(lines
+        .iter()
+        .all(|l| l["error"] == "boom" && l["attempts"] == 5));
+    let all = hybridlive(&db.url, &["dlq", "list"]).await;
+    assert_eq!(String::from_utf8(all.stdout).unwrap().lines().count(), 3);
+}

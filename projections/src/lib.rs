@@ -1,6 +1,13 @@
-//! The read side's runtime and read models (DESIGN §5–§6): projection sources (Kafka consumer
-//! groups, or the PostgreSQL log through `store::LogReader` and `store::Checkpoints`),
-//! retries, dead letters, and the timeline, content, counter and onboarding projections.
+//! The read side's runtime and read models (DESIGN §5–§6).
 //!
-//! Not written yet: it arrives with issues #4 (runtime) and #5 (read models). Layering: it
-//! will see only `event-schemas` types, never `domain`.
+//! - [`runtime`]: the [`Projection`] trait and [`Runner`], which feeds a projection from the
+//!   PostgreSQL log (gap-free [`store::LogReader`], checkpoint per batch), retries failures
+//!   with exponential backoff and jitter — transient ones forever, poison ones a bounded
+//!   number of times — and dead-letters what cannot be applied ([`DeadLetters`]).
+//!
+//! Not written yet: the Kafka source, `hybridlive project` and `dlq retry`, the read models
+//! (issues #4 and #5). Layering: only `event-schemas` types, never `domain`.
+
+pub mod runtime;
+
+pub use runtime::{ApplyError, DeadLetter, DeadLetters, Projection, RetryPolicy, Runner};

@@ -482,6 +482,19 @@ impl PgEventStore {
         rows.iter().map(RecordedEvent::from_row).collect()
     }
 
+    /// One event by its id, if it is stored.
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure or a corrupt row.
+    pub async fn event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(RecordedEvent::from_row).transpose()
+    }
+
     /// The stream's current version (0 when it does not exist).
     ///
     /// # Errors

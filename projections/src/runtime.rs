@@ -1,0 +1,314 @@
+//! The projection runtime over the PostgreSQL log (DESIGN §5).
+//!
+//! A [`Runner`] reads the log after the projection's checkpoint (`projection:<name>` in
+//! `checkpoints`), decodes (and upcasts) each event the projection handles, applies it, and
+//! saves the checkpoint after each batch. Delivery is at least once (a crash re-applies the
+//! last batch), so `apply` must be idempotent.
+//!
+//! Failures, as the projection classifies them:
+//! - [`ApplyError::Transient`] (its store is down): retried with exponential backoff and
+//!   jitter, forever — never skipped; the runner stops only when asked to;
+//! - [`ApplyError::Poison`] (this event cannot be applied): retried up to
+//!   [`RetryPolicy::max_attempts`], then written to `dead_letters` with the error, and the
+//!   projection moves on. An event that cannot be decoded is poison at once.
+//!
+//! Metrics, labelled by projection: `projection_applied_total`, `projection_retries_total`,
+//! `projection_dead_lettered_total`, `projection_lag_seconds` (age of the last applied event).
+
+use std::future::Future;
+use std::time::Duration;
+
+use event_schemas::EventEnvelope;
+use rand::Rng;
+use sqlx::postgres::PgPool;
+use store::{Checkpoints, LogPosition, LogReader, LogWaiter, RecordedEvent, StoreError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Why an event was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    /// The read-model store is unavailable: retry later, never skip.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The event itself cannot be applied: after the retries, dead-letter it.
+    #[error("poison: {0}")]
+    Poison(String),
+}
+
+/// A read model built from the log.
+pub trait Projection: Send + Sync {
+    /// Unique; names the checkpoint and the dead letters.
+    fn name(&self) -> &str;
+    /// Whether `apply` wants events of this type; the others only advance the checkpoint.
+    fn handles(&self, event_type: &str) -> bool;
+    /// Applies one event. Must be idempotent: an event may be applied again after a crash.
+    fn apply(&self, event: &EventEnvelope) -> impl Future<Output = Result<(), ApplyError>> + Send;
+}
+
+/// How failures are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts at a poison event before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First backoff; doubled after each failure up to `max_backoff`, with ±50% jitter.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, failures: u32) -> Duration {
+        let exponential = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+            .min(self.max_backoff);
+        exponential.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+    }
+}
+
+/// What became of one event.
+enum Outcome {
+    Applied,
+    DeadLettered,
+    Stopped,
+}
+
+/// Feeds one projection from the PostgreSQL log.
+#[derive(Debug)]
+pub struct Runner<P> {
+    pool: PgPool,
+    projection: P,
+    policy: RetryPolicy,
+    batch_size: u32,
+    poll_interval: Duration,
+}
+
+impl<P: Projection> Runner<P> {
+    pub fn new(pool: PgPool, projection: P, policy: RetryPolicy) -> Self {
+        Self {
+            pool,
+            projection,
+            policy,
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    fn checkpoint_name(&self) -> String {
+        format!("projection:{}", self.projection.name())
+    }
+
+    /// Follows the log until `stop`; finishes the event in flight and saves the checkpoint
+    /// of what was done first (graceful shutdown).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the log or the checkpoint cannot be read or written.
+    pub async fn run(&self, stop: &CancellationToken) -> Result<(), StoreError> {
+        let mut waiter = LogWaiter::new(self.pool.clone(), self.poll_interval);
+        loop {
+            let done = self.run_batch(stop).await?;
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            if done == 0 {
+                tokio::select! {
+                    () = waiter.wait() => {}
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Processes one batch after the checkpoint; returns how many events it read.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the log or the checkpoint cannot be read or written.
+    pub async fn run_batch(&self, stop: &CancellationToken) -> Result<usize, StoreError> {
+        let name = self.checkpoint_name();
+        let checkpoints = Checkpoints::new(self.pool.clone());
+        let mut position = checkpoints.load(&name).await?;
+        let batch = LogReader::new(self.pool.clone())
+            .read_batch(position, self.batch_size)
+            .await?;
+        let mut done = 0;
+        for event in &batch {
+            if self.projection.handles(&event.event_type) {
+                match self.process(event, stop).await? {
+                    Outcome::Applied | Outcome::DeadLettered => {}
+                    Outcome::Stopped => break,
+                }
+            }
+            position = LogPosition::of(event);
+            done += 1;
+        }
+        if done > 0 {
+            checkpoints.save(&name, position).await?;
+        }
+        Ok(done)
+    }
+
+    async fn process(
+        &self,
+        event: &RecordedEvent,
+        stop: &CancellationToken,
+    ) -> Result<Outcome, StoreError> {
+        let projection = self.projection.name().to_owned();
+        let envelope = match event.decode() {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.dead_letter(event, &error.to_string(), 1).await?;
+                return Ok(Outcome::DeadLettered);
+            }
+        };
+        let mut failures = 0u32;
+        loop {
+            let error = match self.projection.apply(&envelope).await {
+                Ok(()) => {
+                    metrics::counter!("projection_applied_total", "projection" => projection.clone())
+                        .increment(1);
+                    let lag = chrono::Utc::now() - event.recorded_at;
+                    metrics::gauge!("projection_lag_seconds", "projection" => projection)
+                        .set(lag.as_seconds_f64().max(0.0));
+                    return Ok(Outcome::Applied);
+                }
+                Err(error) => error,
+            };
+            failures += 1;
+            if let ApplyError::Poison(message) = &error {
+                if failures >= self.policy.max_attempts {
+                    self.dead_letter(event, message, failures).await?;
+                    return Ok(Outcome::DeadLettered);
+                }
+            }
+            metrics::counter!("projection_retries_total", "projection" => projection.clone())
+                .increment(1);
+            let backoff = self.policy.backoff(failures);
+            tracing::warn!(projection = %projection, position = event.global_position, %error, failures, retry_in_ms = backoff.as_millis(), "Apply failed; retrying.");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return Ok(Outcome::Stopped),
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        event: &RecordedEvent,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        tracing::error!(projection = self.projection.name(), position = event.global_position, event_id = %event.event_id, error, "Dead-lettered an event.");
+        metrics::counter!("projection_dead_lettered_total", "projection" => self.projection.name().to_owned())
+            .increment(1);
+        sqlx::query(
+            "INSERT INTO dead_letters (projection, event_id, global_position, error, attempts) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (projection, event_id) DO UPDATE \
+                SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, \
+                    dead_lettered_at = now()",
+        )
+        .bind(self.projection.name())
+        .bind(event.event_id)
+        .bind(event.global_position)
+        .bind(error)
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// A dead-lettered event.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub projection: String,
+    pub event_id: Uuid,
+    pub global_position: i64,
+    pub error: String,
+    pub attempts: i32,
+}
+
+/// The `dead_letters` table.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    pool: PgPool,
+}
+
+impl DeadLetters {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The dead letters of `projection` (all projections when `None`), in log order.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn list(&self, projection: Option<&str>) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT projection, event_id, global_position, error, attempts FROM dead_letters \
+              WHERE $1::text IS NULL OR projection = $1 ORDER BY global_position",
+        )
+        .bind(projection)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Applies every dead letter of the runner's projection once more, in log order;
+    /// deletes those that succeed and records the new error of those that do not. Returns
+    /// (retried, still dead).
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure or an event missing from the log.
+    pub async fn retry<P: Projection>(
+        &self,
+        runner: &Runner<P>,
+    ) -> Result<(usize, usize), StoreError> {
+        let name = runner.projection.name();
+        let letters = self.list(Some(name)).await?;
+        let mut still_dead = 0;
+        for letter in &letters {
+            let event: Option<RecordedEvent> = store::PgEventStore::new(self.pool.clone())
+                .event(letter.event_id)
+                .await?;
+            let event = event.ok_or_else(|| {
+                StoreError::Corrupt(format!("dead letter {} is not in the log", letter.event_id))
+            })?;
+            let result = match event.decode() {
+                Ok(envelope) => runner
+                    .projection
+                    .apply(&envelope)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match result {
+                Ok(()) => {
+                    sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND event_id = $2")
+                        .bind(name)
+                        .bind(letter.event_id)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Err(error) => {
+                    still_dead += 1;
+                    runner.dead_letter(&event, &error, 1).await?;
+                }
+            }
+        }
+        Ok((letters.len(), still_dead))
+    }
+}

@@ -1,0 +1,202 @@
+//! The projection runtime on the PostgreSQL log: poison events are dead-lettered and
+//! retried, a store outage is waited out, nothing is lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_schemas::{EventEnvelope, Metadata};
+use projections::{ApplyError, DeadLetters, Projection, RetryPolicy, Runner};
+use serde_json::json;
+use sqlx::PgPool;
+use store::{AppendRequest, NewEvent, PgEventStore};
+use testkit::TestDb;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Records applied event ids in a table; refuses the `poison` ids (until `fixed`) and
+/// everything while `down`.
+struct Recorder {
+    pool: PgPool,
+    poison: Mutex<HashSet<Uuid>>,
+    fixed: AtomicBool,
+    down: AtomicBool,
+    attempts: AtomicU32,
+}
+
+impl Recorder {
+    async fn new(pool: PgPool) -> Self {
+        sqlx::query("CREATE TABLE applied (event_id uuid PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        Self {
+            pool,
+            poison: Mutex::default(),
+            fixed: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            attempts: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Projection for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        event_type == "social.followed"
+    }
+
+    async fn apply(&self, event: &EventEnvelope) -> Result<(), ApplyError> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if self.down.load(Ordering::Relaxed) {
+            return Err(ApplyError::Transient("the store is down".into()));
+        }
+        let poisoned = self.poison.lock().unwrap().contains(&event.event_id);
+        if poisoned && !self.fixed.load(Ordering::Relaxed) {
+            return Err(ApplyError::Poison(format!(
+                "cannot apply {}",
+                event.event_id
+            )));
+        }
+        sqlx::query("INSERT INTO applied VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(event.event_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| ApplyError::Transient(e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+/// Appends `n` follow events (each its own stream); returns their ids.
+async fn follows(store: &PgEventStore, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id = Uuid::now_v7();
+        store
+            .append(&AppendRequest {
+                stream_type: "social".into(),
+                stream_id: Uuid::new_v4().to_string(),
+                expected_version: 0,
+                events: vec![NewEvent {
+                    event_id: id,
+                    event_type: "social.followed".into(),
+                    schema_version: 1,
+                    payload: json!({ "follower_id": Uuid::new_v4(), "followee_id": Uuid::new_v4() }),
+                }],
+                metadata: Metadata::default(),
+                claims: Vec::new(),
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+async fn applied(pool: &PgPool) -> HashSet<Uuid> {
+    sqlx::query_scalar("SELECT event_id FROM applied")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn catch_up<P: Projection>(runner: &Runner<P>) {
+    let stop = CancellationToken::new();
+    while runner.run_batch(&stop).await.unwrap() > 0 {}
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_with_its_error_and_retried_once_fixed() {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let recorder = Recorder::new(db.pool.clone()).await;
+    let ids = follows(&store, 20).await;
+    recorder.poison.lock().unwrap().insert(ids[7]);
+    let runner = Runner::new(db.pool.clone(), recorder, policy());
+
+    catch_up(&runner).await;
+    let done = applied(&db.pool).await;
+    assert_eq!(
+        done.len(),
+        19,
+        "the projection went on past the poison event"
+    );
+    assert!(!done.contains(&ids[7]));
+    let dead = DeadLetters::new(db.pool.clone());
+    let letters = dead.list(Some("recorder")).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, ids[7]);
+    assert_eq!(letters[0].attempts, 3, "dead-lettered after max_attempts");
+    assert!(
+        letters[0].error.contains("cannot apply"),
+        "{}",
+        letters[0].error
+    );
+
+    // Still broken: the retry keeps it dead; fixed: the retry applies it and clears it.
+    assert_eq!(dead.retry(&runner).await.unwrap(), (1, 1));
+    assert_eq!(dead.list(None).await.unwrap().len(), 1);
+    runner.projection().fixed.store(true, Ordering::Relaxed);
+    assert_eq!(dead.retry(&runner).await.unwrap(), (1, 0));
+    assert!(dead.list(None).await.unwrap().is_empty());
+    assert_eq!(applied(&db.pool).await, ids.into_iter().collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_waited_out_with_backoff_and_nothing_is_lost() {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let recorder = Recorder::new(db.pool.clone()).await;
+    recorder.down.store(true, Ordering::Relaxed);
+    let runner = Arc::new(Runner::new(db.pool.clone(), recorder, policy()));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        let stop = stop.clone();
+        async move { runner.run(&stop).await }
+    });
+    let ids = follows(&store, 50).await;
+
+    // Ten seconds of outage: retried with backoff (capped at 200 ms: tens of attempts, not
+    // the thousands a busy loop would make), nothing applied, nothing dead-lettered.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let attempts = runner.projection().attempts.load(Ordering::Relaxed);
+    assert!(
+        (20..=200).contains(&attempts),
+        "{attempts} attempts in 10 s"
+    );
+    assert!(applied(&db.pool).await.is_empty());
+
+    runner.projection().down.store(false, Ordering::Relaxed);
+    let start = Instant::now();
+    while applied(&db.pool).await.len() < ids.len() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(applied(&db.pool).await, ids.into_iter().collect());
+    assert!(DeadLetters::new(db.pool.clone())
+        .list(None)
+        .await
+        .unwrap()
+        .is_empty());
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
