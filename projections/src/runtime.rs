@@ -77,7 +77,7 @@ impl RetryPolicy {
 }
 
 /// What became of one event.
-enum Outcome {
+pub(crate) enum Outcome {
     Applied,
     DeadLettered,
     Stopped,
@@ -161,7 +161,7 @@ impl<P: Projection> Runner<P> {
         Ok(done)
     }
 
-    async fn process(
+    pub(crate) async fn process(
         &self,
         event: &RecordedEvent,
         stop: &CancellationToken,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_schemas::{EventEnvelope, Metadata};
-use projections::{ApplyError, DeadLetters, Projection, RetryPolicy, Runner};
+use projections::{ApplyError, DeadLetters, KafkaSource, Projection, RetryPolicy, Runner};
 use serde_json::json;
 use sqlx::PgPool;
 use store::{AppendRequest, NewEvent, PgEventStore};
@@ -19,6 +19,7 @@ use uuid::Uuid;
 /// Records applied event ids in a table; refuses the `poison` ids (until `fixed`) and
 /// everything while `down`.
 struct Recorder {
+    name: String,
     pool: PgPool,
     poison: Mutex<HashSet<Uuid>>,
     fixed: AtomicBool,
@@ -28,11 +29,12 @@ struct Recorder {
 
 impl Recorder {
     async fn new(pool: PgPool) -> Self {
-        sqlx::query("CREATE TABLE applied (event_id uuid PRIMARY KEY)")
+        sqlx::query("CREATE TABLE IF NOT EXISTS applied (event_id uuid PRIMARY KEY)")
             .execute(&pool)
             .await
             .unwrap();
         Self {
+            name: "recorder".into(),
             pool,
             poison: Mutex::default(),
             fixed: AtomicBool::new(false),
@@ -44,7 +46,7 @@ impl Recorder {
 
 impl Projection for Recorder {
     fn name(&self) -> &str {
-        "recorder"
+        &self.name
     }
 
     fn handles(&self, event_type: &str) -> bool {
@@ -199,4 +201,105 @@ async fn a_store_outage_is_waited_out_with_backoff_and_nothing_is_lost() {
         .is_empty());
     stop.cancel();
     task.await.unwrap().unwrap();
+}
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Consumes with `runner` until `applied` holds at least `until` events, then stops it
+/// gracefully (offsets committed); returns how many events it was given.
+async fn consume_until(
+    db: &TestDb,
+    runner: Runner<Recorder>,
+    source: &KafkaSource,
+    until: usize,
+) -> u32 {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        let source = source.clone();
+        async move {
+            runner.run_kafka(&source, &stop).await.unwrap();
+            runner.projection().attempts.load(Ordering::Relaxed)
+        }
+    });
+    let start = Instant::now();
+    while applied(&db.pool).await.len() < until {
+        assert!(start.elapsed() < Duration::from_secs(60), "stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart() {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn({
+        let relay = relay::Relay::new(
+            db.pool.clone(),
+            relay::RelaySettings {
+                brokers: brokers(),
+                topic_prefix: prefix.clone(),
+                topic_partitions: 3,
+                ..relay::RelaySettings::default()
+            },
+        );
+        let stop = relay_stop.clone();
+        async move { relay.run(stop).await }
+    });
+    let ids = follows(&store, 1000).await;
+    let source = KafkaSource {
+        brokers: brokers(),
+        topic_prefix: prefix,
+        stream_types: vec!["social".into()],
+    };
+    let group = format!("recorder-{}", Uuid::new_v4().simple());
+    let runner = |recorder: Recorder| {
+        Runner::new(
+            db.pool.clone(),
+            Recorder {
+                name: group.clone(),
+                ..recorder
+            },
+            policy(),
+        )
+    };
+
+    // One consumer applies part of the stream and stops; the next resumes from the group's
+    // committed offsets: every event applied, none lost (re-deliveries are idempotent).
+    consume_until(
+        &db,
+        runner(Recorder::new(db.pool.clone()).await),
+        &source,
+        300,
+    )
+    .await;
+    let first = applied(&db.pool).await.len();
+    assert!((300..1000).contains(&first), "{first}");
+    let second = consume_until(
+        &db,
+        runner(Recorder::new(db.pool.clone()).await),
+        &source,
+        1000,
+    )
+    .await;
+    // It started from the committed offsets, not from the beginning.
+    assert_eq!(
+        second as usize,
+        1000 - first,
+        "re-delivered after a graceful stop"
+    );
+    assert_eq!(applied(&db.pool).await, ids.into_iter().collect());
+    assert!(DeadLetters::new(db.pool.clone())
+        .list(None)
+        .await
+        .unwrap()
+        .is_empty());
+    relay_stop.cancel();
+    relay.await.unwrap();
 }
