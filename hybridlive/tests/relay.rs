@@ -356,12 +356,18 @@ async fn a_relay_serves_its_metrics_on_metrics_addr() {
     let store = PgEventStore::new(db.pool.clone());
     store.append(&append("post", "p1", 0, 3)).await.unwrap();
     wait_until_relayed(&db, Duration::from_secs(30)).await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The endpoint may answer a moment after the relay started: poll it.
+    let start = Instant::now();
+    let metrics = loop {
+        let answer = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+            Ok(response) => format!("{}\n{}", response.status(), response.text().await.unwrap()),
+            Err(error) => format!("no answer: {error}"),
+        };
+        if answer.contains("relay_published_total 3") || start.elapsed() > Duration::from_secs(10) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(metrics.contains("relay_published_total 3"), "{metrics}");
     assert!(metrics.contains("relay_active 1"), "{metrics}");
     relay.start_kill().unwrap();

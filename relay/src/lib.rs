@@ -228,11 +228,11 @@ impl Relay {
             if let Some(hook) = &self.on_published {
                 hook(&batch);
             }
-            position = LogPosition::of(last);
-            Checkpoints::save_with(&mut *lease, &self.settings.name, position).await?;
             metrics::counter!("relay_published_total").increment(batch.len() as u64);
             let lag = chrono::Utc::now() - last.recorded_at;
             metrics::gauge!("relay_lag_seconds").set(lag.as_seconds_f64().max(0.0));
+            position = LogPosition::of(last);
+            Checkpoints::save_with(&mut *lease, &self.settings.name, position).await?;
             if stop.is_cancelled() {
                 return Ok(());
             }
