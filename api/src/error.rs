@@ -55,6 +55,8 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("the read models have not caught up with X-Min-Position {0} yet; retry")]
+    ReadModelBehind(i64),
     #[error("the service is temporarily unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -97,6 +99,7 @@ impl ApiError {
             Self::IdempotencyKeyReused => (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             Self::Unprocessable { code, .. } => (S::UNPROCESSABLE_ENTITY, code),
             Self::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::ReadModelBehind(_) => (S::SERVICE_UNAVAILABLE, "read_model_behind"),
             Self::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -139,7 +142,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
-        if matches!(self, Self::IdempotencyKeyInUse | Self::Unavailable(_)) {
+        if matches!(
+            self,
+            Self::IdempotencyKeyInUse | Self::Unavailable(_) | Self::ReadModelBehind(_)
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -317,6 +323,12 @@ pub mod domain_errors {
     impl From<CommandError<LikeError>> for ApiError {
         fn from(error: CommandError<LikeError>) -> Self {
             command(error, |e| match e {})
+        }
+    }
+
+    impl From<projections::ReadModelError> for ApiError {
+        fn from(error: projections::ReadModelError) -> Self {
+            ApiError::Unavailable(error.to_string())
         }
     }
 

@@ -159,3 +159,28 @@ impl<S: Send + Sync> FromRequestParts<S> for CommandMeta {
         })
     }
 }
+
+/// `X-Min-Position: <global_position>`: the query must reflect the log up to that position
+/// (a command response's `x-global-position`).
+#[derive(Debug, Clone, Copy)]
+pub struct MinPosition(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MinPosition {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(raw) = parts.headers.get("x-min-position") else {
+            return Ok(MinPosition(None));
+        };
+        raw.to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|p| *p >= 0)
+            .map(|p| MinPosition(Some(p)))
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(
+                    "X-Min-Position must be a global position (a non-negative integer)".to_owned(),
+                )
+            })
+    }
+}

@@ -19,7 +19,8 @@
 //! - `idempotency`: `Idempotency-Key` on commands;
 //! - `rate_limit`: Redis-backed limits per IP, per user and on the credential endpoints;
 //! - `extract`: strict JSON, the authenticated [`extract::Principal`], `If-Match`;
-//! - `routes`: `auth`, `social`, `posts`, `ops` route groups;
+//! - `routes`: `auth`, `social`, `posts`, `feed`, `ops` route groups (queries are served
+//!   from `projections::ReadModels`, waiting for `X-Min-Position` when asked);
 //! - `openapi`: the OpenAPI document;
 //! - `state`: [`state::AppState`].
 
@@ -59,6 +60,8 @@ pub struct Settings {
     pub redis_prefix: String,
     pub rate_limits: rate_limit::RateLimits,
     pub commands: commands::Settings,
+    /// Longest wait of a query for `X-Min-Position` (`MIN_POSITION_WAIT_MS`).
+    pub min_position_wait: Duration,
 }
 
 impl Default for Settings {
@@ -72,6 +75,7 @@ impl Default for Settings {
             redis_prefix: "hl:".to_owned(),
             rate_limits: rate_limit::RateLimits::default(),
             commands: commands::Settings::default(),
+            min_position_wait: Duration::from_secs(2),
         }
     }
 }
@@ -121,7 +125,8 @@ pub fn metrics_router() -> Router {
 }
 
 impl App {
-    /// Binds `settings.http_addr` (port 0 picks a free port) and wires the routes.
+    /// Binds `settings.http_addr` (port 0 picks a free port) and wires the routes, serving
+    /// queries from the lite read models (PostgreSQL and Redis).
     ///
     /// # Errors
     /// When the address cannot be bound.
@@ -130,7 +135,24 @@ impl App {
         pool: sqlx::PgPool,
         redis: redis::aio::ConnectionManager,
     ) -> std::io::Result<App> {
+        let read =
+            projections::ReadModels::lite(pool.clone(), redis.clone(), &settings.redis_prefix);
+        Self::build_with(settings, pool, redis, read).await
+    }
+
+    /// [`App::build`] with the read models given (ScyllaDB / MongoDB in the full profile).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn build_with(
+        settings: Settings,
+        pool: sqlx::PgPool,
+        redis: redis::aio::ConnectionManager,
+        read: projections::ReadModels,
+    ) -> std::io::Result<App> {
         let state = AppState {
+            read,
+            min_position_wait: settings.min_position_wait,
             write: Arc::new(commands::WriteSide::new(pool.clone(), settings.commands)),
             jwt: Arc::new(auth::jwt::JwtKeys::new(
                 &settings.jwt_secret,
@@ -186,6 +208,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::auth::routes())
         .merge(routes::social::routes())
         .merge(routes::posts::routes())
+        .merge(routes::feed::routes())
         .merge(routes::ops::routes())
         .merge(openapi::routes())
         .layer(axum::middleware::from_fn_with_state(

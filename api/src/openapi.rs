@@ -6,16 +6,17 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{auth, ops, posts, social};
+use crate::routes::{auth, feed, ops, posts, social};
 use crate::state::AppState;
 
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "Hybrid Live API", description = "Commands, auth and operations of Hybrid Live. Errors always have the body {\"error\": {\"code\", \"message\", \"request_id\"}}."),
+    info(title = "Hybrid Live API", description = "Commands, queries, auth and operations of Hybrid Live. Errors always have the body {\"error\": {\"code\", \"message\", \"request_id\"}}."),
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
-        social::follow, social::unfollow,
+        social::follow, social::unfollow, social::profile,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
+        posts::get_post, posts::list_comments, feed::feed,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),

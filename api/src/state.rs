@@ -21,4 +21,8 @@ pub struct AppState {
     /// Prefix of every Redis key this instance writes.
     pub redis_prefix: String,
     pub rate_limits: crate::rate_limit::RateLimits,
+    /// The read models the query routes serve.
+    pub read: projections::ReadModels,
+    /// Longest wait for `X-Min-Position` before answering 503 `read_model_behind`.
+    pub min_position_wait: std::time::Duration,
 }

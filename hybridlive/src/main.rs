@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 mod admin;
 mod dev;
+mod workers;
+
+use projections::{Source, Workers};
+use workers::ReadStoreArgs;
 
 /// The event-sourced social backend.
 #[derive(Debug, Parser)]
@@ -47,11 +51,15 @@ enum Command {
         /// Create the database first if it does not exist.
         #[arg(long)]
         create_database: bool,
+        /// Also creates the CQL keyspace/tables and MongoDB indexes when configured.
+        #[command(flatten)]
+        stores: ReadStoreArgs,
     },
     /// Serves the HTTP API. Refuses to start with the development JWT secret.
     Serve(ServeArgs),
     /// Everything in one process for local development: the HTTP API (the development JWT
-    /// secret is allowed) and, with --print-events, the committed log as JSON lines.
+    /// secret is allowed), every projection (fed by the PostgreSQL log), the relay when
+    /// KAFKA_BROKERS is set and, with --print-events, the committed log as JSON lines.
     Dev {
         #[command(flatten)]
         serve: ServeArgs,
@@ -76,6 +84,24 @@ enum Command {
         #[command(flatten)]
         metrics: MetricsArgs,
     },
+    /// Projection workers: build the read models from Kafka (when KAFKA_BROKERS is set) or
+    /// from the PostgreSQL log. Names: timeline, content, or all.
+    Project {
+        /// Projections to run.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        stores: ReadStoreArgs,
+        /// Kafka to consume the relay's topics from; the PostgreSQL log when unset.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
+        #[command(flatten)]
+        kafka: KafkaTopicArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
+    },
     /// Dead-lettered events of the projections.
     Dlq {
         #[command(subcommand)]
@@ -94,16 +120,36 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct ServeArgs {
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: SocketAddr,
-    /// Redis (refresh tokens; later caches and pub/sub).
+struct RedisArgs {
+    /// Redis (refresh tokens, rate limits, read-model caches).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Prefix of every Redis key this deployment writes.
     #[arg(long, env = "REDIS_PREFIX", default_value = "hl:")]
     redis_prefix: String,
+}
+
+impl RedisArgs {
+    async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let client = redis::Client::open(self.redis_url.as_str()).context("parsing REDIS_URL")?;
+        redis::aio::ConnectionManager::new(client)
+            .await
+            .context("connecting to REDIS_URL")
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    stores: ReadStoreArgs,
+    /// Longest wait of a query for its X-Min-Position, milliseconds.
+    #[arg(long, env = "MIN_POSITION_WAIT_MS", default_value_t = 2000)]
+    min_position_wait_ms: u64,
     /// HS256 secret of access tokens, at least 32 bytes. Required by `serve`.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -200,6 +246,17 @@ enum DlqCommand {
         #[arg(long)]
         projection: Option<String>,
     },
+    /// Applies a projection's dead letters again (after the cause was fixed); removes those
+    /// that succeed. Exits 1 when some are still dead.
+    Retry {
+        /// The projection (timeline, content).
+        #[arg(long)]
+        projection: String,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        stores: ReadStoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,7 +288,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Migrate { create_database } => migrate(&cli.database_url, create_database).await,
+        Command::Migrate {
+            create_database,
+            stores,
+        } => {
+            migrate(&cli.database_url, create_database).await?;
+            stores.migrate().await
+        }
         Command::Serve(args) => {
             let pool = connect(&cli.database_url, cli.database_max_connections).await?;
             serve(args, pool, false).await
@@ -260,6 +323,18 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let pool = connect(&cli.database_url, cli.database_max_connections).await?;
             let stop = CancellationToken::new();
+            let redis = args.redis.connect().await?;
+            let models = args
+                .stores
+                .read_models(&pool, redis, &args.redis.redis_prefix)
+                .await?;
+            let workers = {
+                let workers = Workers::new(pool.clone(), models, args.stores.timeline_settings());
+                let stop = stop.clone();
+                tokio::spawn(
+                    async move { workers.run(&["all".to_owned()], &Source::Log, &stop).await },
+                )
+            };
             let relay = kafka_brokers.map(|brokers| {
                 let relay = relay::Relay::new(pool.clone(), relay.settings(brokers, &kafka));
                 let stop = stop.clone();
@@ -278,7 +353,61 @@ async fn main() -> anyhow::Result<()> {
             if let Some(relay) = relay {
                 relay.await.context("the relay task panicked")?;
             }
+            workers.await.context("the projection workers panicked")??;
             served
+        }
+        Command::Project {
+            names,
+            redis,
+            stores,
+            kafka_brokers,
+            kafka,
+            metrics,
+        } => {
+            let pool = connect(&cli.database_url, 8).await?;
+            let models = stores
+                .read_models(&pool, redis.connect().await?, &redis.redis_prefix)
+                .await?;
+            let source = match kafka_brokers {
+                Some(brokers) => Source::Kafka {
+                    brokers,
+                    topic_prefix: kafka.kafka_topic_prefix,
+                },
+                None => Source::Log,
+            };
+            let stop = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(stop.clone()));
+            if let Some(addr) = metrics.metrics_addr {
+                serve_metrics(addr, stop.clone()).await?;
+            }
+            Workers::new(pool, models, stores.timeline_settings())
+                .run(&names, &source, &stop)
+                .await?;
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Retry {
+                    projection,
+                    redis,
+                    stores,
+                },
+        } => {
+            let pool = connect(&cli.database_url, 2).await?;
+            let models = stores
+                .read_models(&pool, redis.connect().await?, &redis.redis_prefix)
+                .await?;
+            let (retried, still_dead) = Workers::new(pool, models, stores.timeline_settings())
+                .retry_dead_letters(&projection)
+                .await?;
+            println!(
+                "{}",
+                serde_json::json!({"projection": projection, "retried": retried, "still_dead": still_dead})
+            );
+            if still_dead > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Dlq {
             command: DlqCommand::List { projection },
@@ -334,17 +463,19 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result
     if !dev {
         auth::jwt::check_secret(&jwt_secret).context("JWT_SECRET is not safe to use")?;
     }
-    let redis = redis::Client::open(args.redis_url.as_str()).context("parsing REDIS_URL")?;
-    let redis = redis::aio::ConnectionManager::new(redis)
-        .await
-        .context("connecting to REDIS_URL")?;
+    let redis = args.redis.connect().await?;
+    let read = args
+        .stores
+        .read_models(&pool, redis.clone(), &args.redis.redis_prefix)
+        .await?;
     let settings = api::Settings {
         http_addr: args.http_addr,
         jwt_secret,
         access_ttl: Duration::from_secs(args.access_token_ttl_secs),
         refresh_ttl: Duration::from_secs(args.refresh_token_ttl_secs),
         body_limit: args.body_limit_bytes,
-        redis_prefix: args.redis_prefix,
+        redis_prefix: args.redis.redis_prefix,
+        min_position_wait: Duration::from_millis(args.min_position_wait_ms),
         rate_limits: api::rate_limit::RateLimits {
             per_ip: args.rate_limit_per_ip,
             per_user: args.rate_limit_per_user,
@@ -355,7 +486,7 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result
             ..commands::Settings::default()
         },
     };
-    let app = api::App::build(settings, pool, redis)
+    let app = api::App::build_with(settings, pool, redis, read)
         .await
         .context("binding HTTP_ADDR")?;
     tracing::info!(addr = %app.local_addr()?, dev, "Serving the HTTP API.");

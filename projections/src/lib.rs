@@ -4,13 +4,37 @@
 //!   PostgreSQL log (gap-free [`store::LogReader`], checkpoint per batch), retries failures
 //!   with exponential backoff and jitter — transient ones forever, poison ones a bounded
 //!   number of times — and dead-letters what cannot be applied ([`DeadLetters`]);
-//! - [`kafka`]: the same runner fed by a Kafka consumer group (`Runner::run_kafka`).
+//! - [`kafka`] (feature `kafka`): the same runner fed by a Kafka consumer group
+//!   (`Runner::run_kafka`); `api` builds this crate without it (it must not depend on Kafka);
+//! - [`timeline`]: the social graph and home timelines — [`TimelineStore`] (PostgreSQL for
+//!   lite, ScyllaDB) and the `timeline` projection (hybrid fan-out on write);
+//! - [`content`]: posts, comments, likes, profiles — [`ContentStore`] (PostgreSQL jsonb for
+//!   lite, MongoDB) and the `content` projection, which also keeps the Redis caches;
+//! - [`cache`]: the Redis caches (previews, counts, comment lists) with lease-guarded fills;
+//! - [`query`]: the queries the API serves from these models, and the `X-Min-Position` wait;
+//! - [`workers`]: the projections by name, as `hybridlive project`, `dlq retry` and `dev`
+//!   run them;
+//! - [`error`]: [`ReadModelError`], transient or not.
 //!
-//! Not written yet: `hybridlive project` and `dlq retry`, a circuit breaker, the read models
-//! (issues #4 and #5). Layering: only `event-schemas` types, never `domain`.
+//! Layering: only `event-schemas` types, never `domain`.
 
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod runtime;
 
+pub mod cache;
+pub mod content;
+pub mod error;
+pub mod query;
+pub mod timeline;
+pub mod workers;
+
+pub use cache::{CacheSettings, PostCache};
+pub use content::{ContentProjection, ContentStore};
+pub use error::{ReadModelError, ReadResult};
+#[cfg(feature = "kafka")]
 pub use kafka::{KafkaSource, KafkaSourceError};
+pub use query::ReadModels;
 pub use runtime::{ApplyError, DeadLetter, DeadLetters, Projection, RetryPolicy, Runner};
+pub use timeline::{TimelineProjection, TimelineSettings, TimelineStore};
+pub use workers::{Source, Workers};

@@ -4,5 +4,7 @@
 mod api_auth;
 mod api_commands;
 mod api_contract;
+mod api_queries;
 mod api_rate_limits;
+mod read_models;
 mod write_side;

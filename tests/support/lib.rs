@@ -47,7 +47,10 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub redis_prefix: String,
     pub jwt_secret: Vec<u8>,
+    /// The read models the projections build and the query routes serve.
+    pub read: projections::ReadModels,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    workers: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for TestApp {
@@ -55,6 +58,7 @@ impl Drop for TestApp {
         if let Some(stop) = self.shutdown.take() {
             let _ = stop.send(());
         }
+        self.workers.cancel();
     }
 }
 
@@ -63,7 +67,8 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// Starts exactly what `hybridlive serve` starts, on 127.0.0.1:0.
+/// Starts exactly what `hybridlive dev` starts (the API and every projection, fed by the
+/// PostgreSQL log), on 127.0.0.1:0.
 ///
 /// # Panics
 /// When PostgreSQL or Redis is unreachable: the test cannot run.
@@ -99,9 +104,22 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut api::Settings)) -> TestApp 
         ..api::Settings::default()
     };
     adjust(&mut settings);
-    let app = api::App::build(settings, db.pool.clone(), redis)
+    let read = projections::ReadModels::lite(db.pool.clone(), redis.clone(), &redis_prefix);
+    let app = api::App::build_with(settings, db.pool.clone(), redis, read.clone())
         .await
         .expect("the API binds 127.0.0.1:0");
+    let workers = tokio_util::sync::CancellationToken::new();
+    let projections = projections::Workers::new(
+        db.pool.clone(),
+        read.clone(),
+        projections::TimelineSettings::default(),
+    );
+    let stop = workers.clone();
+    tokio::spawn(async move {
+        projections
+            .run(&["all".to_owned()], &projections::Source::Log, &stop)
+            .await
+    });
     let addr = app.local_addr().expect("bound address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
@@ -113,7 +131,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut api::Settings)) -> TestApp 
         http: reqwest::Client::new(),
         redis_prefix,
         jwt_secret,
+        read,
         shutdown: Some(stop),
+        workers,
     }
 }
 

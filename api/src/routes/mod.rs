@@ -1,6 +1,7 @@
 //! Route groups, one module each, and what command routes share.
 
 pub mod auth;
+pub mod feed;
 pub mod ops;
 pub mod posts;
 pub mod social;

@@ -1,8 +1,8 @@
 //! `/v1/posts*`: publishing and deleting posts, comments, likes.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::routing::{delete, post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use domain::comment::CommentCommand;
 use domain::like::{like_stream_id, LikeCommand};
@@ -12,15 +12,19 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{CommandMeta, IfMatch, JsonBody, Principal};
+use crate::extract::{CommandMeta, IfMatch, JsonBody, MinPosition, Principal};
+use crate::routes::feed::{caught_up, PageParams};
 use crate::routes::{command_headers, context, new_stream_context, parse_id};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/posts", post(publish))
-        .route("/v1/posts/{post_id}", delete(delete_post))
-        .route("/v1/posts/{post_id}/comments", post(add_comment))
+        .route("/v1/posts/{post_id}", get(get_post).delete(delete_post))
+        .route(
+            "/v1/posts/{post_id}/comments",
+            post(add_comment).get(list_comments),
+        )
         .route("/v1/posts/{post_id}/like", put(like).delete(unlike))
 }
 
@@ -190,4 +194,99 @@ pub async fn unlike(
     let stream = like_stream_id(post_id, principal.user_id);
     let executed = state.write.likes.execute(&stream, command, &ctx).await?;
     Ok((StatusCode::NO_CONTENT, command_headers(&executed)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostView {
+    pub post_id: Uuid,
+    pub author_id: Uuid,
+    pub title: String,
+    pub body_markdown: String,
+    /// `body_markdown` rendered to HTML and sanitised (no scripts, handlers or
+    /// `javascript:` links).
+    pub body_html: String,
+    pub media: Vec<String>,
+    pub like_count: i64,
+    pub comment_count: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Read a post.
+#[utoipa::path(get, path = "/v1/posts/{post_id}", tag = "posts",
+    params(("post_id" = Uuid, Path), ("X-Min-Position" = Option<i64>, Header, description = "Wait until the post reflects this global position")),
+    responses((status = 200, body = PostView), (status = 404, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody, description = "read_model_behind")))]
+pub async fn get_post(
+    State(state): State<AppState>,
+    min: MinPosition,
+    Path(post_id): Path<String>,
+) -> Result<Json<PostView>, ApiError> {
+    let id = parse_id(&post_id, "post")?;
+    caught_up(&state, min, &["content"]).await?;
+    let post = state
+        .read
+        .post(id)
+        .await?
+        .ok_or(ApiError::NotFound("post"))?;
+    Ok(Json(PostView {
+        post_id: post.post_id,
+        author_id: post.author_id,
+        title: post.title,
+        body_markdown: post.body_markdown,
+        body_html: post.body_html,
+        media: post.media,
+        like_count: post.like_count,
+        comment_count: post.comment_count,
+        created_at: post.created_at,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommentView {
+    pub comment_id: Uuid,
+    pub author_id: Uuid,
+    pub body: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommentPage {
+    pub items: Vec<CommentView>,
+    /// Pass as `before` for the next (older) page; null at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// A post's comments, newest first.
+#[utoipa::path(get, path = "/v1/posts/{post_id}/comments", tag = "posts",
+    params(("post_id" = Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("before" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+           ("X-Min-Position" = Option<i64>, Header, description = "Wait until the list reflects this global position")),
+    responses((status = 200, body = CommentPage), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn list_comments(
+    State(state): State<AppState>,
+    min: MinPosition,
+    Path(post_id): Path<String>,
+    Query(params): Query<PageParams>,
+) -> Result<Json<CommentPage>, ApiError> {
+    let id = parse_id(&post_id, "post")?;
+    let limit = params.limit()?;
+    let before = params.cursor()?;
+    caught_up(&state, min, &["content"]).await?;
+    let page = state
+        .read
+        .comments(id, before, limit)
+        .await?
+        .ok_or(ApiError::NotFound("post"))?;
+    Ok(Json(CommentPage {
+        items: page
+            .items
+            .into_iter()
+            .map(|c| CommentView {
+                comment_id: c.comment_id,
+                author_id: c.author_id,
+                body: c.body,
+                created_at: c.created_at,
+            })
+            .collect(),
+        next_cursor: page.next_cursor.map(|p| p.to_string()),
+    }))
 }

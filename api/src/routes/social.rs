@@ -2,17 +2,20 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::put;
-use axum::Router;
+use axum::routing::{get, put};
+use axum::{Json, Router};
 use domain::social_graph::SocialGraphCommand;
 
 use crate::error::ApiError;
-use crate::extract::{CommandMeta, IfMatch, Principal};
+use crate::extract::{CommandMeta, IfMatch, MinPosition, Principal};
+use crate::routes::feed::caught_up;
 use crate::routes::{command_headers, context, parse_id};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/users/{user_id}/follow", put(follow).delete(unfollow))
+    Router::new()
+        .route("/v1/users/{user_id}", get(profile))
+        .route("/v1/users/{user_id}/follow", put(follow).delete(unfollow))
 }
 
 /// Follow a user (idempotent).
@@ -70,4 +73,38 @@ pub async fn unfollow(
         .execute(&principal.user_id.to_string(), command, &ctx)
         .await?;
     Ok((StatusCode::NO_CONTENT, command_headers(&executed)))
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PublicProfile {
+    pub user_id: uuid::Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub followers: u64,
+    pub following: u64,
+}
+
+/// A user's public profile with follower counts.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "social",
+    params(("user_id" = uuid::Uuid, Path), ("X-Min-Position" = Option<i64>, Header, description = "Wait until the profile reflects this global position")),
+    responses((status = 200, body = PublicProfile), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn profile(
+    State(state): State<AppState>,
+    min: MinPosition,
+    Path(user_id): Path<String>,
+) -> Result<Json<PublicProfile>, ApiError> {
+    let id = parse_id(&user_id, "user")?;
+    caught_up(&state, min, &["timeline", "content"]).await?;
+    let (profile, counts) = state
+        .read
+        .profile(id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    Ok(Json(PublicProfile {
+        user_id: profile.user_id,
+        username: profile.username,
+        display_name: profile.display_name,
+        followers: counts.followers,
+        following: counts.following,
+    }))
 }

@@ -1,0 +1,150 @@
+//! `GET /v1/feed`: the caller's home feed, and what every query route shares (paging
+//! parameters, the `X-Min-Position` wait).
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{MinPosition, Principal};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/feed", get(feed))
+}
+
+/// Largest and default page size of every list route.
+pub const MAX_LIMIT: usize = 100;
+pub const DEFAULT_LIMIT: usize = 20;
+
+/// `limit` and a cursor, as strings so that bad values get our own 400.
+#[derive(Debug, Deserialize)]
+pub struct PageParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    pub before: Option<String>,
+}
+
+impl PageParams {
+    /// `limit` in 1..=100 (default 20).
+    ///
+    /// # Errors
+    /// 400 `invalid_request` for anything else.
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match &self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(raw) => raw
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest(format!(
+                        "limit must be an integer from 1 to {MAX_LIMIT}"
+                    ))
+                }),
+        }
+    }
+
+    /// The cursor (`cursor`, or `before` on comment lists): an opaque position returned
+    /// as `next_cursor`.
+    ///
+    /// # Errors
+    /// 400 `invalid_request` when it is not one we issued.
+    pub fn cursor(&self) -> Result<Option<i64>, ApiError> {
+        match self.cursor.as_ref().or(self.before.as_ref()) {
+            None => Ok(None),
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|p| *p > 0)
+                .map(Some)
+                .ok_or_else(|| ApiError::InvalidRequest("invalid cursor".to_owned())),
+        }
+    }
+}
+
+/// Waits (bounded) until `projections` have applied the log up to `min`; 503
+/// `read_model_behind` with `Retry-After` when they have not in time.
+///
+/// # Errors
+/// 503 when the wait ran out or the database failed.
+pub async fn caught_up(
+    state: &AppState,
+    min: MinPosition,
+    projections: &[&str],
+) -> Result<(), ApiError> {
+    let Some(position) = min.0 else {
+        return Ok(());
+    };
+    let reached = projections::query::wait_caught_up(
+        &state.pool,
+        projections,
+        position,
+        state.min_position_wait,
+    )
+    .await
+    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if reached {
+        Ok(())
+    } else {
+        Err(ApiError::ReadModelBehind(position))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedItem {
+    pub post_id: Uuid,
+    pub author_id: Uuid,
+    pub title: String,
+    /// The body as plain text, at most 280 characters.
+    pub preview: String,
+    pub like_count: i64,
+    pub comment_count: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedPage {
+    pub items: Vec<FeedItem>,
+    /// Pass as `cursor` for the next (older) page; null at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's home feed: posts of the people they follow and their own, newest first.
+#[utoipa::path(get, path = "/v1/feed", tag = "feed", security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+           ("X-Min-Position" = Option<i64>, Header, description = "Wait until the feed reflects this global position")),
+    responses((status = 200, body = FeedPage), (status = 400, body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody, description = "read_model_behind")))]
+pub async fn feed(
+    State(state): State<AppState>,
+    principal: Principal,
+    min: MinPosition,
+    Query(params): Query<PageParams>,
+) -> Result<Json<FeedPage>, ApiError> {
+    let limit = params.limit()?;
+    let cursor = params.cursor()?;
+    caught_up(&state, min, &["timeline", "content"]).await?;
+    let page = state.read.feed(principal.user_id, cursor, limit).await?;
+    Ok(Json(FeedPage {
+        items: page
+            .items
+            .into_iter()
+            .map(|i| FeedItem {
+                post_id: i.post_id,
+                author_id: i.author_id,
+                title: i.title,
+                preview: i.preview,
+                like_count: i.like_count,
+                comment_count: i.comment_count,
+                created_at: i.created_at,
+            })
+            .collect(),
+        next_cursor: page.next_cursor.map(|p| p.to_string()),
+    }))
+}

@@ -1,0 +1,121 @@
+//! Which read-model stores are configured (DESIGN §6: "a backend is chosen by which URL is
+//! configured"); the workers themselves are `projections::workers`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use projections::content::mongo::MongoContent;
+use projections::content::postgres::PgContent;
+use projections::timeline::postgres::PgTimelines;
+use projections::timeline::scylla::{ScyllaSettings, ScyllaTimelines};
+use projections::{
+    CacheSettings, ContentStore, PostCache, ReadModels, TimelineSettings, TimelineStore,
+};
+
+/// The read-model stores: ScyllaDB and MongoDB when their URLs are set, else PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct ReadStoreArgs {
+    /// ScyllaDB/Cassandra contact points (`host:port`, comma-separated) for the social graph
+    /// and timelines; PostgreSQL when unset (lite).
+    #[arg(long, env = "SCYLLA_NODES", value_delimiter = ',')]
+    pub scylla_nodes: Vec<String>,
+    /// Keyspace of the timeline tables.
+    #[arg(long, env = "SCYLLA_KEYSPACE", default_value = "hybridlive")]
+    pub scylla_keyspace: String,
+    /// Consistency level of every timeline statement (ONE, QUORUM, LOCAL_QUORUM, …).
+    #[arg(long, env = "SCYLLA_CONSISTENCY", default_value = "LOCAL_QUORUM")]
+    pub scylla_consistency: String,
+    /// Replication factor `migrate` gives the keyspace.
+    #[arg(long, env = "SCYLLA_REPLICATION", default_value_t = 1)]
+    pub scylla_replication: u32,
+    /// MongoDB for posts, comments and profiles; PostgreSQL (jsonb) when unset (lite).
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "MONGODB_DATABASE", default_value = "hybridlive")]
+    pub mongodb_database: String,
+    /// Entries kept per home timeline.
+    #[arg(long, env = "TIMELINE_CAP", default_value_t = 800)]
+    pub timeline_cap: usize,
+    /// Authors with more followers than this are merged into feeds at read time instead of
+    /// fanned out on write.
+    #[arg(long, env = "FANOUT_MAX_FOLLOWERS", default_value_t = 20_000)]
+    pub fanout_max_followers: usize,
+}
+
+impl ReadStoreArgs {
+    fn scylla(&self) -> Option<ScyllaSettings> {
+        (!self.scylla_nodes.is_empty()).then(|| ScyllaSettings {
+            nodes: self.scylla_nodes.clone(),
+            keyspace: self.scylla_keyspace.clone(),
+            consistency: self.scylla_consistency.clone(),
+            replication_factor: self.scylla_replication,
+        })
+    }
+
+    /// Creates the CQL keyspace and tables and the MongoDB indexes of the configured
+    /// stores (`migrate`; never at worker start-up).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        if let Some(scylla) = self.scylla() {
+            projections::timeline::scylla::migrate(&scylla)
+                .await
+                .context("creating the ScyllaDB keyspace and tables")?;
+            tracing::info!(keyspace = %scylla.keyspace, "ScyllaDB schema is up to date.");
+        }
+        if let Some(uri) = &self.mongodb_uri {
+            projections::content::mongo::migrate(uri, &self.mongodb_database)
+                .await
+                .context("creating the MongoDB indexes")?;
+            tracing::info!(database = %self.mongodb_database, "MongoDB indexes are up to date.");
+        }
+        Ok(())
+    }
+
+    async fn timelines(&self, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn TimelineStore>> {
+        Ok(match self.scylla() {
+            Some(scylla) => Arc::new(
+                ScyllaTimelines::connect(&scylla)
+                    .await
+                    .context("connecting to SCYLLA_NODES")?,
+            ),
+            None => Arc::new(PgTimelines::lite(pool.clone())),
+        })
+    }
+
+    async fn content(&self, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn ContentStore>> {
+        Ok(match &self.mongodb_uri {
+            Some(uri) => Arc::new(
+                MongoContent::connect(uri, &self.mongodb_database)
+                    .await
+                    .context("connecting to MONGODB_URI")?,
+            ),
+            None => Arc::new(PgContent::lite(pool.clone())),
+        })
+    }
+
+    /// The configured read models, with the Redis caches under `<redis_prefix>rm:`.
+    pub async fn read_models(
+        &self,
+        pool: &sqlx::PgPool,
+        redis: redis::aio::ConnectionManager,
+        redis_prefix: &str,
+    ) -> anyhow::Result<ReadModels> {
+        Ok(ReadModels {
+            timelines: self.timelines(pool).await?,
+            content: self.content(pool).await?,
+            cache: PostCache::new(
+                redis,
+                format!("{redis_prefix}rm:"),
+                CacheSettings::default(),
+            ),
+        })
+    }
+
+    pub fn timeline_settings(&self) -> TimelineSettings {
+        TimelineSettings {
+            cap: self.timeline_cap,
+            fanout_max_followers: self.fanout_max_followers,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Post content, comments, likes and profiles (DESIGN §6), and the Redis caches in front of
+//! them.
+//!
+//! The content store is the durable source of every count: a like or comment changes the
+//! store first (idempotently: a like is a `(post, user)` pair, a comment its id), and only a
+//! change that really happened is then applied to the Redis caches with the seed's
+//! operations — `LPUSHX` onto a cached comment list, a Lua increment-if-exists on a cached
+//! count — so a cold key is never created by a write. A redelivered event changes nothing
+//! in the store, and since an earlier delivery may have died between the store and Redis,
+//! it drops the cached keys of that post instead (the next read refills them).
+//!
+//! The caches are updated by this projection, right after the store, rather than by a
+//! separate counters worker (DESIGN §1 draws one): a cache filled by a reader from the
+//! store while a separate worker's increment lands on the still-cold key would keep a stale
+//! count for its whole TTL. Fills take a lease that every write invalidates
+//! ([`crate::cache::PostCache`]).
+//!
+//! A deleted post is a tombstone: reads skip it, and a replayed `post.published` cannot
+//! bring it back.
+//!
+//! Implementations: [`postgres::PgContent`] (lite, jsonb) and [`mongo::MongoContent`].
+
+pub mod markdown;
+pub mod mongo;
+pub mod postgres;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use event_schemas::{Event, EventEnvelope};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::cache::PostCache;
+use crate::error::ReadResult;
+use crate::runtime::{ApplyError, Projection};
+
+/// A user's public profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub user_id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// A post as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostDoc {
+    pub post_id: Uuid,
+    pub author_id: Uuid,
+    /// Global position of `post.published`.
+    pub position: i64,
+    pub title: String,
+    pub body_markdown: String,
+    /// `body_markdown` rendered and sanitised.
+    pub body_html: String,
+    /// Plain text of the body, shortened, for feed items.
+    pub preview: String,
+    pub media: Vec<String>,
+    pub like_count: i64,
+    pub comment_count: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A comment as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommentDoc {
+    pub comment_id: Uuid,
+    pub post_id: Uuid,
+    pub author_id: Uuid,
+    /// Global position of `comment.added`: the sort key and the pagination cursor.
+    pub position: i64,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a counted write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// False when the write was already applied (a redelivery) or the post is unknown or
+    /// deleted.
+    pub changed: bool,
+    /// The count after the write.
+    pub count: i64,
+}
+
+/// Storage of posts, comments, likes and profiles. Every write is idempotent.
+#[async_trait::async_trait]
+pub trait ContentStore: Send + Sync + Debug {
+    /// Stores a profile unless one exists for this user.
+    async fn put_profile(&self, profile: &Profile) -> ReadResult<()>;
+    async fn rename(&self, user: Uuid, display_name: &str) -> ReadResult<()>;
+    async fn remove_profile(&self, user: Uuid) -> ReadResult<()>;
+    async fn profile(&self, user: Uuid) -> ReadResult<Option<Profile>>;
+
+    /// Stores a post unless it exists, deleted or not.
+    async fn insert_post(&self, post: &PostDoc) -> ReadResult<()>;
+    /// Tombstones a post; its comments and likes stay stored but unreachable.
+    async fn delete_post(&self, post: Uuid) -> ReadResult<()>;
+    /// A post that exists and is not deleted.
+    async fn post(&self, post: Uuid) -> ReadResult<Option<PostDoc>>;
+    /// The posts among `ids` that exist and are not deleted, in any order.
+    async fn posts(&self, ids: &[Uuid]) -> ReadResult<Vec<PostDoc>>;
+
+    /// Adds a comment to a live post; the count is the post's comment count.
+    async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change>;
+    /// Up to `limit` comments of `post` older than `before` (a position), newest first.
+    async fn comments(
+        &self,
+        post: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Vec<CommentDoc>>;
+    /// Records that `user` likes (or no longer likes) `post`; the count is its like count.
+    async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change>;
+}
+
+/// The `content` projection: the content store, then the caches.
+#[derive(Debug, Clone)]
+pub struct ContentProjection {
+    store: Arc<dyn ContentStore>,
+    cache: PostCache,
+}
+
+impl ContentProjection {
+    pub const NAME: &'static str = "content";
+
+    pub fn new(store: Arc<dyn ContentStore>, cache: PostCache) -> Self {
+        Self { store, cache }
+    }
+
+    /// Applies a counted change to the cache, or drops the post's cached keys when the
+    /// store had it already (see the module docs).
+    async fn counted(&self, post: Uuid, change: Change, apply: CacheWrite<'_>) -> ReadResult<()> {
+        if !change.changed {
+            return self.cache.invalidate(post).await;
+        }
+        match apply {
+            CacheWrite::Likes(delta) => self.cache.like_changed(post, delta).await,
+            CacheWrite::Comment(comment) => self.cache.comment_added(comment).await,
+        }
+    }
+}
+
+enum CacheWrite<'a> {
+    Likes(i64),
+    Comment(&'a CommentDoc),
+}
+
+impl Projection for ContentProjection {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "user.registered"
+                | "user.profile_updated"
+                | "user.registration_rolled_back"
+                | "post.published"
+                | "post.deleted"
+                | "comment.added"
+                | "post.liked"
+                | "post.unliked"
+        )
+    }
+
+    async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
+        let at = envelope.recorded_at;
+        match &envelope.event {
+            Event::UserRegistered(e) => {
+                self.store
+                    .put_profile(&Profile {
+                        user_id: e.user_id,
+                        username: e.username.clone(),
+                        display_name: e.display_name.clone(),
+                        registered_at: at,
+                    })
+                    .await?;
+            }
+            Event::UserProfileUpdated(e) => self.store.rename(e.user_id, &e.display_name).await?,
+            Event::UserRegistrationRolledBack(e) => self.store.remove_profile(e.user_id).await?,
+            Event::PostPublished(e) => {
+                self.store
+                    .insert_post(&PostDoc {
+                        post_id: e.post_id,
+                        author_id: e.author_id,
+                        position: envelope.global_position,
+                        title: e.title.clone(),
+                        body_html: markdown::to_safe_html(&e.body_markdown),
+                        preview: markdown::preview(&e.body_markdown),
+                        body_markdown: e.body_markdown.clone(),
+                        media: e.media.clone(),
+                        like_count: 0,
+                        comment_count: 0,
+                        created_at: at,
+                    })
+                    .await?;
+            }
+            Event::PostDeleted(e) => {
+                self.store.delete_post(e.post_id).await?;
+                self.cache.invalidate(e.post_id).await?;
+            }
+            Event::CommentAdded(e) => {
+                let comment = CommentDoc {
+                    comment_id: e.comment_id,
+                    post_id: e.post_id,
+                    author_id: e.author_id,
+                    position: envelope.global_position,
+                    body: e.body.clone(),
+                    created_at: at,
+                };
+                let change = self.store.add_comment(&comment).await?;
+                self.counted(e.post_id, change, CacheWrite::Comment(&comment))
+                    .await?;
+            }
+            Event::PostLiked(e) => {
+                let change = self.store.set_like(e.post_id, e.user_id, true).await?;
+                self.counted(e.post_id, change, CacheWrite::Likes(1))
+                    .await?;
+            }
+            Event::PostUnliked(e) => {
+                let change = self.store.set_like(e.post_id, e.user_id, false).await?;
+                self.counted(e.post_id, change, CacheWrite::Likes(-1))
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,738 @@
+//! [`MongoContent`]: the production [`ContentStore`] on MongoDB (DESIGN §6).
+//!
+//! Four collections in one database, each document keyed by its natural id:
+//! - `profiles`: `_id` is the user id;
+//! - `posts`: `_id` is the post id; the published fields, `like_count`, `comment_count`,
+//!   and the tombstone `deleted: true` once the post is deleted. Reads skip tombstones, and
+//!   a post is stored by an upsert whose fields are all `$setOnInsert`, so a replayed
+//!   `post.published` can never bring a deleted post back;
+//! - `comments`: `_id` is the comment id, with `post_id` and `position`;
+//! - `likes`: one `{post_id, user_id}` document per like.
+//!
+//! Indexes, created by [`migrate`] (never by the workers at start-up): `comments
+//! {post_id: 1, position: -1}` (a post's comments, newest first), `likes {post_id: 1,
+//! user_id: 1}` unique (it is what makes a like idempotent, so `migrate` must have run),
+//! and `posts {author_id: 1, position: -1}`.
+//!
+//! Every write waits for write concern `majority` and every read uses read concern
+//! `majority` (both set on the database handle): a count the caches were given, or a page
+//! a reader saw, cannot be rolled back by a failover.
+//!
+//! Counts are recounted, not incremented. A comment or like is written first, idempotently
+//! (a duplicate key means a redelivery), then the post's count is `$set` to the number of
+//! its comments or likes. The two writes are not atomic; a crash between them leaves a
+//! stale count, which the redelivery (delivery is at least once) repairs by recounting —
+//! an `$inc` there would be skipped or doubled instead. The recount assumes one writer per
+//! post at a time, which the runner gives: it applies a projection's events in order, one
+//! at a time.
+//!
+//! UUIDs are BSON binary subtype 4. A BSON datetime holds milliseconds, so each time is a
+//! datetime plus a `*_ns` field with its nanoseconds below the millisecond: a read gives
+//! back exactly the instant written, as the lite store (jsonb) does.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{self, doc, Bson, Document};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::options::{DatabaseOptions, IndexOptions, ReadConcern, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Change, CommentDoc, ContentStore, PostDoc, Profile};
+use crate::error::{ReadModelError, ReadResult};
+
+/// Content in the collections of one MongoDB database.
+#[derive(Debug, Clone)]
+pub struct MongoContent {
+    profiles: Collection<ProfileRecord>,
+    posts: Collection<PostRecord>,
+    /// `posts`, read for the tombstone and counts only.
+    post_counts: Collection<PostCounts>,
+    comments: Collection<CommentRecord>,
+    likes: Collection<LikeRecord>,
+}
+
+impl MongoContent {
+    /// The content in `database` of the deployment at `uri`.
+    ///
+    /// The driver connects lazily: an unreachable server shows up as
+    /// [`ReadModelError::Unavailable`] from the first operation, so a worker started while
+    /// MongoDB is down retries instead of failing to start.
+    ///
+    /// # Errors
+    /// [`ReadModelError::Rejected`] when `database` is not a valid database name or `uri`
+    /// is not a valid connection string; [`ReadModelError::Unavailable`] when the DNS
+    /// lookup of a `mongodb+srv://` URI fails.
+    pub async fn connect(uri: &str, database: &str) -> ReadResult<Self> {
+        let db = open(uri, database).await?;
+        let posts = db.collection::<PostRecord>("posts");
+        Ok(Self {
+            profiles: db.collection("profiles"),
+            post_counts: posts.clone_with_type(),
+            posts,
+            comments: db.collection("comments"),
+            likes: db.collection("likes"),
+        })
+    }
+
+    /// Whether `post` exists and is deleted, and its counts; `None` when it does not exist.
+    async fn counts(&self, post: Uuid) -> ReadResult<Option<PostCounts>> {
+        self.post_counts
+            .find_one(doc! { "_id": bson_uuid(post) })
+            .projection(doc! { "deleted": 1, "like_count": 1, "comment_count": 1 })
+            .await
+            .map_err(store_error)
+    }
+
+    /// Sets `field` of a live `post` to the number of its documents in `of`.
+    async fn recount<T: Send + Sync>(
+        &self,
+        post: Uuid,
+        of: &Collection<T>,
+        field: &str,
+    ) -> ReadResult<i64> {
+        let n = of
+            .count_documents(doc! { "post_id": bson_uuid(post) })
+            .await
+            .map_err(store_error)?;
+        let count = i64::try_from(n).unwrap_or(i64::MAX);
+        self.posts
+            .update_one(live(post), doc! { "$set": { field: count } })
+            .await
+            .map_err(store_error)?;
+        Ok(count)
+    }
+}
+
+/// Creates the indexes of the content collections in `database` (`hybridlive migrate`).
+/// Idempotent: creating an index that exists with the same keys and options does nothing.
+///
+/// # Errors
+/// [`ReadModelError::Rejected`] for an invalid database name or URI, when an index exists
+/// under the same name with other keys or options, or when stored likes already repeat a
+/// `(post_id, user_id)` pair; [`ReadModelError::Unavailable`] when MongoDB cannot be
+/// reached.
+pub async fn migrate(uri: &str, database: &str) -> ReadResult<()> {
+    let db = open(uri, database).await?;
+    let indexes = [
+        (
+            "comments",
+            index("comments_by_post", doc! { "post_id": 1, "position": -1 }),
+        ),
+        (
+            "likes",
+            unique_index("likes_by_post_user", doc! { "post_id": 1, "user_id": 1 }),
+        ),
+        (
+            "posts",
+            index("posts_by_author", doc! { "author_id": 1, "position": -1 }),
+        ),
+    ];
+    for (collection, index) in indexes {
+        db.collection::<Document>(collection)
+            .create_index(index)
+            .await
+            .map_err(|error| match error.kind.as_ref() {
+                // Another index of that name exists, or stored likes already break the
+                // unique index: retrying changes neither.
+                ErrorKind::Command(e)
+                    if e.code == INDEX_OPTIONS_CONFLICT || e.code == INDEX_KEY_SPECS_CONFLICT =>
+                {
+                    ReadModelError::Rejected(error.kind.to_string())
+                }
+                _ if is_duplicate_key(&error) => ReadModelError::Rejected(error.kind.to_string()),
+                _ => store_error(error),
+            })?;
+    }
+    Ok(())
+}
+
+fn index(name: &str, keys: Document) -> IndexModel {
+    let options = IndexOptions::builder().name(name.to_owned()).build();
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+fn unique_index(name: &str, keys: Document) -> IndexModel {
+    let options = IndexOptions::builder()
+        .name(name.to_owned())
+        .unique(true)
+        .build();
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+/// The handle on `database`, with majority write and read concerns for every operation.
+async fn open(uri: &str, database: &str) -> ReadResult<Database> {
+    checked_database(database)?;
+    let client = Client::with_uri_str(uri).await.map_err(store_error)?;
+    let options = DatabaseOptions::builder()
+        .write_concern(WriteConcern::majority())
+        .read_concern(ReadConcern::majority())
+        .build();
+    Ok(client.database_with_options(database, options))
+}
+
+/// Checks `name` against MongoDB's rules for database names.
+fn checked_database(name: &str) -> ReadResult<()> {
+    let valid = !name.is_empty()
+        && name.len() < 64
+        && !name.contains(['/', '\\', '.', ' ', '"', '$', '\0']);
+    if valid {
+        Ok(())
+    } else {
+        Err(ReadModelError::Rejected(format!(
+            "`{name}` is not a valid MongoDB database name"
+        )))
+    }
+}
+
+#[async_trait]
+impl ContentStore for MongoContent {
+    async fn put_profile(&self, profile: &Profile) -> ReadResult<()> {
+        let (registered_at, registered_at_ns) = split_time(profile.registered_at);
+        let record = ProfileRecord {
+            user_id: bson_uuid(profile.user_id),
+            username: profile.username.clone(),
+            display_name: profile.display_name.clone(),
+            registered_at,
+            registered_at_ns,
+        };
+        insert_if_absent(&self.profiles, profile.user_id, &record).await
+    }
+
+    async fn rename(&self, user: Uuid, display_name: &str) -> ReadResult<()> {
+        self.profiles
+            .update_one(
+                doc! { "_id": bson_uuid(user) },
+                doc! { "$set": { "display_name": display_name } },
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn remove_profile(&self, user: Uuid) -> ReadResult<()> {
+        self.profiles
+            .delete_one(doc! { "_id": bson_uuid(user) })
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn profile(&self, user: Uuid) -> ReadResult<Option<Profile>> {
+        self.profiles
+            .find_one(doc! { "_id": bson_uuid(user) })
+            .await
+            .map_err(store_error)?
+            .map(ProfileRecord::into_profile)
+            .transpose()
+    }
+
+    async fn insert_post(&self, post: &PostDoc) -> ReadResult<()> {
+        let (created_at, created_at_ns) = split_time(post.created_at);
+        // The counts start at zero whatever `post` says, as in the lite store: they are
+        // the store's own, kept by `add_comment` and `set_like`.
+        let record = PostRecord {
+            post_id: bson_uuid(post.post_id),
+            author_id: bson_uuid(post.author_id),
+            position: post.position,
+            title: post.title.clone(),
+            body_markdown: post.body_markdown.clone(),
+            body_html: post.body_html.clone(),
+            preview: post.preview.clone(),
+            media: post.media.clone(),
+            created_at,
+            created_at_ns,
+            like_count: 0,
+            comment_count: 0,
+            deleted: false,
+        };
+        insert_if_absent(&self.posts, post.post_id, &record).await
+    }
+
+    async fn delete_post(&self, post: Uuid) -> ReadResult<()> {
+        self.posts
+            .update_one(
+                doc! { "_id": bson_uuid(post) },
+                doc! { "$set": { "deleted": true } },
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn post(&self, post: Uuid) -> ReadResult<Option<PostDoc>> {
+        self.posts
+            .find_one(live(post))
+            .await
+            .map_err(store_error)?
+            .map(PostRecord::into_doc)
+            .transpose()
+    }
+
+    async fn posts(&self, ids: &[Uuid]) -> ReadResult<Vec<PostDoc>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Bson> = ids.iter().map(|id| bson_uuid(*id).into()).collect();
+        let records: Vec<PostRecord> = self
+            .posts
+            .find(doc! { "_id": { "$in": ids }, "deleted": { "$ne": true } })
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        records.into_iter().map(PostRecord::into_doc).collect()
+    }
+
+    async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change> {
+        let Some(post) = self.counts(comment.post_id).await? else {
+            return Ok(Change {
+                changed: false,
+                count: 0,
+            });
+        };
+        if post.deleted {
+            return Ok(Change {
+                changed: false,
+                count: post.comment_count,
+            });
+        }
+        let (created_at, created_at_ns) = split_time(comment.created_at);
+        let record = CommentRecord {
+            comment_id: bson_uuid(comment.comment_id),
+            post_id: bson_uuid(comment.post_id),
+            author_id: bson_uuid(comment.author_id),
+            position: comment.position,
+            body: comment.body.clone(),
+            created_at,
+            created_at_ns,
+        };
+        // `_id` is the only unique index of `comments`: a duplicate is this very comment,
+        // delivered again.
+        let changed = match self.comments.insert_one(&record).await {
+            Ok(_) => true,
+            Err(error) if is_duplicate_key(&error) => false,
+            Err(error) => return Err(store_error(error)),
+        };
+        // Recounted even when nothing changed, to repair a count an earlier delivery
+        // did not get to set.
+        let count = self
+            .recount(comment.post_id, &self.comments, "comment_count")
+            .await?;
+        Ok(Change { changed, count })
+    }
+
+    async fn comments(
+        &self,
+        post: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Vec<CommentDoc>> {
+        // MongoDB reads a limit of 0 as "no limit".
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! { "post_id": bson_uuid(post) };
+        if let Some(before) = before {
+            filter.insert("position", doc! { "$lt": before });
+        }
+        let records: Vec<CommentRecord> = self
+            .comments
+            .find(filter)
+            .sort(doc! { "position": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        records.into_iter().map(CommentRecord::into_doc).collect()
+    }
+
+    async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
+        let Some(counts) = self.counts(post).await? else {
+            return Ok(Change {
+                changed: false,
+                count: 0,
+            });
+        };
+        if counts.deleted {
+            return Ok(Change {
+                changed: false,
+                count: counts.like_count,
+            });
+        }
+        let changed = if liked {
+            let like = LikeRecord {
+                post_id: bson_uuid(post),
+                user_id: bson_uuid(user),
+            };
+            // `_id` is a fresh ObjectId, so a duplicate key can only come from the unique
+            // `(post_id, user_id)` index: this like, delivered again.
+            match self.likes.insert_one(&like).await {
+                Ok(_) => true,
+                Err(error) if is_duplicate_key(&error) => false,
+                Err(error) => return Err(store_error(error)),
+            }
+        } else {
+            let deleted = self
+                .likes
+                .delete_one(doc! { "post_id": bson_uuid(post), "user_id": bson_uuid(user) })
+                .await
+                .map_err(store_error)?;
+            deleted.deleted_count > 0
+        };
+        let count = self.recount(post, &self.likes, "like_count").await?;
+        Ok(Change { changed, count })
+    }
+}
+
+/// Stores `record` under `_id` = `id` unless a document with that id exists (upsert with
+/// `$setOnInsert` only).
+async fn insert_if_absent<T: Serialize + Send + Sync>(
+    collection: &Collection<T>,
+    id: Uuid,
+    record: &T,
+) -> ReadResult<()> {
+    let mut fields =
+        bson::to_document(record).map_err(|e| ReadModelError::Rejected(e.to_string()))?;
+    // The upsert takes `_id` from the filter.
+    fields.remove("_id");
+    let upserted = collection
+        .update_one(
+            doc! { "_id": bson_uuid(id) },
+            doc! { "$setOnInsert": fields },
+        )
+        .upsert(true)
+        .await;
+    match upserted {
+        Ok(_) => Ok(()),
+        // Two upserts of the same `_id` racing: the other one inserted it.
+        Err(error) if is_duplicate_key(&error) => Ok(()),
+        Err(error) => Err(store_error(error)),
+    }
+}
+
+/// The filter for `post` unless it is deleted.
+fn live(post: Uuid) -> Document {
+    doc! { "_id": bson_uuid(post), "deleted": { "$ne": true } }
+}
+
+/// A profile as stored in `profiles`.
+#[derive(Debug, Serialize, Deserialize)]
+struct ProfileRecord {
+    #[serde(rename = "_id")]
+    user_id: bson::Uuid,
+    username: String,
+    display_name: String,
+    registered_at: bson::DateTime,
+    #[serde(default)]
+    registered_at_ns: i64,
+}
+
+impl ProfileRecord {
+    fn into_profile(self) -> ReadResult<Profile> {
+        Ok(Profile {
+            user_id: std_uuid(self.user_id),
+            username: self.username,
+            display_name: self.display_name,
+            registered_at: join_time(self.registered_at, self.registered_at_ns)?,
+        })
+    }
+}
+
+/// A post as stored in `posts`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PostRecord {
+    #[serde(rename = "_id")]
+    post_id: bson::Uuid,
+    author_id: bson::Uuid,
+    position: i64,
+    title: String,
+    body_markdown: String,
+    body_html: String,
+    preview: String,
+    media: Vec<String>,
+    created_at: bson::DateTime,
+    #[serde(default)]
+    created_at_ns: i64,
+    #[serde(default)]
+    like_count: i64,
+    #[serde(default)]
+    comment_count: i64,
+    #[serde(default)]
+    deleted: bool,
+}
+
+impl PostRecord {
+    fn into_doc(self) -> ReadResult<PostDoc> {
+        Ok(PostDoc {
+            post_id: std_uuid(self.post_id),
+            author_id: std_uuid(self.author_id),
+            position: self.position,
+            title: self.title,
+            body_markdown: self.body_markdown,
+            body_html: self.body_html,
+            preview: self.preview,
+            media: self.media,
+            like_count: self.like_count,
+            comment_count: self.comment_count,
+            created_at: join_time(self.created_at, self.created_at_ns)?,
+        })
+    }
+}
+
+/// The part of a `posts` document that counted writes look at.
+#[derive(Debug, Deserialize)]
+struct PostCounts {
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    like_count: i64,
+    #[serde(default)]
+    comment_count: i64,
+}
+
+/// A comment as stored in `comments`.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommentRecord {
+    #[serde(rename = "_id")]
+    comment_id: bson::Uuid,
+    post_id: bson::Uuid,
+    author_id: bson::Uuid,
+    position: i64,
+    body: String,
+    created_at: bson::DateTime,
+    #[serde(default)]
+    created_at_ns: i64,
+}
+
+impl CommentRecord {
+    fn into_doc(self) -> ReadResult<CommentDoc> {
+        Ok(CommentDoc {
+            comment_id: std_uuid(self.comment_id),
+            post_id: std_uuid(self.post_id),
+            author_id: std_uuid(self.author_id),
+            position: self.position,
+            body: self.body,
+            created_at: join_time(self.created_at, self.created_at_ns)?,
+        })
+    }
+}
+
+/// A like as stored in `likes` (`_id` is an ObjectId the driver adds).
+#[derive(Debug, Serialize, Deserialize)]
+struct LikeRecord {
+    post_id: bson::Uuid,
+    user_id: bson::Uuid,
+}
+
+/// `id` as BSON binary subtype 4 (bson's `uuid-1` conversions are not enabled).
+fn bson_uuid(id: Uuid) -> bson::Uuid {
+    bson::Uuid::from_bytes(id.into_bytes())
+}
+
+fn std_uuid(id: bson::Uuid) -> Uuid {
+    Uuid::from_bytes(id.bytes())
+}
+
+/// `at` as a BSON datetime (whole milliseconds) and the nanoseconds below the millisecond.
+fn split_time(at: DateTime<Utc>) -> (bson::DateTime, i64) {
+    (
+        bson::DateTime::from_millis(at.timestamp_millis()),
+        i64::from(at.timestamp_subsec_nanos() % 1_000_000),
+    )
+}
+
+/// The instant [`split_time`] split.
+fn join_time(at: bson::DateTime, sub_milli_nanos: i64) -> ReadResult<DateTime<Utc>> {
+    let millis = at.timestamp_millis();
+    let seconds = millis.div_euclid(1000);
+    let nanos = (0..1_000_000)
+        .contains(&sub_milli_nanos)
+        .then(|| millis.rem_euclid(1000) * 1_000_000 + sub_milli_nanos)
+        .and_then(|nanos| u32::try_from(nanos).ok());
+    nanos
+        .and_then(|nanos| DateTime::from_timestamp(seconds, nanos))
+        .ok_or_else(|| {
+            ReadModelError::Rejected(format!(
+                "stored time {millis} ms + {sub_milli_nanos} ns is out of range"
+            ))
+        })
+}
+
+/// MongoDB's `DuplicateKey`.
+const DUPLICATE_KEY: i32 = 11000;
+/// MongoDB's `BSONObjectTooLarge`: a document over 16 MiB.
+const BSON_OBJECT_TOO_LARGE: i32 = 10334;
+/// MongoDB's `IndexOptionsConflict` and `IndexKeySpecsConflict`: an index of that name
+/// exists with other options or keys.
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+
+fn is_duplicate_key(error: &MongoError) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// Classifies a driver error. Only errors about the data are `Rejected` (the event would
+/// fail the same way every time): write errors (a duplicate key the caller expects is
+/// handled before), (de)serialisation, a document the driver refuses (too large). The
+/// rest — network, timeouts, server selection, pool, write concern, a stepping-down
+/// primary, authentication — are `Unavailable`, retried until an operator fixes them, so
+/// no event is dead-lettered because MongoDB was down or misconfigured.
+fn store_error(error: MongoError) -> ReadModelError {
+    // The kind only: the full error also dumps the server's raw response.
+    let message = error.kind.to_string();
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(_))
+        | ErrorKind::BsonSerialization(_)
+        | ErrorKind::BsonDeserialization(_)
+        | ErrorKind::InvalidArgument { .. } => ReadModelError::Rejected(message),
+        ErrorKind::Command(e) if e.code == BSON_OBJECT_TOO_LARGE => {
+            ReadModelError::Rejected(message)
+        }
+        _ => ReadModelError::Unavailable(message),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn times_round_trip_to_the_nanosecond() {
+        let times = [
+            Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap(),
+            Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            Utc.timestamp_opt(-1, 999_999_999).unwrap(),
+            Utc.timestamp_opt(-86_400_000, 1).unwrap(),
+        ];
+        for at in times {
+            let (datetime, nanos) = split_time(at);
+            assert_eq!(join_time(datetime, nanos).unwrap(), at);
+        }
+    }
+
+    #[test]
+    fn stored_time_keeps_whole_milliseconds_in_the_bson_datetime() {
+        let at = Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap();
+        let (datetime, nanos) = split_time(at);
+        assert_eq!(datetime.timestamp_millis(), 1_700_000_000_123);
+        assert_eq!(nanos, 456_789);
+    }
+
+    #[test]
+    fn out_of_range_sub_millisecond_nanos_are_rejected() {
+        let at = bson::DateTime::from_millis(0);
+        assert!(matches!(
+            join_time(at, 1_000_000),
+            Err(ReadModelError::Rejected(_))
+        ));
+        assert!(matches!(
+            join_time(at, -1),
+            Err(ReadModelError::Rejected(_))
+        ));
+    }
+
+    #[test]
+    fn uuids_are_stored_as_binary_subtype_4() {
+        let id = Uuid::new_v4();
+        let like = LikeRecord {
+            post_id: bson_uuid(id),
+            user_id: bson_uuid(id),
+        };
+        // `to_document` builds `$setOnInsert`; the raw serializer is what `insert_one` uses.
+        let raw = bson::to_raw_document_buf(&like).unwrap();
+        for stored in [
+            bson::to_document(&like).unwrap(),
+            raw.to_document().unwrap(),
+        ] {
+            match stored.get("post_id") {
+                Some(Bson::Binary(binary)) => {
+                    assert_eq!(binary.subtype, bson::spec::BinarySubtype::Uuid);
+                    assert_eq!(binary.bytes, id.as_bytes().to_vec());
+                }
+                other => panic!("expected binary, got {other:?}"),
+            }
+        }
+        assert_eq!(std_uuid(bson_uuid(id)), id);
+    }
+
+    #[test]
+    fn post_records_round_trip_through_bson() {
+        let post = PostDoc {
+            post_id: Uuid::new_v4(),
+            author_id: Uuid::new_v4(),
+            position: 42,
+            title: "Title".into(),
+            body_markdown: "*hi*".into(),
+            body_html: "<p><em>hi</em></p>".into(),
+            preview: "hi".into(),
+            media: vec!["https://example.com/a.png".into()],
+            like_count: 3,
+            comment_count: 4,
+            created_at: Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap(),
+        };
+        let (created_at, created_at_ns) = split_time(post.created_at);
+        let record = PostRecord {
+            post_id: bson_uuid(post.post_id),
+            author_id: bson_uuid(post.author_id),
+            position: post.position,
+            title: post.title.clone(),
+            body_markdown: post.body_markdown.clone(),
+            body_html: post.body_html.clone(),
+            preview: post.preview.clone(),
+            media: post.media.clone(),
+            created_at,
+            created_at_ns,
+            like_count: post.like_count,
+            comment_count: post.comment_count,
+            deleted: false,
+        };
+        let stored = bson::to_document(&record).unwrap();
+        assert!(matches!(stored.get("created_at"), Some(Bson::DateTime(_))));
+        let read: PostRecord = bson::from_document(stored).unwrap();
+        assert_eq!(read.into_doc().unwrap(), post);
+        // The driver's own path: raw bytes out, raw bytes back in (cursors, `find_one`).
+        let raw = bson::to_raw_document_buf(&record).unwrap();
+        let read: PostRecord = bson::from_slice(raw.as_bytes()).unwrap();
+        assert_eq!(read.into_doc().unwrap(), post);
+    }
+
+    #[test]
+    fn database_names_follow_mongodb_rules() {
+        assert!(checked_database("hybridlive_test_1").is_ok());
+        for bad in [
+            "",
+            "a.b",
+            "a/b",
+            "a b",
+            "a$b",
+            "a\"b",
+            "a\\b",
+            &"x".repeat(64),
+        ] {
+            assert!(
+                matches!(checked_database(bad), Err(ReadModelError::Rejected(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_default_when_absent_from_the_document() {
+        let counts: PostCounts = bson::from_document(doc! { "_id": 1 }).unwrap();
+        assert!(!counts.deleted);
+        assert_eq!((counts.like_count, counts.comment_count), (0, 0));
+    }
+}

@@ -1,0 +1,164 @@
+//! The social graph and home timelines (DESIGN §6): fan-out on write of post ids, hybrid for
+//! authors with very many followers.
+//!
+//! - Following: `social.followed` / `social.unfollowed` keep the follower sets; an unfollow
+//!   stops future fan-out at once.
+//! - `post.published`: the post id goes into the author's own list and, when the author has
+//!   at most [`TimelineSettings::fanout_max_followers`] followers, into the home timeline of
+//!   the author and of every follower, each trimmed to about [`TimelineSettings::cap`]
+//!   entries. An author above the threshold is marked *merged at read*: the feed query
+//!   merges that author's own list into the timelines of their followers instead (hybrid
+//!   fan-out). The mark is sticky, so posts skipped while popular are never lost.
+//! - `post.deleted`: the post leaves the author's list and every timeline.
+//!
+//! Entries are ordered by the global position of `post.published` (post ids minted from an
+//! `Idempotency-Key` are v5, not time-ordered). Every write is idempotent.
+//!
+//! Implementations: [`postgres::PgTimelines`] (lite) and [`scylla::ScyllaTimelines`].
+
+pub mod postgres;
+pub mod scylla;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use event_schemas::{Event, EventEnvelope};
+use uuid::Uuid;
+
+use crate::error::ReadResult;
+use crate::runtime::{ApplyError, Projection};
+
+/// One post in a timeline or an author's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimelineEntry {
+    /// Global position of the `post.published` event: the sort key, newest first.
+    pub position: i64,
+    pub post_id: Uuid,
+    pub author_id: Uuid,
+}
+
+/// Follower and following counts of one user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FollowCounts {
+    pub followers: u64,
+    pub following: u64,
+}
+
+/// Storage of the social graph and the timelines. Every write is idempotent; reads return
+/// entries newest first.
+#[async_trait::async_trait]
+pub trait TimelineStore: Send + Sync + Debug {
+    /// Records that `follower` follows `followee`.
+    async fn follow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()>;
+    /// Records that `follower` no longer follows `followee`.
+    async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()>;
+    /// Everyone who follows `user` (the fan-out targets).
+    async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>>;
+    async fn counts(&self, user: Uuid) -> ReadResult<FollowCounts>;
+
+    /// Adds `entry` to the author's own list.
+    async fn add_author_post(&self, entry: TimelineEntry) -> ReadResult<()>;
+    /// Adds `entry` to the home timeline of every user in `users`, keeping each timeline
+    /// at `cap` entries (an implementation may let it grow by up to `cap / 8` before it
+    /// trims, never more).
+    async fn deliver(&self, users: &[Uuid], entry: TimelineEntry, cap: usize) -> ReadResult<()>;
+    /// Marks `author`'s posts as merged into their followers' feeds at read time.
+    async fn mark_merged_at_read(&self, author: Uuid) -> ReadResult<()>;
+    /// Those whom `user` follows and whose posts are merged at read time.
+    async fn merged_authors_followed_by(&self, user: Uuid) -> ReadResult<Vec<Uuid>>;
+    /// Removes the post from its author's list and from every timeline.
+    async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()>;
+
+    /// Up to `limit` entries of `user`'s home timeline older than `before` (a position).
+    async fn timeline(
+        &self,
+        user: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Vec<TimelineEntry>>;
+    /// Up to `limit` of `author`'s own posts older than `before`.
+    async fn author_posts(
+        &self,
+        author: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Vec<TimelineEntry>>;
+}
+
+/// Tunables of the timeline projection.
+#[derive(Debug, Clone, Copy)]
+pub struct TimelineSettings {
+    /// Entries kept per home timeline (`TIMELINE_CAP`).
+    pub cap: usize,
+    /// Authors with more followers than this are merged at read time instead of fanned out
+    /// (`FANOUT_MAX_FOLLOWERS`).
+    pub fanout_max_followers: usize,
+}
+
+impl Default for TimelineSettings {
+    fn default() -> Self {
+        Self {
+            cap: 800,
+            fanout_max_followers: 20_000,
+        }
+    }
+}
+
+/// The `timeline` projection.
+#[derive(Debug, Clone)]
+pub struct TimelineProjection {
+    store: Arc<dyn TimelineStore>,
+    settings: TimelineSettings,
+}
+
+impl TimelineProjection {
+    pub const NAME: &'static str = "timeline";
+
+    pub fn new(store: Arc<dyn TimelineStore>, settings: TimelineSettings) -> Self {
+        Self { store, settings }
+    }
+
+    async fn publish(&self, entry: TimelineEntry) -> Result<(), ApplyError> {
+        self.store.add_author_post(entry).await?;
+        let mut followers = self.store.followers(entry.author_id).await?;
+        if followers.len() > self.settings.fanout_max_followers {
+            self.store.mark_merged_at_read(entry.author_id).await?;
+            followers.clear();
+        }
+        followers.push(entry.author_id);
+        self.store
+            .deliver(&followers, entry, self.settings.cap)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Projection for TimelineProjection {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "social.followed" | "social.unfollowed" | "post.published" | "post.deleted"
+        )
+    }
+
+    async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
+        match &envelope.event {
+            Event::Followed(e) => Ok(self.store.follow(e.follower_id, e.followee_id).await?),
+            Event::Unfollowed(e) => Ok(self.store.unfollow(e.follower_id, e.followee_id).await?),
+            Event::PostPublished(e) => {
+                self.publish(TimelineEntry {
+                    position: envelope.global_position,
+                    post_id: e.post_id,
+                    author_id: e.author_id,
+                })
+                .await
+            }
+            Event::PostDeleted(e) => Ok(self.store.remove_post(e.author_id, e.post_id).await?),
+            _ => Ok(()),
+        }
+    }
+}

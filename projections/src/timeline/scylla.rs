@@ -1,0 +1,965 @@
+//! [`ScyllaTimelines`]: the production [`super::TimelineStore`] on ScyllaDB/Cassandra.
+//!
+//! # Tables
+//!
+//! Every table lives in the configured keyspace (statements name it explicitly; the session
+//! never `USE`s one) and is partitioned by the user or post a query starts from, so every
+//! read touches one partition:
+//!
+//! | table | primary key | serves |
+//! |---|---|---|
+//! | `follows_by_followee` | `(followee_id, follower_id)` | `followers`, follower count |
+//! | `follows_by_follower` | `(follower_id, followee_id)` | following count, merged authors |
+//! | `home_timeline` | `(user_id, position DESC)` | `timeline`; also holds `post_id`, `author_id` |
+//! | `author_posts` | `(author_id, position DESC)` | `author_posts`; also holds `post_id` |
+//! | `posts_by_id` | `(post_id)` | a post's `position` (and author), to delete it |
+//! | `post_recipients` | `(post_id, user_id)` | whose timeline received a post, to delete it |
+//! | `merged_authors` | `(author_id)` | authors merged into feeds at read time |
+//! | `timeline_lengths` | `(user_id)`, `entries counter` | when to trim a timeline, nothing else |
+//!
+//! Inserts are upserts and deletes are idempotent, so every write of the trait is
+//! idempotent and may be retried, except the `timeline_lengths` counter (see below). Follow
+//! counts are exact `SELECT COUNT(*)` over the two follow partitions, not counters, so they
+//! stay right under retries; they cost a scan of the partition, which is small for all but
+//! the authors that are merged at read time anyway.
+//!
+//! # Consistency
+//!
+//! Every statement is prepared once by [`ScyllaTimelines::connect`] and carries the
+//! consistency level named in [`ScyllaSettings::consistency`] (`SCYLLA_CONSISTENCY`); nothing
+//! here picks a level of its own. The trimming bound below relies on reading the counter
+//! after incrementing it, so it holds when reads and writes overlap (`QUORUM`,
+//! `LOCAL_QUORUM` within one data centre, `ALL`, or a replication factor of 1); with `ONE`
+//! a stale counter can let a timeline grow past the bound until the next delivery. `ANY`
+//! is a write-only level: with it the cluster refuses the reads.
+//! Statements other than the counter updates are marked idempotent, so the driver may
+//! retry them.
+//!
+//! # Fan-out and trimming
+//!
+//! [`TimelineStore::deliver`] runs one task per distinct user, at most [`PARALLELISM`] at
+//! a time, each of three sequential round trips: the `post_recipients` row first (so a
+//! crash can never leave an entry that a later delete would not find), then the
+//! `home_timeline` row together with `entries = entries + 1`, then a read of `entries`.
+//! That read is the price of a hard bound: about 4 requests per follower (10 000 followers
+//! are 40 000 requests, some 40 waves of 256 users in flight, each wave three round trips
+//! long), instead of 3 without it.
+//! When the counter exceeds `cap + cap / 8` the task trims: it reads the newest `cap`
+//! positions of the partition, range-deletes everything older than the last of them
+//! (`position < ?`, one range tombstone below the live head, so reading the head never
+//! scans it) and decrements the counter by its surplus over the rows kept, which also
+//! corrects any drift. A trim costs 3 more requests and happens about once every `cap / 8`
+//! deliveries to a user.
+//!
+//! Counter updates are not idempotent: a retried delivery counts twice. That only makes a
+//! trim come early, and the trim resets the counter to the rows really kept. The counter
+//! must never count too *few* rows, or the bound would break; for that reason
+//! [`TimelineStore::remove_post`] leaves it alone (it cannot know cheaply whether the entry
+//! it deletes was still there or already trimmed). The bound assumes deliveries to one user
+//! are not concurrent, which holds because the projection applies events one at a time.
+//!
+//! # Deleting a post
+//!
+//! [`TimelineStore::remove_post`] reads the post's position from `posts_by_id` (written by
+//! both `add_author_post` and `deliver`), deletes the author's row, deletes the entry from
+//! the timeline of every recipient listed in `post_recipients` (including followers who
+//! have unfollowed since, and users whose copy was already trimmed: deleting a missing row
+//! is harmless), then the `post_recipients` partition and the `posts_by_id` row, last, so
+//! a retry after a partial failure finds the post again. It costs one request per
+//! recipient, run like a delivery. An unknown post is a no-op.
+
+use std::collections::HashSet;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{
+    DbError, DeserializationError, ExecutionError, IntoRowsResultError, NewSessionError,
+    NextPageError, NextRowError, PagerExecutionError, PrepareError, RequestAttemptError,
+    RequestError, RowsError, SchemaAgreementError, TypeCheckError,
+};
+use scylla::response::query_result::QueryResult;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+use scylla::value::Counter;
+use uuid::Uuid;
+
+use super::{FollowCounts, TimelineEntry, TimelineStore};
+use crate::error::{ReadModelError, ReadResult};
+
+/// Requests of one fan-out or delete kept in flight at once.
+pub const PARALLELISM: usize = 256;
+
+/// Followees looked up in `merged_authors` per `IN` query.
+const IN_CHUNK: usize = 100;
+
+/// Where and how to reach ScyllaDB.
+#[derive(Debug, Clone)]
+pub struct ScyllaSettings {
+    /// `host:port` of the contact points (`SCYLLA_NODES`, comma-separated).
+    pub nodes: Vec<String>,
+    /// Keyspace of the timeline tables (`SCYLLA_KEYSPACE`).
+    pub keyspace: String,
+    /// Consistency level of every statement (`SCYLLA_CONSISTENCY`, e.g. `LOCAL_QUORUM`).
+    pub consistency: String,
+    /// Replication factor used when `migrate` creates the keyspace (`SCYLLA_REPLICATION`).
+    pub replication_factor: u32,
+}
+
+/// The timelines in one keyspace of a ScyllaDB/Cassandra cluster.
+#[derive(Debug)]
+pub struct ScyllaTimelines {
+    session: Session,
+    statements: Statements,
+}
+
+/// Every statement this store runs, prepared once at connect time.
+#[derive(Debug)]
+struct Statements {
+    insert_follower: PreparedStatement,
+    insert_followee: PreparedStatement,
+    delete_follower: PreparedStatement,
+    delete_followee: PreparedStatement,
+    select_followers: PreparedStatement,
+    select_followees: PreparedStatement,
+    count_followers: PreparedStatement,
+    count_following: PreparedStatement,
+    insert_author_post: PreparedStatement,
+    insert_post_by_id: PreparedStatement,
+    insert_recipient: PreparedStatement,
+    insert_timeline_entry: PreparedStatement,
+    increment_length: PreparedStatement,
+    select_length: PreparedStatement,
+    select_newest_positions: PreparedStatement,
+    delete_older_entries: PreparedStatement,
+    decrement_length: PreparedStatement,
+    insert_merged_author: PreparedStatement,
+    select_merged_among: PreparedStatement,
+    select_post_position: PreparedStatement,
+    select_recipients: PreparedStatement,
+    delete_author_post: PreparedStatement,
+    delete_timeline_entry: PreparedStatement,
+    delete_recipients: PreparedStatement,
+    delete_post_by_id: PreparedStatement,
+    select_timeline: PreparedStatement,
+    select_timeline_before: PreparedStatement,
+    select_author_posts: PreparedStatement,
+    select_author_posts_before: PreparedStatement,
+}
+
+/// Prepares statements with the configured consistency level.
+struct Preparer<'a> {
+    session: &'a Session,
+    consistency: Consistency,
+}
+
+impl Preparer<'_> {
+    /// A statement that may be retried (and speculatively executed) by the driver.
+    async fn idempotent(&self, cql: String) -> ReadResult<PreparedStatement> {
+        let mut statement = self.once(cql).await?;
+        statement.set_is_idempotent(true);
+        Ok(statement)
+    }
+
+    /// A statement the driver must not retry on its own: a counter update.
+    async fn once(&self, cql: String) -> ReadResult<PreparedStatement> {
+        let mut statement = self.session.prepare(cql).await?;
+        statement.set_consistency(self.consistency);
+        Ok(statement)
+    }
+}
+
+impl Statements {
+    async fn prepare(p: &Preparer<'_>, ks: &str) -> ReadResult<Self> {
+        Ok(Self {
+            insert_follower: p
+                .idempotent(format!(
+                    "INSERT INTO {ks}.follows_by_followee (followee_id, follower_id) VALUES (?, ?)"
+                ))
+                .await?,
+            insert_followee: p
+                .idempotent(format!(
+                    "INSERT INTO {ks}.follows_by_follower (follower_id, followee_id) VALUES (?, ?)"
+                ))
+                .await?,
+            delete_follower: p
+                .idempotent(format!(
+                    "DELETE FROM {ks}.follows_by_followee WHERE followee_id = ? AND follower_id = ?"
+                ))
+                .await?,
+            delete_followee: p
+                .idempotent(format!(
+                    "DELETE FROM {ks}.follows_by_follower WHERE follower_id = ? AND followee_id = ?"
+                ))
+                .await?,
+            select_followers: p
+                .idempotent(format!(
+                    "SELECT follower_id FROM {ks}.follows_by_followee WHERE followee_id = ?"
+                ))
+                .await?,
+            select_followees: p
+                .idempotent(format!(
+                    "SELECT followee_id FROM {ks}.follows_by_follower WHERE follower_id = ?"
+                ))
+                .await?,
+            count_followers: p
+                .idempotent(format!(
+                    "SELECT COUNT(*) FROM {ks}.follows_by_followee WHERE followee_id = ?"
+                ))
+                .await?,
+            count_following: p
+                .idempotent(format!(
+                    "SELECT COUNT(*) FROM {ks}.follows_by_follower WHERE follower_id = ?"
+                ))
+                .await?,
+            insert_author_post: p
+                .idempotent(format!(
+                    "INSERT INTO {ks}.author_posts (author_id, position, post_id) VALUES (?, ?, ?)"
+                ))
+                .await?,
+            insert_post_by_id: p
+                .idempotent(format!(
+                    "INSERT INTO {ks}.posts_by_id (post_id, author_id, position) VALUES (?, ?, ?)"
+                ))
+                .await?,
+            insert_recipient: p
+                .idempotent(format!(
+                    "INSERT INTO {ks}.post_recipients (post_id, user_id) VALUES (?, ?)"
+                ))
+                .await?,
+            insert_timeline_entry: p
+                .idempotent(format!(
+                    "INSERT INTO {ks}.home_timeline (user_id, position, post_id, author_id) \
+                     VALUES (?, ?, ?, ?)"
+                ))
+                .await?,
+            increment_length: p
+                .once(format!(
+                    "UPDATE {ks}.timeline_lengths SET entries = entries + 1 WHERE user_id = ?"
+                ))
+                .await?,
+            select_length: p
+                .idempotent(format!(
+                    "SELECT entries FROM {ks}.timeline_lengths WHERE user_id = ?"
+                ))
+                .await?,
+            select_newest_positions: p
+                .idempotent(format!(
+                    "SELECT position FROM {ks}.home_timeline WHERE user_id = ? LIMIT ?"
+                ))
+                .await?,
+            delete_older_entries: p
+                .idempotent(format!(
+                    "DELETE FROM {ks}.home_timeline WHERE user_id = ? AND position < ?"
+                ))
+                .await?,
+            decrement_length: p
+                .once(format!(
+                    "UPDATE {ks}.timeline_lengths SET entries = entries - ? WHERE user_id = ?"
+                ))
+                .await?,
+            insert_merged_author: p
+                .idempotent(format!(
+                    "INSERT INTO {ks}.merged_authors (author_id) VALUES (?)"
+                ))
+                .await?,
+            select_merged_among: p
+                .idempotent(format!(
+                    "SELECT author_id FROM {ks}.merged_authors WHERE author_id IN ?"
+                ))
+                .await?,
+            select_post_position: p
+                .idempotent(format!(
+                    "SELECT position FROM {ks}.posts_by_id WHERE post_id = ?"
+                ))
+                .await?,
+            select_recipients: p
+                .idempotent(format!(
+                    "SELECT user_id FROM {ks}.post_recipients WHERE post_id = ?"
+                ))
+                .await?,
+            delete_author_post: p
+                .idempotent(format!(
+                    "DELETE FROM {ks}.author_posts WHERE author_id = ? AND position = ?"
+                ))
+                .await?,
+            delete_timeline_entry: p
+                .idempotent(format!(
+                    "DELETE FROM {ks}.home_timeline WHERE user_id = ? AND position = ?"
+                ))
+                .await?,
+            delete_recipients: p
+                .idempotent(format!(
+                    "DELETE FROM {ks}.post_recipients WHERE post_id = ?"
+                ))
+                .await?,
+            delete_post_by_id: p
+                .idempotent(format!("DELETE FROM {ks}.posts_by_id WHERE post_id = ?"))
+                .await?,
+            select_timeline: p
+                .idempotent(format!(
+                    "SELECT position, post_id, author_id FROM {ks}.home_timeline \
+                     WHERE user_id = ? LIMIT ?"
+                ))
+                .await?,
+            select_timeline_before: p
+                .idempotent(format!(
+                    "SELECT position, post_id, author_id FROM {ks}.home_timeline \
+                     WHERE user_id = ? AND position < ? LIMIT ?"
+                ))
+                .await?,
+            select_author_posts: p
+                .idempotent(format!(
+                    "SELECT position, post_id, author_id FROM {ks}.author_posts \
+                     WHERE author_id = ? LIMIT ?"
+                ))
+                .await?,
+            select_author_posts_before: p
+                .idempotent(format!(
+                    "SELECT position, post_id, author_id FROM {ks}.author_posts \
+                     WHERE author_id = ? AND position < ? LIMIT ?"
+                ))
+                .await?,
+        })
+    }
+}
+
+/// The schema, as `CREATE ... IF NOT EXISTS` statements for the quoted keyspace `ks`.
+fn schema(ks: &str, replication_factor: u32) -> Vec<String> {
+    vec![
+        format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
+             {{'class': 'NetworkTopologyStrategy', 'replication_factor': {replication_factor}}}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.follows_by_followee ( \
+                 followee_id uuid, follower_id uuid, \
+                 PRIMARY KEY (followee_id, follower_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.follows_by_follower ( \
+                 follower_id uuid, followee_id uuid, \
+                 PRIMARY KEY (follower_id, followee_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.home_timeline ( \
+                 user_id uuid, position bigint, post_id uuid, author_id uuid, \
+                 PRIMARY KEY (user_id, position)) \
+             WITH CLUSTERING ORDER BY (position DESC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.author_posts ( \
+                 author_id uuid, position bigint, post_id uuid, \
+                 PRIMARY KEY (author_id, position)) \
+             WITH CLUSTERING ORDER BY (position DESC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.posts_by_id ( \
+                 post_id uuid PRIMARY KEY, author_id uuid, position bigint)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.post_recipients ( \
+                 post_id uuid, user_id uuid, \
+                 PRIMARY KEY (post_id, user_id))"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {ks}.merged_authors (author_id uuid PRIMARY KEY)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.timeline_lengths ( \
+                 user_id uuid PRIMARY KEY, entries counter)"
+        ),
+    ]
+}
+
+/// Checks that `keyspace` is a plain identifier, since it is spliced into CQL, and returns
+/// it double-quoted: quoting lets it start with `_` and be a CQL keyword, and a quoted
+/// lower-case name is the same keyspace as the unquoted one.
+fn quoted_keyspace(keyspace: &str) -> ReadResult<String> {
+    let plain = !keyspace.is_empty()
+        && keyspace.len() <= 48
+        && keyspace.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && keyspace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        Ok(format!("\"{keyspace}\""))
+    } else {
+        Err(ReadModelError::Rejected(format!(
+            "`{keyspace}` is not a plain keyspace name ([a-z_][a-z0-9_]{{0,47}})"
+        )))
+    }
+}
+
+/// Parses a consistency level name such as `LOCAL_QUORUM`, in any case.
+fn parse_consistency(name: &str) -> ReadResult<Consistency> {
+    match name.trim().to_ascii_uppercase().as_str() {
+        "ANY" => Ok(Consistency::Any),
+        "ONE" => Ok(Consistency::One),
+        "TWO" => Ok(Consistency::Two),
+        "THREE" => Ok(Consistency::Three),
+        "QUORUM" => Ok(Consistency::Quorum),
+        "ALL" => Ok(Consistency::All),
+        "LOCAL_QUORUM" => Ok(Consistency::LocalQuorum),
+        "EACH_QUORUM" => Ok(Consistency::EachQuorum),
+        "LOCAL_ONE" => Ok(Consistency::LocalOne),
+        _ => Err(ReadModelError::Rejected(format!(
+            "`{name}` is not a consistency level; expected one of ONE, TWO, THREE, QUORUM, \
+             ALL, LOCAL_QUORUM, EACH_QUORUM, LOCAL_ONE, ANY"
+        ))),
+    }
+}
+
+/// A session to `settings.nodes`, with no keyspace in use.
+async fn session(settings: &ScyllaSettings) -> ReadResult<Session> {
+    Ok(SessionBuilder::new()
+        .known_nodes(&settings.nodes)
+        .build()
+        .await?)
+}
+
+/// Creates the keyspace and tables if they do not exist, and waits until every reachable
+/// node agrees on the schema. Run by `hybridlive migrate`, never by workers.
+///
+/// # Errors
+/// [`ReadModelError::Rejected`] for a keyspace name that is not a plain identifier, a zero
+/// replication factor, no nodes, or a statement the cluster refuses;
+/// [`ReadModelError::Unavailable`] when the cluster cannot be reached or does not agree
+/// on the schema in time.
+#[tracing::instrument(skip_all, fields(keyspace = %settings.keyspace))]
+pub async fn migrate(settings: &ScyllaSettings) -> Result<(), ReadModelError> {
+    let ks = quoted_keyspace(&settings.keyspace)?;
+    if settings.replication_factor == 0 {
+        return Err(ReadModelError::Rejected(
+            "the replication factor must be at least 1".into(),
+        ));
+    }
+    let session = session(settings).await?;
+    for statement in schema(&ks, settings.replication_factor) {
+        session.query_unpaged(statement, ()).await?;
+    }
+    session.await_schema_agreement().await?;
+    tracing::info!("Timeline keyspace is migrated.");
+    Ok(())
+}
+
+impl ScyllaTimelines {
+    /// Connects to `settings.nodes` and prepares every statement against the tables of
+    /// `settings.keyspace`, which [`migrate`] must have created.
+    ///
+    /// # Errors
+    /// [`ReadModelError::Rejected`] for an unknown consistency level, a keyspace name that is
+    /// not a plain identifier, no nodes, or missing tables; [`ReadModelError::Unavailable`]
+    /// when the cluster cannot be reached.
+    #[tracing::instrument(skip_all, fields(keyspace = %settings.keyspace))]
+    pub async fn connect(settings: &ScyllaSettings) -> Result<Self, ReadModelError> {
+        let consistency = parse_consistency(&settings.consistency)?;
+        let ks = quoted_keyspace(&settings.keyspace)?;
+        let session = session(settings).await?;
+        let statements = Statements::prepare(
+            &Preparer {
+                session: &session,
+                consistency,
+            },
+            &ks,
+        )
+        .await?;
+        Ok(Self {
+            session,
+            statements,
+        })
+    }
+
+    /// Every id in the one-column result of `statement` for `key`, page by page.
+    async fn ids(&self, statement: &PreparedStatement, key: Uuid) -> ReadResult<Vec<Uuid>> {
+        let rows: Vec<(Uuid,)> = self
+            .session
+            .execute_iter(statement.clone(), (key,))
+            .await?
+            .rows_stream::<(Uuid,)>()?
+            .try_collect()
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn count(&self, statement: &PreparedStatement, key: Uuid) -> ReadResult<u64> {
+        let result = self.session.execute_unpaged(statement, (key,)).await?;
+        let count = rows::<(i64,)>(result)?
+            .first()
+            .map_or(0, |(count,)| count.unsigned_abs());
+        Ok(count)
+    }
+
+    /// Adds the entry to one user's timeline and trims it when its counter says so.
+    async fn deliver_to(&self, user: Uuid, entry: TimelineEntry, cap: usize) -> ReadResult<()> {
+        let s = &self.statements;
+        self.session
+            .execute_unpaged(&s.insert_recipient, (entry.post_id, user))
+            .await?;
+        futures::try_join!(
+            self.session.execute_unpaged(
+                &s.insert_timeline_entry,
+                (user, entry.position, entry.post_id, entry.author_id),
+            ),
+            self.session.execute_unpaged(&s.increment_length, (user,)),
+        )?;
+        let result = self
+            .session
+            .execute_unpaged(&s.select_length, (user,))
+            .await?;
+        let counted = rows::<(Counter,)>(result)?
+            .first()
+            .map_or(0, |(Counter(entries),)| *entries);
+        let allowed = i64::try_from(cap + cap / 8).unwrap_or(i64::MAX);
+        if counted > allowed {
+            self.trim(user, counted, cap).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes all but the newest `cap` entries of `user`'s timeline and sets its counter,
+    /// which read `counted`, to the number of entries kept.
+    async fn trim(&self, user: Uuid, counted: i64, cap: usize) -> ReadResult<()> {
+        let s = &self.statements;
+        let result = self
+            .session
+            .execute_unpaged(&s.select_newest_positions, (user, cql_limit(cap)))
+            .await?;
+        let newest = rows::<(i64,)>(result)?;
+        if newest.len() >= cap {
+            if let Some((oldest_kept,)) = newest.last() {
+                self.session
+                    .execute_unpaged(&s.delete_older_entries, (user, *oldest_kept))
+                    .await?;
+            }
+        }
+        let kept = i64::try_from(newest.len()).unwrap_or(i64::MAX);
+        let surplus = counted.saturating_sub(kept);
+        if surplus > 0 {
+            self.session
+                .execute_unpaged(&s.decrement_length, (Counter(surplus), user))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn entries(
+        &self,
+        key: Uuid,
+        before: Option<i64>,
+        limit: usize,
+        all: &PreparedStatement,
+        older: &PreparedStatement,
+    ) -> ReadResult<Vec<TimelineEntry>> {
+        // CQL refuses `LIMIT 0`.
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let result = match before {
+            None => {
+                self.session
+                    .execute_unpaged(all, (key, cql_limit(limit)))
+                    .await?
+            }
+            Some(before) => {
+                self.session
+                    .execute_unpaged(older, (key, before, cql_limit(limit)))
+                    .await?
+            }
+        };
+        Ok(rows::<(i64, Uuid, Uuid)>(result)?
+            .into_iter()
+            .map(|(position, post_id, author_id)| TimelineEntry {
+                position,
+                post_id,
+                author_id,
+            })
+            .collect())
+    }
+}
+
+/// The rows of an unpaged result.
+fn rows<R>(result: QueryResult) -> ReadResult<Vec<R>>
+where
+    R: for<'frame> scylla::deserialize::row::DeserializeRow<'frame, 'frame>,
+{
+    let result = result.into_rows_result()?;
+    let rows = result.rows::<R>()?.collect::<Result<Vec<R>, _>>()?;
+    Ok(rows)
+}
+
+/// A `LIMIT` bind value (a CQL `int`).
+fn cql_limit(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Runs `task` for every item, at most [`PARALLELISM`] at a time; stops at the first error.
+async fn for_each_concurrently<T, F, Fut>(items: Vec<T>, task: F) -> ReadResult<()>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = ReadResult<()>>,
+{
+    stream::iter(items)
+        .map(task)
+        .buffer_unordered(PARALLELISM)
+        .try_collect()
+        .await
+}
+
+#[async_trait::async_trait]
+impl TimelineStore for ScyllaTimelines {
+    async fn follow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()> {
+        let s = &self.statements;
+        futures::try_join!(
+            self.session
+                .execute_unpaged(&s.insert_follower, (followee, follower)),
+            self.session
+                .execute_unpaged(&s.insert_followee, (follower, followee)),
+        )?;
+        Ok(())
+    }
+
+    async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()> {
+        let s = &self.statements;
+        futures::try_join!(
+            self.session
+                .execute_unpaged(&s.delete_follower, (followee, follower)),
+            self.session
+                .execute_unpaged(&s.delete_followee, (follower, followee)),
+        )?;
+        Ok(())
+    }
+
+    async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
+        self.ids(&self.statements.select_followers, user).await
+    }
+
+    async fn counts(&self, user: Uuid) -> ReadResult<FollowCounts> {
+        let s = &self.statements;
+        let (followers, following) = futures::try_join!(
+            self.count(&s.count_followers, user),
+            self.count(&s.count_following, user),
+        )?;
+        Ok(FollowCounts {
+            followers,
+            following,
+        })
+    }
+
+    async fn add_author_post(&self, entry: TimelineEntry) -> ReadResult<()> {
+        let s = &self.statements;
+        futures::try_join!(
+            self.session.execute_unpaged(
+                &s.insert_author_post,
+                (entry.author_id, entry.position, entry.post_id),
+            ),
+            self.session.execute_unpaged(
+                &s.insert_post_by_id,
+                (entry.post_id, entry.author_id, entry.position),
+            ),
+        )?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(users = users.len()))]
+    async fn deliver(&self, users: &[Uuid], entry: TimelineEntry, cap: usize) -> ReadResult<()> {
+        let cap = cap.max(1);
+        // `remove_post` finds the position here even when the author's list was not written.
+        self.session
+            .execute_unpaged(
+                &self.statements.insert_post_by_id,
+                (entry.post_id, entry.author_id, entry.position),
+            )
+            .await?;
+        // A user listed twice must be counted once, like the lite store does.
+        let mut seen = HashSet::with_capacity(users.len());
+        let distinct: Vec<Uuid> = users.iter().copied().filter(|u| seen.insert(*u)).collect();
+        for_each_concurrently(distinct, |user| self.deliver_to(user, entry, cap)).await
+    }
+
+    async fn mark_merged_at_read(&self, author: Uuid) -> ReadResult<()> {
+        self.session
+            .execute_unpaged(&self.statements.insert_merged_author, (author,))
+            .await?;
+        Ok(())
+    }
+
+    async fn merged_authors_followed_by(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
+        let s = &self.statements;
+        let followees = self.ids(&s.select_followees, user).await?;
+        // Owned chunks: a closure over borrowed slices is not `Send` enough for async-trait.
+        let chunks: Vec<Vec<Uuid>> = followees.chunks(IN_CHUNK).map(<[Uuid]>::to_vec).collect();
+        let found: Vec<Vec<(Uuid,)>> = stream::iter(chunks)
+            .map(|chunk| async move {
+                rows::<(Uuid,)>(
+                    self.session
+                        .execute_unpaged(&s.select_merged_among, (chunk,))
+                        .await?,
+                )
+            })
+            .buffer_unordered(PARALLELISM / IN_CHUNK + 1)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().map(|(id,)| id).collect())
+    }
+
+    #[tracing::instrument(skip_all, fields(%post_id))]
+    async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
+        let s = &self.statements;
+        let result = self
+            .session
+            .execute_unpaged(&s.select_post_position, (post_id,))
+            .await?;
+        let Some(&(position,)) = rows::<(i64,)>(result)?.first() else {
+            return Ok(());
+        };
+        // The lite store deletes the author's row only when `author` wrote the post; positions
+        // are unique, so another author's partition has no row at this position either.
+        self.session
+            .execute_unpaged(&s.delete_author_post, (author, position))
+            .await?;
+        let recipients = self.ids(&s.select_recipients, post_id).await?;
+        for_each_concurrently(recipients, |user| async move {
+            self.session
+                .execute_unpaged(&s.delete_timeline_entry, (user, position))
+                .await?;
+            Ok(())
+        })
+        .await?;
+        self.session
+            .execute_unpaged(&s.delete_recipients, (post_id,))
+            .await?;
+        self.session
+            .execute_unpaged(&s.delete_post_by_id, (post_id,))
+            .await?;
+        Ok(())
+    }
+
+    async fn timeline(
+        &self,
+        user: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Vec<TimelineEntry>> {
+        let s = &self.statements;
+        self.entries(
+            user,
+            before,
+            limit,
+            &s.select_timeline,
+            &s.select_timeline_before,
+        )
+        .await
+    }
+
+    async fn author_posts(
+        &self,
+        author: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Vec<TimelineEntry>> {
+        let s = &self.statements;
+        self.entries(
+            author,
+            before,
+            limit,
+            &s.select_author_posts,
+            &s.select_author_posts_before,
+        )
+        .await
+    }
+}
+
+// Driver errors: timeouts, unreachable or overloaded nodes and broken connections are
+// `Unavailable` (the event is retried); statements or data the cluster refuses, and rows of
+// an unexpected shape, are `Rejected`. Authorisation failures count as unavailable, since an
+// operator can fix them without the event changing. The message is always the outermost
+// error's, which says what was being done.
+
+fn classified(rejected: bool, error: impl std::fmt::Display) -> ReadModelError {
+    if rejected {
+        ReadModelError::Rejected(error.to_string())
+    } else {
+        ReadModelError::Unavailable(error.to_string())
+    }
+}
+
+fn attempt_rejected(error: &RequestAttemptError) -> bool {
+    match error {
+        RequestAttemptError::SerializationError(_)
+        | RequestAttemptError::CqlRequestSerialization(_) => true,
+        RequestAttemptError::DbError(db, _) => matches!(
+            db,
+            DbError::SyntaxError
+                | DbError::Invalid
+                | DbError::AlreadyExists { .. }
+                | DbError::FunctionFailure { .. }
+                | DbError::ConfigError
+        ),
+        _ => false,
+    }
+}
+
+fn prepare_rejected(error: &PrepareError) -> bool {
+    match error {
+        PrepareError::AllAttemptsFailed { first_attempt } => attempt_rejected(first_attempt),
+        _ => false,
+    }
+}
+
+fn next_page_rejected(error: &NextPageError) -> bool {
+    match error {
+        NextPageError::RequestFailure(RequestError::LastAttemptError(attempt)) => {
+            attempt_rejected(attempt)
+        }
+        NextPageError::TypeCheckError(_) | NextPageError::PartitionKeyError(_) => true,
+        _ => false,
+    }
+}
+
+impl From<ExecutionError> for ReadModelError {
+    fn from(error: ExecutionError) -> Self {
+        let rejected = match &error {
+            ExecutionError::BadQuery(_) => true,
+            ExecutionError::PrepareError(prepare) => prepare_rejected(prepare),
+            ExecutionError::LastAttemptError(attempt) => attempt_rejected(attempt),
+            _ => false,
+        };
+        classified(rejected, error)
+    }
+}
+
+impl From<PrepareError> for ReadModelError {
+    fn from(error: PrepareError) -> Self {
+        classified(prepare_rejected(&error), error)
+    }
+}
+
+impl From<PagerExecutionError> for ReadModelError {
+    fn from(error: PagerExecutionError) -> Self {
+        let rejected = match &error {
+            PagerExecutionError::PrepareError(prepare) => prepare_rejected(prepare),
+            PagerExecutionError::SerializationError(_) => true,
+            PagerExecutionError::NextPageError(page) => next_page_rejected(page),
+            _ => false,
+        };
+        classified(rejected, error)
+    }
+}
+
+impl From<NextRowError> for ReadModelError {
+    fn from(error: NextRowError) -> Self {
+        let rejected = match &error {
+            NextRowError::NextPageError(page) => next_page_rejected(page),
+            // A row that does not deserialize.
+            _ => true,
+        };
+        classified(rejected, error)
+    }
+}
+
+impl From<NewSessionError> for ReadModelError {
+    fn from(error: NewSessionError) -> Self {
+        let rejected = matches!(
+            error,
+            NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_)
+        );
+        classified(rejected, error)
+    }
+}
+
+impl From<SchemaAgreementError> for ReadModelError {
+    fn from(error: SchemaAgreementError) -> Self {
+        classified(false, error)
+    }
+}
+
+impl From<IntoRowsResultError> for ReadModelError {
+    fn from(error: IntoRowsResultError) -> Self {
+        classified(true, error)
+    }
+}
+
+impl From<RowsError> for ReadModelError {
+    fn from(error: RowsError) -> Self {
+        classified(true, error)
+    }
+}
+
+impl From<TypeCheckError> for ReadModelError {
+    fn from(error: TypeCheckError) -> Self {
+        classified(true, error)
+    }
+}
+
+impl From<DeserializationError> for ReadModelError {
+    fn from(error: DeserializationError) -> Self {
+        classified(true, error)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_names_parse_in_any_case() {
+        assert_eq!(
+            parse_consistency("local_quorum").unwrap(),
+            Consistency::LocalQuorum
+        );
+        assert_eq!(parse_consistency("ONE").unwrap(), Consistency::One);
+        assert_eq!(
+            parse_consistency(" Each_Quorum ").unwrap(),
+            Consistency::EachQuorum
+        );
+    }
+
+    #[test]
+    fn unknown_consistency_is_rejected() {
+        assert!(matches!(
+            parse_consistency("SERIAL"),
+            Err(ReadModelError::Rejected(_))
+        ));
+        assert!(matches!(
+            parse_consistency("quorom"),
+            Err(ReadModelError::Rejected(_))
+        ));
+    }
+
+    #[test]
+    fn keyspace_must_be_a_plain_identifier() {
+        assert_eq!(quoted_keyspace("hybrid_live").unwrap(), "\"hybrid_live\"");
+        assert_eq!(quoted_keyspace("_t1").unwrap(), "\"_t1\"");
+        let too_long = "k".repeat(49);
+        for bad in ["", "1ks", "Ks", "ks;DROP", "ks\"", too_long.as_str()] {
+            assert!(
+                matches!(quoted_keyspace(bad), Err(ReadModelError::Rejected(_))),
+                "{bad:?} was accepted"
+            );
+        }
+        assert!(quoted_keyspace(&"k".repeat(48)).is_ok());
+    }
+
+    #[test]
+    fn migration_creates_every_table_in_the_keyspace() {
+        let statements = schema("\"ks\"", 3);
+        assert!(statements[0].contains("'replication_factor': 3"));
+        for table in [
+            "follows_by_followee",
+            "follows_by_follower",
+            "home_timeline",
+            "author_posts",
+            "posts_by_id",
+            "post_recipients",
+            "merged_authors",
+            "timeline_lengths",
+        ] {
+            assert!(
+                statements
+                    .iter()
+                    .any(|s| s.contains(&format!("\"ks\".{table} ("))),
+                "{table} is not created"
+            );
+        }
+    }
+}

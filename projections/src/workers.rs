@@ -1,0 +1,179 @@
+//! The projection workers by name: what `hybridlive project <name>|all`, `dlq retry` and
+//! `dev` run, and what the end-to-end tests start next to the API.
+
+use std::time::Duration;
+
+use event_schemas::EventKind;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::content::ContentProjection;
+use crate::query::ReadModels;
+use crate::runtime::{DeadLetters, Projection, RetryPolicy, Runner};
+use crate::timeline::{TimelineProjection, TimelineSettings};
+
+/// Every projection, by name.
+pub const PROJECTIONS: &[&str] = &[TimelineProjection::NAME, ContentProjection::NAME];
+
+/// Where projections read events from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The PostgreSQL log directly (lite; checkpoint table).
+    Log,
+    /// The relay's topics (consumer group = projection name).
+    #[cfg(feature = "kafka")]
+    Kafka {
+        brokers: String,
+        topic_prefix: String,
+    },
+}
+
+/// Why the workers could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkersError {
+    #[error("unknown projection `{0}`; known: timeline, content (or `all` where allowed)")]
+    UnknownProjection(String),
+    #[error("a projection worker panicked: {0}")]
+    Panicked(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+/// The projections over one set of read models.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    pub pool: PgPool,
+    pub models: ReadModels,
+    pub timeline: TimelineSettings,
+    pub retry: RetryPolicy,
+}
+
+impl Workers {
+    pub fn new(pool: PgPool, models: ReadModels, timeline: TimelineSettings) -> Self {
+        Self {
+            pool,
+            models,
+            timeline,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    fn timeline_projection(&self) -> TimelineProjection {
+        TimelineProjection::new(self.models.timelines.clone(), self.timeline)
+    }
+
+    fn content_projection(&self) -> ContentProjection {
+        ContentProjection::new(self.models.content.clone(), self.models.cache.clone())
+    }
+
+    /// Runs the named projections (`all` = every one) until `stop`, each on its own task;
+    /// a worker whose log or checkpoint is unreachable restarts from its checkpoint.
+    ///
+    /// # Errors
+    /// An unknown name, or a worker that panicked.
+    pub async fn run(
+        &self,
+        names: &[String],
+        source: &Source,
+        stop: &CancellationToken,
+    ) -> Result<(), WorkersError> {
+        let selected: Vec<&str> = if names.iter().any(|n| n == "all") {
+            PROJECTIONS.to_vec()
+        } else {
+            names.iter().map(String::as_str).collect()
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for name in selected {
+            let (pool, source, stop) = (self.pool.clone(), source.clone(), stop.clone());
+            match name {
+                TimelineProjection::NAME => {
+                    let runner = Runner::new(pool, self.timeline_projection(), self.retry);
+                    tasks.spawn(run_one(runner, source, stop));
+                }
+                ContentProjection::NAME => {
+                    let runner = Runner::new(pool, self.content_projection(), self.retry);
+                    tasks.spawn(run_one(runner, source, stop));
+                }
+                other => return Err(WorkersError::UnknownProjection(other.to_owned())),
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| WorkersError::Panicked(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Applies the dead letters of projection `name` again; returns (retried, still dead).
+    ///
+    /// # Errors
+    /// An unknown name, or the database failed.
+    pub async fn retry_dead_letters(&self, name: &str) -> Result<(usize, usize), WorkersError> {
+        let letters = DeadLetters::new(self.pool.clone());
+        let pool = self.pool.clone();
+        Ok(match name {
+            TimelineProjection::NAME => {
+                letters
+                    .retry(&Runner::new(pool, self.timeline_projection(), self.retry))
+                    .await?
+            }
+            ContentProjection::NAME => {
+                letters
+                    .retry(&Runner::new(pool, self.content_projection(), self.retry))
+                    .await?
+            }
+            other => return Err(WorkersError::UnknownProjection(other.to_owned())),
+        })
+    }
+}
+
+/// The stream types whose events `projection` handles (its Kafka topics).
+pub fn stream_types(projection: &impl Projection) -> Vec<String> {
+    let mut types: Vec<String> = EventKind::ALL
+        .iter()
+        .filter(|kind| projection.handles(kind.as_str()))
+        .map(|kind| kind.stream_type().to_owned())
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+async fn run_one<P: Projection + 'static>(
+    runner: Runner<P>,
+    source: Source,
+    stop: CancellationToken,
+) {
+    let name = runner.projection().name().to_owned();
+    tracing::info!(projection = %name, ?source, "Projection started.");
+    loop {
+        let result: Result<(), String> = match &source {
+            Source::Log => runner.run(&stop).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "kafka")]
+            Source::Kafka {
+                brokers,
+                topic_prefix,
+            } => {
+                let kafka = crate::kafka::KafkaSource {
+                    brokers: brokers.clone(),
+                    topic_prefix: topic_prefix.clone(),
+                    stream_types: stream_types(runner.projection()),
+                };
+                runner
+                    .run_kafka(&kafka, &stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(projection = %name, %error, "Projection worker failed; resuming from its checkpoint in 1 s.");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::info!(projection = %name, "Projection stopped.");
+}

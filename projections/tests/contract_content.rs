@@ -1,0 +1,220 @@
+//! The `ContentStore` contract, run against every reachable implementation: PostgreSQL
+//! (lite) always, MongoDB when `MONGODB_URI` is set (a fresh database per run).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{SubsecRound, Utc};
+use projections::content::mongo::{self, MongoContent};
+use projections::content::postgres::PgContent;
+use projections::content::{Change, CommentDoc, ContentStore, PostDoc, Profile};
+use testkit::TestDb;
+use uuid::Uuid;
+
+fn post(position: i64) -> PostDoc {
+    PostDoc {
+        post_id: Uuid::now_v7(),
+        author_id: Uuid::new_v4(),
+        position,
+        title: "Title".to_owned(),
+        body_markdown: "**hi**".to_owned(),
+        body_html: "<p><strong>hi</strong></p>".to_owned(),
+        preview: "hi".to_owned(),
+        media: vec!["https://example.com/a.png".to_owned()],
+        like_count: 0,
+        comment_count: 0,
+        // Millisecond precision: what every store keeps.
+        created_at: Utc::now().trunc_subsecs(3),
+    }
+}
+
+fn comment(post: &PostDoc, position: i64) -> CommentDoc {
+    CommentDoc {
+        comment_id: Uuid::now_v7(),
+        post_id: post.post_id,
+        author_id: Uuid::new_v4(),
+        position,
+        body: format!("comment at {position}"),
+        created_at: Utc::now().trunc_subsecs(3),
+    }
+}
+
+async fn profiles_are_inserted_once_renamed_and_removed(store: &dyn ContentStore) {
+    let profile = Profile {
+        user_id: Uuid::new_v4(),
+        username: "ada".to_owned(),
+        display_name: "Ada".to_owned(),
+        registered_at: Utc::now().trunc_subsecs(3),
+    };
+    store.put_profile(&profile).await.unwrap();
+    store
+        .put_profile(&Profile {
+            display_name: "Not Ada".to_owned(),
+            ..profile.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.profile(profile.user_id).await.unwrap(),
+        Some(profile.clone())
+    );
+    store.rename(profile.user_id, "Countess").await.unwrap();
+    let renamed = store.profile(profile.user_id).await.unwrap().unwrap();
+    assert_eq!(renamed.display_name, "Countess");
+    store.remove_profile(profile.user_id).await.unwrap();
+    store.remove_profile(profile.user_id).await.unwrap();
+    assert_eq!(store.profile(profile.user_id).await.unwrap(), None);
+}
+
+async fn posts_are_inserted_once_and_deleted_for_good(store: &dyn ContentStore) {
+    let (a, b) = (post(1), post(2));
+    store.insert_post(&a).await.unwrap();
+    store
+        .insert_post(&PostDoc {
+            title: "Changed".to_owned(),
+            ..a.clone()
+        })
+        .await
+        .unwrap();
+    store.insert_post(&b).await.unwrap();
+    assert_eq!(store.post(a.post_id).await.unwrap(), Some(a.clone()));
+    let mut both = store
+        .posts(&[a.post_id, b.post_id, Uuid::new_v4()])
+        .await
+        .unwrap();
+    both.sort_by_key(|p| p.position);
+    assert_eq!(both, vec![a.clone(), b.clone()]);
+    store.delete_post(a.post_id).await.unwrap();
+    store.delete_post(a.post_id).await.unwrap();
+    store.insert_post(&a).await.unwrap();
+    assert_eq!(
+        store.post(a.post_id).await.unwrap(),
+        None,
+        "a replayed publication does not resurrect"
+    );
+    assert_eq!(store.posts(&[a.post_id, b.post_id]).await.unwrap(), vec![b]);
+    assert_eq!(store.post(Uuid::new_v4()).await.unwrap(), None);
+}
+
+async fn comments_are_counted_once_and_paged_newest_first(store: &dyn ContentStore) {
+    let p = post(10);
+    store.insert_post(&p).await.unwrap();
+    let comments: Vec<CommentDoc> = (1..=7).map(|i| comment(&p, 100 + i)).collect();
+    for (i, c) in comments.iter().enumerate() {
+        let count = i64::try_from(i).unwrap() + 1;
+        assert_eq!(
+            store.add_comment(c).await.unwrap(),
+            Change {
+                changed: true,
+                count
+            }
+        );
+        assert_eq!(
+            store.add_comment(c).await.unwrap(),
+            Change {
+                changed: false,
+                count
+            }
+        );
+    }
+    assert_eq!(
+        store.post(p.post_id).await.unwrap().unwrap().comment_count,
+        7
+    );
+    let first = store.comments(p.post_id, None, 4).await.unwrap();
+    assert_eq!(
+        first,
+        comments.iter().rev().take(4).cloned().collect::<Vec<_>>()
+    );
+    let rest = store
+        .comments(p.post_id, Some(first[3].position), 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest,
+        comments.iter().rev().skip(4).cloned().collect::<Vec<_>>()
+    );
+
+    let unknown = comment(&post(11), 200);
+    assert!(
+        !store.add_comment(&unknown).await.unwrap().changed,
+        "no comment on an unknown post"
+    );
+    store.delete_post(p.post_id).await.unwrap();
+    assert!(
+        !store.add_comment(&comment(&p, 300)).await.unwrap().changed,
+        "no comment on a deleted post"
+    );
+}
+
+async fn likes_are_a_set_of_users(store: &dyn ContentStore) {
+    let p = post(20);
+    store.insert_post(&p).await.unwrap();
+    let (u, v) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        store.set_like(p.post_id, u, true).await.unwrap(),
+        Change {
+            changed: true,
+            count: 1
+        }
+    );
+    assert_eq!(
+        store.set_like(p.post_id, u, true).await.unwrap(),
+        Change {
+            changed: false,
+            count: 1
+        }
+    );
+    assert_eq!(
+        store.set_like(p.post_id, v, true).await.unwrap(),
+        Change {
+            changed: true,
+            count: 2
+        }
+    );
+    assert_eq!(
+        store.set_like(p.post_id, u, false).await.unwrap(),
+        Change {
+            changed: true,
+            count: 1
+        }
+    );
+    assert_eq!(
+        store.set_like(p.post_id, u, false).await.unwrap(),
+        Change {
+            changed: false,
+            count: 1
+        }
+    );
+    assert_eq!(store.post(p.post_id).await.unwrap().unwrap().like_count, 1);
+    assert!(
+        !store
+            .set_like(Uuid::new_v4(), u, true)
+            .await
+            .unwrap()
+            .changed,
+        "no like on an unknown post"
+    );
+}
+
+async fn contract(store: &dyn ContentStore) {
+    profiles_are_inserted_once_renamed_and_removed(store).await;
+    posts_are_inserted_once_and_deleted_for_good(store).await;
+    comments_are_counted_once_and_paged_newest_first(store).await;
+    likes_are_a_set_of_users(store).await;
+}
+
+#[tokio::test]
+async fn postgres_content_meets_the_contract() {
+    let db = TestDb::new().await;
+    contract(&PgContent::lite(db.pool.clone())).await;
+}
+
+#[tokio::test]
+async fn mongo_content_meets_the_contract_when_mongodb_uri_is_set() {
+    let Ok(uri) = std::env::var("MONGODB_URI") else {
+        eprintln!("MONGODB_URI is not set: the MongoDB content store was not tested.");
+        return;
+    };
+    let database = format!("test_{}", Uuid::new_v4().simple());
+    mongo::migrate(&uri, &database).await.unwrap();
+    contract(&MongoContent::connect(&uri, &database).await.unwrap()).await;
+}

@@ -1,0 +1,170 @@
+//! The `TimelineStore` contract, run against every reachable implementation: PostgreSQL
+//! (lite) always, ScyllaDB when `SCYLLA_NODES` is set (a fresh keyspace per run).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use projections::timeline::postgres::PgTimelines;
+use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
+use projections::timeline::{TimelineEntry, TimelineStore};
+use testkit::TestDb;
+use uuid::Uuid;
+
+fn entry(position: i64, author: Uuid) -> TimelineEntry {
+    TimelineEntry {
+        position,
+        post_id: Uuid::now_v7(),
+        author_id: author,
+    }
+}
+
+async fn follows_are_idempotent_and_counted(store: &dyn TimelineStore) {
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    store.follow(a, b).await.unwrap();
+    store.follow(a, b).await.unwrap();
+    store.follow(c, b).await.unwrap();
+    let mut followers = store.followers(b).await.unwrap();
+    followers.sort();
+    let mut expected = vec![a, c];
+    expected.sort();
+    assert_eq!(followers, expected);
+    let counts = store.counts(b).await.unwrap();
+    assert_eq!((counts.followers, counts.following), (2, 0));
+    assert_eq!(store.counts(a).await.unwrap().following, 1);
+    store.unfollow(a, b).await.unwrap();
+    store.unfollow(a, b).await.unwrap();
+    assert_eq!(store.followers(b).await.unwrap(), vec![c]);
+    assert_eq!(store.counts(a).await.unwrap().following, 0);
+}
+
+async fn timelines_are_newest_first_paged_and_idempotent(store: &dyn TimelineStore) {
+    let (reader, author) = (Uuid::new_v4(), Uuid::new_v4());
+    let entries: Vec<TimelineEntry> = (1..=30).map(|p| entry(p * 10, author)).collect();
+    for e in &entries {
+        store.deliver(&[reader], *e, 100).await.unwrap();
+        store.deliver(&[reader], *e, 100).await.unwrap();
+    }
+    let first = store.timeline(reader, None, 12).await.unwrap();
+    let expected: Vec<TimelineEntry> = entries.iter().rev().take(12).copied().collect();
+    assert_eq!(first, expected);
+    let second = store
+        .timeline(reader, Some(first[11].position), 12)
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        entries
+            .iter()
+            .rev()
+            .skip(12)
+            .take(12)
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    let all = store.timeline(reader, None, 100).await.unwrap();
+    assert_eq!(all.len(), 30, "a redelivered entry is stored once");
+    assert!(store
+        .timeline(Uuid::new_v4(), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn timelines_are_trimmed_to_the_cap(store: &dyn TimelineStore) {
+    let cap = 16;
+    let (reader, other, author) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let entries: Vec<TimelineEntry> = (1..=60).map(|p| entry(p, author)).collect();
+    for e in &entries {
+        store.deliver(&[reader, other], *e, cap).await.unwrap();
+    }
+    for user in [reader, other] {
+        let kept = store.timeline(user, None, 1000).await.unwrap();
+        assert!(
+            (cap..=cap + cap / 8).contains(&kept.len()),
+            "{} entries kept with cap {cap}",
+            kept.len()
+        );
+        let newest: Vec<TimelineEntry> = entries.iter().rev().take(cap).copied().collect();
+        assert_eq!(kept[..cap], newest[..], "the newest entries are kept");
+    }
+}
+
+async fn a_removed_post_leaves_every_timeline_and_its_author_list(store: &dyn TimelineStore) {
+    let (a, b, author) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let keep = entry(1, author);
+    let doomed = entry(2, author);
+    for e in [keep, doomed] {
+        store.add_author_post(e).await.unwrap();
+        store.add_author_post(e).await.unwrap();
+        store.deliver(&[a, b, author], e, 100).await.unwrap();
+    }
+    assert_eq!(
+        store.author_posts(author, None, 10).await.unwrap(),
+        vec![doomed, keep]
+    );
+    store.remove_post(author, doomed.post_id).await.unwrap();
+    store.remove_post(author, doomed.post_id).await.unwrap();
+    store.remove_post(author, Uuid::new_v4()).await.unwrap();
+    for user in [a, b, author] {
+        assert_eq!(store.timeline(user, None, 10).await.unwrap(), vec![keep]);
+    }
+    assert_eq!(
+        store.author_posts(author, None, 10).await.unwrap(),
+        vec![keep]
+    );
+    assert_eq!(
+        store.author_posts(author, Some(1), 10).await.unwrap(),
+        vec![]
+    );
+}
+
+async fn merged_authors_are_found_through_follows(store: &dyn TimelineStore) {
+    let (reader, star, plain) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    store.mark_merged_at_read(star).await.unwrap();
+    store.mark_merged_at_read(star).await.unwrap();
+    assert!(store
+        .merged_authors_followed_by(reader)
+        .await
+        .unwrap()
+        .is_empty());
+    store.follow(reader, star).await.unwrap();
+    store.follow(reader, plain).await.unwrap();
+    assert_eq!(
+        store.merged_authors_followed_by(reader).await.unwrap(),
+        vec![star]
+    );
+    store.unfollow(reader, star).await.unwrap();
+    assert!(store
+        .merged_authors_followed_by(reader)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn contract(store: &dyn TimelineStore) {
+    follows_are_idempotent_and_counted(store).await;
+    timelines_are_newest_first_paged_and_idempotent(store).await;
+    timelines_are_trimmed_to_the_cap(store).await;
+    a_removed_post_leaves_every_timeline_and_its_author_list(store).await;
+    merged_authors_are_found_through_follows(store).await;
+}
+
+#[tokio::test]
+async fn postgres_timelines_meet_the_contract() {
+    let db = TestDb::new().await;
+    contract(&PgTimelines::lite(db.pool.clone())).await;
+}
+
+#[tokio::test]
+async fn scylla_timelines_meet_the_contract_when_scylla_nodes_is_set() {
+    let Ok(nodes) = std::env::var("SCYLLA_NODES") else {
+        eprintln!("SCYLLA_NODES is not set: the ScyllaDB timelines were not tested.");
+        return;
+    };
+    let settings = ScyllaSettings {
+        nodes: nodes.split(',').map(str::to_owned).collect(),
+        keyspace: format!("test_{}", Uuid::new_v4().simple()),
+        consistency: "ONE".to_owned(),
+        replication_factor: 1,
+    };
+    scylla::migrate(&settings).await.unwrap();
+    contract(&ScyllaTimelines::connect(&settings).await.unwrap()).await;
+}
