@@ -45,13 +45,24 @@
 //! `bench http` measures the command API over real HTTP (publish posts, register users); see
 //! the `http` module. `bench relay` measures the outbox relay against Kafka; see `relay`.
 //!
+//! `bench feed` measures the read side over real HTTP, lite profile (issue #5): the API with
+//! every projection running next to it, on a runtime of their own; C closed-loop clients
+//! read home feeds of 50 items (`GET /v1/feed?limit=50`) with a warm cache, then again right
+//! after the post cache was flushed; and the time from a post's `201` until the timeline
+//! projection has written it into all 10 000 followers' timelines (fan-out on write). Users,
+//! follows and posts are created over HTTP before timing; the fan-out author's followers
+//! are synthetic `social.followed` events appended to the store. See the `feed` module.
+//!
 //! Layout:
 //! - `http`: the HTTP benchmark: the API on a runtime of its own, its clients and phases;
+//! - `feed`: the feed benchmark: the API and the projections, the setup, the readers and
+//!   the fan-out measurement;
 //! - `scenarios`: the seven scenarios, their setup and their clients;
 //! - `runner`: the closed-loop driver of C clients and its HDR measurement;
 //! - `setup`: the benchmark database: creation, settling between slices, drop;
 //! - `report`: the markdown table and the JSON.
 
+mod feed;
 mod http;
 mod relay;
 mod report;
@@ -85,6 +96,54 @@ enum Command {
     /// The outbox relay against Kafka: append → acknowledged latency at a fixed rate, and
     /// the events/s it drains a backlog at.
     Relay(RelayArgs),
+    /// The read side over HTTP (lite profile): feed reads/s and p50/p99/p99.9, warm and after
+    /// a cache flush, and fan-out on write to many followers.
+    Feed(FeedArgs),
+}
+
+#[derive(Debug, Args)]
+struct FeedArgs {
+    /// Users whose feeds are read (each follows every author).
+    #[arg(long, default_value_t = 50)]
+    readers: usize,
+    /// Users who publish the posts the feeds hold.
+    #[arg(long, default_value_t = 20)]
+    authors: usize,
+    /// Posts each author publishes; authors × posts must be at least 50, a full feed page.
+    #[arg(long, default_value_t = 10)]
+    posts_per_author: usize,
+    /// Concurrent clients C reading feeds (client i reads reader i mod readers's feed).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Measured seconds of feed reads with a warm cache.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Untimed warm-up seconds before the warm-cache phase.
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
+    /// Measured seconds of feed reads right after the post cache was flushed (no warm-up).
+    #[arg(long, default_value_t = 5)]
+    cold_seconds: u64,
+    /// Followers of the fan-out author (at most the default `FANOUT_MAX_FOLLOWERS`, so that
+    /// posts are fanned out on write).
+    #[arg(long, default_value_t = 10_000)]
+    followers: usize,
+    /// Posts the fan-out author publishes, one at a time.
+    #[arg(long, default_value_t = 5)]
+    fanout_rounds: usize,
+    /// Connections in the server's PostgreSQL pool, shared by the API and the projections.
+    #[arg(long, default_value_t = 32)]
+    pool_size: u32,
+    /// Worker threads of the server's runtime (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    server_threads: usize,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The benchmark database, dropped and created anew, and dropped at the end.
+    #[arg(long, default_value = "hybridlive_bench_feed")]
+    database_name: String,
 }
 
 #[derive(Debug, Args)]
@@ -242,7 +301,134 @@ async fn main() -> anyhow::Result<()> {
         Command::Appends(args) => appends(args).await,
         Command::Http(args) => http_bench(args).await,
         Command::Relay(args) => relay_bench(args).await,
+        Command::Feed(args) => feed_bench(args).await,
     }
+}
+
+async fn feed_bench(args: FeedArgs) -> anyhow::Result<()> {
+    if args.readers == 0 || args.authors == 0 || args.clients == 0 || args.pool_size == 0 {
+        bail!("--readers, --authors, --clients and --pool-size must be at least 1");
+    }
+    if args.seconds == 0 || args.cold_seconds == 0 || args.fanout_rounds == 0 {
+        bail!("--seconds, --cold-seconds and --fanout-rounds must be at least 1");
+    }
+    if args.authors * args.posts_per_author < feed::FEED_LIMIT {
+        bail!(
+            "--authors × --posts-per-author must be at least {}, a full feed page",
+            feed::FEED_LIMIT
+        );
+    }
+    let fanout_max = projections::TimelineSettings::default().fanout_max_followers;
+    if args.followers == 0 || args.followers > fanout_max {
+        bail!(
+            "--followers must be from 1 to {fanout_max} (FANOUT_MAX_FOLLOWERS), or the \
+             author's posts would be merged at read time instead of fanned out"
+        );
+    }
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    let load = feed::FeedLoad {
+        readers: args.readers,
+        authors: args.authors,
+        posts_per_author: args.posts_per_author,
+        clients: args.clients,
+        warmup: Duration::from_secs(args.warmup_seconds),
+        warm: Duration::from_secs(args.seconds),
+        cold: Duration::from_secs(args.cold_seconds),
+        followers: args.followers,
+        fanout_rounds: args.fanout_rounds,
+        pool_size: args.pool_size,
+        server_threads: if args.server_threads == 0 {
+            cores
+        } else {
+            args.server_threads
+        },
+        redis_url: args.redis_url.clone(),
+    };
+    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
+    let server = db.facts().await?;
+    let measured = feed::run(&db, &load).await;
+    let dropped = db.drop_database().await;
+    let result = measured?;
+    println!(
+        "`cargo run --release -p bench -- feed --readers {} --authors {} --posts-per-author {} \
+         --clients {} --seconds {} --warmup-seconds {} --cold-seconds {} --followers {} \
+         --fanout-rounds {} --pool-size {}`\n",
+        args.readers,
+        args.authors,
+        args.posts_per_author,
+        args.clients,
+        args.seconds,
+        args.warmup_seconds,
+        args.cold_seconds,
+        args.followers,
+        args.fanout_rounds,
+        args.pool_size
+    );
+    println!(
+        "{cores} cores; PostgreSQL {} (synchronous_commit={}, shared_buffers={}); Redis; the \
+         API and the projections on {} worker threads, pool {}; lite read models.\n",
+        server.server_version,
+        server.synchronous_commit,
+        server.shared_buffers,
+        load.server_threads,
+        load.pool_size
+    );
+    println!("| phase | clients | reads/s | p50 ms | p99 ms | p99.9 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let phases = [
+        (
+            format!("feed reads (`GET /v1/feed?limit={}`)", feed::FEED_LIMIT),
+            &result.warm,
+        ),
+        (
+            format!(
+                "feed reads after a cache flush ({} keys deleted)",
+                result.flushed_keys
+            ),
+            &result.flushed,
+        ),
+    ];
+    for (name, m) in phases {
+        println!(
+            "| {name} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            args.clients,
+            m.ops_per_sec(),
+            m.latency_ms(0.5),
+            m.latency_ms(0.99),
+            m.latency_ms(0.999),
+            m.failures + m.conflicts
+        );
+    }
+    println!(
+        "\nFan-out on write: one post by an author with {} followers, into {} timelines (the \
+         author's own too).\n",
+        args.followers,
+        args.followers + 1
+    );
+    println!("| round | `POST /v1/posts` ms | 201 → in every timeline, ms | 201 → checkpoint passed, ms |");
+    println!("|---:|---:|---:|---:|");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for (i, round) in result.fanout.iter().enumerate() {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} |",
+            i + 1,
+            ms(round.publish),
+            ms(round.delivered),
+            ms(round.checkpointed)
+        );
+    }
+    let column = |f: fn(&feed::FanoutRound) -> Duration| {
+        feed::median(&result.fanout.iter().map(f).collect::<Vec<_>>())
+    };
+    println!(
+        "| median | {:.1} | {:.1} | {:.1} |",
+        ms(column(|r| r.publish)),
+        ms(column(|r| r.delivered)),
+        ms(column(|r| r.checkpointed))
+    );
+    dropped
 }
 
 async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {

@@ -223,3 +223,132 @@ async fn dlq_list_prints_dead_letters_as_json_lines_filtered_by_projection() {
     let all = hybridlive(&db.url, &["dlq", "list"]).await;
     assert_eq!(String::from_utf8(all.stdout).unwrap().lines().count(), 3);
 }
+
+/// Appends `user.registered` for `username` directly to the log.
+async fn register_in_log(db: &TestDb, username: &str) -> uuid::Uuid {
+    let user_id = uuid::Uuid::now_v7();
+    let event = event_schemas::Event::from(event_schemas::user::UserRegisteredV2 {
+        user_id,
+        username: username.to_owned(),
+        email: format!("{username}@example.com"),
+        display_name: username.to_owned(),
+        password_hash: "not-a-real-hash".to_owned(),
+    });
+    store::PgEventStore::new(db.pool.clone())
+        .append(&store::AppendRequest {
+            stream_type: "user".into(),
+            stream_id: user_id.to_string(),
+            expected_version: 0,
+            events: vec![store::NewEvent {
+                event_id: uuid::Uuid::new_v4(),
+                event_type: event.event_type().into(),
+                schema_version: event.schema_version(),
+                payload: event.encode().unwrap(),
+            }],
+            metadata: event_schemas::Metadata::default(),
+            claims: Vec::new(),
+        })
+        .await
+        .unwrap();
+    user_id
+}
+
+async fn has_profile(db: &TestDb, user: uuid::Uuid) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM read_model.profiles WHERE user_id = $1)")
+        .bind(user)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn project_dead_letters_a_poison_event_and_dlq_retry_applies_it_once_the_cause_is_fixed() {
+    let db = TestDb::new().await;
+    // The "cause": a read-model constraint this user's profile breaks (SQLSTATE 23514, so
+    // the store rejects the data and the event is poison, not transient).
+    sqlx::query(
+        "ALTER TABLE read_model.profiles ADD CONSTRAINT no_mallory CHECK (username <> 'mallory')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let alice = register_in_log(&db, "alice").await;
+    let mallory = register_in_log(&db, "mallory").await;
+    let bob = register_in_log(&db, "bob").await;
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+
+    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+        .args(["project", "content"])
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_PREFIX", &prefix)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let dead = projections::DeadLetters::new(db.pool.clone())
+            .list(Some("content"))
+            .await
+            .unwrap();
+        if dead.len() == 1 && has_profile(&db, bob).await {
+            assert!(dead[0].error.contains("no_mallory"), "{dead:?}");
+            assert_eq!(dead[0].attempts, 5);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not get past the poison event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(has_profile(&db, alice).await && !has_profile(&db, mallory).await);
+    let pid = worker.id().unwrap().to_string();
+    let term = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(term.success());
+    let stopped = worker.wait_with_output().await.unwrap();
+    assert!(
+        stopped.status.success(),
+        "SIGTERM is a graceful stop: {:?}",
+        stopped.status
+    );
+
+    let retry = ["dlq", "retry", "--projection", "content"];
+    let still_broken = hybridlive(&db.url, &retry).await;
+    assert_eq!(
+        still_broken.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&still_broken.stderr)
+    );
+    assert!(String::from_utf8_lossy(&still_broken.stdout).contains(r#""still_dead":1"#));
+
+    sqlx::query("ALTER TABLE read_model.profiles DROP CONSTRAINT no_mallory")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let fixed = hybridlive(&db.url, &retry).await;
+    assert!(
+        fixed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fixed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&fixed.stdout).contains(r#""retried":1,"still_dead":0"#),
+        "{}",
+        String::from_utf8_lossy(&fixed.stdout)
+    );
+    assert!(has_profile(&db, mallory).await);
+    assert!(projections::DeadLetters::new(db.pool.clone())
+        .list(None)
+        .await
+        .unwrap()
+        .is_empty());
+    let unknown = hybridlive(&db.url, &["dlq", "retry", "--projection", "nope"]).await;
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown projection"));
+}
