@@ -3,17 +3,22 @@
 //! A [`Runner`] reads the log after the projection's checkpoint (`projection:<name>` in
 //! `checkpoints`), decodes (and upcasts) each event the projection handles, applies it, and
 //! saves the checkpoint after each batch. Delivery is at least once (a crash re-applies the
-//! last batch), so `apply` must be idempotent.
+//! last batch), so `apply` must be idempotent. [`Runner::run`] is the one active instance of
+//! its projection (a [`store::lease`]); other instances stand by and take over when it dies.
 //!
 //! Failures, as the projection classifies them:
 //! - [`ApplyError::Transient`] (its store is down): retried with exponential backoff and
-//!   jitter, forever — never skipped; the runner stops only when asked to;
+//!   jitter, forever — never skipped; the runner stops only when asked to. Events are
+//!   applied one at a time, so while the store is down the projection sends it one probe
+//!   per backoff interval and nothing else: the breaker is open
+//!   (`projection_store_unavailable` = 1) until a probe succeeds;
 //! - [`ApplyError::Poison`] (this event cannot be applied): retried up to
 //!   [`RetryPolicy::max_attempts`], then written to `dead_letters` with the error, and the
 //!   projection moves on. An event that cannot be decoded is poison at once.
 //!
 //! Metrics, labelled by projection: `projection_applied_total`, `projection_retries_total`,
-//! `projection_dead_lettered_total`, `projection_lag_seconds` (age of the last applied event).
+//! `projection_dead_lettered_total`, `projection_lag_seconds` (age of the last applied event),
+//! `projection_active` (this instance holds the lease), `projection_store_unavailable`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -91,6 +96,7 @@ pub struct Runner<P> {
     policy: RetryPolicy,
     batch_size: u32,
     poll_interval: Duration,
+    standby_interval: Duration,
 }
 
 impl<P: Projection> Runner<P> {
@@ -101,6 +107,7 @@ impl<P: Projection> Runner<P> {
             policy,
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
+            standby_interval: Duration::from_millis(500),
         }
     }
 
@@ -112,35 +119,82 @@ impl<P: Projection> Runner<P> {
         format!("projection:{}", self.projection.name())
     }
 
-    /// Follows the log until `stop`; finishes the event in flight and saves the checkpoint
-    /// of what was done first (graceful shutdown).
+    /// Follows the log until `stop`, as the one active instance of this projection: waits
+    /// (standing by) for the projection's lease, then applies batch after batch, saving
+    /// the checkpoint on the lease connection — an instance that lost its lease cannot move
+    /// the checkpoint. Finishes the event in flight and saves what was done on `stop`
+    /// (graceful shutdown).
     ///
     /// # Errors
-    /// [`StoreError`] when the log or the checkpoint cannot be read or written.
+    /// [`StoreError`] when the log or the checkpoint cannot be read or written (the lease
+    /// connection may be gone): the caller restarts it, from the checkpoint.
     pub async fn run(&self, stop: &CancellationToken) -> Result<(), StoreError> {
-        let mut waiter = LogWaiter::new(self.pool.clone(), self.poll_interval);
-        loop {
-            let done = self.run_batch(stop).await?;
-            if stop.is_cancelled() {
-                return Ok(());
-            }
-            if done == 0 {
-                tokio::select! {
-                    () = waiter.wait() => {}
-                    () = stop.cancelled() => return Ok(()),
+        let name = self.checkpoint_name();
+        let Some(mut lease) = store::lease::acquire(
+            &self.pool,
+            "projection",
+            self.projection.name(),
+            self.standby_interval,
+            stop,
+        )
+        .await
+        else {
+            return Ok(());
+        };
+        let active =
+            metrics::gauge!("projection_active", "projection" => self.projection.name().to_owned());
+        active.set(1.0);
+        tracing::info!(projection = self.projection.name(), "Projection is active.");
+        let result = async {
+            let mut waiter = LogWaiter::new(self.pool.clone(), self.poll_interval);
+            let mut position = Checkpoints::load_with(&mut lease, &name).await?;
+            loop {
+                let (done, next) = self.batch_from(position, stop).await?;
+                if done > 0 {
+                    Checkpoints::save_with(&mut lease, &name, next).await?;
+                    position = next;
+                }
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+                if done == 0 {
+                    // Caught up: also proves the lease connection is alive.
+                    sqlx::query("SELECT 1").execute(&mut lease).await?;
+                    tokio::select! {
+                        () = waiter.wait() => {}
+                        () = stop.cancelled() => return Ok(()),
+                    }
                 }
             }
         }
+        .await;
+        active.set(0.0);
+        result
     }
 
-    /// Processes one batch after the checkpoint; returns how many events it read.
+    /// Processes one batch after the stored checkpoint and saves it; returns how many events
+    /// it read. Takes no lease: for tests and tools that drive a runner step by step.
     ///
     /// # Errors
     /// [`StoreError`] when the log or the checkpoint cannot be read or written.
     pub async fn run_batch(&self, stop: &CancellationToken) -> Result<usize, StoreError> {
         let name = self.checkpoint_name();
         let checkpoints = Checkpoints::new(self.pool.clone());
-        let mut position = checkpoints.load(&name).await?;
+        let position = checkpoints.load(&name).await?;
+        let (done, next) = self.batch_from(position, stop).await?;
+        if done > 0 {
+            checkpoints.save(&name, next).await?;
+        }
+        Ok(done)
+    }
+
+    /// Applies one batch after `position`; returns how many events it read and the position
+    /// after the last one done.
+    async fn batch_from(
+        &self,
+        mut position: LogPosition,
+        stop: &CancellationToken,
+    ) -> Result<(usize, LogPosition), StoreError> {
         let batch = LogReader::new(self.pool.clone())
             .read_batch(position, self.batch_size)
             .await?;
@@ -155,10 +209,7 @@ impl<P: Projection> Runner<P> {
             position = LogPosition::of(event);
             done += 1;
         }
-        if done > 0 {
-            checkpoints.save(&name, position).await?;
-        }
-        Ok(done)
+        Ok((done, position))
     }
 
     pub(crate) async fn process(
@@ -178,6 +229,10 @@ impl<P: Projection> Runner<P> {
         loop {
             let error = match self.projection.apply(&envelope).await {
                 Ok(()) => {
+                    if failures > 0 {
+                        metrics::gauge!("projection_store_unavailable", "projection" => projection.clone())
+                            .set(0.0);
+                    }
                     metrics::counter!("projection_applied_total", "projection" => projection.clone())
                         .increment(1);
                     let lag = chrono::Utc::now() - event.recorded_at;
@@ -188,6 +243,10 @@ impl<P: Projection> Runner<P> {
                 Err(error) => error,
             };
             failures += 1;
+            if matches!(error, ApplyError::Transient(_)) {
+                metrics::gauge!("projection_store_unavailable", "projection" => projection.clone())
+                    .set(1.0);
+            }
             if let ApplyError::Poison(message) = &error {
                 if failures >= self.policy.max_attempts {
                     self.dead_letter(event, message, failures).await?;

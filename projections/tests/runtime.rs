@@ -303,3 +303,65 @@ async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart(
     relay_stop.cancel();
     relay.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_runners_of_one_projection_exactly_one_applies_and_the_other_takes_over() {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let first = Arc::new(Runner::new(
+        db.pool.clone(),
+        Recorder::new(db.pool.clone()).await,
+        policy(),
+    ));
+    let second = Arc::new(Runner::new(
+        db.pool.clone(),
+        Recorder::new(db.pool.clone()).await,
+        policy(),
+    ));
+    let (stop_first, stop_second) = (CancellationToken::new(), CancellationToken::new());
+    let running_first = {
+        let (runner, stop) = (first.clone(), stop_first.clone());
+        tokio::spawn(async move { runner.run(&stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running_second = {
+        let (runner, stop) = (second.clone(), stop_second.clone());
+        tokio::spawn(async move { runner.run(&stop).await })
+    };
+    let before = follows(&store, 50).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while applied(&db.pool).await.len() < before.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the active runner did not apply the events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.projection().attempts.load(Ordering::Relaxed), 50);
+    assert_eq!(
+        second.projection().attempts.load(Ordering::Relaxed),
+        0,
+        "the standby applied nothing"
+    );
+
+    stop_first.cancel();
+    running_first.await.unwrap().unwrap();
+    let stopped = Instant::now();
+    let after = follows(&store, 20).await;
+    while applied(&db.pool).await.len() < before.len() + after.len() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "the standby did not take over within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("takeover after {:?}", stopped.elapsed());
+    assert_eq!(first.projection().attempts.load(Ordering::Relaxed), 50);
+    assert_eq!(
+        second.projection().attempts.load(Ordering::Relaxed),
+        20,
+        "the new active runner resumed at the checkpoint: nothing applied twice"
+    );
+    stop_second.cancel();
+    running_second.await.unwrap().unwrap();
+}

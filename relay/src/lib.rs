@@ -33,8 +33,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
-use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnection, PgPool};
 use store::{Checkpoints, LogPosition, LogReader, LogWaiter, RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -136,7 +135,15 @@ impl Relay {
     pub async fn run(&self, stop: CancellationToken) {
         let mut pause = Duration::from_millis(200);
         while !stop.is_cancelled() {
-            let Some(mut lease) = self.acquire(&stop).await else {
+            let Some(mut lease) = store::lease::acquire(
+                &self.pool,
+                "relay",
+                &self.settings.name,
+                self.settings.standby_interval,
+                &stop,
+            )
+            .await
+            else {
                 return;
             };
             metrics::gauge!("relay_active").set(1.0);
@@ -158,39 +165,6 @@ impl Relay {
                     }
                     pause = (pause * 2).min(Duration::from_secs(10));
                 }
-            }
-        }
-    }
-
-    /// Waits until this instance holds the lease (or `stop`).
-    async fn acquire(&self, stop: &CancellationToken) -> Option<PgConnection> {
-        let options: PgConnectOptions = (*self.pool.connect_options())
-            .clone()
-            .application_name(&format!("hybridlive relay {}", std::process::id()));
-        let mut standby_logged = false;
-        loop {
-            let attempt = async {
-                let mut connection = options.connect().await?;
-                let locked: bool = sqlx::query_scalar(
-                    "SELECT pg_try_advisory_lock(hashtextextended('hybridlive relay ' || $1, 0))",
-                )
-                .bind(&self.settings.name)
-                .fetch_one(&mut connection)
-                .await?;
-                Ok::<_, sqlx::Error>(locked.then_some(connection))
-            };
-            match attempt.await {
-                Ok(Some(connection)) => return Some(connection),
-                Ok(None) if !standby_logged => {
-                    tracing::info!(relay = %self.settings.name, "Another relay is active; standing by.");
-                    standby_logged = true;
-                }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "Cannot reach PostgreSQL for the lease."),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.settings.standby_interval) => {}
-                () = stop.cancelled() => return None,
             }
         }
     }

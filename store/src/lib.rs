@@ -18,12 +18,14 @@
 //! - [`aggregate`]: [`AggregateStore`], the `cqrs_es::EventStore` with snapshots;
 //! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
 //! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
+//! - [`lease`]: one active instance per reader name (an advisory lock on its own connection);
 //! - [`verify`]: the hash-chain verification;
 //! - [`wakeup`]: `NOTIFY` after commits and [`LogWaiter`], what readers wait on.
 
 pub mod aggregate;
 pub mod append;
 pub mod checkpoint;
+pub mod lease;
 pub mod log;
 pub mod verify;
 pub mod wakeup;
