@@ -372,6 +372,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(brokers) => Source::Kafka {
                     brokers,
                     topic_prefix: kafka.kafka_topic_prefix,
+                    replication: kafka.kafka_replication_factor,
                 },
                 None => Source::Log,
             };

@@ -3,11 +3,23 @@
 //! (or dead-lettered), and stored offsets are committed every second and on shutdown — the
 //! at-least-once pattern of rust-rdkafka's example (`enable.auto.offset.store=false`). A
 //! rebalance or a crash re-delivers what was not committed; `apply` is idempotent.
+//!
+//! Dead letters go to the `dead_letters` table (what `hybridlive dlq` reads) and to the topic
+//! `<topic_prefix><projection>.dlq` (DESIGN §5): the original message value, its key, and
+//! headers `error`, `source_topic`, `source_partition`, `source_offset`, plus the
+//! original headers. A message that is not an event at all cannot go to the table (it has no
+//! event id): it goes to the topic only. The dead letter is acknowledged by the broker before
+//! the message's offset is stored.
 
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use store::RecordedEvent;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +33,8 @@ pub struct KafkaSource {
     pub topic_prefix: String,
     /// The stream types whose topics the projection reads (`<prefix><stream_type>`).
     pub stream_types: Vec<String>,
+    /// Replication factor of the dead-letter topic, created on start if missing.
+    pub dlq_replication: i32,
 }
 
 /// Why the Kafka source stopped.
@@ -58,6 +72,7 @@ impl<P: Projection> Runner<P> {
             .map(|t| format!("{}{t}", source.topic_prefix))
             .collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let dlq = DeadLetterTopic::open(source, self.projection().name()).await?;
         consumer.subscribe(&topics)?;
         loop {
             let message = tokio::select! {
@@ -69,7 +84,7 @@ impl<P: Projection> Runner<P> {
                 Err(error) => {
                     // Broker or group trouble: librdkafka reconnects and rejoins by itself.
                     tracing::warn!(%error, "Kafka consumer error; continuing.");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
@@ -79,23 +94,106 @@ impl<P: Projection> Runner<P> {
             };
             match serde_json::from_slice::<RecordedEvent>(payload) {
                 Ok(event) if self.projection().handles(&event.event_type) => {
-                    if let Outcome::Stopped = self.process(&event, stop).await? {
-                        break;
+                    match self.process(&event, stop).await? {
+                        Outcome::Stopped => break,
+                        Outcome::DeadLettered(error) => dlq.send(&message, &error).await?,
+                        Outcome::Applied => {}
                     }
                 }
                 Ok(_) => {}
                 Err(error) => {
                     metrics::counter!("projection_undecodable_messages_total", "projection" => self.projection().name().to_owned()).increment(1);
-                    tracing::error!(topic = message.topic(), offset = message.offset(), %error, "Not an event; skipped.");
+                    tracing::error!(topic = message.topic(), offset = message.offset(), %error, "Not an event; sent to the dead-letter topic.");
+                    dlq.send(&message, &format!("not an event: {error}"))
+                        .await?;
                 }
             }
             consumer.store_offset_from_message(&message)?;
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing consumed since the last commit.
-            Ok(())
-            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+}
+
+/// The projection's dead-letter topic and a producer for it.
+struct DeadLetterTopic {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetterTopic {
+    /// Creates `<prefix><projection>.dlq` (one partition) unless it exists.
+    async fn open(source: &KafkaSource, projection: &str) -> Result<Self, KafkaError> {
+        let topic = format!("{}{projection}.dlq", source.topic_prefix);
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &source.brokers)
+            .create()?;
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(
+                    &topic,
+                    1,
+                    TopicReplication::Fixed(source.dlq_replication),
+                )],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await?;
+        for result in created {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+            }
+        }
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &source.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self { producer, topic })
+    }
+
+    /// Sends `message` with `error`, and waits for the broker's acknowledgement.
+    async fn send(&self, message: &BorrowedMessage<'_>, error: &str) -> Result<(), KafkaError> {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "error",
+                value: Some(error),
+            })
+            .insert(Header {
+                key: "source_topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "source_partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "source_offset",
+                value: Some(&offset),
+            });
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(header);
+            }
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error)
     }
 }

@@ -84,7 +84,8 @@ impl RetryPolicy {
 /// What became of one event.
 pub(crate) enum Outcome {
     Applied,
-    DeadLettered,
+    /// With the error it was dead-lettered with.
+    DeadLettered(String),
     Stopped,
 }
 
@@ -202,7 +203,7 @@ impl<P: Projection> Runner<P> {
         for event in &batch {
             if self.projection.handles(&event.event_type) {
                 match self.process(event, stop).await? {
-                    Outcome::Applied | Outcome::DeadLettered => {}
+                    Outcome::Applied | Outcome::DeadLettered(_) => {}
                     Outcome::Stopped => break,
                 }
             }
@@ -221,8 +222,9 @@ impl<P: Projection> Runner<P> {
         let envelope = match event.decode() {
             Ok(envelope) => envelope,
             Err(error) => {
-                self.dead_letter(event, &error.to_string(), 1).await?;
-                return Ok(Outcome::DeadLettered);
+                let error = error.to_string();
+                self.dead_letter(event, &error, 1).await?;
+                return Ok(Outcome::DeadLettered(error));
             }
         };
         let mut failures = 0u32;
@@ -250,7 +252,7 @@ impl<P: Projection> Runner<P> {
             if let ApplyError::Poison(message) = &error {
                 if failures >= self.policy.max_attempts {
                     self.dead_letter(event, message, failures).await?;
-                    return Ok(Outcome::DeadLettered);
+                    return Ok(Outcome::DeadLettered(message.clone()));
                 }
             }
             metrics::counter!("projection_retries_total", "projection" => projection.clone())

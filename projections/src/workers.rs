@@ -25,6 +25,8 @@ pub enum Source {
     Kafka {
         brokers: String,
         topic_prefix: String,
+        /// Replication factor of the dead-letter topics.
+        replication: i32,
     },
 }
 
@@ -152,11 +154,13 @@ async fn run_one<P: Projection + 'static>(
             Source::Kafka {
                 brokers,
                 topic_prefix,
+                replication,
             } => {
                 let kafka = crate::kafka::KafkaSource {
                     brokers: brokers.clone(),
                     topic_prefix: topic_prefix.clone(),
                     stream_types: stream_types(runner.projection()),
+                    dlq_replication: *replication,
                 };
                 runner
                     .run_kafka(&kafka, &stop)

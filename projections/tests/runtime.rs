@@ -257,6 +257,7 @@ async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart(
         brokers: brokers(),
         topic_prefix: prefix,
         stream_types: vec!["social".into()],
+        dlq_replication: 1,
     };
     let group = format!("recorder-{}", Uuid::new_v4().simple());
     let runner = |recorder: Recorder| {
@@ -364,4 +365,89 @@ async fn of_two_runners_of_one_projection_exactly_one_applies_and_the_other_take
     );
     stop_second.cancel();
     running_second.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_event_on_the_kafka_source_goes_to_the_dead_letter_topic_with_its_error() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn({
+        let relay = relay::Relay::new(
+            db.pool.clone(),
+            relay::RelaySettings {
+                brokers: brokers(),
+                topic_prefix: prefix.clone(),
+                ..relay::RelaySettings::default()
+            },
+        );
+        let stop = relay_stop.clone();
+        async move { relay.run(stop).await }
+    });
+    let ids = follows(&store, 20).await;
+    let poison = ids[7];
+    let group = format!("recorder-{}", Uuid::new_v4().simple());
+    let recorder = Recorder {
+        name: group.clone(),
+        ..Recorder::new(db.pool.clone()).await
+    };
+    recorder.poison.lock().unwrap().insert(poison);
+    let source = KafkaSource {
+        brokers: brokers(),
+        topic_prefix: prefix.clone(),
+        stream_types: vec!["social".into()],
+        dlq_replication: 1,
+    };
+    consume_until(
+        &db,
+        Runner::new(db.pool.clone(), recorder, policy()),
+        &source,
+        19,
+    )
+    .await;
+    let dead = DeadLetters::new(db.pool.clone()).list(None).await.unwrap();
+    assert_eq!(
+        dead.iter().map(|d| d.event_id).collect::<Vec<_>>(),
+        vec![poison]
+    );
+
+    let reader: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set(
+            "group.id",
+            format!("dlq-reader-{}", Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader
+        .subscribe(&[&format!("{prefix}{group}.dlq")])
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+        .await
+        .expect("a dead letter on the topic")
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    assert_eq!(event["event_id"], poison.to_string());
+    let headers = message.headers().unwrap();
+    let header = |key: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("error"), Some(format!("cannot apply {poison}")));
+    assert_eq!(header("source_topic"), Some(format!("{prefix}social")));
+    assert_eq!(
+        header("event_id"),
+        Some(poison.to_string()),
+        "the original headers are kept"
+    );
+    relay_stop.cancel();
+    relay.await.unwrap();
 }
