@@ -207,6 +207,29 @@ fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// A relay publishing the test's log under `prefix`, until the token is cancelled.
+fn spawn_relay(
+    db: &TestDb,
+    prefix: &str,
+    partitions: i32,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let relay = relay::Relay::new(
+        db.pool.clone(),
+        relay::RelaySettings {
+            brokers: brokers(),
+            topic_prefix: prefix.to_owned(),
+            topic_partitions: partitions,
+            ..relay::RelaySettings::default()
+        },
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { relay.run(stop).await }
+    });
+    (stop, task)
+}
+
 /// Consumes with `runner` until `applied` holds at least `until` events, then stops it
 /// gracefully (offsets committed); returns how many events it was given.
 async fn consume_until(
@@ -238,20 +261,7 @@ async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart(
     let db = TestDb::new().await;
     let store = PgEventStore::new(db.pool.clone());
     let prefix = format!("t{}.", Uuid::new_v4().simple());
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn({
-        let relay = relay::Relay::new(
-            db.pool.clone(),
-            relay::RelaySettings {
-                brokers: brokers(),
-                topic_prefix: prefix.clone(),
-                topic_partitions: 3,
-                ..relay::RelaySettings::default()
-            },
-        );
-        let stop = relay_stop.clone();
-        async move { relay.run(stop).await }
-    });
+    let (relay_stop, relay) = spawn_relay(&db, &prefix, 3);
     let ids = follows(&store, 1000).await;
     let source = KafkaSource {
         brokers: brokers(),
@@ -375,19 +385,7 @@ async fn a_poison_event_on_the_kafka_source_goes_to_the_dead_letter_topic_with_i
     let db = TestDb::new().await;
     let store = PgEventStore::new(db.pool.clone());
     let prefix = format!("t{}.", Uuid::new_v4().simple());
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn({
-        let relay = relay::Relay::new(
-            db.pool.clone(),
-            relay::RelaySettings {
-                brokers: brokers(),
-                topic_prefix: prefix.clone(),
-                ..relay::RelaySettings::default()
-            },
-        );
-        let stop = relay_stop.clone();
-        async move { relay.run(stop).await }
-    });
+    let (relay_stop, relay) = spawn_relay(&db, &prefix, 1);
     let ids = follows(&store, 20).await;
     let poison = ids[7];
     let group = format!("recorder-{}", Uuid::new_v4().simple());

@@ -50,16 +50,6 @@ impl PgTimelines {
             schema: checked_schema(schema)?,
         })
     }
-
-    fn entries(rows: Vec<(i64, Uuid, Uuid)>) -> Vec<TimelineEntry> {
-        rows.into_iter()
-            .map(|(position, post_id, author_id)| TimelineEntry {
-                position,
-                post_id,
-                author_id,
-            })
-            .collect()
-    }
 }
 
 fn limit(n: usize) -> i64 {
@@ -228,18 +218,8 @@ impl TimelineStore for PgTimelines {
         before: Option<i64>,
         limit_to: usize,
     ) -> ReadResult<Vec<TimelineEntry>> {
-        let rows = sqlx::query_as(&format!(
-            "SELECT position, post_id, author_id FROM {}.timelines \
-              WHERE user_id = $1 AND ($2::bigint IS NULL OR position < $2) \
-              ORDER BY position DESC LIMIT $3",
-            self.schema
-        ))
-        .bind(user)
-        .bind(before)
-        .bind(limit(limit_to))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(Self::entries(rows))
+        self.page("timelines", "user_id", user, before, limit_to)
+            .await
     }
 
     async fn author_posts(
@@ -248,17 +228,39 @@ impl TimelineStore for PgTimelines {
         before: Option<i64>,
         limit_to: usize,
     ) -> ReadResult<Vec<TimelineEntry>> {
-        let rows = sqlx::query_as(&format!(
-            "SELECT position, post_id, author_id FROM {}.author_posts \
-              WHERE author_id = $1 AND ($2::bigint IS NULL OR position < $2) \
+        self.page("author_posts", "author_id", author, before, limit_to)
+            .await
+    }
+}
+
+impl PgTimelines {
+    /// Newest-first entries of one owner's list (`table` keyed by `owner_column`).
+    async fn page(
+        &self,
+        table: &str,
+        owner_column: &str,
+        owner: Uuid,
+        before: Option<i64>,
+        limit_to: usize,
+    ) -> ReadResult<Vec<TimelineEntry>> {
+        let rows: Vec<(i64, Uuid, Uuid)> = sqlx::query_as(&format!(
+            "SELECT position, post_id, author_id FROM {schema}.{table} \
+              WHERE {owner_column} = $1 AND ($2::bigint IS NULL OR position < $2) \
               ORDER BY position DESC LIMIT $3",
-            self.schema
+            schema = self.schema,
         ))
-        .bind(author)
+        .bind(owner)
         .bind(before)
         .bind(limit(limit_to))
         .fetch_all(&self.pool)
         .await?;
-        Ok(Self::entries(rows))
+        Ok(rows
+            .into_iter()
+            .map(|(position, post_id, author_id)| TimelineEntry {
+                position,
+                post_id,
+                author_id,
+            })
+            .collect())
     }
 }
