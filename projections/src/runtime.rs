@@ -189,6 +189,28 @@ impl<P: Projection> Runner<P> {
         Ok(done)
     }
 
+    /// Applies the log up to its end as of this call, batch after batch, without a lease
+    /// (tests, tools). An empty batch does not prove the end was reached — a transaction
+    /// open anywhere on the server holds log readers back — so it checks the checkpoint.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the log or the checkpoint cannot be read or written.
+    pub async fn catch_up(&self, stop: &CancellationToken) -> Result<(), StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        let Some(last) = last else {
+            return Ok(());
+        };
+        let name = [self.projection.name()];
+        while !stop.is_cancelled() && !crate::query::caught_up(&self.pool, &name, last).await? {
+            if self.run_batch(stop).await? == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one batch after `position`; returns how many events it read and the position
     /// after the last one done.
     async fn batch_from(

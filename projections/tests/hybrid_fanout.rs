@@ -40,8 +40,7 @@ async fn append(
 }
 
 async fn drain<P: Projection>(runner: &Runner<P>) {
-    let stop = CancellationToken::new();
-    while runner.run_batch(&stop).await.unwrap() > 0 {}
+    runner.catch_up(&CancellationToken::new()).await.unwrap();
 }
 
 #[tokio::test]

@@ -118,8 +118,7 @@ async fn applied(pool: &PgPool) -> HashSet<Uuid> {
 }
 
 async fn catch_up<P: Projection>(runner: &Runner<P>) {
-    let stop = CancellationToken::new();
-    while runner.run_batch(&stop).await.unwrap() > 0 {}
+    runner.catch_up(&CancellationToken::new()).await.unwrap();
 }
 
 #[tokio::test]

@@ -90,8 +90,10 @@ async fn snapshot(app: &TestApp, users: &[&e2e::Session], posts: &[String]) -> V
 }
 
 async fn drain<P: Projection>(runner: &Runner<P>) {
-    let stop = CancellationToken::new();
-    while runner.run_batch(&stop).await.expect("batch") > 0 {}
+    runner
+        .catch_up(&CancellationToken::new())
+        .await
+        .expect("caught up");
 }
 
 #[tokio::test]

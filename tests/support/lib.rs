@@ -101,6 +101,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut api::Settings)) -> TestApp 
         redis_prefix: redis_prefix.clone(),
         // Every test client is 127.0.0.1; the rate-limit tests switch limits on themselves.
         rate_limits: api::rate_limit::RateLimits::OFF,
+        // Tests share one PostgreSQL server, and the CREATE/DROP DATABASE of parallel tests
+        // hold every log reader on the server back for a second or two (they take a
+        // transaction id): the projections then lag more than in production.
+        min_position_wait: std::time::Duration::from_secs(20),
         ..api::Settings::default()
     };
     adjust(&mut settings);
