@@ -279,6 +279,8 @@ async fn project_dead_letters_a_poison_event_and_dlq_retry_applies_it_once_the_c
 
     let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
         .args(["project", "content"])
+        // The log source (scripts/test.sh exports KAFKA_BROKERS for the relay tests).
+        .env_remove("KAFKA_BROKERS")
         .env("DATABASE_URL", &db.url)
         .env("REDIS_PREFIX", &prefix)
         .env("RUST_LOG", "warn")
