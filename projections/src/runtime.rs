@@ -84,8 +84,9 @@ impl RetryPolicy {
 /// What became of one event.
 pub(crate) enum Outcome {
     Applied,
-    /// With the error it was dead-lettered with.
-    DeadLettered(String),
+    /// With the error it was dead-lettered with (the Kafka source forwards it to the
+    /// dead-letter topic).
+    DeadLettered(#[cfg_attr(not(feature = "kafka"), allow(dead_code))] String),
     Stopped,
 }
 
