@@ -44,7 +44,6 @@
 //! has no more followers than `FANOUT_MAX_FOLLOWERS` (the default, as production runs), so
 //! the post really is written into every timeline, which is checked by counting them.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -53,10 +52,10 @@ use event_schemas::{Event, Metadata};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use store::{AppendRequest, NewEvent, PgEventStore};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::runner::{self, Client, Measurement, Outcome};
+use crate::server::{Server, ServerOptions};
 use crate::setup::BenchDatabase;
 
 /// Items per feed page the readers ask for, and the size of a good answer.
@@ -114,7 +113,16 @@ pub struct FanoutRound {
 /// # Errors
 /// When the server cannot start, a setup step fails or the projections fall behind.
 pub async fn run(db: &BenchDatabase, load: &FeedLoad) -> anyhow::Result<FeedResult> {
-    let server = Server::start(db, load).await?;
+    let server = Server::start(
+        db,
+        &ServerOptions {
+            pool_size: load.pool_size,
+            threads: load.server_threads,
+            redis_url: load.redis_url.clone(),
+            projections: true,
+        },
+    )
+    .await?;
     let result = measure(&server, db, load).await;
     server.stop();
     result
@@ -660,122 +668,6 @@ impl Client for FeedReader {
             Err(error) => Outcome::Failed(format!("not a feed page: {error}")),
         }
     }
-}
-
-/// The API and the projection workers on their own runtime and thread.
-#[derive(Debug)]
-struct Server {
-    base: String,
-    redis_prefix: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Server {
-    /// Starts the server thread: its runtime builds the pool, the Redis connection, the read
-    /// models and the API (so that their sockets are driven by it), starts the projection
-    /// workers, reports the address, then serves until stopped.
-    async fn start(db: &BenchDatabase, load: &FeedLoad) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(load.server_threads)
-            .thread_name("api")
-            .enable_all()
-            .build()
-            .context("building the server's runtime")?;
-        let db = db.clone();
-        let (pool_size, redis_url) = (load.pool_size, load.redis_url.clone());
-        let redis_prefix = format!("bench:{}:", Uuid::new_v4().simple());
-        let prefix = redis_prefix.clone();
-        let (ready, bound) = tokio::sync::oneshot::channel::<anyhow::Result<SocketAddr>>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("api-server".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let (app, workers) = match build(&db, pool_size, &redis_url, &prefix).await {
-                        Ok(built) => built,
-                        Err(error) => {
-                            let _ = ready.send(Err(error));
-                            return;
-                        }
-                    };
-                    let cancel = CancellationToken::new();
-                    let projecting = tokio::spawn({
-                        let cancel = cancel.clone();
-                        async move {
-                            workers
-                                .run(&["all".to_owned()], &projections::Source::Log, &cancel)
-                                .await
-                        }
-                    });
-                    let _ = ready.send(app.local_addr().context("the API's address"));
-                    let served = app
-                        .run_until_stopped(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                    if let Err(error) = served {
-                        eprintln!("the API server failed: {error}");
-                    }
-                    cancel.cancel();
-                    match projecting.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => eprintln!("the projection workers failed: {error}"),
-                        Err(error) => eprintln!("the projection workers panicked: {error}"),
-                    }
-                });
-            })
-            .context("starting the server thread")?;
-        let addr = bound.await.context("the server thread ended early")??;
-        Ok(Self {
-            base: format!("http://{addr}"),
-            redis_prefix,
-            stop,
-            thread,
-        })
-    }
-
-    fn stop(self) {
-        let _ = self.stop.send(());
-        if self.thread.join().is_err() {
-            eprintln!("the API server thread panicked");
-        }
-    }
-}
-
-/// The API and the projections as `hybridlive dev` wires them (lite read models over the
-/// same pool and Redis connection), on port 0, with a fresh secret and Redis prefix.
-async fn build(
-    db: &BenchDatabase,
-    pool_size: u32,
-    redis_url: &str,
-    redis_prefix: &str,
-) -> anyhow::Result<(api::App, projections::Workers)> {
-    let pool = db.pool(pool_size, None).await?;
-    let client = redis::Client::open(redis_url).context("parsing --redis-url")?;
-    let redis = redis::aio::ConnectionManager::new(client)
-        .await
-        .context("connecting to Redis")?;
-    let settings = api::Settings {
-        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        jwt_secret: format!("bench-{}-{}", Uuid::new_v4(), Uuid::new_v4()).into_bytes(),
-        redis_prefix: redis_prefix.to_owned(),
-        // The benchmark's clients are a few users on one IP, far above any sane limit.
-        rate_limits: api::rate_limit::RateLimits::OFF,
-        // The setup may take long on a loaded machine; the tokens must outlive the run.
-        access_ttl: Duration::from_secs(3600),
-        ..api::Settings::default()
-    };
-    let read = projections::ReadModels::lite(pool.clone(), redis.clone(), redis_prefix);
-    let workers = projections::Workers::new(
-        pool.clone(),
-        read.clone(),
-        projections::TimelineSettings::default(),
-    );
-    let app = api::App::build_with(settings, pool, redis, read)
-        .await
-        .context("binding the API")?;
-    Ok((app, workers))
 }
 
 /// The median of `values` (the mean of the middle two for an even count).

@@ -11,12 +11,12 @@
 //! Redis connection), the clients on the main one, so the two share the machine's cores as a
 //! load generator and a server on one host do; the figures include the client's cost.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::runner::{self, Client, Measurement, Outcome};
+use crate::server::{Server, ServerOptions};
 use crate::setup::BenchDatabase;
 
 /// What one `bench http` run does.
@@ -45,7 +45,16 @@ pub struct Phase {
 /// # Errors
 /// When the server cannot start or a client cannot set itself up.
 pub async fn run(db: &BenchDatabase, load: &HttpLoad) -> anyhow::Result<Vec<Phase>> {
-    let server = Server::start(db, load).await?;
+    let server = Server::start(
+        db,
+        &ServerOptions {
+            pool_size: load.pool_size,
+            threads: load.server_threads,
+            redis_url: load.redis_url.clone(),
+            projections: false,
+        },
+    )
+    .await?;
     let result = phases(&server, db, load).await;
     server.stop();
     result
@@ -201,89 +210,4 @@ impl Client for Registrar {
             .map(|response| response.status());
         outcome(status)
     }
-}
-
-/// The API on its own runtime and thread.
-struct Server {
-    base: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Server {
-    /// Starts the server thread: its runtime builds the pool, the Redis connection and the
-    /// API (so that their sockets are driven by it), reports the address, then serves.
-    async fn start(db: &BenchDatabase, load: &HttpLoad) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(load.server_threads)
-            .thread_name("api")
-            .enable_all()
-            .build()
-            .context("building the server's runtime")?;
-        let db = db.clone();
-        let (pool_size, redis_url) = (load.pool_size, load.redis_url.clone());
-        let (ready, bound) = tokio::sync::oneshot::channel::<anyhow::Result<SocketAddr>>();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("api-server".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let app = match build_app(&db, pool_size, &redis_url).await {
-                        Ok(app) => app,
-                        Err(error) => {
-                            let _ = ready.send(Err(error));
-                            return;
-                        }
-                    };
-                    let _ = ready.send(app.local_addr().context("the API's address"));
-                    let served = app
-                        .run_until_stopped(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                    if let Err(error) = served {
-                        eprintln!("the API server failed: {error}");
-                    }
-                });
-            })
-            .context("starting the server thread")?;
-        let addr = bound.await.context("the server thread ended early")??;
-        Ok(Self {
-            base: format!("http://{addr}"),
-            stop,
-            thread,
-        })
-    }
-
-    fn stop(self) {
-        let _ = self.stop.send(());
-        if self.thread.join().is_err() {
-            eprintln!("the API server thread panicked");
-        }
-    }
-}
-
-/// The API exactly as `hybridlive serve` wires it, on port 0, with a fresh secret and Redis
-/// prefix.
-async fn build_app(
-    db: &BenchDatabase,
-    pool_size: u32,
-    redis_url: &str,
-) -> anyhow::Result<api::App> {
-    let pool = db.pool(pool_size, None).await?;
-    let client = redis::Client::open(redis_url).context("parsing --redis-url")?;
-    let redis = redis::aio::ConnectionManager::new(client)
-        .await
-        .context("connecting to Redis")?;
-    let settings = api::Settings {
-        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        jwt_secret: format!("bench-{}-{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()).into_bytes(),
-        redis_prefix: format!("bench:{}:", uuid::Uuid::new_v4().simple()),
-        // The benchmark's clients are a few users on one IP, far above any sane limit.
-        rate_limits: api::rate_limit::RateLimits::OFF,
-        ..api::Settings::default()
-    };
-    api::App::build(settings, pool, redis)
-        .await
-        .context("binding the API")
 }

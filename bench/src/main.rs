@@ -59,6 +59,7 @@
 //!   the fan-out measurement;
 //! - `scenarios`: the seven scenarios, their setup and their clients;
 //! - `runner`: the closed-loop driver of C clients and its HDR measurement;
+//! - `server`: the API (and, for `feed`, the projections) on a runtime of its own;
 //! - `setup`: the benchmark database: creation, settling between slices, drop;
 //! - `report`: the markdown table and the JSON.
 
@@ -68,6 +69,7 @@ mod relay;
 mod report;
 mod runner;
 mod scenarios;
+mod server;
 mod setup;
 
 use std::path::PathBuf;
