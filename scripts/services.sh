@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Makes sure the services of the lite profile are up on this machine: PostgreSQL on
 # 127.0.0.1:5432 and Redis on 127.0.0.1:6379 — and with --kafka also a Kafka-protocol broker
-# on 127.0.0.1:9092 (tansu, built from crates.io once and cached). Reuses what is running,
-# starts what is installed but stopped, installs what is missing. Idempotent.
+# on 127.0.0.1:9092 (tansu, built from crates.io once and cached), and with --browser
+# Debian's Chromium and its WebDriver (/usr/bin/chromium, /usr/bin/chromedriver) for the
+# demo page's browser tests. Reuses what is running, starts what is installed but stopped,
+# installs what is missing. Idempotent.
 set -euo pipefail
 
 with_kafka=""
+with_browser=""
 for arg in "$@"; do
   case "$arg" in
     --kafka) with_kafka=1 ;;
-    *) printf 'usage: %s [--kafka]\n' "$0" >&2; exit 2 ;;
+    --browser) with_browser=1 ;;
+    *) printf 'usage: %s [--kafka] [--browser]\n' "$0" >&2; exit 2 ;;
   esac
 done
 
@@ -123,6 +127,19 @@ ensure_kafka() {
     "CREATE INDEX IF NOT EXISTS header_record_idx ON header (topition, offset_id);"
 }
 
+# The browser tests drive headless Chromium through chromedriver; both come from Debian
+# (the driver package matches the browser's version), never from a download of their own.
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    log "Chromium and chromedriver are installed"
+    return
+  fi
+  apt_install chromium chromium-driver
+  [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] \
+    || { log "chromium-driver did not install /usr/bin/chromedriver"; exit 1; }
+}
+
 ensure_postgres
 ensure_redis
 if [ -n "$with_kafka" ]; then ensure_kafka; fi
+if [ -n "$with_browser" ]; then ensure_browser; fi

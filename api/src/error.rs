@@ -30,6 +30,8 @@ pub enum ApiError {
     InvalidIfMatch,
     #[error("Idempotency-Key must be 1 to 200 visible ASCII characters")]
     InvalidIdempotencyKey,
+    #[error("Last-Event-ID must be an event id this server sent, like 1700000000000-0")]
+    InvalidLastEventId,
     #[error("missing or invalid access token")]
     Unauthorized,
     #[error("invalid login or password")]
@@ -87,6 +89,7 @@ impl ApiError {
             Self::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::InvalidIfMatch => (S::BAD_REQUEST, "invalid_if_match"),
             Self::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::InvalidLastEventId => (S::BAD_REQUEST, "invalid_last_event_id"),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             Self::InvalidCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
             Self::InvalidRefreshToken => (S::UNAUTHORIZED, "invalid_refresh_token"),

@@ -19,18 +19,25 @@
 //! - `idempotency`: `Idempotency-Key` on commands;
 //! - `rate_limit`: Redis-backed limits per IP, per user and on the credential endpoints;
 //! - `extract`: strict JSON, the authenticated [`extract::Principal`], `If-Match`;
-//! - `routes`: `auth`, `social`, `posts`, `feed`, `ops` route groups (queries are served
-//!   from `projections::ReadModels`, waiting for `X-Min-Position` when asked);
+//! - `routes`: `auth`, `social`, `posts`, `feed`, `stream`, `ops`, `demo` route groups
+//!   (queries are served from `projections::ReadModels`, waiting for `X-Min-Position` when
+//!   asked; `demo` is the page at `/`);
+//! - `live`: the SSE fan-out ([`live::Hub`]: Redis Pub/Sub to this instance's connections,
+//!   resume from the channel streams); the SSE routes are `routes::stream`;
+//! - `saga`: the registration saga's steps as commands ([`saga::CommandSaga`]), for the
+//!   projection workers;
 //! - `openapi`: the OpenAPI document;
 //! - `state`: [`state::AppState`].
 
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod live;
 pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
+pub mod saga;
 pub mod state;
 
 use std::future::Future;
@@ -62,6 +69,9 @@ pub struct Settings {
     pub commands: commands::Settings,
     /// Longest wait of a query for `X-Min-Position` (`MIN_POSITION_WAIT_MS`).
     pub min_position_wait: Duration,
+    /// Redis for the SSE fan-out's Pub/Sub connection (`REDIS_URL`).
+    pub redis_url: String,
+    pub hub: live::HubSettings,
 }
 
 impl Default for Settings {
@@ -76,6 +86,8 @@ impl Default for Settings {
             rate_limits: rate_limit::RateLimits::default(),
             commands: commands::Settings::default(),
             min_position_wait: Duration::from_secs(2),
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            hub: live::HubSettings::default(),
         }
     }
 }
@@ -85,6 +97,7 @@ impl Default for Settings {
 pub struct App {
     listener: tokio::net::TcpListener,
     router: Router,
+    hub: live::Hub,
 }
 
 /// The process-wide Prometheus recorder (metrics has one global recorder per process).
@@ -143,14 +156,18 @@ impl App {
     /// [`App::build`] with the read models given (ScyllaDB / MongoDB in the full profile).
     ///
     /// # Errors
-    /// When the address cannot be bound.
+    /// When the address cannot be bound or `redis_url` is not a Redis URL.
     pub async fn build_with(
         settings: Settings,
         pool: sqlx::PgPool,
         redis: redis::aio::ConnectionManager,
         read: projections::ReadModels,
     ) -> std::io::Result<App> {
+        let client = redis::Client::open(settings.redis_url.as_str())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let hub = live::Hub::start(client, redis.clone(), &settings.redis_prefix, settings.hub);
         let state = AppState {
+            hub: hub.clone(),
             read,
             min_position_wait: settings.min_position_wait,
             write: Arc::new(commands::WriteSide::new(pool.clone(), settings.commands)),
@@ -173,7 +190,11 @@ impl App {
         };
         let router = router(state, settings.body_limit);
         let listener = tokio::net::TcpListener::bind(settings.http_addr).await?;
-        Ok(App { listener, router })
+        Ok(App {
+            listener,
+            router,
+            hub,
+        })
     }
 
     /// The bound address (tests bind port 0 and read the port here).
@@ -184,7 +205,8 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// Serves until `shutdown` completes, then closes the SSE connections and drains
+    /// in-flight requests.
     ///
     /// # Errors
     /// When the server fails.
@@ -197,7 +219,10 @@ impl App {
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            self.hub.close();
+        })
         .await
     }
 }
@@ -209,7 +234,9 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::social::routes())
         .merge(routes::posts::routes())
         .merge(routes::feed::routes())
+        .merge(routes::stream::routes())
         .merge(routes::ops::routes())
+        .merge(routes::demo::routes())
         .merge(openapi::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

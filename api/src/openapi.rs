@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{auth, feed, ops, posts, social};
+use crate::routes::{auth, demo, feed, ops, posts, social, stream};
 use crate::state::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -17,7 +17,9 @@ use crate::state::AppState;
         social::follow, social::unfollow, social::profile,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
         posts::get_post, posts::list_comments, feed::feed,
+        stream::user_stream, stream::post_stream,
         ops::healthz, ops::readyz, ops::metrics,
+        demo::index, demo::script, demo::stylesheet,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&BearerAuth),

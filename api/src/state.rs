@@ -25,4 +25,6 @@ pub struct AppState {
     pub read: projections::ReadModels,
     /// Longest wait for `X-Min-Position` before answering 503 `read_model_behind`.
     pub min_position_wait: std::time::Duration,
+    /// The SSE fan-out of this process.
+    pub hub: crate::live::Hub,
 }

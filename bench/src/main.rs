@@ -65,6 +65,7 @@
 
 mod feed;
 mod http;
+mod live;
 mod relay;
 mod report;
 mod runner;
@@ -101,6 +102,51 @@ enum Command {
     /// The read side over HTTP (lite profile): feed reads/s and p50/p99/p99.9, warm and after
     /// a cache flush, and fan-out on write to many followers.
     Feed(FeedArgs),
+    /// Real time (lite): register → `onboarding_completed` p50/p99, idle SSE connections one
+    /// instance holds with the memory each costs, and delivery of a broadcast to all of them.
+    Live(LiveArgs),
+    /// Internal: the SSE client side of `bench live`, run as child processes.
+    #[command(hide = true)]
+    LiveClients(LiveClientsArgs),
+}
+
+#[derive(Debug, Args)]
+struct LiveArgs {
+    /// Users registered, each timed until its stream says `onboarding_completed`.
+    #[arg(long, default_value_t = 500)]
+    registrations: usize,
+    /// Registrations in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Idle SSE connections held by the server (its file limit is `ulimit -n`).
+    #[arg(long, default_value_t = 19_000)]
+    connections: usize,
+    /// Processes the client connections are spread over (each has its own file limit).
+    #[arg(long, default_value_t = 4)]
+    client_processes: usize,
+    /// Events broadcast to every connection, 250 ms apart.
+    #[arg(long, default_value_t = 20)]
+    broadcasts: usize,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The benchmark database, dropped and created anew, and dropped at the end.
+    #[arg(long, default_value = "hybridlive_bench_live")]
+    database_name: String,
+}
+
+#[derive(Debug, Args)]
+struct LiveClientsArgs {
+    /// The server's `host:port`.
+    #[arg(long)]
+    addr: String,
+    /// The stream's path and query.
+    #[arg(long)]
+    path: String,
+    /// Connections to open.
+    #[arg(long)]
+    count: usize,
 }
 
 #[derive(Debug, Args)]
@@ -304,7 +350,72 @@ async fn main() -> anyhow::Result<()> {
         Command::Http(args) => http_bench(args).await,
         Command::Relay(args) => relay_bench(args).await,
         Command::Feed(args) => feed_bench(args).await,
+        Command::Live(args) => live_bench(args).await,
+        Command::LiveClients(args) => live::clients(&args.addr, &args.path, args.count).await,
     }
+}
+
+async fn live_bench(args: LiveArgs) -> anyhow::Result<()> {
+    if args.registrations == 0 || args.concurrency == 0 || args.client_processes == 0 {
+        bail!("--registrations, --concurrency and --client-processes must be at least 1");
+    }
+    let load = live::LiveLoad {
+        registrations: args.registrations,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        client_processes: args.client_processes,
+        broadcasts: args.broadcasts,
+        redis_url: args.redis_url.clone(),
+    };
+    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
+    let measured = live::run(&db, &load).await;
+    let dropped = db.drop_database().await;
+    let r = measured?;
+    dropped?;
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    println!(
+        "`cargo run --release -p bench -- live --registrations {} --concurrency {} \
+         --connections {} --client-processes {} --broadcasts {}` ({cores} cores; the API and \
+         every projection in this process, the clients in {} others)\n",
+        args.registrations,
+        args.concurrency,
+        args.connections,
+        args.client_processes,
+        args.broadcasts,
+        args.client_processes
+    );
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("| measurement | n | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| register → `onboarding_completed` ({} failed) | {} | {:.1} | {:.1} | {:.1} |",
+        r.onboarding_failures,
+        r.onboarding.len(),
+        ms(&r.onboarding, 0.5),
+        ms(&r.onboarding, 0.99),
+        r.onboarding.max() as f64 / 1000.0
+    );
+    println!(
+        "| broadcast delivery to {} connections ({} of {} deliveries seen) | {} | {:.1} | {:.1} | {:.1} |",
+        r.connections,
+        r.delivery.len(),
+        r.deliveries_expected,
+        r.delivery.len(),
+        ms(&r.delivery, 0.5),
+        ms(&r.delivery, 0.99),
+        r.delivery.max() as f64 / 1000.0
+    );
+    let grown = r.rss_after_kib.saturating_sub(r.rss_before_kib);
+    println!(
+        "\nIdle SSE connections held: {}; resident set {} KiB → {} KiB: {:.2} KiB per connection.",
+        r.connections,
+        r.rss_before_kib,
+        r.rss_after_kib,
+        grown as f64 / r.connections.max(1) as f64
+    );
+    Ok(())
 }
 
 async fn feed_bench(args: FeedArgs) -> anyhow::Result<()> {

@@ -130,14 +130,19 @@ async fn build(
         rate_limits: api::rate_limit::RateLimits::OFF,
         // The setup may take long on a loaded machine; the tokens must outlive the run.
         access_ttl: Duration::from_secs(3600),
+        redis_url: options.redis_url.clone(),
         ..api::Settings::default()
     };
     let read = projections::ReadModels::lite(pool.clone(), redis.clone(), redis_prefix);
     let workers = options.projections.then(|| {
-        projections::Workers::new(
-            pool.clone(),
+        api::saga::real_time_workers(
+            &pool,
             read.clone(),
             projections::TimelineSettings::default(),
+            redis.clone(),
+            redis_prefix,
+            projections::LiveSettings::default(),
+            projections::OnboardingSettings::default(),
         )
     });
     let app = api::App::build_with(settings, pool, redis, read)

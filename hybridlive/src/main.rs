@@ -14,8 +14,8 @@ mod admin;
 mod dev;
 mod workers;
 
-use projections::{Source, Workers};
-use workers::ReadStoreArgs;
+use projections::Source;
+use workers::{ReadStoreArgs, RealTimeArgs};
 
 /// The event-sourced social backend.
 #[derive(Debug, Parser)]
@@ -73,6 +73,8 @@ enum Command {
         /// Print every committed event, in the order projections read them, to stdout.
         #[arg(long)]
         print_events: bool,
+        #[command(flatten)]
+        realtime: RealTimeArgs,
     },
     /// The outbox relay: publishes every committed event to Kafka, in the log's gap-free
     /// order. Run several for availability: exactly one is active at a time.
@@ -85,7 +87,7 @@ enum Command {
         metrics: MetricsArgs,
     },
     /// Projection workers: build the read models from Kafka (when KAFKA_BROKERS is set) or
-    /// from the PostgreSQL log. Names: timeline, content, or all.
+    /// from the PostgreSQL log. Names: timeline, content, onboarding, or all.
     Project {
         /// Projections to run.
         #[arg(required = true)]
@@ -101,6 +103,8 @@ enum Command {
         kafka: KafkaTopicArgs,
         #[command(flatten)]
         metrics: MetricsArgs,
+        #[command(flatten)]
+        realtime: RealTimeArgs,
     },
     /// Dead-lettered events of the projections.
     Dlq {
@@ -238,6 +242,8 @@ impl RelayArgs {
     }
 }
 
+// Parsed once per process: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// Lists dead letters (one JSON object per line), in log order.
@@ -249,13 +255,15 @@ enum DlqCommand {
     /// Applies a projection's dead letters again (after the cause was fixed); removes those
     /// that succeed. Exits 1 when some are still dead.
     Retry {
-        /// The projection (timeline, content).
+        /// The projection (timeline, content, onboarding).
         #[arg(long)]
         projection: String,
         #[command(flatten)]
         redis: RedisArgs,
         #[command(flatten)]
         stores: ReadStoreArgs,
+        #[command(flatten)]
+        realtime: RealTimeArgs,
     },
 }
 
@@ -320,16 +328,23 @@ async fn main() -> anyhow::Result<()> {
             kafka_brokers,
             kafka,
             relay,
+            realtime,
         } => {
             let pool = connect(&cli.database_url, cli.database_max_connections).await?;
             let stop = CancellationToken::new();
             let redis = args.redis.connect().await?;
             let models = args
                 .stores
-                .read_models(&pool, redis, &args.redis.redis_prefix)
+                .read_models(&pool, redis.clone(), &args.redis.redis_prefix)
                 .await?;
             let workers = {
-                let workers = Workers::new(pool.clone(), models, args.stores.timeline_settings());
+                let workers = realtime.workers(
+                    &pool,
+                    models,
+                    args.stores.timeline_settings(),
+                    redis,
+                    &args.redis.redis_prefix,
+                )?;
                 let stop = stop.clone();
                 tokio::spawn(
                     async move { workers.run(&["all".to_owned()], &Source::Log, &stop).await },
@@ -363,10 +378,12 @@ async fn main() -> anyhow::Result<()> {
             kafka_brokers,
             kafka,
             metrics,
+            realtime,
         } => {
             let pool = connect(&cli.database_url, 8).await?;
+            let connection = redis.connect().await?;
             let models = stores
-                .read_models(&pool, redis.connect().await?, &redis.redis_prefix)
+                .read_models(&pool, connection.clone(), &redis.redis_prefix)
                 .await?;
             let source = match kafka_brokers {
                 Some(brokers) => Source::Kafka {
@@ -381,7 +398,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = metrics.metrics_addr {
                 serve_metrics(addr, stop.clone()).await?;
             }
-            Workers::new(pool, models, stores.timeline_settings())
+            realtime
+                .workers(
+                    &pool,
+                    models,
+                    stores.timeline_settings(),
+                    connection,
+                    &redis.redis_prefix,
+                )?
                 .run(&names, &source, &stop)
                 .await?;
             Ok(())
@@ -392,13 +416,22 @@ async fn main() -> anyhow::Result<()> {
                     projection,
                     redis,
                     stores,
+                    realtime,
                 },
         } => {
             let pool = connect(&cli.database_url, 2).await?;
+            let connection = redis.connect().await?;
             let models = stores
-                .read_models(&pool, redis.connect().await?, &redis.redis_prefix)
+                .read_models(&pool, connection.clone(), &redis.redis_prefix)
                 .await?;
-            let (retried, still_dead) = Workers::new(pool, models, stores.timeline_settings())
+            let (retried, still_dead) = realtime
+                .workers(
+                    &pool,
+                    models,
+                    stores.timeline_settings(),
+                    connection,
+                    &redis.redis_prefix,
+                )?
                 .retry_dead_letters(&projection)
                 .await?;
             println!(
@@ -476,6 +509,8 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result
         refresh_ttl: Duration::from_secs(args.refresh_token_ttl_secs),
         body_limit: args.body_limit_bytes,
         redis_prefix: args.redis.redis_prefix,
+        redis_url: args.redis.redis_url,
+        hub: api::live::HubSettings::default(),
         min_position_wait: Duration::from_millis(args.min_position_wait_ms),
         rate_limits: api::rate_limit::RateLimits {
             per_ip: args.rate_limit_per_ip,

@@ -1,7 +1,9 @@
 //! Which read-model stores are configured (DESIGN §6: "a backend is chosen by which URL is
 //! configured"); the workers themselves are `projections::workers`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -10,7 +12,8 @@ use projections::content::postgres::PgContent;
 use projections::timeline::postgres::PgTimelines;
 use projections::timeline::scylla::{ScyllaSettings, ScyllaTimelines};
 use projections::{
-    CacheSettings, ContentStore, PostCache, ReadModels, TimelineSettings, TimelineStore,
+    CacheSettings, ContentStore, LiveSettings, OnboardingSettings, PostCache, ReadModels,
+    TimelineSettings, TimelineStore, Workers,
 };
 
 /// The read-model stores: ScyllaDB and MongoDB when their URLs are set, else PostgreSQL.
@@ -117,5 +120,75 @@ impl ReadStoreArgs {
             cap: self.timeline_cap,
             fanout_max_followers: self.fanout_max_followers,
         }
+    }
+}
+
+/// Live updates and the registration saga (DESIGN §7).
+#[derive(Debug, Clone, Args)]
+pub struct RealTimeArgs {
+    /// Projections that must sync a new user before onboarding completes.
+    #[arg(
+        long,
+        env = "ONBOARDING_REQUIRED",
+        value_delimiter = ',',
+        default_value = "timeline,content"
+    )]
+    pub onboarding_required: Vec<String>,
+    /// A registration not completed within this many seconds is rolled back.
+    #[arg(long, env = "ONBOARDING_DEADLINE_SECS", default_value_t = 60)]
+    pub onboarding_deadline_secs: u64,
+    /// Like counts of a post are pushed at most this often, milliseconds.
+    #[arg(long, env = "LIKES_PUSH_INTERVAL_MS", default_value_t = 2000)]
+    pub likes_push_interval_ms: u64,
+    /// Live events kept per channel for Last-Event-ID resume.
+    #[arg(long, env = "LIVE_RETENTION_ENTRIES", default_value_t = 1000)]
+    pub live_retention_entries: u32,
+    /// A channel's live events expire this many seconds after its last one.
+    #[arg(long, env = "LIVE_RETENTION_SECS", default_value_t = 24 * 3600)]
+    pub live_retention_secs: u64,
+}
+
+impl RealTimeArgs {
+    /// The projection workers over `models`, pushing live updates and running the
+    /// registration saga through the write side on `pool`.
+    ///
+    /// # Errors
+    /// An unknown projection in `ONBOARDING_REQUIRED`.
+    pub fn workers(
+        &self,
+        pool: &sqlx::PgPool,
+        models: ReadModels,
+        timeline: TimelineSettings,
+        redis: redis::aio::ConnectionManager,
+        redis_prefix: &str,
+    ) -> anyhow::Result<Workers> {
+        let required: BTreeSet<String> = self.onboarding_required.iter().cloned().collect();
+        if let Some(unknown) = required.iter().find(|name| {
+            ![
+                projections::TimelineProjection::NAME,
+                projections::ContentProjection::NAME,
+            ]
+            .contains(&name.as_str())
+        }) {
+            anyhow::bail!(
+                "ONBOARDING_REQUIRED names `{unknown}`; only timeline and content sync users"
+            );
+        }
+        Ok(api::saga::real_time_workers(
+            pool,
+            models,
+            timeline,
+            redis,
+            redis_prefix,
+            LiveSettings {
+                retention_entries: self.live_retention_entries,
+                retention: Duration::from_secs(self.live_retention_secs),
+                likes_interval: Duration::from_millis(self.likes_push_interval_ms),
+            },
+            OnboardingSettings {
+                required,
+                deadline: Duration::from_secs(self.onboarding_deadline_secs),
+            },
+        ))
     }
 }

@@ -11,6 +11,11 @@
 //! - [`content`]: posts, comments, likes, profiles — [`ContentStore`] (PostgreSQL jsonb for
 //!   lite, MongoDB) and the `content` projection, which also keeps the Redis caches;
 //! - [`cache`]: the Redis caches (previews, counts, comment lists) with lease-guarded fills;
+//! - [`live`]: live updates for SSE clients — a capped Redis Stream per channel behind a
+//!   Redis Pub/Sub fan-out ([`LivePublisher`]), aggregated like counts;
+//! - [`onboarding`]: the registration saga — downstream projections report a new user
+//!   synced, the last one completes it, a dead letter or the deadline rolls it back; the
+//!   `onboarding` projection pushes the outcome;
 //! - [`query`]: the queries the API serves from these models, and the `X-Min-Position` wait;
 //! - [`workers`]: the projections by name, as `hybridlive project`, `dlq retry` and `dev`
 //!   run them;
@@ -25,6 +30,8 @@ pub mod runtime;
 pub mod cache;
 pub mod content;
 pub mod error;
+pub mod live;
+pub mod onboarding;
 pub mod query;
 pub mod timeline;
 pub mod workers;
@@ -34,6 +41,8 @@ pub use content::{ContentProjection, ContentStore};
 pub use error::{ReadModelError, ReadResult};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSource, KafkaSourceError};
+pub use live::{LiveMessage, LivePublisher, LiveSettings};
+pub use onboarding::{Onboarding, OnboardingProjection, OnboardingSettings, Saga};
 pub use query::ReadModels;
 pub use runtime::{ApplyError, DeadLetter, DeadLetters, Projection, RetryPolicy, Runner};
 pub use timeline::{TimelineProjection, TimelineSettings, TimelineStore};

@@ -49,6 +49,15 @@ pub trait Projection: Send + Sync {
     fn handles(&self, event_type: &str) -> bool;
     /// Applies one event. Must be idempotent: an event may be applied again after a crash.
     fn apply(&self, event: &EventEnvelope) -> impl Future<Output = Result<(), ApplyError>> + Send;
+    /// Called after `event` was dead-lettered with `error` (the registration saga fails a
+    /// user whom a required projection lost). A failure here is logged, not retried.
+    fn dead_lettered(
+        &self,
+        _event: &EventEnvelope,
+        _error: &str,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// How failures are retried.
@@ -275,6 +284,9 @@ impl<P: Projection> Runner<P> {
             if let ApplyError::Poison(message) = &error {
                 if failures >= self.policy.max_attempts {
                     self.dead_letter(event, message, failures).await?;
+                    if let Err(error) = self.projection.dead_lettered(&envelope, message).await {
+                        tracing::warn!(projection = %projection, position = event.global_position, %error, "Reacting to a dead letter failed.");
+                    }
                     return Ok(Outcome::DeadLettered(message.clone()));
                 }
             }

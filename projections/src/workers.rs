@@ -8,12 +8,18 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::content::ContentProjection;
+use crate::live::LivePublisher;
+use crate::onboarding::{Onboarding, OnboardingProjection};
 use crate::query::ReadModels;
 use crate::runtime::{DeadLetters, Projection, RetryPolicy, Runner};
 use crate::timeline::{TimelineProjection, TimelineSettings};
 
 /// Every projection, by name.
-pub const PROJECTIONS: &[&str] = &[TimelineProjection::NAME, ContentProjection::NAME];
+pub const PROJECTIONS: &[&str] = &[
+    TimelineProjection::NAME,
+    ContentProjection::NAME,
+    OnboardingProjection::NAME,
+];
 
 /// Where projections read events from.
 #[derive(Debug, Clone)]
@@ -33,8 +39,14 @@ pub enum Source {
 /// Why the workers could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
-    #[error("unknown projection `{0}`; known: timeline, content (or `all` where allowed)")]
+    #[error(
+        "unknown projection `{0}`; known: timeline, content, onboarding (or `all` where allowed)"
+    )]
     UnknownProjection(String),
+    #[error(
+        "the `onboarding` projection needs the registration saga, which is not configured here"
+    )]
+    NoSaga,
     #[error("a projection worker panicked: {0}")]
     Panicked(String),
     #[error(transparent)]
@@ -48,6 +60,10 @@ pub struct Workers {
     pub models: ReadModels,
     pub timeline: TimelineSettings,
     pub retry: RetryPolicy,
+    /// Live updates to SSE clients; `None` pushes nothing.
+    pub live: Option<LivePublisher>,
+    /// The registration saga; `None` leaves onboarding out (and `onboarding` cannot run).
+    pub onboarding: Option<Onboarding>,
 }
 
 impl Workers {
@@ -57,15 +73,34 @@ impl Workers {
             models,
             timeline,
             retry: RetryPolicy::default(),
+            live: None,
+            onboarding: None,
         }
+    }
+
+    /// Pushes live updates and runs the registration saga.
+    #[must_use]
+    pub fn with_real_time(mut self, live: LivePublisher, onboarding: Onboarding) -> Self {
+        self.live = Some(live);
+        self.onboarding = Some(onboarding);
+        self
     }
 
     fn timeline_projection(&self) -> TimelineProjection {
         TimelineProjection::new(self.models.timelines.clone(), self.timeline)
+            .with_live(self.live.clone())
+            .with_onboarding(self.onboarding.clone())
     }
 
     fn content_projection(&self) -> ContentProjection {
         ContentProjection::new(self.models.content.clone(), self.models.cache.clone())
+            .with_live(self.live.clone())
+            .with_onboarding(self.onboarding.clone())
+    }
+
+    fn onboarding_projection(&self) -> Result<OnboardingProjection, WorkersError> {
+        let onboarding = self.onboarding.clone().ok_or(WorkersError::NoSaga)?;
+        Ok(OnboardingProjection::new(onboarding, self.live.clone()))
     }
 
     /// Runs the named projections (`all` = every one) until `stop`, each on its own task;
@@ -80,7 +115,11 @@ impl Workers {
         stop: &CancellationToken,
     ) -> Result<(), WorkersError> {
         let selected: Vec<&str> = if names.iter().any(|n| n == "all") {
-            PROJECTIONS.to_vec()
+            PROJECTIONS
+                .iter()
+                .copied()
+                .filter(|name| *name != OnboardingProjection::NAME || self.onboarding.is_some())
+                .collect()
         } else {
             names.iter().map(String::as_str).collect()
         };
@@ -94,7 +133,17 @@ impl Workers {
                 }
                 ContentProjection::NAME => {
                     let runner = Runner::new(pool, self.content_projection(), self.retry);
-                    tasks.spawn(run_one(runner, source, stop));
+                    tasks.spawn(run_one(runner, source, stop.clone()));
+                    if let Some(live) = self.live.clone() {
+                        tasks.spawn(async move { live.run_likes(&stop).await });
+                    }
+                }
+                OnboardingProjection::NAME => {
+                    let projection = self.onboarding_projection()?;
+                    let deadlines = projection.clone();
+                    let runner = Runner::new(pool, projection, self.retry);
+                    tasks.spawn(run_one(runner, source, stop.clone()));
+                    tasks.spawn(async move { deadlines.run_deadlines(&stop).await });
                 }
                 other => return Err(WorkersError::UnknownProjection(other.to_owned())),
             }
@@ -121,6 +170,15 @@ impl Workers {
             ContentProjection::NAME => {
                 letters
                     .retry(&Runner::new(pool, self.content_projection(), self.retry))
+                    .await?
+            }
+            OnboardingProjection::NAME => {
+                letters
+                    .retry(&Runner::new(
+                        pool,
+                        self.onboarding_projection()?,
+                        self.retry,
+                    ))
                     .await?
             }
             other => return Err(WorkersError::UnknownProjection(other.to_owned())),

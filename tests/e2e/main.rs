@@ -6,5 +6,7 @@ mod api_commands;
 mod api_contract;
 mod api_queries;
 mod api_rate_limits;
+mod browser;
+mod live;
 mod read_models;
 mod write_side;

@@ -77,12 +77,45 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// How the projection workers of a test app run.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub retry: projections::RetryPolicy,
+    pub onboarding: projections::OnboardingSettings,
+    pub live: projections::LiveSettings,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            retry: projections::RetryPolicy::default(),
+            onboarding: projections::OnboardingSettings::default(),
+            // Fast enough for tests to watch several aggregated pushes.
+            live: projections::LiveSettings {
+                likes_interval: std::time::Duration::from_millis(500),
+                ..projections::LiveSettings::default()
+            },
+        }
+    }
+}
+
 /// [`spawn_app`] with adjusted settings.
 ///
 /// # Panics
 /// When PostgreSQL or Redis is unreachable.
-#[allow(clippy::expect_used)]
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut api::Settings)) -> TestApp {
+    spawn_app_configured(adjust, WorkerOptions::default()).await
+}
+
+/// [`spawn_app`] with adjusted API settings and worker options.
+///
+/// # Panics
+/// When PostgreSQL or Redis is unreachable.
+#[allow(clippy::expect_used)]
+pub async fn spawn_app_configured(
+    adjust: impl FnOnce(&mut api::Settings),
+    options: WorkerOptions,
+) -> TestApp {
     let db = TestDb::new().await;
     let redis = redis::Client::open(redis_url()).expect("REDIS_URL is valid");
     let redis = redis::aio::ConnectionManager::new(redis)
@@ -105,19 +138,25 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut api::Settings)) -> TestApp 
         // hold every log reader on the server back for a second or two (they take a
         // transaction id): the projections then lag more than in production.
         min_position_wait: std::time::Duration::from_secs(20),
+        redis_url: redis_url(),
         ..api::Settings::default()
     };
     adjust(&mut settings);
     let read = projections::ReadModels::lite(db.pool.clone(), redis.clone(), &redis_prefix);
-    let app = api::App::build_with(settings, db.pool.clone(), redis, read.clone())
+    let app = api::App::build_with(settings, db.pool.clone(), redis.clone(), read.clone())
         .await
         .expect("the API binds 127.0.0.1:0");
     let workers = tokio_util::sync::CancellationToken::new();
-    let projections = projections::Workers::new(
-        db.pool.clone(),
+    let mut projections = api::saga::real_time_workers(
+        &db.pool,
         read.clone(),
         projections::TimelineSettings::default(),
+        redis.clone(),
+        &redis_prefix,
+        options.live,
+        options.onboarding.clone(),
     );
+    projections.retry = options.retry;
     let stop = workers.clone();
     tokio::spawn(async move {
         projections
@@ -226,16 +265,196 @@ impl TestApp {
         }
     }
 
-    /// Events stored so far.
+    /// Events stored so far by commands: the registration saga's `onboarding` streams,
+    /// which the workers append to on their own schedule, are left out.
     ///
     /// # Panics
     /// When the database does not answer.
     #[allow(clippy::expect_used)]
     pub async fn event_count(&self) -> i64 {
-        let count: (i64,) = sqlx::query_as("SELECT count(*) FROM events")
-            .fetch_one(&self.db.pool)
-            .await
-            .expect("count events");
+        let count: (i64,) =
+            sqlx::query_as("SELECT count(*) FROM events WHERE stream_type <> 'onboarding'")
+                .fetch_one(&self.db.pool)
+                .await
+                .expect("count events");
         count.0
+    }
+}
+
+/// One server-sent event as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// `data` as JSON.
+    ///
+    /// # Panics
+    /// When `data` is not JSON.
+    #[allow(clippy::expect_used)]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).expect("SSE data is JSON")
+    }
+}
+
+/// A minimal `text/event-stream` reader over a real HTTP connection.
+#[derive(Debug)]
+pub struct SseClient {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseClient {
+    /// Opens `url` with `Authorization: Bearer <token>` and, when given, `Last-Event-ID`.
+    ///
+    /// # Panics
+    /// When the server does not answer 200 with `text/event-stream`.
+    #[allow(clippy::expect_used)]
+    pub async fn connect(url: &str, token: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut request = reqwest::Client::new().get(url).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("the API answers");
+        assert_eq!(response.status(), 200, "opening {url}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        SseClient {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (heartbeat comments skipped), or `None` when `within` passed or the
+    /// server closed the stream.
+    ///
+    /// # Panics
+    /// When the stream is not UTF-8.
+    #[allow(clippy::expect_used)]
+    pub async fn next_within(&mut self, within: std::time::Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".to_owned(),
+                    data: String::new(),
+                };
+                let mut has_field = false;
+                for line in block.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "id" => event.id = Some(value.to_owned()),
+                        "event" => event.event = value.to_owned(),
+                        "data" => {
+                            if !event.data.is_empty() {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(value);
+                        }
+                        _ => continue,
+                    }
+                    has_field = true;
+                }
+                if has_field {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => self
+                    .buffer
+                    .push_str(std::str::from_utf8(&bytes).expect("UTF-8 stream")),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event named `name` within `within`, skipping others.
+    ///
+    /// # Panics
+    /// When none arrives in time.
+    pub async fn expect(&mut self, name: &str, within: std::time::Duration) -> SseEvent {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(event) if event.event == name => return event,
+                Some(_) => continue,
+                None => panic!("no `{name}` event within {within:?}"),
+            }
+        }
+    }
+}
+
+/// A second API instance over the same database and Redis prefix as a [`TestApp`] (no
+/// projection workers of its own): what a user connected to "the other gateway" talks to.
+#[derive(Debug)]
+pub struct OtherInstance {
+    pub base: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for OtherInstance {
+    fn drop(&mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl OtherInstance {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl TestApp {
+    /// Starts another API instance beside this one (its own port, Pub/Sub connection and
+    /// SSE hub; shared PostgreSQL, Redis and token secret).
+    ///
+    /// # Panics
+    /// When Redis is unreachable.
+    #[allow(clippy::expect_used)]
+    pub async fn other_instance(&self) -> OtherInstance {
+        let redis = redis::Client::open(redis_url()).expect("REDIS_URL is valid");
+        let redis = redis::aio::ConnectionManager::new(redis)
+            .await
+            .expect("Redis is reachable");
+        let settings = api::Settings {
+            http_addr: ([127, 0, 0, 1], 0).into(),
+            jwt_secret: self.jwt_secret.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            rate_limits: api::rate_limit::RateLimits::OFF,
+            min_position_wait: std::time::Duration::from_secs(20),
+            redis_url: redis_url(),
+            ..api::Settings::default()
+        };
+        let app = api::App::build_with(settings, self.db.pool.clone(), redis, self.read.clone())
+            .await
+            .expect("the API binds 127.0.0.1:0");
+        let addr = app.local_addr().expect("bound address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        OtherInstance {
+            base: format!("http://{addr}"),
+            shutdown: Some(stop),
+        }
     }
 }

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::onboarding::OnboardingStatus;
-use domain::user::{User, UserCommand, EMAIL_CLAIM, USERNAME_CLAIM};
+use domain::user::{User, UserCommand, UserStatus, EMAIL_CLAIM, USERNAME_CLAIM};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -286,7 +286,8 @@ pub async fn me(
     let id = principal.user_id.to_string();
     let loaded = state.write.users.store().load(&id).await?;
     let user = loaded.aggregate;
-    if !user.is_active() {
+    // A rolled-back registration still answers, so its client can see `"failed"`.
+    if user.status() == UserStatus::Unregistered {
         return Err(ApiError::NotFound("user"));
     }
     let onboarding = state.write.onboarding.store().load(&id).await?.aggregate;

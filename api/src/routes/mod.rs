@@ -1,10 +1,12 @@
 //! Route groups, one module each, and what command routes share.
 
 pub mod auth;
+pub mod demo;
 pub mod feed;
 pub mod ops;
 pub mod posts;
 pub mod social;
+pub mod stream;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use commands::{CommandContext, Executed};

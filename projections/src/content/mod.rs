@@ -34,6 +34,8 @@ use uuid::Uuid;
 
 use crate::cache::PostCache;
 use crate::error::ReadResult;
+use crate::live::{post_channel, LivePublisher, Push};
+use crate::onboarding::{report_lost, report_synced, Onboarding};
 use crate::runtime::{ApplyError, Projection};
 
 /// A user's public profile.
@@ -117,18 +119,73 @@ pub trait ContentStore: Send + Sync + Debug {
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change>;
 }
 
-/// The `content` projection: the content store, then the caches.
+/// The `content` projection: the content store, then the caches. With a
+/// [`LivePublisher`] it also pushes `comment_added` to a post's viewers at once (once per
+/// comment) and records like counts for the aggregated `likes` push; with an
+/// [`Onboarding`] it reports each new user's profile synced.
 #[derive(Debug, Clone)]
 pub struct ContentProjection {
     store: Arc<dyn ContentStore>,
     cache: PostCache,
+    live: Option<LivePublisher>,
+    onboarding: Option<Onboarding>,
 }
 
 impl ContentProjection {
     pub const NAME: &'static str = "content";
 
     pub fn new(store: Arc<dyn ContentStore>, cache: PostCache) -> Self {
-        Self { store, cache }
+        Self {
+            store,
+            cache,
+            live: None,
+            onboarding: None,
+        }
+    }
+
+    /// Pushes live updates (not while replaying).
+    #[must_use]
+    pub fn with_live(mut self, live: Option<LivePublisher>) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Takes part in the registration saga.
+    #[must_use]
+    pub fn with_onboarding(mut self, onboarding: Option<Onboarding>) -> Self {
+        self.onboarding = onboarding;
+        self
+    }
+
+    async fn comment_pushed(
+        &self,
+        envelope: &EventEnvelope,
+        comment: &CommentDoc,
+    ) -> ReadResult<()> {
+        let Some(live) = &self.live else {
+            return Ok(());
+        };
+        let data = serde_json::json!({
+            "post_id": comment.post_id,
+            "comment_id": comment.comment_id,
+            "author_id": comment.author_id,
+            "body": comment.body,
+            "created_at": comment.created_at,
+        });
+        let push = Push {
+            once_for: Some(envelope.event_id),
+            outcome: false,
+        };
+        live.push(&post_channel(comment.post_id), "comment_added", &data, push)
+            .await?;
+        Ok(())
+    }
+
+    async fn likes_pushed(&self, post: Uuid, change: Change) -> ReadResult<()> {
+        match &self.live {
+            Some(live) if change.changed => live.likes_changed(post, change.count).await,
+            _ => Ok(()),
+        }
     }
 
     /// Applies a counted change to the cache, or drops the post's cached keys when the
@@ -168,6 +225,10 @@ impl Projection for ContentProjection {
         )
     }
 
+    async fn dead_lettered(&self, event: &EventEnvelope, error: &str) -> Result<(), ApplyError> {
+        report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
+    }
+
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
         let at = envelope.recorded_at;
         match &envelope.event {
@@ -180,6 +241,7 @@ impl Projection for ContentProjection {
                         registered_at: at,
                     })
                     .await?;
+                report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await?;
             }
             Event::UserProfileUpdated(e) => self.store.rename(e.user_id, &e.display_name).await?,
             Event::UserRegistrationRolledBack(e) => self.store.remove_profile(e.user_id).await?,
@@ -216,16 +278,19 @@ impl Projection for ContentProjection {
                 let change = self.store.add_comment(&comment).await?;
                 self.counted(e.post_id, change, CacheWrite::Comment(&comment))
                     .await?;
+                self.comment_pushed(envelope, &comment).await?;
             }
             Event::PostLiked(e) => {
                 let change = self.store.set_like(e.post_id, e.user_id, true).await?;
                 self.counted(e.post_id, change, CacheWrite::Likes(1))
                     .await?;
+                self.likes_pushed(e.post_id, change).await?;
             }
             Event::PostUnliked(e) => {
                 let change = self.store.set_like(e.post_id, e.user_id, false).await?;
                 self.counted(e.post_id, change, CacheWrite::Likes(-1))
                     .await?;
+                self.likes_pushed(e.post_id, change).await?;
             }
             _ => {}
         }

@@ -26,6 +26,8 @@ use event_schemas::{Event, EventEnvelope};
 use uuid::Uuid;
 
 use crate::error::ReadResult;
+use crate::live::{user_channel, LivePublisher};
+use crate::onboarding::{report_lost, report_synced, Onboarding};
 use crate::runtime::{ApplyError, Projection};
 
 /// One post in a timeline or an author's list.
@@ -104,21 +106,48 @@ impl Default for TimelineSettings {
     }
 }
 
-/// The `timeline` projection.
+/// The `timeline` projection. With a [`LivePublisher`] it also pushes `feed_item` to every
+/// timeline a post was delivered to (not to the followers of an author merged at read);
+/// with an [`Onboarding`] it reports each new user synced.
 #[derive(Debug, Clone)]
 pub struct TimelineProjection {
     store: Arc<dyn TimelineStore>,
     settings: TimelineSettings,
+    live: Option<LivePublisher>,
+    onboarding: Option<Onboarding>,
 }
 
 impl TimelineProjection {
     pub const NAME: &'static str = "timeline";
 
     pub fn new(store: Arc<dyn TimelineStore>, settings: TimelineSettings) -> Self {
-        Self { store, settings }
+        Self {
+            store,
+            settings,
+            live: None,
+            onboarding: None,
+        }
     }
 
-    async fn publish(&self, entry: TimelineEntry) -> Result<(), ApplyError> {
+    /// Pushes `feed_item`s (not while replaying).
+    #[must_use]
+    pub fn with_live(mut self, live: Option<LivePublisher>) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Takes part in the registration saga.
+    #[must_use]
+    pub fn with_onboarding(mut self, onboarding: Option<Onboarding>) -> Self {
+        self.onboarding = onboarding;
+        self
+    }
+
+    async fn publish(
+        &self,
+        entry: TimelineEntry,
+        envelope: &EventEnvelope,
+    ) -> Result<(), ApplyError> {
         self.store.add_author_post(entry).await?;
         let mut followers = self.store.followers(entry.author_id).await?;
         if followers.len() > self.settings.fanout_max_followers {
@@ -129,6 +158,17 @@ impl TimelineProjection {
         self.store
             .deliver(&followers, entry, self.settings.cap)
             .await?;
+        if let (Some(live), Event::PostPublished(e)) = (&self.live, &envelope.event) {
+            let item = serde_json::json!({
+                "post_id": e.post_id,
+                "author_id": e.author_id,
+                "title": e.title,
+                "preview": crate::content::markdown::preview(&e.body_markdown),
+                "created_at": envelope.recorded_at,
+            });
+            live.push_many(followers.into_iter().map(user_channel), "feed_item", &item)
+                .await?;
+        }
         Ok(())
     }
 }
@@ -141,8 +181,16 @@ impl Projection for TimelineProjection {
     fn handles(&self, event_type: &str) -> bool {
         matches!(
             event_type,
-            "social.followed" | "social.unfollowed" | "post.published" | "post.deleted"
+            "social.followed"
+                | "social.unfollowed"
+                | "post.published"
+                | "post.deleted"
+                | "user.registered"
         )
+    }
+
+    async fn dead_lettered(&self, event: &EventEnvelope, error: &str) -> Result<(), ApplyError> {
+        report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
     }
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
@@ -150,12 +198,16 @@ impl Projection for TimelineProjection {
             Event::Followed(e) => Ok(self.store.follow(e.follower_id, e.followee_id).await?),
             Event::Unfollowed(e) => Ok(self.store.unfollow(e.follower_id, e.followee_id).await?),
             Event::PostPublished(e) => {
-                self.publish(TimelineEntry {
+                let entry = TimelineEntry {
                     position: envelope.global_position,
                     post_id: e.post_id,
                     author_id: e.author_id,
-                })
-                .await
+                };
+                self.publish(entry, envelope).await
+            }
+            // A new user has an empty timeline and follows nobody: nothing to store.
+            Event::UserRegistered(_) => {
+                report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await
             }
             Event::PostDeleted(e) => Ok(self.store.remove_post(e.author_id, e.post_id).await?),
             _ => Ok(()),

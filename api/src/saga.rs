@@ -1,0 +1,124 @@
+//! The registration saga's steps on the write side ([`projections::Saga`]), as commands on
+//! the `onboarding` and `user` aggregates.
+//!
+//! Each step has a deterministic command id, so its events have deterministic ids and a
+//! step repeated after a crash appends nothing new. A rejection means the saga already
+//! ended the other way (a completion after a failure, say): the step is then done.
+//! Conflicts and database errors are transient: the projection that runs the step retries.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use commands::{CommandContext, CommandError, WriteSide};
+use domain::onboarding::OnboardingCommand;
+use domain::user::UserCommand;
+use event_schemas::Metadata;
+use projections::ApplyError;
+use uuid::Uuid;
+
+/// [`projections::Saga`] over the command handlers.
+#[derive(Debug, Clone)]
+pub struct CommandSaga {
+    write: Arc<WriteSide>,
+    required: BTreeSet<String>,
+}
+
+impl CommandSaga {
+    pub fn new(write: Arc<WriteSide>, required: BTreeSet<String>) -> Self {
+        Self { write, required }
+    }
+}
+
+fn context(user: Uuid, step: &str) -> CommandContext {
+    CommandContext {
+        metadata: Metadata {
+            correlation_id: Some(format!("onboarding:{user}")),
+            causation_id: None,
+            actor: Some("system:onboarding".to_owned()),
+            request_id: None,
+        },
+        command_id: Some(format!("onboarding:{user}:{step}")),
+        ..CommandContext::default()
+    }
+}
+
+fn settled<E: std::error::Error>(
+    result: Result<commands::Executed, CommandError<E>>,
+    user: Uuid,
+    step: &str,
+) -> Result<(), ApplyError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(CommandError::Rejected(reason)) => {
+            tracing::debug!(user_id = %user, step, %reason, "Saga step refused: the saga already ended.");
+            Ok(())
+        }
+        Err(error) => Err(ApplyError::Transient(format!("saga step {step}: {error}"))),
+    }
+}
+
+#[async_trait::async_trait]
+impl projections::Saga for CommandSaga {
+    async fn complete(&self, user: Uuid) -> Result<(), ApplyError> {
+        let id = user.to_string();
+        for projection in &self.required {
+            let step = format!("sync:{projection}");
+            let command = OnboardingCommand::RecordSync {
+                user_id: user,
+                projection: projection.clone(),
+                required: self.required.clone(),
+            };
+            let result = self
+                .write
+                .onboarding
+                .execute(&id, command, &context(user, &step))
+                .await;
+            settled(result, user, &step)?;
+        }
+        Ok(())
+    }
+
+    async fn fail(&self, user: Uuid, reason: &str) -> Result<(), ApplyError> {
+        let command = OnboardingCommand::FailOnboarding {
+            user_id: user,
+            reason: reason.to_owned(),
+        };
+        let result = self
+            .write
+            .onboarding
+            .execute(&user.to_string(), command, &context(user, "fail"))
+            .await;
+        settled(result, user, "fail")
+    }
+
+    async fn roll_back(&self, user: Uuid, reason: &str) -> Result<(), ApplyError> {
+        let command = UserCommand::RollBackRegistration {
+            reason: reason.to_owned(),
+        };
+        let result = self
+            .write
+            .users
+            .execute(&user.to_string(), command, &context(user, "roll_back"))
+            .await;
+        settled(result, user, "roll_back")
+    }
+}
+
+/// Everything the projection workers need for real time: live updates into Redis and the
+/// registration saga through a write side on `pool` (what `hybridlive dev` and `project`
+/// run; replays use plain [`projections::Workers::new`]).
+pub fn real_time_workers(
+    pool: &sqlx::PgPool,
+    models: projections::ReadModels,
+    timeline: projections::TimelineSettings,
+    redis: redis::aio::ConnectionManager,
+    redis_prefix: &str,
+    live: projections::LiveSettings,
+    onboarding: projections::OnboardingSettings,
+) -> projections::Workers {
+    let publisher = projections::LivePublisher::new(redis.clone(), redis_prefix, live);
+    let write = Arc::new(WriteSide::new(pool.clone(), commands::Settings::default()));
+    let saga = Arc::new(CommandSaga::new(write, onboarding.required.clone()));
+    let onboarding = projections::Onboarding::new(redis, redis_prefix, onboarding, saga);
+    projections::Workers::new(pool.clone(), models, timeline).with_real_time(publisher, onboarding)
+}
