@@ -20,7 +20,8 @@
 //! - `rate_limit`: Redis-backed limits per IP, per user and on the credential endpoints;
 //! - `extract`: strict JSON, the authenticated [`extract::Principal`], `If-Match`;
 //! - `routes`: `auth`, `social`, `posts`, `feed`, `ops` route groups (queries are served
-//!   from `projections::ReadModels`, waiting for `X-Min-Position` when asked);
+//!   from `projections::ReadModels`, waiting for `X-Min-Position` when asked), and `audit`
+//!   (role `auditor`), which reads the event store itself;
 //! - `openapi`: the OpenAPI document;
 //! - `state`: [`state::AppState`].
 
@@ -210,6 +211,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::posts::routes())
         .merge(routes::feed::routes())
         .merge(routes::ops::routes())
+        .merge(routes::audit::routes())
         .merge(openapi::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{auth, feed, ops, posts, social};
+use crate::routes::{audit, auth, feed, ops, posts, social};
 use crate::state::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -18,6 +18,7 @@ use crate::state::AppState;
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
         posts::get_post, posts::list_comments, feed::feed,
         ops::healthz, ops::readyz, ops::metrics,
+        audit::list_events, audit::stream_history, audit::verify, audit::export,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&BearerAuth),
