@@ -414,6 +414,8 @@ async fn verification_passes_on_a_clean_log_and_names_an_edited_payload() {
     assert_eq!(clean["ok"], true, "{clean}");
     assert_eq!(clean["checked"], app.event_count().await);
     assert!(clean["first_bad_position"].is_null());
+    assert_eq!(clean["from_position"], 1);
+    assert!(clean["next_from_position"].is_null(), "{clean}");
 
     let edited = position_of(
         &app,
