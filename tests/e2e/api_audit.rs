@@ -326,6 +326,26 @@ async fn audit_routes_refuse_non_auditors_and_bad_filters() {
         let anonymous = app.http.get(app.url(&path)).send().await.unwrap();
         assert_eq!(anonymous.status(), 401, "{path}");
     }
+    let openapi: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/audit/events",
+        "/v1/audit/streams/{stream_type}/{stream_id}",
+        "/v1/audit/verify",
+        "/v1/audit/export",
+    ] {
+        assert!(
+            openapi["paths"][path]["get"].is_object(),
+            "{path} undocumented"
+        );
+    }
     for query in [
         "/v1/audit/events?limit=0",
         "/v1/audit/events?limit=1001",
