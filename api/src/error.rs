@@ -22,6 +22,9 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// A query filter (audit listings) with a value it cannot take.
+    #[error("{0}")]
+    InvalidFilter(String),
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
     #[error("request body is too large")]
@@ -85,6 +88,7 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json"),
             Self::InvalidRequest(_) => (S::BAD_REQUEST, "invalid_request"),
+            Self::InvalidFilter(_) => (S::BAD_REQUEST, "invalid_filter"),
             Self::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::InvalidIfMatch => (S::BAD_REQUEST, "invalid_if_match"),

@@ -21,7 +21,8 @@
 //! - `extract`: strict JSON, the authenticated [`extract::Principal`], `If-Match`;
 //! - `routes`: `auth`, `social`, `posts`, `feed`, `stream`, `ops`, `demo` route groups
 //!   (queries are served from `projections::ReadModels`, waiting for `X-Min-Position` when
-//!   asked; `demo` is the page at `/`);
+//!   asked; `demo` is the page at `/`), and `audit` (role `auditor`), which reads the event
+//!   store itself;
 //! - `live`: the SSE fan-out ([`live::Hub`]: Redis Pub/Sub to this instance's connections,
 //!   resume from the channel streams); the SSE routes are `routes::stream`;
 //! - `saga`: the registration saga's steps as commands ([`saga::CommandSaga`]), for the
@@ -112,6 +113,22 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Opens the multiplexed Redis connection every part of a process shares. A command waits at
+/// most `response_timeout` for its answer (redis-rs defaults to 500 ms, which a reconnect
+/// storm of thousands of SSE clients on a busy machine exceeds without Redis being down).
+///
+/// # Errors
+/// `url` is not a Redis URL, or Redis is unreachable.
+pub async fn connect_redis(
+    url: &str,
+    response_timeout: Duration,
+) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(2)));
+    redis::aio::ConnectionManager::new_with_config(redis::Client::open(url)?, config).await
 }
 
 /// `/metrics` (Prometheus text) and `/healthz` alone, for worker processes without the API
@@ -237,6 +254,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::stream::routes())
         .merge(routes::ops::routes())
         .merge(routes::demo::routes())
+        .merge(routes::audit::routes())
         .merge(openapi::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -339,16 +339,18 @@ pub async fn clients(addr: &str, path: &str, count: usize) -> anyhow::Result<()>
         let latencies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
         let (ready_tx, mut ready_rx) =
             tokio::sync::mpsc::channel::<anyhow::Result<()>>(count.max(1));
+        // Clients arrive in waves, as after a deploy: at most this many handshakes at once
+        // per process.
+        let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         for _ in 0..count {
             let (addr, path) = (addr.to_owned(), path.to_owned());
             let (ready, latencies) = (ready_tx.clone(), latencies.clone());
+            let permit = handshakes.clone().acquire_owned().await?;
             tokio::spawn(async move {
-                if let Err(error) = connection(&addr, &path, &ready, &latencies).await {
+                if let Err(error) = connection(&addr, &path, permit, &ready, &latencies).await {
                     let _ = ready.send(Err(error)).await;
                 }
             });
-            // Keep the accept queue short.
-            tokio::task::yield_now().await;
         }
         for _ in 0..count {
             ready_rx.recv().await.context("client tasks ended")??;
@@ -365,9 +367,13 @@ pub async fn clients(addr: &str, path: &str, count: usize) -> anyhow::Result<()>
     }
 }
 
+/// SSE handshakes one client process has in flight at most.
+const HANDSHAKES: usize = 64;
+
 async fn connection(
     addr: &str,
     path: &str,
+    handshake: tokio::sync::OwnedSemaphorePermit,
     ready: &tokio::sync::mpsc::Sender<anyhow::Result<()>>,
     latencies: &std::sync::Mutex<Vec<u64>>,
 ) -> anyhow::Result<()> {
@@ -385,6 +391,7 @@ async fn connection(
     if !status.contains(" 200 ") {
         bail!("the stream answered {status}");
     }
+    drop(handshake);
     let _ = ready.send(Ok(())).await;
     let mut bench_event = false;
     while let Some(line) = lines.next_line().await? {

@@ -118,8 +118,7 @@ async fn build(
     redis_prefix: &str,
 ) -> anyhow::Result<(api::App, Option<projections::Workers>)> {
     let pool = db.pool(options.pool_size, None).await?;
-    let client = redis::Client::open(options.redis_url.as_str()).context("parsing --redis-url")?;
-    let redis = redis::aio::ConnectionManager::new(client)
+    let redis = api::connect_redis(&options.redis_url, Duration::from_secs(2))
         .await
         .context("connecting to Redis")?;
     let settings = api::Settings {

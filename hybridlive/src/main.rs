@@ -131,14 +131,19 @@ struct RedisArgs {
     /// Prefix of every Redis key this deployment writes.
     #[arg(long, env = "REDIS_PREFIX", default_value = "hl:")]
     redis_prefix: String,
+    /// Longest wait for a Redis answer before the command fails, milliseconds.
+    #[arg(long, env = "REDIS_RESPONSE_TIMEOUT_MS", default_value_t = 2000)]
+    redis_response_timeout_ms: u64,
 }
 
 impl RedisArgs {
     async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        let client = redis::Client::open(self.redis_url.as_str()).context("parsing REDIS_URL")?;
-        redis::aio::ConnectionManager::new(client)
-            .await
-            .context("connecting to REDIS_URL")
+        api::connect_redis(
+            &self.redis_url,
+            Duration::from_millis(self.redis_response_timeout_ms),
+        )
+        .await
+        .context("connecting to REDIS_URL")
     }
 }
 
@@ -178,6 +183,10 @@ struct ServeArgs {
     /// POST /v1/auth/* requests per minute per client IP (0 = no limit).
     #[arg(long, env = "RATE_LIMIT_AUTH_PER_IP", default_value_t = 30)]
     rate_limit_auth_per_ip: u32,
+    /// Seal the log (chain every stream's head into a global checkpoint) every this many
+    /// seconds (0 = never).
+    #[arg(long, env = "SEAL_INTERVAL_SECS", default_value_t = 60)]
+    seal_interval_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -275,13 +284,20 @@ enum AdminCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Recomputes the hash chain of every event in a range of positions; exits 1 when the
-    /// log was altered.
+    /// Recomputes the hash chain of every event in a range of positions and checks the
+    /// seals ending in it; prints the result as JSON and exits 1 when the log was altered.
     Verify {
         #[arg(long, default_value_t = 0)]
         from_position: i64,
         #[arg(long, default_value_t = i64::MAX)]
         to_position: i64,
+    },
+    /// Seals the log now (what `serve` does every SEAL_INTERVAL_SECS); prints each new seal
+    /// as a JSON line.
+    Seal {
+        /// Longest wait for running write transactions, seconds; exits 1 when exceeded.
+        #[arg(long, default_value_t = 30)]
+        settle_secs: u64,
     },
 }
 
@@ -476,6 +492,9 @@ async fn main() -> anyhow::Result<()> {
                     to_position,
                 },
         } => verify(&cli.database_url, from_position, to_position).await,
+        Command::Audit {
+            command: AuditCommand::Seal { settle_secs },
+        } => seal(&cli.database_url, Duration::from_secs(settle_secs)).await,
     }
 }
 
@@ -522,13 +541,21 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result
             ..commands::Settings::default()
         },
     };
+    let sealer = CancellationToken::new();
+    if args.seal_interval_secs > 0 {
+        let interval = Duration::from_secs(args.seal_interval_secs);
+        tokio::spawn(store::Sealer::new(pool.clone()).run(interval, sealer.clone()));
+    }
     let app = api::App::build_with(settings, pool, redis, read)
         .await
         .context("binding HTTP_ADDR")?;
     tracing::info!(addr = %app.local_addr()?, dev, "Serving the HTTP API.");
-    app.run_until_stopped(shutdown_signal())
+    let served = app
+        .run_until_stopped(shutdown_signal())
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    sealer.cancel();
+    served?;
     tracing::info!("Stopped.");
     Ok(())
 }
@@ -580,12 +607,34 @@ async fn cancel_on_signal(stop: CancellationToken) {
 
 async fn verify(database_url: &str, from: i64, to: i64) -> anyhow::Result<()> {
     let store = store::PgEventStore::new(connect(database_url, 1).await?);
-    let verification = store.verify(from, to).await.context("verifying the log")?;
+    let verification = store
+        .verify_log(from, to)
+        .await
+        .context("verifying the log")?;
     println!("{}", serde_json::to_string(&verification)?);
     if !verification.ok {
         std::process::exit(1);
     }
     Ok(())
+}
+
+async fn seal(database_url: &str, settle: Duration) -> anyhow::Result<()> {
+    let sealer = store::Sealer::new(connect(database_url, 1).await?);
+    match sealer.seal_now(settle).await.context("sealing the log")? {
+        store::SealOutcome::Sealed(seals) => {
+            for seal in seals {
+                println!("{}", serde_json::to_string(&seal)?);
+            }
+            Ok(())
+        }
+        store::SealOutcome::UpToDate => {
+            eprintln!("The log is already sealed up to its last position.");
+            Ok(())
+        }
+        store::SealOutcome::Unsettled => {
+            anyhow::bail!("a write transaction was still running after {settle:?}; try again")
+        }
+    }
 }
 
 async fn migrate(database_url: &str, create_database: bool) -> anyhow::Result<()> {

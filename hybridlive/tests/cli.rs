@@ -109,6 +109,48 @@ async fn audit_verify_passes_on_a_clean_log_and_fails_after_tampering() {
 }
 
 #[tokio::test]
+async fn audit_seal_then_verify_names_a_deleted_stream_tail_the_chain_misses() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO streams VALUES ('t', 's', 2); \
+         INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload) \
+         VALUES (gen_random_uuid(), 't', 's', 1, 'test.happened', 1, '{\"n\": 1}'), \
+                (gen_random_uuid(), 't', 's', 2, 'test.happened', 1, '{\"n\": 2}');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let sealed = hybridlive(&db.url, &["audit", "seal"]).await;
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    let seal: serde_json::Value =
+        serde_json::from_slice(sealed.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(seal["up_to_position"], 2);
+    assert_eq!(seal["streams"], 1);
+    let again = hybridlive(&db.url, &["audit", "seal"]).await;
+    assert!(again.status.success());
+    assert!(again.stdout.is_empty());
+
+    sqlx::raw_sql(
+        "ALTER TABLE events DISABLE TRIGGER events_append_only; \
+         DELETE FROM events WHERE stream_version = 2; \
+         UPDATE streams SET version = 1; \
+         ALTER TABLE events ENABLE TRIGGER events_append_only;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let tampered = hybridlive(&db.url, &["audit", "verify"]).await;
+    assert_eq!(tampered.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&tampered.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["first_bad_position"], 2);
+}
+
+#[tokio::test]
 async fn serve_refuses_to_start_without_a_real_jwt_secret() {
     let db = TestDb::new().await;
     let missing = hybridlive(&db.url, &["serve", "--http-addr", "127.0.0.1:0"]).await;

@@ -9,24 +9,30 @@
 //! - an append whose event ids are already stored is an idempotent no-op that returns the
 //!   original [`Appended`];
 //! - the `events` table is append-only (trigger and privileges) and hash-chained per stream;
-//!   [`PgEventStore::verify`] recomputes the chain;
+//!   [`PgEventStore::verify_log`] recomputes the chain and checks the seals over the
+//!   stream heads;
 //! - [`LogReader`] never skips a committed event: it reads in `(transaction_id,
 //!   global_position)` order and only below the oldest running transaction.
 //!
 //! Layout:
 //! - [`append`]: [`PgEventStore`], appends and stream reads;
+//! - [`audit`]: [`AuditLog`], filtered listings of the log for auditors;
 //! - [`aggregate`]: [`AggregateStore`], the `cqrs_es::EventStore` with snapshots;
 //! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
 //! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
 //! - [`lease`]: one active instance per reader name (an advisory lock on its own connection);
-//! - [`verify`]: the hash-chain verification;
+//! - [`seal`]: [`Sealer`], periodic seals chaining every stream's head into the log's
+//!   global checkpoints;
+//! - [`verify`]: verification of the hash chain and the seals;
 //! - [`wakeup`]: `NOTIFY` after commits and [`LogWaiter`], what readers wait on.
 
 pub mod aggregate;
 pub mod append;
+pub mod audit;
 pub mod checkpoint;
 pub mod lease;
 pub mod log;
+pub mod seal;
 pub mod verify;
 pub mod wakeup;
 
@@ -34,8 +40,10 @@ pub use aggregate::{AggregateStore, LoadedAggregate};
 pub use append::{
     AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent, StoreError,
 };
+pub use audit::{AuditEvent, AuditFilter, AuditLog, AuditPage};
 pub use checkpoint::Checkpoints;
 pub use log::{LogPosition, LogReader};
+pub use seal::{Seal, SealOutcome, Sealer};
 pub use verify::Verification;
 pub use wakeup::{LogWaiter, EVENTS_CHANNEL};
 

@@ -9,7 +9,8 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn publish(app: &TestApp, token: &str, title: &str) -> String {
+/// Publishes a post as `token`'s user; its id.
+pub(crate) async fn publish(app: &TestApp, token: &str, title: &str) -> String {
     let response = app
         .post(
             "/v1/posts",
@@ -23,7 +24,7 @@ async fn publish(app: &TestApp, token: &str, title: &str) -> String {
 }
 
 /// Waits until the post is readable (the content projection has it).
-async fn readable(app: &TestApp, token: &str, post: &str) {
+pub(crate) async fn readable(app: &TestApp, token: &str, post: &str) {
     let deadline = Instant::now() + WAIT;
     while app
         .call(Method::GET, &format!("/v1/posts/{post}"), token)
