@@ -121,6 +121,48 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// For analysts: the log, for use in other tools.
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplayCommand {
+    /// Writes the events matching the audit filters to stdout, one JSON object per line, in
+    /// log order, as stored (payloads at their recorded `schema_version`, hash in hex).
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+        format: ExportFormat,
+        #[arg(long)]
+        stream_type: Option<String>,
+        /// Only together with --stream-type.
+        #[arg(long, requires = "stream_type")]
+        stream_id: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// e.g. `user:<uuid>`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Recorded at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Recorded before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events after this global position.
+        #[arg(long, default_value_t = 0)]
+        after_position: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// Newline-delimited JSON.
+    Ndjson,
 }
 
 #[derive(Debug, Args)]
@@ -495,6 +537,31 @@ async fn main() -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Seal { settle_secs },
         } => seal(&cli.database_url, Duration::from_secs(settle_secs)).await,
+        Command::Replay {
+            command:
+                ReplayCommand::Export {
+                    format: ExportFormat::Ndjson,
+                    stream_type,
+                    stream_id,
+                    event_type,
+                    correlation_id,
+                    actor,
+                    from,
+                    to,
+                    after_position,
+                },
+        } => {
+            let filter = store::audit::AuditFilter {
+                stream_type,
+                stream_id,
+                event_type,
+                correlation_id,
+                actor,
+                from,
+                to,
+            };
+            export(&cli.database_url, &filter, after_position).await
+        }
     }
 }
 
@@ -615,6 +682,36 @@ async fn verify(database_url: &str, from: i64, to: i64) -> anyhow::Result<()> {
     if !verification.ok {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// Pages through the audit listing (one page in memory at a time) to stdout.
+async fn export(
+    database_url: &str,
+    filter: &store::audit::AuditFilter,
+    mut after: i64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let log = store::audit::AuditLog::new(connect(database_url, 1).await?);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut exported = 0_u64;
+    loop {
+        let page = log
+            .list(filter, after, store::audit::MAX_PAGE)
+            .await
+            .context("reading the log")?;
+        for event in &page.items {
+            serde_json::to_writer(&mut out, event)?;
+            out.write_all(b"\n")?;
+        }
+        exported += page.items.len() as u64;
+        match page.next_cursor {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    out.flush()?;
+    eprintln!("Exported {exported} events.");
     Ok(())
 }
 
