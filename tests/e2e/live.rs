@@ -454,3 +454,100 @@ async fn a_resume_behind_by_more_than_one_read_gets_every_entry_in_order() {
     push(2501).await;
     assert_eq!(resumed.expect("bench", WAIT).await.json()["n"], 2501);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_never_delays_the_others() {
+    // A connection may fall 16 events behind here.
+    let app = e2e::spawn_app_with(|settings| settings.hub.buffer = 16).await;
+    let ada = app.register("ada").await;
+    let post = publish(&app, &ada.access_token, "Heavy").await;
+    readable(&app, &ada.access_token, &post).await;
+    let url = app.url(&format!("/v1/posts/{post}/stream"));
+    // reqwest stops reading the socket while its body is not polled: a stalled client.
+    let mut stalled = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&ada.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    let mut reader = SseClient::connect(&url, &ada.access_token, None).await;
+
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(e2e::redis_url()).unwrap())
+        .await
+        .unwrap();
+    let publisher = projections::LivePublisher::new(
+        redis,
+        &app.redis_prefix,
+        projections::LiveSettings {
+            retention: Duration::from_secs(60),
+            ..projections::LiveSettings::default()
+        },
+    );
+    let channel = projections::live::post_channel(post.parse().unwrap());
+    // 400 × 64 KiB: far more than the socket buffers between the server and the stalled
+    // client hold, so the server cannot write it all and the stalled one falls behind.
+    const EVENTS: usize = 400;
+    let padding = "x".repeat(64 * 1024);
+    let pushing = tokio::spawn(async move {
+        for n in 0..EVENTS {
+            publisher
+                .push(
+                    &channel,
+                    "bench",
+                    &json!({ "n": n, "padding": padding }),
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    for n in 0..EVENTS {
+        let event = reader.expect("bench", WAIT).await;
+        assert_eq!(
+            event.json()["n"],
+            n,
+            "the reading client gets every event, in order"
+        );
+    }
+    pushing.await.unwrap();
+
+    // The stalled client reads again: it gets what was buffered, then the server ends its
+    // stream instead of skipping events silently.
+    let mut text = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = stalled.chunk().await.unwrap() {
+            text.extend_from_slice(&chunk);
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stalled client's stream was never closed"
+    );
+    let received = String::from_utf8_lossy(&text)
+        .matches("event: bench")
+        .count();
+    assert!(
+        received < EVENTS,
+        "the stalled client was not dropped ({received} events)"
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sse_slow_clients_dropped_total 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("sse_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
