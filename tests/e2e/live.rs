@@ -551,3 +551,140 @@ async fn a_client_that_stops_reading_is_dropped_and_never_delays_the_others() {
             .join("\n")
     );
 }
+
+/// A Redis server of one test's own, so that it can be cut off and restarted without
+/// touching the other tests' (scratch: nothing on disk).
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16) -> PrivateRedis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (run scripts/services.sh)");
+        PrivateRedis { port, child }
+    }
+
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        PrivateRedis::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, then a new server on the same port: everything it held is gone.
+    async fn restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        *self = PrivateRedis::start_on(self.port);
+        self.ready().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn connections_survive_a_lost_pubsub_connection_and_a_redis_restart() {
+    let mut private = PrivateRedis::start();
+    private.ready().await;
+    let url = private.url();
+    let app = spawn_app_configured(
+        |settings| settings.redis_url = url,
+        WorkerOptions::default(),
+    )
+    .await;
+    let ada = app.register("ada").await;
+    let post = publish(&app, &ada.access_token, "Resilient").await;
+    readable(&app, &ada.access_token, &post).await;
+    let stream_url = app.url(&format!("/v1/posts/{post}/stream"));
+    let mut reader = SseClient::connect(&stream_url, &ada.access_token, None).await;
+    let prefix = app.redis_prefix.clone();
+    let publisher = |redis_url: String| {
+        let prefix = prefix.clone();
+        async move {
+            let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url).unwrap())
+                .await
+                .unwrap();
+            projections::LivePublisher::new(redis, &prefix, Default::default())
+        }
+    };
+    let channel = projections::live::post_channel(post.parse().unwrap());
+    let push = |publisher: projections::LivePublisher, n: usize| {
+        let channel = channel.clone();
+        async move {
+            publisher
+                .push(&channel, "bench", &json!({ "n": n }), Default::default())
+                .await
+                .unwrap();
+        }
+    };
+    let live = publisher(private.url()).await;
+    push(live.clone(), 0).await;
+    assert_eq!(reader.expect("bench", WAIT).await.json()["n"], 0);
+
+    // The hub's Pub/Sub connection is cut; events pushed meanwhile reach the client once
+    // it has subscribed again (from the stream), in order, none twice.
+    let mut admin = redis::Client::open(private.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "this app's hub is the only subscriber");
+    for n in 1..=20 {
+        push(live.clone(), n).await;
+    }
+    for n in 1..=20 {
+        assert_eq!(reader.expect("bench", WAIT).await.json()["n"], n);
+    }
+
+    // Redis restarts empty: the client is told to reload (`reset`), then live again.
+    private.restart().await;
+    let reset = reader
+        .next_within(WAIT)
+        .await
+        .expect("an event after the restart");
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    let live = publisher(private.url()).await;
+    push(live, 21).await;
+    assert_eq!(reader.expect("bench", WAIT).await.json()["n"], 21);
+}

@@ -117,10 +117,6 @@ pub async fn spawn_app_configured(
     options: WorkerOptions,
 ) -> TestApp {
     let db = TestDb::new().await;
-    let redis = redis::Client::open(redis_url()).expect("REDIS_URL is valid");
-    let redis = redis::aio::ConnectionManager::new(redis)
-        .await
-        .expect("Redis is reachable at REDIS_URL (run scripts/services.sh)");
     let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let jwt_secret = format!(
         "test-secret-{}-{}",
@@ -142,6 +138,11 @@ pub async fn spawn_app_configured(
         ..api::Settings::default()
     };
     adjust(&mut settings);
+    // The whole app uses the Redis the settings name (a test may point it at its own).
+    let redis = redis::Client::open(settings.redis_url.as_str()).expect("REDIS_URL is valid");
+    let redis = redis::aio::ConnectionManager::new(redis)
+        .await
+        .expect("Redis is reachable at REDIS_URL (run scripts/services.sh)");
     let read = projections::ReadModels::lite(db.pool.clone(), redis.clone(), &redis_prefix);
     let app = api::App::build_with(settings, db.pool.clone(), redis.clone(), read.clone())
         .await

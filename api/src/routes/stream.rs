@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -326,19 +327,29 @@ async fn next(c: &mut Connection) -> Option<Event> {
     }
 }
 
-/// Reads the stream after the last id sent into the backlog; false when Redis failed (the
-/// connection closes and the client resumes with `Last-Event-ID`).
+/// Reads the stream after the last id sent into the backlog; false when Redis kept failing
+/// (the connection closes and the client resumes with `Last-Event-ID`). Retries briefly:
+/// right after Redis came back, the shared connection's first command may still fail
+/// while it reconnects.
 async fn resync(c: &mut Connection) -> bool {
-    match c.hub.resume(&c.channel, c.last, CATCH_UP_LIMIT).await {
-        Ok(resumed) => {
-            let caught_up = pending(resumed);
-            c.backlog.extend(caught_up.backlog);
-            c.more = caught_up.more;
-            true
-        }
-        Err(error) => {
-            tracing::warn!(%error, "SSE catch-up failed; closing the connection.");
-            false
+    let mut attempt = 0;
+    loop {
+        match c.hub.resume(&c.channel, c.last, CATCH_UP_LIMIT).await {
+            Ok(resumed) => {
+                let caught_up = pending(resumed);
+                c.backlog.extend(caught_up.backlog);
+                c.more = caught_up.more;
+                return true;
+            }
+            Err(error) if attempt < 4 => {
+                attempt += 1;
+                tracing::debug!(%error, attempt, "SSE catch-up failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "SSE catch-up failed; closing the connection.");
+                return false;
+            }
         }
     }
 }
