@@ -40,6 +40,27 @@ pub(crate) async fn readable(app: &TestApp, token: &str, post: &str) {
     }
 }
 
+/// `GET /v1/me`'s `onboarding` for the token's user.
+async fn onboarding_state(app: &TestApp, token: &str) -> serde_json::Value {
+    let me: serde_json::Value = app
+        .call(Method::GET, "/v1/me", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    me["onboarding"].clone()
+}
+
+/// How many `event_type` events the user's stream holds in the log.
+async fn events_of(app: &TestApp, event_type: &str, user: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1 AND stream_id = $2")
+        .bind(event_type)
+        .bind(user.to_string())
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+}
+
 async fn comment(http: &reqwest::Client, url: String, token: &str, body: &str) -> String {
     let response = http
         .post(url)
@@ -185,21 +206,15 @@ async fn registration_pushes_exactly_one_onboarding_completed_also_to_a_stream_t
                 .is_none_or(|e| e.event != "onboarding_completed"),
             "a second onboarding_completed: {next:?}"
         );
-        let me: serde_json::Value = app
-            .call(Method::GET, "/v1/me", &session.access_token)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(me["onboarding"], "completed");
-        let completed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE event_type = 'onboarding.completed' AND stream_id = $1",
-        )
-        .bind(session.user_id.to_string())
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-        assert_eq!(completed, 1, "recorded once in the log");
+        assert_eq!(
+            onboarding_state(&app, &session.access_token).await,
+            "completed"
+        );
+        assert_eq!(
+            events_of(&app, "onboarding.completed", session.user_id).await,
+            1,
+            "recorded once in the log"
+        );
     }
 }
 
@@ -230,21 +245,11 @@ async fn a_downstream_that_dead_letters_the_user_rolls_the_registration_back_and
     assert!(reason.contains("content"), "{reason}");
     assert!(reason.contains("no_doomed"), "{reason}");
 
-    let me: serde_json::Value = app
-        .call(Method::GET, "/v1/me", &doomed.access_token)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me["onboarding"], "failed");
-    let rolled_back: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'user.registration_rolled_back' AND stream_id = $1",
-    )
-    .bind(doomed.user_id.to_string())
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(rolled_back, 1);
+    assert_eq!(onboarding_state(&app, &doomed.access_token).await, "failed");
+    assert_eq!(
+        events_of(&app, "user.registration_rolled_back", doomed.user_id).await,
+        1
+    );
 
     // Username and email are free again; with the cause gone, the new registration completes.
     sqlx::query("ALTER TABLE read_model.profiles DROP CONSTRAINT no_doomed")
