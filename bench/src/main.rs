@@ -44,6 +44,7 @@
 //!
 //! `bench http` measures the command API over real HTTP (publish posts, register users); see
 //! the `http` module. `bench relay` measures the outbox relay against Kafka; see `relay`.
+//! `bench replay` rebuilds read models from a 1M-event log; see `rebuild`.
 //!
 //! `bench feed` measures the read side over real HTTP, lite profile (issue #5): the API with
 //! every projection running next to it, on a runtime of their own; C closed-loop clients
@@ -66,6 +67,7 @@
 mod feed;
 mod http;
 mod live;
+mod rebuild;
 mod relay;
 mod report;
 mod runner;
@@ -105,6 +107,9 @@ enum Command {
     /// Real time (lite): register → `onboarding_completed` p50/p99, idle SSE connections one
     /// instance holds with the memory each costs, and delivery of a broadcast to all of them.
     Live(LiveArgs),
+    /// Replay (lite): a log of about 1M events rebuilt into the timeline and the content
+    /// models, events/s; and the NDJSON export of the log, events/s.
+    Replay(ReplayArgs),
     /// Internal: the SSE client side of `bench live`, run as child processes.
     #[command(hide = true)]
     LiveClients(LiveClientsArgs),
@@ -215,6 +220,21 @@ struct RelayArgs {
     server: ServerArgs,
     /// The benchmark database, dropped and created anew, and dropped at the end.
     #[arg(long, default_value = "hybridlive_bench_relay")]
+    database_name: String,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Events in the synthetic log (about; whole users).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Events per replay batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: u32,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The benchmark database, dropped and created anew, and dropped at the end.
+    #[arg(long, default_value = "hybridlive_bench_replay")]
     database_name: String,
 }
 
@@ -351,6 +371,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay(args) => relay_bench(args).await,
         Command::Feed(args) => feed_bench(args).await,
         Command::Live(args) => live_bench(args).await,
+        Command::Replay(args) => replay_bench(args).await,
         Command::LiveClients(args) => live::clients(&args.addr, &args.path, args.count).await,
     }
 }
@@ -584,6 +605,51 @@ async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
         result.backlog,
         result.drain.as_secs_f64(),
         result.backlog as f64 / result.drain.as_secs_f64()
+    );
+    dropped
+}
+
+async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
+    if args.events == 0 || args.batch_size == 0 {
+        bail!("--events and --batch-size must be at least 1");
+    }
+    let load = rebuild::ReplayLoad {
+        events: args.events,
+        batch_size: args.batch_size,
+    };
+    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
+    let server = db.facts().await?;
+    let measured = rebuild::run(&db, &load).await;
+    let dropped = db.drop_database().await;
+    let result = measured?;
+    println!(
+        "`cargo run --release -p bench -- replay --events {} --batch-size {}`\n",
+        args.events, args.batch_size
+    );
+    println!(
+        "PostgreSQL {} (the replay's connections: synchronous_commit=off). A log of {} events \
+         appended in {:.1} s.\n",
+        server.server_version,
+        result.events,
+        result.generated_in.as_secs_f64()
+    );
+    println!("| phase | events | time | events/s | rows written |\n|---|---|---|---|---|");
+    for model in &result.models {
+        println!(
+            "| replay `{}` (from scratch, not swapped) | {} | {:.1} s | {:.0} | {} |",
+            model.model,
+            model.events,
+            model.elapsed.as_secs_f64(),
+            model.events as f64 / model.elapsed.as_secs_f64(),
+            model.rows
+        );
+    }
+    let (events, bytes, elapsed) = result.export;
+    println!(
+        "| export as NDJSON (every event, to a sink) | {events} | {:.1} s | {:.0} ({:.1} MB/s) | — |",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        bytes as f64 / 1e6 / elapsed.as_secs_f64()
     );
     dropped
 }

@@ -119,6 +119,11 @@ impl BenchDatabase {
         &self.name
     }
 
+    /// How to connect to the benchmark database.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.options.clone()
+    }
+
     /// A pool of exactly `size` connections, all opened now, optionally with `schema` first
     /// on the search path.
     ///

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 mod admin;
 mod dev;
+mod replay;
 mod workers;
 
 use projections::Source;
@@ -121,10 +122,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// For analysts: the log, for use in other tools.
+    /// For analysts: `replay <model>` rebuilds a read model (timeline, content, analytics)
+    /// from the log into fresh tables and swaps them in, resumably; `replay export` writes
+    /// the log for use in other tools.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Replay {
         #[command(subcommand)]
-        command: ReplayCommand,
+        command: Option<ReplayCommand>,
+        #[command(flatten)]
+        rebuild: replay::ReplayArgs,
     },
 }
 
@@ -538,8 +544,12 @@ async fn main() -> anyhow::Result<()> {
             command: AuditCommand::Seal { settle_secs },
         } => seal(&cli.database_url, Duration::from_secs(settle_secs)).await,
         Command::Replay {
+            command: None,
+            rebuild,
+        } => replay::run(rebuild, &cli.database_url).await,
+        Command::Replay {
             command:
-                ReplayCommand::Export {
+                Some(ReplayCommand::Export {
                     format: ExportFormat::Ndjson,
                     stream_type,
                     stream_id,
@@ -549,7 +559,8 @@ async fn main() -> anyhow::Result<()> {
                     from,
                     to,
                     after_position,
-                },
+                }),
+            ..
         } => {
             let filter = store::audit::AuditFilter {
                 stream_type,

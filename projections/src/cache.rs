@@ -259,6 +259,39 @@ impl PostCache {
         Ok(())
     }
 
+    /// Drops every cached key (after a replay replaced the model the caches front); returns
+    /// how many. Readers refill from the new model.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn clear(&self) -> ReadResult<u64> {
+        let mut redis = self.redis.clone();
+        let pattern = format!("{}post:*", self.prefix);
+        let mut cursor = 0u64;
+        let mut dropped = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut redis)
+                    .await?;
+                dropped += n;
+            }
+            if next == 0 {
+                return Ok(dropped);
+            }
+            cursor = next;
+        }
+    }
+
     /// The cached feed items of `posts`, one round trip; `None` where anything is missing.
     ///
     /// # Errors

@@ -5,6 +5,9 @@
 //! saves the checkpoint after each batch. Delivery is at least once (a crash re-applies the
 //! last batch), so `apply` must be idempotent. [`Runner::run`] is the one active instance of
 //! its projection (a [`store::lease`]); other instances stand by and take over when it dies.
+//! It reads its checkpoint before each batch, under a shared advisory lock
+//! ([`swap_lock_key`]) that a replay's blue/green swap takes exclusively: the swap replaces
+//! the model's tables and moves the checkpoint between two batches (the `replay` crate).
 //!
 //! Failures, as the projection classifies them:
 //! - [`ApplyError::Transient`] (its store is down): retried with exponential backoff and
@@ -21,6 +24,7 @@
 //! `projection_active` (this instance holds the lease), `projection_store_unavailable`.
 
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use event_schemas::EventEnvelope;
@@ -108,26 +112,63 @@ pub struct Runner<P> {
     batch_size: u32,
     poll_interval: Duration,
     standby_interval: Duration,
+    /// Names its checkpoint (`projection:<name>`) and its dead letters.
+    label: String,
+    /// Only events whose global position is in this range are applied; the others are
+    /// passed over (replay `--from` / `--to`).
+    range: RangeInclusive<i64>,
+}
+
+/// The advisory lock (on `hashtextextended(<key>, 0)`) a running projection holds shared
+/// for each batch, and a replay's swap takes exclusively: the swap happens between two
+/// batches, never in the middle of one.
+pub fn swap_lock_key(projection: &str) -> String {
+    format!("hybridlive swap {projection}")
 }
 
 impl<P: Projection> Runner<P> {
     pub fn new(pool: PgPool, projection: P, policy: RetryPolicy) -> Self {
         Self {
             pool,
-            projection,
             policy,
             batch_size: 500,
             poll_interval: Duration::from_secs(1),
             standby_interval: Duration::from_millis(500),
+            label: projection.name().to_owned(),
+            range: 0..=i64::MAX,
+            projection,
         }
+    }
+
+    /// Keeps its checkpoint (`projection:<label>`) and dead letters under `label` instead of
+    /// the projection's name: a replay builds the same projection beside the live one.
+    #[must_use]
+    pub fn labelled(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Applies only the events whose global position is in `range`.
+    #[must_use]
+    pub fn within(mut self, range: RangeInclusive<i64>) -> Self {
+        self.range = range;
+        self
+    }
+
+    /// Events per batch (and per checkpoint).
+    #[must_use]
+    pub fn batch_size(mut self, events: u32) -> Self {
+        self.batch_size = events.max(1);
+        self
     }
 
     pub fn projection(&self) -> &P {
         &self.projection
     }
 
-    fn checkpoint_name(&self) -> String {
-        format!("projection:{}", self.projection.name())
+    /// The name of its row in `checkpoints`.
+    pub fn checkpoint_name(&self) -> String {
+        format!("projection:{}", self.label)
     }
 
     /// Follows the log until `stop`, as the one active instance of this projection: waits
@@ -156,21 +197,34 @@ impl<P: Projection> Runner<P> {
             metrics::gauge!("projection_active", "projection" => self.projection.name().to_owned());
         active.set(1.0);
         tracing::info!(projection = self.projection.name(), "Projection is active.");
+        let swap_key = swap_lock_key(self.projection.name());
         let result = async {
             let mut waiter = LogWaiter::new(self.pool.clone(), self.poll_interval);
-            let mut position = Checkpoints::load_with(&mut lease, &name).await?;
             loop {
-                let (done, next) = self.batch_from(position, stop).await?;
-                if done > 0 {
-                    Checkpoints::save_with(&mut lease, &name, next).await?;
-                    position = next;
+                // A replay's swap may have replaced the model and moved the checkpoint
+                // since the last batch: take the lock it takes, then read the checkpoint.
+                sqlx::query("SELECT pg_advisory_lock_shared(hashtextextended($1, 0))")
+                    .bind(&swap_key)
+                    .execute(&mut lease)
+                    .await?;
+                let batch = async {
+                    let position = Checkpoints::load_with(&mut lease, &name).await?;
+                    let (done, next) = self.batch_from(position, stop).await?;
+                    if done > 0 {
+                        Checkpoints::save_with(&mut lease, &name, next).await?;
+                    }
+                    Ok::<_, StoreError>(done)
                 }
+                .await;
+                sqlx::query("SELECT pg_advisory_unlock_shared(hashtextextended($1, 0))")
+                    .bind(&swap_key)
+                    .execute(&mut lease)
+                    .await?;
+                let done = batch?;
                 if stop.is_cancelled() {
                     return Ok(());
                 }
                 if done == 0 {
-                    // Caught up: also proves the lease connection is alive.
-                    sqlx::query("SELECT 1").execute(&mut lease).await?;
                     tokio::select! {
                         () = waiter.wait() => {}
                         () = stop.cancelled() => return Ok(()),
@@ -212,7 +266,7 @@ impl<P: Projection> Runner<P> {
         let Some(last) = last else {
             return Ok(());
         };
-        let name = [self.projection.name()];
+        let name = [self.label.as_str()];
         while !stop.is_cancelled() && !crate::query::caught_up(&self.pool, &name, last).await? {
             if self.run_batch(stop).await? == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -233,7 +287,9 @@ impl<P: Projection> Runner<P> {
             .await?;
         let mut done = 0;
         for event in &batch {
-            if self.projection.handles(&event.event_type) {
+            if self.range.contains(&event.global_position)
+                && self.projection.handles(&event.event_type)
+            {
                 match self.process(event, stop).await? {
                     Outcome::Applied | Outcome::DeadLettered(_) => {}
                     Outcome::Stopped => break,
@@ -307,8 +363,8 @@ impl<P: Projection> Runner<P> {
         error: &str,
         attempts: u32,
     ) -> Result<(), StoreError> {
-        tracing::error!(projection = self.projection.name(), position = event.global_position, event_id = %event.event_id, error, "Dead-lettered an event.");
-        metrics::counter!("projection_dead_lettered_total", "projection" => self.projection.name().to_owned())
+        tracing::error!(projection = %self.label, position = event.global_position, event_id = %event.event_id, error, "Dead-lettered an event.");
+        metrics::counter!("projection_dead_lettered_total", "projection" => self.label.clone())
             .increment(1);
         sqlx::query(
             "INSERT INTO dead_letters (projection, event_id, global_position, error, attempts) \
@@ -317,7 +373,7 @@ impl<P: Projection> Runner<P> {
                 SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts, \
                     dead_lettered_at = now()",
         )
-        .bind(self.projection.name())
+        .bind(&self.label)
         .bind(event.event_id)
         .bind(event.global_position)
         .bind(error)
@@ -373,7 +429,7 @@ impl DeadLetters {
         &self,
         runner: &Runner<P>,
     ) -> Result<(usize, usize), StoreError> {
-        let name = runner.projection.name();
+        let name = runner.label.as_str();
         let letters = self.list(Some(name)).await?;
         let mut still_dead = 0;
         for letter in &letters {

@@ -3,7 +3,9 @@
 //!
 //! `DATABASE_URL` names the server (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`);
 //! each [`TestDb`] creates `hl_test_<uuid>` on it, runs the project's migrations, and drops
-//! the database again when dropped.
+//! the database again when dropped. [`social`] writes a synthetic social log.
+
+pub mod social;
 
 use std::time::Duration;
 

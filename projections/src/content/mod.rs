@@ -126,7 +126,8 @@ pub trait ContentStore: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct ContentProjection {
     store: Arc<dyn ContentStore>,
-    cache: PostCache,
+    /// `None` while replaying into a fresh target: the caches front the live model.
+    cache: Option<PostCache>,
     live: Option<LivePublisher>,
     onboarding: Option<Onboarding>,
 }
@@ -137,7 +138,17 @@ impl ContentProjection {
     pub fn new(store: Arc<dyn ContentStore>, cache: PostCache) -> Self {
         Self {
             store,
-            cache,
+            cache: Some(cache),
+            live: None,
+            onboarding: None,
+        }
+    }
+
+    /// The store alone, without the caches, live updates or the saga: what a replay builds.
+    pub fn uncached(store: Arc<dyn ContentStore>) -> Self {
+        Self {
+            store,
+            cache: None,
             live: None,
             onboarding: None,
         }
@@ -191,12 +202,15 @@ impl ContentProjection {
     /// Applies a counted change to the cache, or drops the post's cached keys when the
     /// store had it already (see the module docs).
     async fn counted(&self, post: Uuid, change: Change, apply: CacheWrite<'_>) -> ReadResult<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
         if !change.changed {
-            return self.cache.invalidate(post).await;
+            return cache.invalidate(post).await;
         }
         match apply {
-            CacheWrite::Likes(delta) => self.cache.like_changed(post, delta).await,
-            CacheWrite::Comment(comment) => self.cache.comment_added(comment).await,
+            CacheWrite::Likes(delta) => cache.like_changed(post, delta).await,
+            CacheWrite::Comment(comment) => cache.comment_added(comment).await,
         }
     }
 }
@@ -264,7 +278,9 @@ impl Projection for ContentProjection {
             }
             Event::PostDeleted(e) => {
                 self.store.delete_post(e.post_id).await?;
-                self.cache.invalidate(e.post_id).await?;
+                if let Some(cache) = &self.cache {
+                    cache.invalidate(e.post_id).await?;
+                }
             }
             Event::CommentAdded(e) => {
                 let comment = CommentDoc {

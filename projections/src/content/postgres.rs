@@ -55,6 +55,9 @@ fn post_doc((post_id, author_id, position, doc, like_count, comment_count): Post
 }
 
 impl PgContent {
+    /// Its tables, in every schema that holds a copy (replay copies and swaps them).
+    pub const TABLES: &'static [&'static str] = &["profiles", "posts", "comments", "likes"];
+
     /// The live lite model, in [`crate::query::LITE_SCHEMA`].
     pub fn lite(pool: PgPool) -> Self {
         Self {

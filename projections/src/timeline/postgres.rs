@@ -15,7 +15,7 @@ pub struct PgTimelines {
 }
 
 /// Checks that `schema` is a plain identifier, since it is spliced into SQL.
-pub(crate) fn checked_schema(schema: &str) -> ReadResult<String> {
+pub fn checked_schema(schema: &str) -> ReadResult<String> {
     let plain = !schema.is_empty()
         && schema.len() <= 63
         && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -32,6 +32,15 @@ pub(crate) fn checked_schema(schema: &str) -> ReadResult<String> {
 }
 
 impl PgTimelines {
+    /// Its tables, in every schema that holds a copy (replay copies and swaps them).
+    pub const TABLES: &'static [&'static str] = &[
+        "follows",
+        "timelines",
+        "timeline_lengths",
+        "author_posts",
+        "merged_authors",
+    ];
+
     /// The live lite model, in [`crate::query::LITE_SCHEMA`].
     pub fn lite(pool: PgPool) -> Self {
         Self {

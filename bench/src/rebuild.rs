@@ -1,0 +1,137 @@
+//! `bench replay`: a synthetic social log of about `--events` events
+//! ([`testkit::social::SocialLog`]), replayed from scratch into the lite timeline and the
+//! lite content models (`hybridlive replay <model> --no-swap` does the same), timed; and
+//! the log exported as NDJSON the way `hybridlive replay export` does.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use replay::{Model, Replay, ReplayOptions};
+use sqlx::postgres::PgPoolOptions;
+use testkit::social::SocialLog;
+use tokio_util::sync::CancellationToken;
+
+use crate::setup::BenchDatabase;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayLoad {
+    pub events: usize,
+    pub batch_size: u32,
+}
+
+#[derive(Debug)]
+pub struct ModelResult {
+    pub model: &'static str,
+    pub events: u64,
+    pub elapsed: Duration,
+    pub rows: i64,
+}
+
+#[derive(Debug)]
+pub struct ReplayResult {
+    pub events: usize,
+    pub generated_in: Duration,
+    pub models: Vec<ModelResult>,
+    pub export: (u64, u64, Duration),
+}
+
+pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<ReplayResult> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect_with(replay::pool_options(db.connect_options()))
+        .await
+        .context("connecting to the benchmark database")?;
+    // About 42 events per user with the default mix.
+    let log = SocialLog::new((load.events / 42).max(2));
+    eprintln!("Appending about {} events (untimed)…", log.events());
+    let started = Instant::now();
+    let events = log.append(&pool).await.context("appending the log")?;
+    let generated_in = started.elapsed();
+    eprintln!(
+        "Appended {events} events in {:.1} s.",
+        generated_in.as_secs_f64()
+    );
+    db.settle().await?;
+
+    let mut models = Vec::new();
+    for name in ["timeline", "content"] {
+        let model = Model::named(name)?;
+        let options = ReplayOptions {
+            swap: false,
+            restart: true,
+            batch_size: load.batch_size,
+            ..ReplayOptions::default()
+        };
+        let summary = Replay::new(pool.clone(), model, options)?
+            .run(&CancellationToken::new(), &mut |_| {})
+            .await
+            .with_context(|| format!("replaying {name}"))?;
+        anyhow::ensure!(!summary.interrupted && summary.dead_lettered == 0);
+        let mut rows = 0;
+        for table in model.tables {
+            let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM replay_{name}.{table}"))
+                .fetch_one(&pool)
+                .await?;
+            rows += n;
+        }
+        eprintln!(
+            "Replayed {name}: {} events in {:.1} s ({:.0} events/s), {rows} rows.",
+            summary.read,
+            summary.elapsed.as_secs_f64(),
+            summary.rate()
+        );
+        models.push(ModelResult {
+            model: model.name,
+            events: summary.read,
+            elapsed: summary.elapsed,
+            rows,
+        });
+    }
+
+    let export = export(&pool).await?;
+    Ok(ReplayResult {
+        events,
+        generated_in,
+        models,
+        export,
+    })
+}
+
+/// Pages through the whole log as `hybridlive replay export` does, writing NDJSON to a
+/// sink; returns (events, bytes, elapsed).
+async fn export(pool: &sqlx::PgPool) -> anyhow::Result<(u64, u64, Duration)> {
+    use std::io::Write;
+    let log = store::audit::AuditLog::new(pool.clone());
+    let filter = store::audit::AuditFilter::default();
+    let mut out = CountingSink::default();
+    let started = Instant::now();
+    let mut events = 0u64;
+    let mut after = 0;
+    loop {
+        let page = log.list(&filter, after, store::audit::MAX_PAGE).await?;
+        for event in &page.items {
+            serde_json::to_writer(&mut out, event)?;
+            out.write_all(b"\n")?;
+        }
+        events += page.items.len() as u64;
+        match page.next_cursor {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    Ok((events, out.0, started.elapsed()))
+}
+
+#[derive(Default)]
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

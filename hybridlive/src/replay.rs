@@ -1,0 +1,229 @@
+//! `hybridlive replay <model>`: rebuilds a read model from the log and swaps it in (the
+//! `replay` crate), with a progress bar (events/s, ETA) and a summary; SIGINT stops it
+//! with its checkpoint saved, and the same command resumes it.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use replay::{Model, Progress, Replay, ReplayOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::workers::ReadStoreArgs;
+use crate::RedisArgs;
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The read model to rebuild: timeline, content or analytics.
+    #[arg(required = true)]
+    model: Option<String>,
+    /// Reads and decodes the range and counts what would be applied; writes nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// First global position applied (inclusive). A partial replay is not swapped in.
+    #[arg(long)]
+    from: Option<i64>,
+    /// Last global position applied (inclusive). A partial replay is not swapped in.
+    #[arg(long)]
+    to: Option<i64>,
+    /// Drops an unfinished replay of this model and starts over.
+    #[arg(long)]
+    restart: bool,
+    /// Leaves the rebuilt model in `replay_<model>` instead of swapping it in.
+    #[arg(long)]
+    no_swap: bool,
+    /// Events per batch (and per checkpoint).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: u32,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    stores: ReadStoreArgs,
+}
+
+pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
+    let name = args.model.clone().unwrap_or_default();
+    let model = Model::named(&name)?;
+    let options: sqlx::postgres::PgConnectOptions =
+        database_url.parse().context("parsing DATABASE_URL")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(replay::pool_options(options))
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let full = match model.name {
+        projections::TimelineProjection::NAME => !args.stores.scylla_nodes.is_empty(),
+        projections::ContentProjection::NAME => args.stores.mongodb_uri.is_some(),
+        _ => false,
+    };
+    anyhow::ensure!(
+        !full,
+        "replay rebuilds the lite (PostgreSQL) read models; `{}` is configured on ScyllaDB / \
+         MongoDB here (unset SCYLLA_NODES / MONGODB_URI to rebuild the lite one)",
+        model.name
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(crate::cancel_on_signal(stop.clone()));
+    let swap = !args.no_swap && args.from.is_none() && args.to.is_none();
+    let cache = if swap && model.name == projections::ContentProjection::NAME {
+        match args.redis.connect().await {
+            Ok(redis) => Some(projections::PostCache::new(
+                redis,
+                format!("{}rm:", args.redis.redis_prefix),
+                projections::CacheSettings::default(),
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "Redis is unreachable: after the swap the post caches keep serving the old model until they expire.");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let options = ReplayOptions {
+        from: args.from,
+        to: args.to,
+        restart: args.restart,
+        swap,
+        batch_size: args.batch_size,
+        timeline: args.stores.timeline_settings(),
+        cache,
+    };
+    let replay = Replay::new(pool, model, options)?;
+    let mut bar = Bar::new(model.name);
+    if args.dry_run {
+        let report = replay
+            .dry_run(&stop, &mut |p| bar.update(p))
+            .await
+            .context("dry run")?;
+        bar.finish();
+        println!(
+            "Dry run of `{}`: read {} events; would apply {}:",
+            model.name,
+            report.read,
+            report.would_apply.values().sum::<u64>()
+        );
+        for (event_type, count) in &report.would_apply {
+            println!("  {event_type:<32} {count}");
+        }
+        if !report.undecodable.is_empty() {
+            println!(
+                "{} events do not decode and would be dead-lettered:",
+                report.undecodable.len()
+            );
+            for (position, error) in report.undecodable.iter().take(20) {
+                println!("  position {position}: {error}");
+            }
+        }
+        return Ok(());
+    }
+    let summary = replay
+        .run(&stop, &mut |p| bar.update(p))
+        .await
+        .with_context(|| format!("replaying `{}`", model.name))?;
+    bar.finish();
+    println!(
+        "Replay of `{}`{}: read {} events in {:.1} s ({:.0} events/s), {} dead-lettered, at position {}.",
+        summary.model,
+        if summary.resumed { " (resumed)" } else { "" },
+        summary.read,
+        summary.elapsed.as_secs_f64(),
+        summary.rate(),
+        summary.dead_lettered,
+        summary.position.global_position,
+    );
+    if summary.interrupted {
+        println!(
+            "Interrupted: the rebuilt part is kept in schema `{}`; run the same command again to resume.",
+            summary.target
+        );
+    } else if let Some(swap) = &summary.swap {
+        println!(
+            "Swapped in: readers now use the rebuilt model in `{}`; the previous tables are in `{}`; the live projection goes on from position {} (it was at {}); {} cached keys dropped.",
+            summary.target,
+            swap.retired,
+            swap.live_after.global_position,
+            swap.live_before.global_position,
+            swap.cache_keys_dropped,
+        );
+    } else {
+        println!("Built in schema `{}` (not swapped in).", summary.target);
+    }
+    if summary.dead_lettered > 0 {
+        println!(
+            "See them with `hybridlive dlq list --projection replay:{}`.",
+            summary.model
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; a line every 2 s otherwise (logs, CI).
+struct Bar {
+    name: &'static str,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    first: Option<u64>,
+    last_line: Instant,
+}
+
+impl Bar {
+    fn new(name: &'static str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events, {per_sec}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(format!("replay {name}"));
+            bar
+        });
+        Self {
+            name,
+            bar,
+            started: Instant::now(),
+            first: None,
+            last_line: Instant::now()
+                .checked_sub(Duration::from_secs(2))
+                .unwrap_or_else(Instant::now),
+        }
+    }
+
+    fn update(&mut self, progress: Progress) {
+        let first = *self.first.get_or_insert(progress.read);
+        if let Some(bar) = &self.bar {
+            bar.set_length(progress.total);
+            bar.set_position(progress.read);
+            return;
+        }
+        if self.last_line.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        self.last_line = Instant::now();
+        let rate = (progress.read - first) as f64 / self.started.elapsed().as_secs_f64();
+        let left = progress.total.saturating_sub(progress.read) as f64;
+        let eta = if rate > 0.0 {
+            format!("{:.0} s", left / rate)
+        } else {
+            "?".into()
+        };
+        eprintln!(
+            "replay {}: {}/{} events ({:.0}%), {:.0} events/s, ETA {eta}",
+            self.name,
+            progress.read,
+            progress.total,
+            100.0 * progress.read as f64 / progress.total.max(1) as f64,
+            rate,
+        );
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The read models replay can rebuild, by name.
+//!
+//! To add one (an analyst's new read model): implement [`projections::Projection`] over
+//! tables in one PostgreSQL schema — idempotent `apply`, since a resumed replay applies the
+//! last batch again — create that schema and its (empty) tables in a migration, then add a
+//! [`Model`] to [`MODELS`] and a variant to [`ModelProjection`]. `hybridlive replay <name>`
+//! then builds it into a fresh copy of its tables and swaps them in; the `analytics` model
+//! is built this way only.
+
+use std::sync::Arc;
+
+use event_schemas::EventEnvelope;
+use projections::content::postgres::PgContent;
+use projections::query::LITE_SCHEMA;
+use projections::timeline::postgres::PgTimelines;
+use projections::{
+    ApplyError, ContentProjection, Projection, TimelineProjection, TimelineSettings,
+};
+use sqlx::PgPool;
+
+/// A read model replay can rebuild: a projection over a set of tables of one schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Model {
+    /// Its name on the command line, and its projection's name.
+    pub name: &'static str,
+    /// The schema readers use.
+    pub schema: &'static str,
+    /// Its tables there; a replay copies them (`LIKE … INCLUDING ALL`) and swaps them.
+    pub tables: &'static [&'static str],
+    /// One line for `--help` and errors.
+    pub about: &'static str,
+}
+
+/// Every model replay can rebuild.
+pub const MODELS: &[Model] = &[
+    Model {
+        name: TimelineProjection::NAME,
+        schema: LITE_SCHEMA,
+        tables: PgTimelines::TABLES,
+        about: "the social graph and home timelines (lite)",
+    },
+    Model {
+        name: ContentProjection::NAME,
+        schema: LITE_SCHEMA,
+        tables: PgContent::TABLES,
+        about: "posts, comments, likes and profiles (lite)",
+    },
+];
+
+/// Why a model cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "`onboarding` is the registration saga, not a read model: replaying it would message \
+         users again, so it cannot be replayed; replayable: {known}",
+        known = names()
+    )]
+    Saga,
+    #[error("unknown read model `{name}`; replayable: {known}", name = .0, known = names())]
+    Unknown(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+fn names() -> String {
+    MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
+
+impl Model {
+    /// The model called `name`.
+    ///
+    /// # Errors
+    /// [`ModelError`] for the saga or an unknown name.
+    pub fn named(name: &str) -> Result<&'static Model, ModelError> {
+        match MODELS.iter().find(|m| m.name == name) {
+            Some(model) => Ok(model),
+            None if name == projections::OnboardingProjection::NAME => Err(ModelError::Saga),
+            None => Err(ModelError::Unknown(name.to_owned())),
+        }
+    }
+
+    /// Its projection writing to the tables in `schema`, with no side effects: no live
+    /// updates, no caches, no saga.
+    ///
+    /// # Errors
+    /// When `schema` is not a plain identifier.
+    pub fn projection(
+        &self,
+        pool: &PgPool,
+        schema: &str,
+        timeline: TimelineSettings,
+    ) -> Result<ModelProjection, ModelError> {
+        Ok(match self.name {
+            TimelineProjection::NAME => ModelProjection::Timeline(TimelineProjection::new(
+                Arc::new(
+                    PgTimelines::new(pool.clone(), schema)
+                        .map_err(|e| ModelError::Store(e.to_string()))?,
+                ),
+                timeline,
+            )),
+            ContentProjection::NAME => {
+                ModelProjection::Content(ContentProjection::uncached(Arc::new(
+                    PgContent::new(pool.clone(), schema)
+                        .map_err(|e| ModelError::Store(e.to_string()))?,
+                )))
+            }
+            other => return Err(ModelError::Unknown(other.to_owned())),
+        })
+    }
+}
+
+/// The projection of a [`Model`].
+#[derive(Debug)]
+pub enum ModelProjection {
+    Timeline(TimelineProjection),
+    Content(ContentProjection),
+}
+
+impl Projection for ModelProjection {
+    fn name(&self) -> &str {
+        match self {
+            Self::Timeline(p) => p.name(),
+            Self::Content(p) => p.name(),
+        }
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        match self {
+            Self::Timeline(p) => p.handles(event_type),
+            Self::Content(p) => p.handles(event_type),
+        }
+    }
+
+    async fn apply(&self, event: &EventEnvelope) -> Result<(), ApplyError> {
+        match self {
+            Self::Timeline(p) => p.apply(event).await,
+            Self::Content(p) => p.apply(event).await,
+        }
+    }
+}

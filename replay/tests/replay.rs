@@ -1,0 +1,316 @@
+//! Replay rebuilds every lite read model exactly as the live projections built it — also
+//! when interrupted and resumed — and swaps it in while the live projection runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use projections::content::postgres::PgContent;
+use projections::timeline::postgres::PgTimelines;
+use projections::{
+    CacheSettings, ContentProjection, PostCache, RetryPolicy, Runner, TimelineProjection,
+    TimelineSettings,
+};
+use replay::{Model, ModelError, Progress, Replay, ReplayError, ReplayOptions};
+use sqlx::PgPool;
+use testkit::social::SocialLog;
+use testkit::TestDb;
+use tokio_util::sync::CancellationToken;
+
+fn settings() -> TimelineSettings {
+    // A low threshold, so that some authors are merged at read time.
+    TimelineSettings {
+        cap: 800,
+        fanout_max_followers: 8,
+    }
+}
+
+async fn cache() -> PostCache {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
+        .await
+        .expect("Redis is reachable at REDIS_URL (run scripts/services.sh)");
+    PostCache::new(
+        redis,
+        format!("hl:test:{}:rm:", uuid::Uuid::new_v4().simple()),
+        CacheSettings::default(),
+    )
+}
+
+/// Builds the live models as `hybridlive project` does (content with its caches).
+async fn build_live(pool: &PgPool) {
+    let stop = CancellationToken::new();
+    let timeline = TimelineProjection::new(Arc::new(PgTimelines::lite(pool.clone())), settings());
+    Runner::new(pool.clone(), timeline, RetryPolicy::default())
+        .catch_up(&stop)
+        .await
+        .unwrap();
+    let content = ContentProjection::new(Arc::new(PgContent::lite(pool.clone())), cache().await);
+    Runner::new(pool.clone(), content, RetryPolicy::default())
+        .catch_up(&stop)
+        .await
+        .unwrap();
+}
+
+fn options() -> ReplayOptions {
+    ReplayOptions {
+        swap: false,
+        batch_size: 100,
+        timeline: settings(),
+        ..ReplayOptions::default()
+    }
+}
+
+/// Every table of `model` holds the same rows in both schemas; returns the rows compared.
+async fn assert_same(pool: &PgPool, model: &Model, a: &str, b: &str) -> i64 {
+    let mut rows = 0;
+    for table in model.tables {
+        let (count_a, count_b, differing): (i64, i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {a}.{table}), (SELECT count(*) FROM {b}.{table}), \
+                    (SELECT count(*) FROM ((SELECT * FROM {a}.{table} EXCEPT ALL SELECT * FROM {b}.{table}) \
+                               UNION ALL (SELECT * FROM {b}.{table} EXCEPT ALL SELECT * FROM {a}.{table})) d)"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (count_a, differing),
+            (count_b, 0),
+            "{a}.{table} and {b}.{table} differ"
+        );
+        rows += count_a;
+    }
+    rows
+}
+
+async fn replay(
+    pool: &PgPool,
+    model: &'static Model,
+    options: ReplayOptions,
+    interrupt_after: Option<u64>,
+) -> replay::Summary {
+    let stop = CancellationToken::new();
+    let cancel = stop.clone();
+    let mut progress = move |p: Progress| {
+        if interrupt_after.is_some_and(|n| p.read >= n) {
+            cancel.cancel();
+        }
+    };
+    Replay::new(pool.clone(), model, options)
+        .unwrap()
+        .run(&stop, &mut progress)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_lite_model_rebuilt_by_replay_equals_the_live_one_also_after_an_interruption() {
+    let db = TestDb::new().await;
+    let written = SocialLog::new(40).append(&db.pool).await.unwrap();
+    build_live(&db.pool).await;
+
+    for name in ["timeline", "content"] {
+        let model = Model::named(name).unwrap();
+        // Interrupted a third of the way, then resumed.
+        let first = replay(&db.pool, model, options(), Some(written as u64 / 3)).await;
+        assert!(first.interrupted, "{name}: {first:?}");
+        assert!(!first.resumed);
+        assert!(
+            first.read > 0 && first.read < written as u64,
+            "{name}: read {} of {written} before the interruption",
+            first.read
+        );
+        let second = replay(&db.pool, model, options(), None).await;
+        assert!(second.resumed && !second.interrupted, "{name}: {second:?}");
+        assert_eq!(
+            first.read + second.read,
+            written as u64,
+            "{name}: the resumed run goes on where the first stopped"
+        );
+        assert_eq!(second.dead_lettered, 0);
+        assert!(
+            second.swap.is_none(),
+            "a --no-swap replay leaves the live model alone"
+        );
+        let rows = assert_same(&db.pool, model, "read_model", &format!("replay_{name}")).await;
+        assert!(rows > 1000, "{name}: only {rows} rows compared");
+    }
+
+    // Upcasting: u10 registered with `user.registered` v1, without a display name.
+    let display: String = sqlx::query_scalar(
+        "SELECT display_name FROM replay_content.profiles WHERE username = 'u10'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(display, "u10");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_replaces_the_live_model_while_its_projection_runs_and_appends_go_on() {
+    let db = TestDb::new().await;
+    SocialLog::new(30).append(&db.pool).await.unwrap();
+    let model = Model::named("timeline").unwrap();
+
+    // The live projection, running as `hybridlive project timeline` does.
+    let stop = CancellationToken::new();
+    let live = {
+        let (pool, stop) = (db.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let projection =
+                TimelineProjection::new(Arc::new(PgTimelines::lite(pool.clone())), settings());
+            Runner::new(pool, projection, RetryPolicy::default())
+                .run(&stop)
+                .await
+        })
+    };
+    // A second world keeps appending during the replay and the swap.
+    let appends = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            let mut log = SocialLog::new(30);
+            log.seed = 99;
+            log.concurrency = 4;
+            log.append(&pool).await
+        })
+    };
+    let summary = replay(
+        &db.pool,
+        model,
+        ReplayOptions {
+            swap: true,
+            ..options()
+        },
+        None,
+    )
+    .await;
+    let swap = summary.swap.expect("swapped");
+    assert_eq!(summary.target, "read_model");
+    assert!(swap.live_after >= swap.live_before, "{swap:?}");
+    appends.await.unwrap().unwrap();
+
+    // The live projection goes on into the swapped-in tables from the new checkpoint.
+    let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !projections::query::caught_up(&db.pool, &["timeline"], last)
+        .await
+        .unwrap()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the live projection stalled after the swap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    live.await.unwrap().unwrap();
+
+    // The result equals a model built from scratch by a second replay (not swapped).
+    let reference = replay(&db.pool, model, options(), None).await;
+    assert!(reference.swap.is_none() && !reference.resumed);
+    let rows = assert_same(&db.pool, model, "read_model", "replay_timeline").await;
+    assert!(rows > 1000, "only {rows} rows compared");
+    // The previous tables are kept for inspection.
+    let retired: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'retired_timeline'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(retired, model.tables.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_dry_runs_and_names() {
+    let db = TestDb::new().await;
+    let written = SocialLog::new(10).append(&db.pool).await.unwrap() as i64;
+    let model = Model::named("content").unwrap();
+    let middle: i64 = sqlx::query_scalar(
+        "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY global_position) FROM events",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    // A dry run counts what would be applied and writes nothing.
+    let ranged = ReplayOptions {
+        to: Some(middle),
+        ..options()
+    };
+    let dry = Replay::new(db.pool.clone(), model, ranged.clone())
+        .unwrap()
+        .dry_run(&CancellationToken::new(), &mut |_| {})
+        .await
+        .unwrap();
+    let expected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE global_position <= $1 AND event_type <> 'social.followed' \
+            AND event_type <> 'social.unfollowed'",
+    )
+    .bind(middle)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dry.would_apply.values().sum::<u64>() as i64, expected);
+    assert!(dry.read as i64 <= written);
+    assert!(dry.undecodable.is_empty());
+    let schemas: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'replay_content'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(schemas, 0, "a dry run creates nothing");
+
+    // `--to`: only the events up to it; never swapped in.
+    let partial = replay(
+        &db.pool,
+        model,
+        ReplayOptions {
+            swap: true,
+            ..ranged.clone()
+        },
+        Some(1),
+    )
+    .await;
+    assert!(partial.interrupted);
+    let other = Replay::new(db.pool.clone(), model, options())
+        .unwrap()
+        .run(&CancellationToken::new(), &mut |_| {})
+        .await;
+    assert!(
+        matches!(other, Err(ReplayError::OtherRange { .. })),
+        "resuming with another range is refused: {other:?}"
+    );
+    let done = replay(
+        &db.pool,
+        model,
+        ReplayOptions {
+            swap: true,
+            ..ranged
+        },
+        None,
+    )
+    .await;
+    assert!(done.resumed && done.swap.is_none());
+    let newest: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM replay_content.posts")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(newest.is_some_and(|p| p <= middle), "{newest:?} > {middle}");
+    let restarted = replay(
+        &db.pool,
+        model,
+        ReplayOptions {
+            restart: true,
+            ..options()
+        },
+        None,
+    )
+    .await;
+    assert!(!restarted.resumed);
+    assert_eq!(restarted.read as i64, written);
+
+    assert!(matches!(Model::named("onboarding"), Err(ModelError::Saga)));
+    assert!(matches!(Model::named("nope"), Err(ModelError::Unknown(_))));
+}
