@@ -22,7 +22,7 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{0}")]
     InvalidRequest(String),
-    /// A query filter (audit listings) with a value it cannot take.
+    /// A query filter (audit listings, analytics ranges) with a value it cannot take.
     #[error("{0}")]
     InvalidFilter(String),
     #[error("request body must be JSON (Content-Type: application/json)")]

@@ -21,8 +21,9 @@
 //! - `extract`: strict JSON, the authenticated [`extract::Principal`], `If-Match`;
 //! - `routes`: `auth`, `social`, `posts`, `feed`, `stream`, `ops`, `demo` route groups
 //!   (queries are served from `projections::ReadModels`, waiting for `X-Min-Position` when
-//!   asked; `demo` is the page at `/`), and `audit` (role `auditor`), which reads the event
-//!   store itself;
+//!   asked; `demo` is the page at `/`), `audit` (role `auditor`), which reads the event
+//!   store itself, and `analytics` (role `analyst`), which reads the replay-built
+//!   `projections::analytics` model;
 //! - `live`: the SSE fan-out ([`live::Hub`]: Redis Pub/Sub to this instance's connections,
 //!   resume from the channel streams); the SSE routes are `routes::stream`;
 //! - `saga`: the registration saga's steps as commands ([`saga::CommandSaga`]), for the
@@ -255,6 +256,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::ops::routes())
         .merge(routes::demo::routes())
         .merge(routes::audit::routes())
+        .merge(routes::analytics::routes())
         .merge(openapi::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{audit, auth, demo, feed, ops, posts, social, stream};
+use crate::routes::{analytics, audit, auth, demo, feed, ops, posts, social, stream};
 use crate::state::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -21,6 +21,7 @@ use crate::state::AppState;
         ops::healthz, ops::readyz, ops::metrics,
         demo::index, demo::script, demo::stylesheet,
         audit::list_events, audit::stream_history, audit::verify, audit::export,
+        analytics::signups, analytics::activity, analytics::top_posts,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&BearerAuth),

@@ -16,6 +16,8 @@
 //! - [`onboarding`]: the registration saga — downstream projections report a new user
 //!   synced, the last one completes it, a dead letter or the deadline rolls it back; the
 //!   `onboarding` projection pushes the outcome;
+//! - [`analytics`]: signups, posts and likes per day and the most liked posts —
+//!   [`AnalyticsProjection`] (PostgreSQL tables of one schema), built only by replay;
 //! - [`query`]: the queries the API serves from these models, and the `X-Min-Position` wait;
 //! - [`workers`]: the projections by name, as `hybridlive project`, `dlq retry` and `dev`
 //!   run them;
@@ -27,6 +29,7 @@
 pub mod kafka;
 pub mod runtime;
 
+pub mod analytics;
 pub mod cache;
 pub mod content;
 pub mod error;
@@ -36,6 +39,7 @@ pub mod query;
 pub mod timeline;
 pub mod workers;
 
+pub use analytics::AnalyticsProjection;
 pub use cache::{CacheSettings, PostCache};
 pub use content::{ContentProjection, ContentStore};
 pub use error::{ReadModelError, ReadResult};

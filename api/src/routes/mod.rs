@@ -1,5 +1,6 @@
 //! Route groups, one module each, and what command routes share.
 
+pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod demo;
