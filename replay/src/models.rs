@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use event_schemas::EventEnvelope;
+use projections::analytics::{self, AnalyticsProjection};
 use projections::content::postgres::PgContent;
 use projections::query::LITE_SCHEMA;
 use projections::timeline::postgres::PgTimelines;
@@ -44,6 +45,12 @@ pub const MODELS: &[Model] = &[
         schema: LITE_SCHEMA,
         tables: PgContent::TABLES,
         about: "posts, comments, likes and profiles (lite)",
+    },
+    Model {
+        name: AnalyticsProjection::NAME,
+        schema: analytics::LIVE_SCHEMA,
+        tables: analytics::TABLES,
+        about: "daily signups, posts and likes per day, top posts (built only by replay)",
     },
 ];
 
@@ -104,6 +111,10 @@ impl Model {
                         .map_err(|e| ModelError::Store(e.to_string()))?,
                 )))
             }
+            AnalyticsProjection::NAME => ModelProjection::Analytics(
+                AnalyticsProjection::new(pool.clone(), schema)
+                    .map_err(|e| ModelError::Store(e.to_string()))?,
+            ),
             other => return Err(ModelError::Unknown(other.to_owned())),
         })
     }
@@ -114,6 +125,7 @@ impl Model {
 pub enum ModelProjection {
     Timeline(TimelineProjection),
     Content(ContentProjection),
+    Analytics(AnalyticsProjection),
 }
 
 impl Projection for ModelProjection {
@@ -121,6 +133,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.name(),
             Self::Content(p) => p.name(),
+            Self::Analytics(p) => p.name(),
         }
     }
 
@@ -128,6 +141,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.handles(event_type),
             Self::Content(p) => p.handles(event_type),
+            Self::Analytics(p) => p.handles(event_type),
         }
     }
 
@@ -135,6 +149,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.apply(event).await,
             Self::Content(p) => p.apply(event).await,
+            Self::Analytics(p) => p.apply(event).await,
         }
     }
 }

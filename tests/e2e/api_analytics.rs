@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{Days, NaiveDate, Utc};
-use projections::{AnalyticsProjection, RetryPolicy, Runner};
+use projections::AnalyticsProjection;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -105,13 +105,15 @@ async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, Val
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// Builds the model from the whole log, as `hybridlive replay analytics` does.
+/// Builds the model from the whole log and swaps it in: `hybridlive replay analytics`.
 async fn build_model(app: &TestApp) {
-    let model = AnalyticsProjection::new(app.db.pool.clone(), "analytics").unwrap();
-    Runner::new(app.db.pool.clone(), model, RetryPolicy::default())
-        .catch_up(&CancellationToken::new())
+    let model = replay::Model::named(AnalyticsProjection::NAME).unwrap();
+    let summary = replay::Replay::new(app.db.pool.clone(), model, replay::ReplayOptions::default())
+        .unwrap()
+        .run(&CancellationToken::new(), &mut |_| {})
         .await
         .unwrap();
+    assert!(summary.swap.is_some(), "{summary:?}");
 }
 
 /// What the test did, per UTC day.
