@@ -137,7 +137,9 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ReplayCommand {
     /// Writes the events matching the audit filters to stdout, one JSON object per line, in
-    /// log order, as stored (payloads at their recorded `schema_version`, hash in hex).
+    /// log order, as stored (payloads at their recorded `schema_version`, hash in hex):
+    /// those settled when it starts. Ends with the cursor a later export continues from, on
+    /// stderr.
     Export {
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
@@ -159,9 +161,10 @@ enum ReplayCommand {
         /// Recorded before this time (RFC 3339).
         #[arg(long)]
         to: Option<chrono::DateTime<chrono::Utc>>,
-        /// Only events after this global position.
-        #[arg(long, default_value_t = 0)]
-        after_position: i64,
+        /// Where to continue: the cursor an earlier export printed (or the API's
+        /// `next_cursor`), or an integer N for only the events after global position N.
+        #[arg(long, default_value = "0")]
+        after_position: store::AuditCursor,
     },
 }
 
@@ -696,19 +699,21 @@ async fn verify(database_url: &str, from: i64, to: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pages through the audit listing (one page in memory at a time) to stdout.
+/// Pages through the audit listing (one page in memory at a time) to stdout, up to the
+/// watermark read at the start, so the export ends under any write load.
 async fn export(
     database_url: &str,
     filter: &store::audit::AuditFilter,
-    mut after: i64,
+    mut after: store::AuditCursor,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let log = store::audit::AuditLog::new(connect(database_url, 1).await?);
+    let watermark = log.watermark().await.context("reading the watermark")?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut exported = 0_u64;
     loop {
         let page = log
-            .list(filter, after, store::audit::MAX_PAGE)
+            .list_below(filter, after, store::audit::MAX_PAGE, watermark)
             .await
             .context("reading the log")?;
         for event in &page.items {
@@ -716,13 +721,13 @@ async fn export(
             out.write_all(b"\n")?;
         }
         exported += page.items.len() as u64;
-        match page.next_cursor {
-            Some(next) => after = next,
-            None => break,
+        after = page.next_cursor;
+        if !page.has_more {
+            break;
         }
     }
     out.flush()?;
-    eprintln!("Exported {exported} events.");
+    eprintln!("Exported {exported} events. Continue with --after-position {after}");
     Ok(())
 }
 

@@ -423,26 +423,7 @@ async fn replay_export_writes_the_events_matching_the_filters_as_json_lines_in_l
         "--stream-id",
         "s",
     ];
-    // The listing shows a transaction's events once no older transaction of the cluster
-    // is still running (parallel tests' may be): retry briefly.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let lines = loop {
-        let export = hybridlive(&db.url, &args).await;
-        assert!(
-            export.status.success(),
-            "{}",
-            String::from_utf8_lossy(&export.stderr)
-        );
-        let lines: Vec<serde_json::Value> = String::from_utf8(export.stdout)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        if lines.len() == 2 || std::time::Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let (lines, cursor) = export_until(&db, &args, 2).await;
     let payloads: Vec<_> = lines.iter().map(|e| e["payload"]["n"].clone()).collect();
     assert_eq!(payloads, [serde_json::json!(1), serde_json::json!(4)]);
     assert!(lines
@@ -450,6 +431,64 @@ async fn replay_export_writes_the_events_matching_the_filters_as_json_lines_in_l
         .all(|w| w[0]["global_position"].as_i64() < w[1]["global_position"].as_i64()));
     assert_eq!(lines[0]["hash"].as_str().unwrap().len(), 64);
 
+    // The printed cursor continues after the export: only what was appended since.
+    sqlx::raw_sql(
+        "UPDATE streams SET version = 4 WHERE stream_id = 's'; \
+         INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload) \
+         VALUES (gen_random_uuid(), 't', 's', 4, 'test.happened', 1, '{\"n\": 5}');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let continued = [&args[..], &["--after-position", &cursor]].concat();
+    let (later, _) = export_until(&db, &continued, 1).await;
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0]["payload"]["n"], 5);
+
+    // A plain position: only the events above it.
+    let first_position = lines[0]["global_position"].to_string();
+    let above = [&args[..], &["--after-position", &first_position]].concat();
+    let (above_first, _) = export_until(&db, &above, 2).await;
+    let payloads: Vec<_> = above_first
+        .iter()
+        .map(|e| e["payload"]["n"].clone())
+        .collect();
+    assert_eq!(payloads, [serde_json::json!(4), serde_json::json!(5)]);
+
     let orphan_id = hybridlive(&db.url, &["replay", "export", "--stream-id", "s"]).await;
     assert_eq!(orphan_id.status.code(), Some(2), "clap refuses it");
+    let bad_cursor = hybridlive(&db.url, &["replay", "export", "--after-position", "v1.x"]).await;
+    assert_eq!(bad_cursor.status.code(), Some(2), "clap refuses it");
+    assert!(String::from_utf8_lossy(&bad_cursor.stderr).contains("next_cursor"));
+}
+
+/// Runs `hybridlive <args>` until it exports `expected` events (a transaction's events are
+/// exported once no older transaction of the server is still running, and parallel tests'
+/// may be); returns them and the cursor it printed to continue from.
+async fn export_until(
+    db: &TestDb,
+    args: &[&str],
+    expected: usize,
+) -> (Vec<serde_json::Value>, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let export = hybridlive(&db.url, args).await;
+        let stderr = String::from_utf8_lossy(&export.stderr).into_owned();
+        assert!(export.status.success(), "{stderr}");
+        let lines: Vec<serde_json::Value> = String::from_utf8(export.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        if lines.len() >= expected || std::time::Instant::now() > deadline {
+            let cursor = stderr
+                .split("--after-position ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no cursor in {stderr}"))
+                .to_owned();
+            return (lines, cursor);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

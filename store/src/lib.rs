@@ -12,11 +12,13 @@
 //!   [`PgEventStore::verify_log`] recomputes the chain and checks the seals over the
 //!   stream heads;
 //! - [`LogReader`] never skips a committed event: it reads in `(transaction_id,
-//!   global_position)` order and only below the oldest running transaction.
+//!   global_position)` order and only below the oldest running transaction; the audit
+//!   listing pages the same way, so neither does a client following its [`AuditCursor`].
 //!
 //! Layout:
 //! - [`append`]: [`PgEventStore`], appends and stream reads;
-//! - [`audit`]: [`AuditLog`], filtered listings of the log for auditors;
+//! - [`audit`]: [`AuditLog`], filtered listings of the log for auditors, paged in the
+//!   reader's order with an [`AuditCursor`];
 //! - [`aggregate`]: [`AggregateStore`], the `cqrs_es::EventStore` with snapshots;
 //! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
 //! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
@@ -40,7 +42,7 @@ pub use aggregate::{AggregateStore, LoadedAggregate};
 pub use append::{
     AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent, StoreError,
 };
-pub use audit::{AuditEvent, AuditFilter, AuditLog, AuditPage};
+pub use audit::{AuditCursor, AuditEvent, AuditFilter, AuditLog, AuditPage, InvalidCursor};
 pub use checkpoint::Checkpoints;
 pub use log::{LogPosition, LogReader};
 pub use seal::{Seal, SealOutcome, Sealer};

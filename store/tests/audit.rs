@@ -1,16 +1,27 @@
-//! Audit listings return exactly the events their filters name; seals catch what the
-//! per-stream chain cannot.
+//! Audit listings return exactly the events their filters name, and a client following the
+//! cursor never misses one, whatever the commit order; seals catch what the per-stream chain
+//! cannot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use event_schemas::Metadata;
 use serde_json::json;
-use sqlx::Executor;
-use store::{AppendRequest, AuditFilter, AuditLog, NewEvent, PgEventStore, SealOutcome, Sealer};
+use sqlx::{Connection, Executor};
+use store::{
+    AppendRequest, AuditCursor, AuditEvent, AuditFilter, AuditLog, NewEvent, PgEventStore,
+    SealOutcome, Sealer,
+};
 use testkit::TestDb;
 use uuid::Uuid;
+
+/// How long the watermark may be held back by other tests' transactions (every database of
+/// the server shares it) before a test gives up waiting for an event to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn append(
     stream_type: &str,
@@ -73,29 +84,49 @@ async fn seeded() -> (TestDb, PgEventStore) {
     (db, store)
 }
 
-/// Every matching event, following cursors; waits until all `expected` events are listed
-/// (events of other tests' running transactions hold the watermark back briefly).
-async fn list_all(log: &AuditLog, filter: &AuditFilter, limit: u32) -> Vec<(String, i64)> {
+/// Pages from `cursor` until the listing has caught up; returns the events and the cursor
+/// to poll with later.
+async fn page_to_end(
+    log: &AuditLog,
+    filter: &AuditFilter,
+    mut cursor: AuditCursor,
+    limit: u32,
+) -> (Vec<AuditEvent>, AuditCursor) {
     let mut listed = Vec::new();
-    let mut after = 0;
     loop {
-        let page = log.list(filter, after, limit).await.unwrap();
+        let page = log.list(filter, cursor, limit).await.unwrap();
         assert!(page.items.len() <= limit as usize);
-        listed.extend(page.items.iter().map(|e| {
-            (
-                format!("{}/{}", e.stream_id, e.stream_version),
-                e.global_position,
-            )
-        }));
-        match page.next_cursor {
-            Some(cursor) => after = cursor,
-            None => return listed,
+        assert!(
+            page.next_cursor.after >= cursor.after,
+            "the cursor went back"
+        );
+        assert_eq!(page.next_cursor.floor, cursor.floor, "the floor was lost");
+        listed.extend(page.items);
+        cursor = page.next_cursor;
+        if !page.has_more {
+            return (listed, cursor);
         }
     }
 }
 
+/// Every matching event settled so far, as `stream/version` and position.
+async fn list_all(log: &AuditLog, filter: &AuditFilter, limit: u32) -> Vec<(String, i64)> {
+    page_to_end(log, filter, AuditCursor::START, limit)
+        .await
+        .0
+        .iter()
+        .map(|e| {
+            (
+                format!("{}/{}", e.stream_id, e.stream_version),
+                e.global_position,
+            )
+        })
+        .collect()
+}
+
 async fn settled(log: &AuditLog, total: usize) {
-    for _ in 0..200 {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline {
         if list_all(log, &AuditFilter::default(), 1000).await.len() == total {
             return;
         }
@@ -109,7 +140,7 @@ fn names(listed: &[(String, i64)]) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn each_filter_lists_exactly_the_matching_events_in_position_order() {
+async fn each_filter_lists_exactly_the_matching_events_in_log_order() {
     let (db, _) = seeded().await;
     let log = AuditLog::new(db.pool.clone());
     settled(&log, 6).await;
@@ -215,6 +246,236 @@ async fn time_filters_are_half_open() {
         ..Default::default()
     };
     assert!(list_all(&log, &exactly, 100).await.is_empty());
+}
+
+/// Polls the listing from `cursor` (as a client would: page to the end, wait, go on with
+/// the last cursor) until an event `wanted` has been listed; returns everything listed and
+/// the cursor to continue with. Waits generously: other tests' transactions anywhere on the
+/// server hold the watermark back.
+async fn follow_until(
+    log: &AuditLog,
+    filter: &AuditFilter,
+    mut cursor: AuditCursor,
+    wanted: impl Fn(&AuditEvent) -> bool,
+) -> (Vec<AuditEvent>, AuditCursor) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut listed = Vec::new();
+    loop {
+        let (page, next) = page_to_end(log, filter, cursor, 1).await;
+        listed.extend(page);
+        cursor = next;
+        if listed.iter().any(&wanted) {
+            return (listed, cursor);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not listed within {SETTLE_TIMEOUT:?}; listed {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn streams(listed: &[AuditEvent]) -> Vec<&str> {
+    listed.iter().map(|e| e.stream_id.as_str()).collect()
+}
+
+/// The race a cursor over positions loses: B takes its transaction id before A, A takes the
+/// smaller position and stays open, B appends after it and commits. B is settled (older than
+/// every running transaction) while A is not, so a listing shows B, past A's position. A
+/// client that keeps polling with the cursor it got must still get A's event, once; a client
+/// that started from a plain position at A's keeps that floor on every page and never does.
+#[tokio::test]
+async fn an_event_committed_after_a_later_position_was_listed_is_listed_exactly_once() {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let log = AuditLog::new(db.pool.clone());
+
+    let mut b_connection = db.connect().await;
+    let mut b = b_connection.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *b)
+        .await
+        .unwrap();
+    let mut a_connection = db.connect().await;
+    let mut a = a_connection.begin().await.unwrap();
+    let a_appended = store
+        .append_in(
+            &mut a,
+            &append("thing", "a", 0, &["thing.made"], "req-a", "user:bob"),
+        )
+        .await
+        .unwrap();
+    store
+        .append_in(
+            &mut b,
+            &append("thing", "b", 0, &["thing.made"], "req-b", "user:bob"),
+        )
+        .await
+        .unwrap();
+    b.commit().await.unwrap();
+
+    let everything = AuditFilter::default();
+    let by_bob = AuditFilter {
+        actor: Some("user:bob".into()),
+        ..Default::default()
+    };
+    let floor: AuditCursor = a_appended.last_position.to_string().parse().unwrap();
+    let is = |stream: &'static str| move |e: &AuditEvent| e.stream_id == stream;
+    let (mut all, all_cursor) = follow_until(&log, &everything, AuditCursor::START, is("b")).await;
+    let (mut bobs, bob_cursor) = follow_until(&log, &by_bob, AuditCursor::START, is("b")).await;
+    let (mut floored, floored_cursor) = follow_until(&log, &everything, floor, is("b")).await;
+    assert_eq!(streams(&all), ["b"], "A is still open");
+
+    a.commit().await.unwrap();
+    let order: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT stream_id, transaction_id::text, global_position FROM events \
+          ORDER BY global_position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let xid = |row: &(String, String, i64)| row.1.parse::<u64>().unwrap();
+    assert_eq!((order[0].0.as_str(), order[1].0.as_str()), ("a", "b"));
+    assert!(
+        xid(&order[0]) > xid(&order[1]),
+        "the race needs A's transaction id above B's: {order:?}"
+    );
+
+    all.extend(follow_until(&log, &everything, all_cursor, is("a")).await.0);
+    bobs.extend(follow_until(&log, &by_bob, bob_cursor, is("a")).await.0);
+    // A is settled now; later polls of the floored client see everything the others saw.
+    floored.extend(page_to_end(&log, &everything, floored_cursor, 1).await.0);
+    assert_eq!(streams(&all), ["b", "a"], "each once, in log order");
+    assert_eq!(streams(&bobs), ["b", "a"]);
+    assert_eq!(streams(&floored), ["b"], "A is at the floor, not above it");
+}
+
+/// A number in `0..n`, from a v4 UUID's random bits.
+fn random_below(n: u64) -> u64 {
+    u64::try_from(Uuid::new_v4().as_u128() % u128::from(n)).unwrap()
+}
+
+/// Writers append in transactions that commit out of position order (and sometimes roll
+/// back) while clients follow four listings a few events a page; once everything is
+/// settled, each client has listed exactly the committed events its filters match, each
+/// once, in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_following_filtered_listings_over_many_pages_list_each_matching_event_once() {
+    const WRITERS: u64 = 6;
+    const APPENDS: u64 = 25;
+    const TYPES: [&str; 3] = ["thing.made", "thing.named", "thing.moved"];
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let log = AuditLog::new(db.pool.clone());
+
+    let cases: Vec<(AuditFilter, &str)> = vec![
+        (AuditFilter::default(), "true"),
+        (
+            AuditFilter {
+                event_type: Some("thing.named".into()),
+                ..Default::default()
+            },
+            "event_type = 'thing.named'",
+        ),
+        (
+            AuditFilter {
+                actor: Some("user:w1".into()),
+                ..Default::default()
+            },
+            "metadata ->> 'actor' = 'user:w1'",
+        ),
+        (
+            AuditFilter {
+                actor: Some("user:w2".into()),
+                event_type: Some("thing.moved".into()),
+                ..Default::default()
+            },
+            "metadata ->> 'actor' = 'user:w2' AND event_type = 'thing.moved'",
+        ),
+    ];
+    let last_call = Arc::new(AtomicBool::new(false));
+    let followers: Vec<_> = cases
+        .iter()
+        .map(|(filter, _)| {
+            let (log, filter, last_call) = (log.clone(), filter.clone(), last_call.clone());
+            tokio::spawn(async move {
+                let mut listed = Vec::new();
+                let mut cursor = AuditCursor::START;
+                loop {
+                    // Read before the poll: once it is set, everything is settled, and this
+                    // poll gets the rest.
+                    let last = last_call.load(Ordering::SeqCst);
+                    let (page, next) = page_to_end(&log, &filter, cursor, 3).await;
+                    listed.extend(page.into_iter().map(|e| e.event_id));
+                    cursor = next;
+                    if last {
+                        return listed;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (db_pool, store) = (db.pool.clone(), store.clone());
+            tokio::spawn(async move {
+                for i in 0..APPENDS {
+                    let types: Vec<&str> = (0..=random_below(2))
+                        .map(|_| TYPES[random_below(3) as usize])
+                        .collect();
+                    let request = append(
+                        "thing",
+                        &format!("w{w}-{i}"),
+                        0,
+                        &types,
+                        &format!("req-{w}-{i}"),
+                        &format!("user:w{}", w % 3),
+                    );
+                    let mut connection = db_pool.acquire().await.unwrap();
+                    let mut tx = connection.begin().await.unwrap();
+                    store.append_in(&mut tx, &request).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(random_below(15))).await;
+                    if random_below(10) == 0 {
+                        tx.rollback().await.unwrap();
+                    } else {
+                        tx.commit().await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let committed: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    settled(&log, usize::try_from(committed).unwrap()).await;
+    last_call.store(true, Ordering::SeqCst);
+
+    for ((filter, condition), follower) in cases.iter().zip(followers) {
+        let listed = follower.await.unwrap();
+        let expected: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT event_id FROM events WHERE {condition} \
+              ORDER BY transaction_id, global_position"
+        ))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert!(!expected.is_empty(), "{filter:?} matches nothing");
+        let mut times_listed: HashMap<Uuid, usize> = HashMap::new();
+        for id in &listed {
+            *times_listed.entry(*id).or_default() += 1;
+        }
+        assert!(
+            times_listed.values().all(|n| *n == 1),
+            "{filter:?}: listed twice"
+        );
+        assert_eq!(listed, expected, "{filter:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! The audit API (issue #7): filters and cursors over the immutable log, one stream's
-//! history, the NDJSON export, and verification that names the first altered or removed
-//! event, for role `auditor` only.
+//! The audit API (issue #7): filters and cursors over the immutable log (a client that keeps
+//! polling with `next_cursor` gets each later event once), one stream's history, the NDJSON
+//! export, and verification that names the first altered or removed event, for role
+//! `auditor` only.
 
 use std::time::Duration;
 
@@ -123,10 +124,18 @@ async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// Every item of a listing, following `next_cursor`; checks each page's size.
-async fn list_all(app: &TestApp, query: &str, limit: usize, token: &str) -> Vec<Value> {
+/// Every item of a listing from `after` (none: the start), following `next_cursor` until
+/// `has_more` is false; checks each page's size. Returns the items and the cursor to poll
+/// with later.
+async fn page_to_end(
+    app: &TestApp,
+    query: &str,
+    after: Option<&str>,
+    limit: usize,
+    token: &str,
+) -> (Vec<Value>, String) {
     let mut items = Vec::new();
-    let mut after: Option<String> = None;
+    let mut after = after.map(str::to_owned);
     loop {
         let cursor = after
             .as_ref()
@@ -142,11 +151,19 @@ async fn list_all(app: &TestApp, query: &str, limit: usize, token: &str) -> Vec<
         let page_items = page["items"].as_array().unwrap();
         assert!(page_items.len() <= limit);
         items.extend(page_items.iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => return items,
+        let next = page["next_cursor"]
+            .as_str()
+            .expect("next_cursor is never null");
+        if !page["has_more"].as_bool().unwrap() {
+            return (items, next.to_owned());
         }
+        after = Some(next.to_owned());
     }
+}
+
+/// Every item of a listing settled so far.
+async fn list_all(app: &TestApp, query: &str, limit: usize, token: &str) -> Vec<Value> {
+    page_to_end(app, query, None, limit, token).await.0
 }
 
 fn ids(items: &[Value]) -> Vec<String> {
@@ -156,10 +173,11 @@ fn ids(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The event ids the database itself holds for a condition, in position order.
+/// The event ids the database itself holds for a condition, in the log's read order.
 async fn ids_where(app: &TestApp, condition: &str) -> Vec<String> {
     sqlx::query_scalar(&format!(
-        "SELECT event_id::text FROM events WHERE {condition} ORDER BY global_position"
+        "SELECT event_id::text FROM events WHERE {condition} \
+          ORDER BY transaction_id, global_position"
     ))
     .fetch_all(&app.db.pool)
     .await
@@ -354,11 +372,47 @@ async fn audit_routes_refuse_non_auditors_and_bad_filters() {
             "{path} undocumented"
         );
     }
+    // The cursor is an opaque string, in the page (never null) and in the query.
+    let page = &openapi["components"]["schemas"]["AuditEventPage"];
+    assert_eq!(
+        page["properties"]["next_cursor"]["type"], "string",
+        "{page}"
+    );
+    assert_eq!(page["properties"]["has_more"]["type"], "boolean", "{page}");
+    let required = page["required"].as_array().unwrap();
+    for field in ["items", "next_cursor", "has_more"] {
+        assert!(required.contains(&json!(field)), "{field}: {page}");
+    }
+    for path in ["/v1/audit/events", "/v1/audit/export"] {
+        let parameters = openapi["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let after = parameters
+            .iter()
+            .find(|p| p["name"] == "after_position")
+            .unwrap();
+        let kind = &after["schema"]["type"];
+        assert!(
+            kind == "string"
+                || kind
+                    .as_array()
+                    .is_some_and(|k| k.contains(&json!("string"))),
+            "{path}: {after}"
+        );
+    }
+    assert!(
+        openapi["paths"]["/v1/audit/export"]["get"]["responses"]["200"]["headers"]["x-next-cursor"]
+            .is_object()
+    );
     for query in [
         "/v1/audit/events?limit=0",
         "/v1/audit/events?limit=1001",
         "/v1/audit/events?limit=ten",
         "/v1/audit/events?after_position=-1",
+        "/v1/audit/events?after_position=1.5",
+        "/v1/audit/events?after_position=v1.2.3",
+        "/v1/audit/events?after_position=v1.2.x.0",
+        "/v1/audit/export?after_position=v9.1.2.3",
         "/v1/audit/events?from=yesterday",
         "/v1/audit/events?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
         "/v1/audit/events?stream_id=abc",
@@ -372,6 +426,159 @@ async fn audit_routes_refuse_non_auditors_and_bad_filters() {
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"]["code"], "invalid_filter", "{query}");
     }
+}
+
+#[tokio::test]
+async fn a_malformed_cursor_is_refused_with_a_message_naming_it() {
+    let app = spawn_app().await;
+    let audra = auditor(&app, "audra").await;
+    let (status, body) = get(
+        &app,
+        "/v1/audit/events?after_position=not-a-cursor",
+        &audra.access_token,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_filter");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("after_position") && message.contains("next_cursor"),
+        "{message}"
+    );
+}
+
+/// Polls `GET /v1/audit/events` from `cursor` until an event of `correlation_id` is listed;
+/// returns what was listed and the cursor to go on with.
+async fn poll_until(
+    app: &TestApp,
+    cursor: &str,
+    correlation_id: &str,
+    token: &str,
+) -> (Vec<Value>, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut listed = Vec::new();
+    let mut cursor = cursor.to_owned();
+    loop {
+        let (items, next) = page_to_end(app, "", Some(&cursor), 2, token).await;
+        listed.extend(items);
+        cursor = next;
+        if listed
+            .iter()
+            .any(|i| i["metadata"]["correlation_id"] == correlation_id)
+        {
+            return (listed, cursor);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{correlation_id} never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_polling_with_the_last_cursor_gets_each_later_event_once() {
+    let app = spawn_app().await;
+    let (alice, _, _) = seed(&app).await;
+    let audra = auditor(&app, "audra").await;
+    settled(&app, &audra.access_token).await;
+    let (first, cursor) = page_to_end(&app, "", None, 2, &audra.access_token).await;
+    assert_eq!(ids(&first), ids_where(&app, "true").await);
+
+    // Caught up: the cursor stays usable, and nothing is listed twice.
+    let (again, cursor) = page_to_end(&app, "", Some(&cursor), 2, &audra.access_token).await;
+    assert!(again.is_empty(), "{again:?}");
+
+    send(
+        &app,
+        reqwest::Method::POST,
+        "/v1/posts",
+        Some(json!({"title": "Later", "body_markdown": "text"})),
+        &alice,
+        "req-later",
+    )
+    .await;
+    let (later, _) = poll_until(&app, &cursor, "req-later", &audra.access_token).await;
+    let seen_before = ids(&first);
+    assert!(
+        ids(&later).iter().all(|id| !seen_before.contains(id)),
+        "listed again: {later:?}"
+    );
+    assert_eq!(
+        ids(&later),
+        ids_where(
+            &app,
+            &format!(
+                "event_id NOT IN ({})",
+                seen_before
+                    .iter()
+                    .map(|id| format!("'{id}'"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        )
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_plain_position_lists_the_events_above_it_on_every_page() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let audra = auditor(&app, "audra").await;
+    settled(&app, &audra.access_token).await;
+    let floor = position_of(
+        &app,
+        "metadata->>'correlation_id' = 'req-bob-post' AND event_type = 'post.published'",
+    )
+    .await;
+    let expected = ids_where(&app, &format!("global_position > {floor}")).await;
+    assert!(expected.len() >= 2, "{expected:?}");
+    let (listed, _) = page_to_end(&app, "", Some(&floor.to_string()), 1, &audra.access_token).await;
+    assert_eq!(ids(&listed), expected);
+}
+
+#[tokio::test]
+async fn the_export_names_the_cursor_that_continues_after_it() {
+    let app = spawn_app().await;
+    let (alice, _, _) = seed(&app).await;
+    let audra = auditor(&app, "audra").await;
+    settled(&app, &audra.access_token).await;
+    let response = app
+        .call(
+            reqwest::Method::GET,
+            "/v1/audit/export",
+            &audra.access_token,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let cursor = response.headers()["x-next-cursor"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let exported: Vec<Value> = response
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(ids(&exported), ids_where(&app, "true").await);
+
+    send(
+        &app,
+        reqwest::Method::POST,
+        "/v1/posts",
+        Some(json!({"title": "After the export", "body_markdown": "text"})),
+        &alice,
+        "req-after-export",
+    )
+    .await;
+    let (later, _) = poll_until(&app, &cursor, "req-after-export", &audra.access_token).await;
+    assert_eq!(
+        ids(&later),
+        ids_where(&app, "metadata->>'correlation_id' = 'req-after-export'").await
+    );
 }
 
 #[tokio::test]

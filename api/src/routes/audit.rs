@@ -1,17 +1,18 @@
-//! `/v1/audit/…` for role `auditor` (or `admin`): the immutable log, filtered and paged by
-//! position, one stream's history, a streamed NDJSON export and verification (the hash
-//! chain and the seals), all read straight from the event store (`store::audit`).
+//! `/v1/audit/…` for role `auditor` (or `admin`): the immutable log, filtered and paged with
+//! a cursor that never passes an event that can still commit, one stream's history, a
+//! streamed NDJSON export and verification (the hash chain and the seals), all read straight
+//! from the event store (`store::audit`).
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{header, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use store::{AuditFilter, AuditLog, PgEventStore};
+use store::{AuditCursor, AuditFilter, AuditLog, PgEventStore};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -29,6 +30,10 @@ pub const MAX_VERIFY_RANGE: i64 = 100_000;
 
 /// Longest text filter value (stream ids are at most 200 characters).
 const MAX_FILTER_LEN: usize = 200;
+
+/// The export's `next_cursor`: known before the first line, since the export lists what was
+/// settled when it started.
+pub const NEXT_CURSOR_HEADER: HeaderName = HeaderName::from_static("x-next-cursor");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -112,14 +117,13 @@ impl AuditParams {
         Ok(filter)
     }
 
-    fn after_position(&self) -> Result<i64, ApiError> {
+    /// A `next_cursor` token, or a plain position `N`: only events with `global_position > N`.
+    fn after_position(&self) -> Result<AuditCursor, ApiError> {
         match &self.after_position {
-            None => Ok(0),
+            None => Ok(AuditCursor::START),
             Some(raw) => raw
-                .parse::<i64>()
-                .ok()
-                .filter(|p| *p >= 0)
-                .ok_or_else(|| invalid("after_position must be a non-negative integer")),
+                .parse()
+                .map_err(|e| invalid(format!("after_position: {e}"))),
         }
     }
 
@@ -181,8 +185,12 @@ impl From<store::AuditEvent> for AuditEventView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditEventPage {
     pub items: Vec<AuditEventView>,
-    /// Pass as `after_position` for the next page; null at the end.
-    pub next_cursor: Option<String>,
+    /// Opaque; pass as `after_position` for the next page. Never null: when the listing has
+    /// caught up it stands at the watermark, and polling with it later shows each event
+    /// settled since exactly once. It keeps the floor of a plain-integer `after_position`.
+    pub next_cursor: String,
+    /// More events follow at once; false: caught up, poll later with `next_cursor`.
+    pub has_more: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -190,16 +198,19 @@ pub struct StreamHistory {
     pub items: Vec<AuditEventView>,
 }
 
-/// Events of the log matching every given filter, in position order. Events of write
-/// transactions still running (or younger than the oldest running one) appear once they
-/// are settled, so a cursor never passes a position that can still fill in.
+/// Events of the log matching every given filter, in the log's read order (transaction id,
+/// then position: a stream's events in version order). Events of write transactions still
+/// running (or younger than the oldest running one) appear once they are settled, so a
+/// cursor never passes an event that can still commit: a client that pages until
+/// `has_more` is false and then keeps polling with `next_cursor` sees every matching event
+/// exactly once.
 #[utoipa::path(get, path = "/v1/audit/events", tag = "audit", security(("bearer" = [])),
     params(("stream_type" = Option<String>, Query), ("stream_id" = Option<String>, Query, description = "needs stream_type"),
            ("event_type" = Option<String>, Query), ("correlation_id" = Option<String>, Query, description = "metadata.correlation_id: the x-request-id of the command"),
            ("actor" = Option<String>, Query, description = "metadata.actor, e.g. user:<uuid>"),
            ("from" = Option<String>, Query, description = "recorded_at ≥ from, RFC 3339"),
            ("to" = Option<String>, Query, description = "recorded_at < to, RFC 3339"),
-           ("after_position" = Option<i64>, Query, description = "`next_cursor` of the previous page"),
+           ("after_position" = Option<String>, Query, description = "`next_cursor` of the previous page, or a non-negative integer N: only events with global_position > N (on every later page too)"),
            ("limit" = Option<u32>, Query, description = "1–1000, default 100")),
     responses((status = 200, body = AuditEventPage), (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
@@ -216,7 +227,8 @@ pub async fn list_events(
         .await?;
     Ok(Json(AuditEventPage {
         items: page.items.into_iter().map(AuditEventView::from).collect(),
-        next_cursor: page.next_cursor.map(|p| p.to_string()),
+        next_cursor: page.next_cursor.to_string(),
+        has_more: page.has_more,
     }))
 }
 
@@ -316,14 +328,16 @@ pub async fn verify(
     }))
 }
 
-/// Every event matching the filters (as `GET /v1/audit/events`, without `limit`) as
-/// NDJSON, one event per line, streamed page by page.
+/// Every event matching the filters (as `GET /v1/audit/events`, without `limit`) that was
+/// settled when the export started, as NDJSON, one event per line, streamed page by page.
+/// The `x-next-cursor` header is where the listing or a later export continues.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("bearer" = [])),
     params(("stream_type" = Option<String>, Query), ("stream_id" = Option<String>, Query),
            ("event_type" = Option<String>, Query), ("correlation_id" = Option<String>, Query),
            ("actor" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query),
-           ("after_position" = Option<i64>, Query)),
-    responses((status = 200, content_type = "application/x-ndjson", body = AuditEventView, description = "one event per line"),
+           ("after_position" = Option<String>, Query, description = "a `next_cursor`, or a non-negative integer N: only events with global_position > N")),
+    responses((status = 200, content_type = "application/x-ndjson", body = AuditEventView, description = "one event per line",
+               headers(("x-next-cursor" = String, description = "`after_position` that continues after this export"))),
               (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn export(
@@ -341,6 +355,10 @@ pub async fn export(
     let filter = params.filter()?;
     let after = params.after_position()?;
     let log = AuditLog::new(state.pool.clone());
+    // Pinned, so the export is a fixed set of events, ends under any write load, and its
+    // next cursor is known before the body.
+    let watermark = log.watermark().await?;
+    let next_cursor = after.caught_up(watermark).to_string();
     // One page in memory at a time; the state is the next page's cursor (None: done).
     let pages = futures::stream::try_unfold(Some(after), move |cursor| {
         let log = log.clone();
@@ -350,7 +368,7 @@ pub async fn export(
                 return Ok(None);
             };
             let page = log
-                .list(&filter, after, store::audit::MAX_PAGE)
+                .list_below(&filter, after, store::audit::MAX_PAGE, watermark)
                 .await
                 .map_err(|error| {
                     // The status is sent already: the client sees a cut-off body.
@@ -363,11 +381,15 @@ pub async fn export(
                     .map_err(std::io::Error::other)?;
                 lines.push(b'\n');
             }
-            Ok::<_, std::io::Error>(Some((Bytes::from(lines), page.next_cursor)))
+            let next = page.has_more.then_some(page.next_cursor);
+            Ok::<_, std::io::Error>(Some((Bytes::from(lines), next)))
         }
     });
     Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+            (NEXT_CURSOR_HEADER, next_cursor),
+        ],
         Body::from_stream(pages),
     )
         .into_response())
