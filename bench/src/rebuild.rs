@@ -97,28 +97,18 @@ pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<Replay
     })
 }
 
-/// Pages through the whole log as `hybridlive replay export` does, writing NDJSON to a
-/// sink; returns (events, bytes, elapsed).
+/// Exports the whole log as `hybridlive replay export` does, to a sink; returns (events,
+/// bytes, elapsed).
 async fn export(pool: &sqlx::PgPool) -> anyhow::Result<(u64, u64, Duration)> {
-    use std::io::Write;
-    let log = store::audit::AuditLog::new(pool.clone());
-    let filter = store::audit::AuditFilter::default();
     let mut out = CountingSink::default();
     let started = Instant::now();
-    let mut events = 0u64;
-    let mut after = 0;
-    loop {
-        let page = log.list(&filter, after, store::audit::MAX_PAGE).await?;
-        for event in &page.items {
-            serde_json::to_writer(&mut out, event)?;
-            out.write_all(b"\n")?;
-        }
-        events += page.items.len() as u64;
-        match page.next_cursor {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
+    let (events, _) = replay::export::export(
+        pool,
+        &store::audit::AuditFilter::default(),
+        store::AuditCursor::START,
+        &mut out,
+    )
+    .await?;
     Ok((events, out.0, started.elapsed()))
 }
 

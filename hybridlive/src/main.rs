@@ -704,29 +704,13 @@ async fn verify(database_url: &str, from: i64, to: i64) -> anyhow::Result<()> {
 async fn export(
     database_url: &str,
     filter: &store::audit::AuditFilter,
-    mut after: store::AuditCursor,
+    after: store::AuditCursor,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-    let log = store::audit::AuditLog::new(connect(database_url, 1).await?);
-    let watermark = log.watermark().await.context("reading the watermark")?;
+    let pool = connect(database_url, 1).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut exported = 0_u64;
-    loop {
-        let page = log
-            .list_below(filter, after, store::audit::MAX_PAGE, watermark)
-            .await
-            .context("reading the log")?;
-        for event in &page.items {
-            serde_json::to_writer(&mut out, event)?;
-            out.write_all(b"\n")?;
-        }
-        exported += page.items.len() as u64;
-        after = page.next_cursor;
-        if !page.has_more {
-            break;
-        }
-    }
-    out.flush()?;
+    let (exported, after) = ::replay::export::export(&pool, filter, after, &mut out)
+        .await
+        .context("exporting the log")?;
     eprintln!("Exported {exported} events. Continue with --after-position {after}");
     Ok(())
 }

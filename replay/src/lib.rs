@@ -18,8 +18,9 @@
 //!    the live projection goes on from the new checkpoint with its next batch.
 //!
 //! [`Replay::dry_run`] reads and decodes the range and counts what would be applied,
-//! writing nothing.
+//! writing nothing. [`export::export`] writes the log as NDJSON for other tools.
 
+pub mod export;
 pub mod models;
 
 use std::time::{Duration, Instant};
@@ -91,6 +92,8 @@ pub enum ReplayError {
     SwapTimeout(String),
     #[error("swapped, but dropping the caches failed (they expire on their own): {0}")]
     Cache(String),
+    #[error("writing the export: {0}")]
+    Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
