@@ -283,38 +283,19 @@ async fn wait_caught_up(
     Ok(())
 }
 
-/// Deletes every post key of the read-model cache (`SCAN` + `DEL`); returns how many.
+/// Deletes every post key of the read-model cache; returns how many.
 async fn flush_post_cache(redis_url: &str, redis_prefix: &str) -> anyhow::Result<usize> {
     let client = redis::Client::open(redis_url).context("parsing --redis-url")?;
-    let mut redis = redis::aio::ConnectionManager::new(client)
+    let redis = redis::aio::ConnectionManager::new(client)
         .await
         .context("connecting to Redis")?;
-    let pattern = format!("{redis_prefix}rm:post:*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await
-            .context("SCAN")?;
-        if !keys.is_empty() {
-            let removed: usize = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut redis)
-                .await
-                .context("DEL")?;
-            deleted += removed;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
+    let cache = projections::PostCache::new(
+        redis,
+        format!("{redis_prefix}rm:"),
+        projections::CacheSettings::default(),
+    );
+    let dropped = cache.clear().await.context("dropping the post caches")?;
+    Ok(usize::try_from(dropped)?)
 }
 
 /// The fan-out measurement: a registered author gets `load.followers` synthetic followers,

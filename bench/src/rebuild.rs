@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use replay::{Model, Replay, ReplayOptions};
-use sqlx::postgres::PgPoolOptions;
 use testkit::social::SocialLog;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +35,7 @@ pub struct ReplayResult {
 }
 
 pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<ReplayResult> {
-    let pool = PgPoolOptions::new()
+    let pool = replay::pool()
         .max_connections(16)
         .connect_with(replay::pool_options(db.connect_options()))
         .await

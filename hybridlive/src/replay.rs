@@ -47,7 +47,7 @@ pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
     let model = Model::named(&name)?;
     let options: sqlx::postgres::PgConnectOptions =
         database_url.parse().context("parsing DATABASE_URL")?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let pool = replay::pool()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(replay::pool_options(options))

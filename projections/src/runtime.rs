@@ -260,14 +260,13 @@ impl<P: Projection> Runner<P> {
     /// # Errors
     /// [`StoreError`] when the log or the checkpoint cannot be read or written.
     pub async fn catch_up(&self, stop: &CancellationToken) -> Result<(), StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
-            .fetch_one(&self.pool)
-            .await?;
-        let Some(last) = last else {
+        let reader = LogReader::new(self.pool.clone());
+        let Some(end) = reader.last_up_to(i64::MAX).await? else {
             return Ok(());
         };
-        let name = [self.label.as_str()];
-        while !stop.is_cancelled() && !crate::query::caught_up(&self.pool, &name, last).await? {
+        let checkpoints = Checkpoints::new(self.pool.clone());
+        let name = self.checkpoint_name();
+        while !stop.is_cancelled() && checkpoints.load(&name).await? < end {
             if self.run_batch(stop).await? == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

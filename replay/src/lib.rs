@@ -12,7 +12,7 @@
 //!    saved; run again, it goes on from there;
 //! 3. when it has read the whole log (no `--from` / `--to`), swaps: in one transaction,
 //!    under the lock the live projection takes for each batch ([`projections::runtime::swap_lock_key`]),
-//!    it catches up to at least the live projection's checkpoint, moves the live tables to
+//!    it catches up to the head of the log (at least the live projection's checkpoint), moves the live tables to
 //!    `retired_<m>` and the rebuilt ones into the live schema, and sets the live checkpoint
 //!    to where the rebuilt model is. Readers see the old model or the new one, never a mix;
 //!    the live projection goes on from the new checkpoint with its next batch.
@@ -39,6 +39,14 @@ pub use models::{Model, ModelError, ModelProjection, MODELS};
 /// is applied again on resume.
 pub fn pool_options(options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
     options.options([("synchronous_commit", "off")])
+}
+
+/// The pool settings of a replay: a connection is not pinged each time it is taken (sqlx's
+/// default), which would double the round trips of a replay's one-statement writes; a
+/// broken connection fails its statement instead, and the replay resumes from its
+/// checkpoint.
+pub fn pool() -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new().test_before_acquire(false)
 }
 
 /// How a replay runs.
@@ -85,6 +93,8 @@ pub enum ReplayError {
     OtherRange { model: String, stored: String },
     #[error("--from must not be after --to")]
     EmptyRange,
+    #[error("another replay of `{0}` is running; wait for it or stop it")]
+    Busy(String),
     #[error(
         "the live `{0}` projection kept the swap lock for 60 s (is its store down?); the \
          rebuilt model is kept, run the replay again to swap"
@@ -240,6 +250,7 @@ impl Replay {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Summary, ReplayError> {
         let started = Instant::now();
+        let _exclusive = self.exclusive().await?;
         let resumed = self.prepare().await?;
         let runner = self.runner()?;
         let checkpoints = Checkpoints::new(self.pool.clone());
@@ -247,29 +258,28 @@ impl Replay {
         let label = self.label();
         let letters_before = self.dead_letters(&label).await?;
 
-        // The end: the last position in the range as of now.
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT max(global_position) FROM events WHERE global_position <= $1",
-        )
-        .bind(self.options.to.unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
-        .await?;
+        // The end: the last event in read order of the range as it is now.
+        let end = LogReader::new(self.pool.clone())
+            .last_up_to(self.options.to.unwrap_or(i64::MAX))
+            .await?;
         let position = checkpoints.load(&checkpoint).await?;
         let (total, done): (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE global_position <= $3) FROM events \
-              WHERE global_position BETWEEN $1 AND $2",
+            "SELECT count(*), \
+                    count(*) FILTER (WHERE (transaction_id, global_position) <= ($4::text::xid8, $3)) \
+               FROM events WHERE global_position BETWEEN $1 AND $2",
         )
         .bind(self.options.from.unwrap_or(0))
-        .bind(last.unwrap_or(0))
+        .bind(self.options.to.unwrap_or(i64::MAX))
         .bind(position.global_position)
+        .bind(position.transaction_id.to_string())
         .fetch_one(&self.pool)
         .await?;
         let (total, mut done) = (total.max(0) as u64, done.max(0) as u64);
         progress(Progress { read: done, total });
 
         let mut read = 0u64;
-        if let Some(last) = last {
-            while !stop.is_cancelled() && !self.caught_up(&checkpoint, last).await? {
+        if let Some(end) = end {
+            while !stop.is_cancelled() && checkpoints.load(&checkpoint).await? < end {
                 let n = runner.run_batch(stop).await? as u64;
                 read += n;
                 done = (done + n).min(total);
@@ -378,6 +388,22 @@ impl Replay {
         Ok(report)
     }
 
+    /// A connection holding the lock `hybridlive replay <model>` (released when it closes):
+    /// two replays of one model would interleave in one target.
+    async fn exclusive(&self) -> Result<sqlx::PgConnection, ReplayError> {
+        let mut connection = self.pool.acquire().await?.detach();
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("hybridlive replay {}", self.model.name))
+                .fetch_one(&mut connection)
+                .await?;
+        if locked {
+            Ok(connection)
+        } else {
+            Err(ReplayError::Busy(self.model.name.to_owned()))
+        }
+    }
+
     /// Creates the target (or keeps an unfinished one to resume); returns whether it resumes.
     async fn prepare(&self) -> Result<bool, ReplayError> {
         let target = self.target_schema();
@@ -440,21 +466,6 @@ impl Replay {
         .await?;
         tx.commit().await?;
         Ok(false)
-    }
-
-    /// Whether the checkpoint `name` is at or past every event up to `position`.
-    async fn caught_up(&self, name: &str, position: i64) -> Result<bool, ReplayError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM checkpoints c, \
-                    (SELECT transaction_id, global_position FROM events \
-                      WHERE global_position >= $1 ORDER BY global_position LIMIT 1) e \
-              WHERE c.name = $2 \
-                AND (c.transaction_id, c.global_position) >= (e.transaction_id, e.global_position))",
-        )
-        .bind(position)
-        .bind(name)
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     async fn dead_letters(&self, label: &str) -> Result<u64, ReplayError> {

@@ -321,6 +321,78 @@ async fn ranges_dry_runs_and_names() {
     assert!(!restarted.resumed);
     assert_eq!(restarted.read as i64, written);
 
+    // One replay of a model at a time.
+    let mut holder = db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('hybridlive replay content', 0))")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let busy = Replay::new(db.pool.clone(), model, options())
+        .unwrap()
+        .run(&CancellationToken::new(), &mut |_| {})
+        .await;
+    assert!(matches!(busy, Err(ReplayError::Busy(_))), "{busy:?}");
+    holder.close().await.unwrap();
+
     assert!(matches!(Model::named("onboarding"), Err(ModelError::Saga)));
     assert!(matches!(Model::named("nope"), Err(ModelError::Unknown(_))));
+}
+
+fn registration(username: &str) -> store::AppendRequest {
+    let user = uuid::Uuid::new_v4();
+    let event = event_schemas::Event::UserRegistered(event_schemas::user::UserRegisteredV2 {
+        user_id: user,
+        username: username.into(),
+        email: format!("{username}@example.com"),
+        display_name: username.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+    });
+    store::AppendRequest {
+        stream_type: event_schemas::stream_type::USER.into(),
+        stream_id: user.to_string(),
+        expected_version: 0,
+        events: vec![store::NewEvent::encode(&event).unwrap()],
+        metadata: event_schemas::Metadata::default(),
+        claims: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_reads_an_event_whose_transaction_committed_after_a_higher_position() {
+    let db = TestDb::new().await;
+    SocialLog::new(3).append(&db.pool).await.unwrap();
+    let store = store::PgEventStore::new(db.pool.clone());
+    // `slow` takes the smaller position but the larger transaction id: in read order it
+    // comes after `fast`, the event at the highest position.
+    let mut fast_tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *fast_tx)
+        .await
+        .unwrap();
+    let mut slow_tx = db.pool.begin().await.unwrap();
+    let slow = store
+        .append_in(&mut slow_tx, &registration("slow"))
+        .await
+        .unwrap();
+    let fast = store
+        .append_in(&mut fast_tx, &registration("fast"))
+        .await
+        .unwrap();
+    assert!(slow.last_position < fast.last_position);
+    fast_tx.commit().await.unwrap();
+    slow_tx.commit().await.unwrap();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    let summary = replay(&db.pool, Model::named("content").unwrap(), options(), None).await;
+    assert_eq!(summary.read as i64, total);
+    let profiles: Vec<String> = sqlx::query_scalar(
+        "SELECT username FROM replay_content.profiles WHERE username IN ('slow', 'fast') ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(profiles, ["fast", "slow"]);
 }

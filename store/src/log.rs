@@ -80,6 +80,33 @@ impl LogReader {
         rows.iter().map(RecordedEvent::from_row).collect()
     }
 
+    /// The last event in read order among those committed with a global position at or
+    /// below `position`: a reader at or past it has read every one of them. (The event at the
+    /// highest position is not always the last in read order: a transaction that took a
+    /// smaller position can commit later.)
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure or a corrupt row.
+    pub async fn last_up_to(&self, position: i64) -> Result<Option<LogPosition>, StoreError> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT transaction_id::text, global_position FROM events \
+              WHERE global_position <= $1 \
+              ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        )
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(xid, global_position)| {
+            Ok(LogPosition {
+                transaction_id: xid
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("transaction id {xid}")))?,
+                global_position,
+            })
+        })
+        .transpose()
+    }
+
     /// How long the oldest open write transaction (of any database of the cluster: they share
     /// one transaction-id space) has been running: readers cannot pass its events until it
     /// ends. Zero when none is open. Also sets the gauge `eventstore_reader_holdback_seconds`;

@@ -12,38 +12,6 @@ use uuid::Uuid;
 
 use e2e::{spawn_app, Session, TestApp};
 
-const PASSWORD: &str = "correct horse battery staple";
-
-/// Registers `username` and returns a session whose token carries `role`: granted through
-/// the command layer (as `hybridlive admin grant-role` does), then a new login.
-async fn with_role(app: &TestApp, username: &str, role: &str) -> Session {
-    let session = app.register(username).await;
-    let write = commands::WriteSide::new(app.db.pool.clone(), commands::Settings::default());
-    write
-        .users
-        .execute(
-            &session.user_id.to_string(),
-            domain::user::UserCommand::GrantRole { role: role.into() },
-            &commands::CommandContext::default(),
-        )
-        .await
-        .unwrap();
-    let response = app
-        .post(
-            "/v1/auth/login",
-            json!({"login": username, "password": PASSWORD}),
-            None,
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    Session {
-        access_token: body["access_token"].as_str().unwrap().to_owned(),
-        refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
-        ..session
-    }
-}
-
 /// The UTC day the event at `position` was recorded on.
 async fn day_at(app: &TestApp, position: i64) -> NaiveDate {
     sqlx::query_scalar(
@@ -141,8 +109,8 @@ async fn analysts_read_exact_daily_figures_and_top_posts_of_the_replayed_model()
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
-    let ann = with_role(&app, "ann", "analyst").await;
-    let dora = with_role(&app, "dora", "admin").await;
+    let ann = app.register_with_role("ann", "analyst").await;
+    let dora = app.register_with_role("dora", "admin").await;
     for user in [&alice, &bob, &carol, &ann, &dora] {
         *tally
             .signups
@@ -343,8 +311,8 @@ async fn analysts_read_exact_daily_figures_and_top_posts_of_the_replayed_model()
 async fn analytics_needs_the_analyst_role_and_valid_parameters() {
     let app = spawn_app().await;
     let user = app.register("plain").await;
-    let ann = with_role(&app, "ann", "analyst").await;
-    let auditor = with_role(&app, "audra", "auditor").await;
+    let ann = app.register_with_role("ann", "analyst").await;
+    let auditor = app.register_with_role("audra", "auditor").await;
     let paths = [
         "/v1/analytics/signups",
         "/v1/analytics/activity",

@@ -12,8 +12,6 @@ use uuid::Uuid;
 
 use e2e::{spawn_app, Session, TestApp};
 
-const PASSWORD: &str = "correct horse battery staple";
-
 /// A command with a chosen `x-request-id` (the correlation id of its events).
 async fn send(
     app: &TestApp,
@@ -38,39 +36,6 @@ async fn send(
         response.status()
     );
     response.json().await.unwrap_or(Value::Null)
-}
-
-/// Registers `username` and returns a session whose token carries `auditor`: the role is
-/// granted through the command layer (as `hybridlive admin grant-role` does) and the user
-/// logs in again.
-async fn auditor(app: &TestApp, username: &str) -> Session {
-    let session = app.register(username).await;
-    let write = commands::WriteSide::new(app.db.pool.clone(), commands::Settings::default());
-    write
-        .users
-        .execute(
-            &session.user_id.to_string(),
-            domain::user::UserCommand::GrantRole {
-                role: "auditor".into(),
-            },
-            &commands::CommandContext::default(),
-        )
-        .await
-        .unwrap();
-    let response = app
-        .post(
-            "/v1/auth/login",
-            json!({"login": username, "password": PASSWORD}),
-            None,
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    Session {
-        access_token: body["access_token"].as_str().unwrap().to_owned(),
-        refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
-        ..session
-    }
 }
 
 /// A known log: two authors with a post each, a like and a comment, each command with its
@@ -213,7 +178,7 @@ async fn settled(app: &TestApp, token: &str) {
 async fn each_audit_filter_returns_exactly_the_matching_events_across_pages() {
     let app = spawn_app().await;
     let (alice, bob, post_id) = seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     settled(&app, &audra.access_token).await;
 
     let created_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
@@ -300,7 +265,7 @@ async fn each_audit_filter_returns_exactly_the_matching_events_across_pages() {
 #[tokio::test]
 async fn a_stream_history_is_the_whole_stream_in_version_order() {
     let app = spawn_app().await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     let (status, history) = get(
         &app,
         &format!("/v1/audit/streams/user/{}", audra.user_id),
@@ -339,7 +304,7 @@ async fn a_stream_history_is_the_whole_stream_in_version_order() {
 async fn audit_routes_refuse_non_auditors_and_bad_filters() {
     let app = spawn_app().await;
     let (alice, _, post_id) = seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     for path in [
         "/v1/audit/events".to_owned(),
         format!("/v1/audit/streams/post/{post_id}"),
@@ -431,7 +396,7 @@ async fn audit_routes_refuse_non_auditors_and_bad_filters() {
 #[tokio::test]
 async fn a_malformed_cursor_is_refused_with_a_message_naming_it() {
     let app = spawn_app().await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     let (status, body) = get(
         &app,
         "/v1/audit/events?after_position=not-a-cursor",
@@ -480,7 +445,7 @@ async fn poll_until(
 async fn a_client_polling_with_the_last_cursor_gets_each_later_event_once() {
     let app = spawn_app().await;
     let (alice, _, _) = seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     settled(&app, &audra.access_token).await;
     let (first, cursor) = page_to_end(&app, "", None, 2, &audra.access_token).await;
     assert_eq!(ids(&first), ids_where(&app, "true").await);
@@ -525,7 +490,7 @@ async fn a_client_polling_with_the_last_cursor_gets_each_later_event_once() {
 async fn a_plain_position_lists_the_events_above_it_on_every_page() {
     let app = spawn_app().await;
     seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     settled(&app, &audra.access_token).await;
     let floor = position_of(
         &app,
@@ -542,7 +507,7 @@ async fn a_plain_position_lists_the_events_above_it_on_every_page() {
 async fn the_export_names_the_cursor_that_continues_after_it() {
     let app = spawn_app().await;
     let (alice, _, _) = seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     settled(&app, &audra.access_token).await;
     let response = app
         .call(
@@ -585,7 +550,7 @@ async fn the_export_names_the_cursor_that_continues_after_it() {
 async fn the_export_streams_the_same_events_as_the_listing_as_ndjson() {
     let app = spawn_app().await;
     let (_, bob, _) = seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     settled(&app, &audra.access_token).await;
     for query in [
         "",
@@ -643,7 +608,7 @@ async fn position_of(app: &TestApp, condition: &str) -> i64 {
 async fn verification_passes_on_a_clean_log_and_names_an_edited_payload() {
     let app = spawn_app().await;
     let (_, _, post_id) = seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     settled(&app, &audra.access_token).await;
     let clean = verify(&app, &audra.access_token).await;
     assert_eq!(clean["ok"], true, "{clean}");
@@ -677,7 +642,7 @@ async fn verification_passes_on_a_clean_log_and_names_an_edited_payload() {
 async fn verification_names_the_event_after_a_deleted_row() {
     let app = spawn_app().await;
     seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     // audra's stream: user.registered, user.role_granted.
     let stream = format!("stream_type = 'user' AND stream_id = '{}'", audra.user_id);
     let deleted = position_of(&app, &format!("{stream} AND stream_version = 1")).await;
@@ -696,7 +661,7 @@ async fn verification_names_the_event_after_a_deleted_row() {
 async fn a_seal_names_a_deleted_stream_tail_that_the_chain_alone_misses() {
     let app = spawn_app().await;
     seed(&app).await;
-    let audra = auditor(&app, "audra").await;
+    let audra = app.register_with_role("audra", "auditor").await;
     settled(&app, &audra.access_token).await;
     let sealed = store::Sealer::new(app.db.pool.clone())
         .seal_now(Duration::from_secs(30))

@@ -266,6 +266,46 @@ impl TestApp {
         }
     }
 
+    /// Registers `username` and returns a session whose token carries `role`: granted
+    /// through the command layer (as `hybridlive admin grant-role` does), then a new login.
+    ///
+    /// # Panics
+    /// When a step does not succeed.
+    #[allow(clippy::expect_used)]
+    pub async fn register_with_role(&self, username: &str, role: &str) -> Session {
+        let session = self.register(username).await;
+        let write = WriteSide::new(self.db.pool.clone(), Settings::default());
+        write
+            .users
+            .execute(
+                &session.user_id.to_string(),
+                domain::user::UserCommand::GrantRole { role: role.into() },
+                &CommandContext::default(),
+            )
+            .await
+            .expect("granting the role");
+        let response = self
+            .post(
+                "/v1/auth/login",
+                serde_json::json!({"login": username, "password": "correct horse battery staple"}),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 200, "logging {username} in");
+        let body: serde_json::Value = response.json().await.expect("JSON body");
+        Session {
+            access_token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh_token: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+            ..session
+        }
+    }
+
     /// Events stored so far by commands: the registration saga's `onboarding` streams,
     /// which the workers append to on their own schedule, are left out.
     ///
