@@ -44,6 +44,8 @@
 //!
 //! `bench http` measures the command API over real HTTP (publish posts, register users); see
 //! the `http` module. `bench relay` measures the outbox relay against Kafka; see `relay`.
+//! `bench lag` measures projection lag — commit acknowledged to the writer → applied by the
+//! `timeline` and `content` projections — at a fixed append rate; see `lag`.
 //! `bench replay` rebuilds read models from a 1M-event log; see `rebuild`.
 //!
 //! `bench feed` measures the read side over real HTTP, lite profile (issue #5): the API with
@@ -56,6 +58,8 @@
 //!
 //! Layout:
 //! - `http`: the HTTP benchmark: the API on a runtime of its own, its clients and phases;
+//! - `lag`: the projection-lag benchmark: the social app's writes, the projections wrapped
+//!   to time each apply, on the log or the Kafka source;
 //! - `feed`: the feed benchmark: the API and the projections, the setup, the readers and
 //!   the fan-out measurement;
 //! - `scenarios`: the seven scenarios, their setup and their clients;
@@ -66,6 +70,7 @@
 
 mod feed;
 mod http;
+mod lag;
 mod live;
 mod rebuild;
 mod relay;
@@ -101,6 +106,9 @@ enum Command {
     /// The outbox relay against Kafka: append → acknowledged latency at a fixed rate, and
     /// the events/s it drains a backlog at.
     Relay(RelayArgs),
+    /// Projection lag (lite): single-event appends of a social app at a fixed rate, each
+    /// timed from its commit to the end of its apply by `timeline` and `content`, p50/p99.
+    Lag(LagArgs),
     /// The read side over HTTP (lite profile): feed reads/s and p50/p99/p99.9, warm and after
     /// a cache flush, and fan-out on write to many followers.
     Feed(FeedArgs),
@@ -220,6 +228,36 @@ struct RelayArgs {
     server: ServerArgs,
     /// The benchmark database, dropped and created anew, and dropped at the end.
     #[arg(long, default_value = "hybridlive_bench_relay")]
+    database_name: String,
+}
+
+#[derive(Debug, Args)]
+struct LagArgs {
+    /// Single-event appends per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of appends.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Users registered before timing (at least 10).
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Users each of them follows, before timing.
+    #[arg(long, default_value_t = 20)]
+    follows_per_user: usize,
+    /// Also measure with the projections fed by Kafka (the relay in this process), on a
+    /// second fresh database, after the log source.
+    #[arg(long)]
+    kafka: bool,
+    /// Kafka bootstrap servers (with `--kafka`).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The benchmark database, dropped and created anew, and dropped at the end.
+    #[arg(long, default_value = "hybridlive_bench_lag")]
     database_name: String,
 }
 
@@ -369,6 +407,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Appends(args) => appends(args).await,
         Command::Http(args) => http_bench(args).await,
         Command::Relay(args) => relay_bench(args).await,
+        Command::Lag(args) => lag_bench(args).await,
         Command::Feed(args) => feed_bench(args).await,
         Command::Live(args) => live_bench(args).await,
         Command::Replay(args) => replay_bench(args).await,
@@ -607,6 +646,108 @@ async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
         result.backlog as f64 / result.drain.as_secs_f64()
     );
     dropped
+}
+
+async fn lag_bench(args: LagArgs) -> anyhow::Result<()> {
+    if args.rate == 0 || args.seconds == 0 || args.users < 10 {
+        bail!("--rate and --seconds must be at least 1, --users at least 10");
+    }
+    let load = lag::LagLoad {
+        rate: args.rate,
+        seconds: args.seconds,
+        users: args.users,
+        follows_per_user: args.follows_per_user,
+        redis_url: args.redis_url.clone(),
+    };
+    let mut sources = vec![lag::LagSource::Log];
+    if args.kafka {
+        sources.push(lag::LagSource::Kafka {
+            brokers: args.kafka_brokers.clone(),
+        });
+    }
+    let mut results = Vec::new();
+    let mut server = None;
+    for source in &sources {
+        let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
+        server = Some(db.facts().await?);
+        let measured = lag::run(&db, &load, source).await;
+        let dropped = db.drop_database().await;
+        results.push(measured?);
+        dropped?;
+    }
+    let server = server.context("no source was measured")?;
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    println!(
+        "`cargo run --release -p bench -- lag --rate {} --seconds {} --users {} \
+         --follows-per-user {}{}`\n",
+        args.rate,
+        args.seconds,
+        args.users,
+        args.follows_per_user,
+        if args.kafka { " --kafka" } else { "" }
+    );
+    println!(
+        "{cores} cores; PostgreSQL {} (synchronous_commit={}, shared_buffers={}); Redis; lite \
+         read models; writer, projections{} in one process.\n",
+        server.server_version,
+        server.synchronous_commit,
+        server.shared_buffers,
+        if args.kafka { " and relay" } else { "" }
+    );
+    for r in &results {
+        let mix: Vec<String> = r.mix.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "{}: {} setup events (applied by both projections in {:.1} s); {} timed appends at {:.0} events/s ({}); append call p50 \
+             {:.2} ms, p99 {:.2} ms.",
+            r.source.describe(),
+            r.setup_events,
+            r.catch_up.as_secs_f64(),
+            r.appended,
+            r.achieved_rate,
+            mix.join(", "),
+            r.append.value_at_quantile(0.5) as f64 / 1000.0,
+            r.append.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "\n| source | projection | events applied | applied/s | p50 ms | p99 ms | p99.9 ms | max ms |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in &results {
+        if let Some(h) = &r.kafka_ack {
+            println!(
+                "| {} | (append → Kafka ack, all events) | {} | — | {:.2} | {:.2} | {:.2} | {:.2} |",
+                r.source.describe(),
+                h.len(),
+                ms(h, 0.5),
+                ms(h, 0.99),
+                ms(h, 0.999),
+                h.max() as f64 / 1000.0
+            );
+        }
+        for p in &r.projections {
+            println!(
+                "| {} | `{}` | {} (all){} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                r.source.describe(),
+                p.name,
+                p.applied,
+                if p.ahead_of_ack > 0 {
+                    format!(", {} before their append returned", p.ahead_of_ack)
+                } else {
+                    String::new()
+                },
+                p.applied_per_sec,
+                ms(&p.lag, 0.5),
+                ms(&p.lag, 0.99),
+                ms(&p.lag, 0.999),
+                p.lag.max() as f64 / 1000.0
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
