@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::audit::{invalid, query};
 use crate::error::ApiError;
 use crate::extract::Principal;
 use crate::state::AppState;
@@ -33,17 +34,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/analytics/signups", get(signups))
         .route("/v1/analytics/activity", get(activity))
         .route("/v1/analytics/top-posts", get(top_posts))
-}
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::InvalidFilter(message.into())
-}
-
-/// serde's message names the parameter and never server internals.
-fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    params
-        .map(|Query(params)| params)
-        .map_err(|rejection| invalid(rejection.body_text()))
 }
 
 /// `from` and `to`, as strings so bad values get our own 400 `invalid_filter`; an unknown

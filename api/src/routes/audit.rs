@@ -63,12 +63,14 @@ pub struct AuditParams {
     limit: Option<String>,
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
+/// A 400 `invalid_filter` (the analytics routes answer bad parameters with it too).
+pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidFilter(message.into())
 }
 
-/// serde's message names the parameter and never server internals.
-fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+/// The query string, or a 400 `invalid_filter`: serde's message names the parameter and
+/// never server internals.
+pub(crate) fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     params
         .map(|Query(params)| params)
         .map_err(|rejection| invalid(rejection.body_text()))
