@@ -143,12 +143,14 @@ pub async fn run(
     load: &LagLoad,
     source: &LagSource,
 ) -> anyhow::Result<LagResult> {
-    let redis = api::connect_redis(&load.redis_url, Duration::from_secs(2))
+    let mut redis = api::connect_redis(&load.redis_url, Duration::from_secs(2))
         .await
         .context("connecting to Redis")?;
     let prefix = format!("benchlag:{}:", Uuid::new_v4().simple());
     let measured = measure(db, load, source, redis.clone(), &prefix).await;
-    let deleted = delete_keys(redis, &prefix).await;
+    let deleted = projections::cache::unlink_matching(&mut redis, &format!("{prefix}*"))
+        .await
+        .context("deleting the benchmark's Redis keys");
     let result = measured?;
     eprintln!("lag: deleted {} Redis keys under {prefix}", deleted?);
     Ok(result)
@@ -901,37 +903,4 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
 
 fn micros(duration: Duration) -> anyhow::Result<u64> {
     Ok(u64::try_from(duration.as_micros())?.max(1))
-}
-
-/// Deletes every key under `prefix` (`SCAN` + `DEL`); returns how many.
-async fn delete_keys(
-    mut redis: redis::aio::ConnectionManager,
-    prefix: &str,
-) -> anyhow::Result<usize> {
-    let pattern = format!("{prefix}*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await
-            .context("SCAN")?;
-        if !keys.is_empty() {
-            let removed: usize = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut redis)
-                .await
-                .context("DEL")?;
-            deleted += removed;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
 }

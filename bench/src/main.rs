@@ -269,6 +269,10 @@ struct ReplayArgs {
     /// Events per replay batch.
     #[arg(long, default_value_t = 1000)]
     batch_size: u32,
+    /// Also replays the first this many positions event by event, as the live projection
+    /// applies events, for comparison (0: not).
+    #[arg(long, default_value_t = 100_000)]
+    baseline_events: usize,
     #[command(flatten)]
     server: ServerArgs,
     /// The benchmark database, dropped and created anew, and dropped at the end.
@@ -757,6 +761,7 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
     let load = rebuild::ReplayLoad {
         events: args.events,
         batch_size: args.batch_size,
+        baseline_events: args.baseline_events,
     };
     let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
     let server = db.facts().await?;
@@ -764,8 +769,8 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
     let dropped = db.drop_database().await;
     let result = measured?;
     println!(
-        "`cargo run --release -p bench -- replay --events {} --batch-size {}`\n",
-        args.events, args.batch_size
+        "`cargo run --release -p bench -- replay --events {} --batch-size {} --baseline-events {}`\n",
+        args.events, args.batch_size, args.baseline_events
     );
     println!(
         "PostgreSQL {} (the replay's connections: synchronous_commit=off). A log of {} events \
@@ -777,8 +782,13 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
     println!("| phase | events | time | events/s | rows written |\n|---|---|---|---|---|");
     for model in &result.models {
         println!(
-            "| replay `{}` (from scratch, not swapped) | {} | {:.1} s | {:.0} | {} |",
+            "| replay `{}` {} (from scratch, not swapped) | {} | {:.1} s | {:.0} | {} |",
             model.model,
+            if model.set_wise {
+                "set-wise"
+            } else {
+                "event by event"
+            },
             model.events,
             model.elapsed.as_secs_f64(),
             model.events as f64 / model.elapsed.as_secs_f64(),

@@ -16,11 +16,16 @@ use crate::setup::BenchDatabase;
 pub struct ReplayLoad {
     pub events: usize,
     pub batch_size: u32,
+    /// Also replays positions up to this one event by event, as the live projection
+    /// applies events, for comparison (0: not).
+    pub baseline_events: usize,
 }
 
 #[derive(Debug)]
 pub struct ModelResult {
     pub model: &'static str,
+    /// Set-wise batches, or event by event.
+    pub set_wise: bool,
     pub events: u64,
     pub elapsed: Duration,
     pub rows: i64,
@@ -55,36 +60,58 @@ pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<Replay
     let mut models = Vec::new();
     for name in ["timeline", "content"] {
         let model = Model::named(name)?;
-        let options = ReplayOptions {
-            swap: false,
-            restart: true,
-            batch_size: load.batch_size,
-            ..ReplayOptions::default()
-        };
-        let summary = Replay::new(pool.clone(), model, options)?
-            .run(&CancellationToken::new(), &mut |_| {})
-            .await
-            .with_context(|| format!("replaying {name}"))?;
-        anyhow::ensure!(!summary.interrupted && summary.dead_lettered == 0);
-        let mut rows = 0;
-        for table in model.tables {
-            let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM replay_{name}.{table}"))
-                .fetch_one(&pool)
-                .await?;
-            rows += n;
+        let mut runs = vec![(true, None)];
+        if load.baseline_events > 0 {
+            runs.push((false, Some(load.baseline_events as i64)));
         }
-        eprintln!(
-            "Replayed {name}: {} events in {:.1} s ({:.0} events/s), {rows} rows.",
-            summary.read,
-            summary.elapsed.as_secs_f64(),
-            summary.rate()
-        );
-        models.push(ModelResult {
-            model: model.name,
-            events: summary.read,
-            elapsed: summary.elapsed,
-            rows,
-        });
+        for (set_wise, to) in runs {
+            let options = ReplayOptions {
+                to,
+                swap: false,
+                restart: true,
+                batch_size: load.batch_size,
+                set_wise,
+                ..ReplayOptions::default()
+            };
+            let summary = Replay::new(pool.clone(), model, options)?
+                .run(&CancellationToken::new(), &mut |_| {})
+                .await
+                .with_context(|| format!("replaying {name}"))?;
+            anyhow::ensure!(!summary.interrupted && summary.dead_lettered == 0);
+            if to.is_none() {
+                anyhow::ensure!(
+                    summary.read == events as u64,
+                    "the replay of {name} read {} of the {events} events",
+                    summary.read
+                );
+            }
+            let mut rows = 0;
+            for table in model.tables {
+                let n: i64 =
+                    sqlx::query_scalar(&format!("SELECT count(*) FROM replay_{name}.{table}"))
+                        .fetch_one(&pool)
+                        .await?;
+                rows += n;
+            }
+            eprintln!(
+                "Replayed {name} ({}): {} events in {:.1} s ({:.0} events/s), {rows} rows.",
+                if set_wise {
+                    "set-wise"
+                } else {
+                    "event by event"
+                },
+                summary.read,
+                summary.elapsed.as_secs_f64(),
+                summary.rate()
+            );
+            models.push(ModelResult {
+                model: model.name,
+                set_wise,
+                events: summary.read,
+                elapsed: summary.elapsed,
+                rows,
+            });
+        }
     }
 
     let export = export(&pool).await?;

@@ -36,6 +36,10 @@ pub struct ReplayArgs {
     /// Events per batch (and per checkpoint).
     #[arg(long, default_value_t = 1000)]
     batch_size: u32,
+    /// Applies events one at a time, as the live projection does, instead of each batch
+    /// set-wise: slower, the same model (to compare).
+    #[arg(long)]
+    event_by_event: bool,
     #[command(flatten)]
     redis: RedisArgs,
     #[command(flatten)]
@@ -88,6 +92,7 @@ pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
         restart: args.restart,
         swap,
         batch_size: args.batch_size,
+        set_wise: !args.event_by_event,
         timeline: args.stores.timeline_settings(),
         cache,
     };

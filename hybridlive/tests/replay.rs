@@ -34,13 +34,23 @@ async fn replay_interrupted_by_sigint_resumes_then_swaps_in_a_model_equal_to_the
         cap: 800,
         fanout_max_followers: FANOUT_MAX_FOLLOWERS,
     };
-    let live = TimelineProjection::new(Arc::new(PgTimelines::lite(db.pool.clone())), settings);
-    Runner::new(db.pool.clone(), live, RetryPolicy::default())
-        .catch_up(&CancellationToken::new())
+    // A transaction that took its id before the last registrations were appended holds
+    // every log reader back before them while it is open: the replay stops there, part of
+    // the way, until it ends — however fast the replay is.
+    let mut holdback = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *holdback)
         .await
         .unwrap();
+    let store = store::PgEventStore::new(db.pool.clone());
+    for name in ["late_one", "late_two"] {
+        store
+            .append(&testkit::social::registration(name))
+            .await
+            .unwrap();
+    }
 
-    // Started, interrupted once it reports progress past the start.
+    // Started, interrupted once it reports progress past the start (it waits there).
     let mut child = replay(&db)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -76,6 +86,15 @@ async fn replay_interrupted_by_sigint_resumes_then_swaps_in_a_model_equal_to_the
     .await
     .unwrap();
     assert!(0 < at && at < total, "interrupted at {at} of {total}");
+
+    // The live model, built by the live runner once the log can be read to its end.
+    holdback.rollback().await.unwrap();
+    let live = TimelineProjection::new(Arc::new(PgTimelines::lite(db.pool.clone())), settings);
+    Runner::new(db.pool.clone(), live, RetryPolicy::default())
+        .event_by_event()
+        .catch_up(&CancellationToken::new())
+        .await
+        .unwrap();
 
     // The same command resumes, finishes and swaps the rebuilt model in.
     let second = replay(&db).output().await.unwrap();

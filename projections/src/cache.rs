@@ -266,30 +266,7 @@ impl PostCache {
     /// When Redis is unreachable.
     pub async fn clear(&self) -> ReadResult<u64> {
         let mut redis = self.redis.clone();
-        let pattern = format!("{}post:*", self.prefix);
-        let mut cursor = 0u64;
-        let mut dropped = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut redis)
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut redis)
-                    .await?;
-                dropped += n;
-            }
-            if next == 0 {
-                return Ok(dropped);
-            }
-            cursor = next;
-        }
+        Ok(unlink_matching(&mut redis, &format!("{}post:*", self.prefix)).await?)
     }
 
     /// The cached feed items of `posts`, one round trip; `None` where anything is missing.
@@ -451,5 +428,35 @@ impl PostCache {
         }
         comments.truncate(limit);
         Ok(comments)
+    }
+}
+
+/// Unlinks every key matching the glob `pattern` (`SCAN` + `UNLINK`); returns how many.
+///
+/// # Errors
+/// When Redis is unreachable.
+pub async fn unlink_matching(
+    redis: &mut ConnectionManager,
+    pattern: &str,
+) -> redis::RedisResult<u64> {
+    let mut cursor = 0u64;
+    let mut dropped = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(redis)
+            .await?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(redis).await?;
+            dropped += n;
+        }
+        if next == 0 {
+            return Ok(dropped);
+        }
+        cursor = next;
     }
 }

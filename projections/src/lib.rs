@@ -41,7 +41,7 @@ pub mod workers;
 
 pub use analytics::AnalyticsProjection;
 pub use cache::{CacheSettings, PostCache};
-pub use content::{ContentProjection, ContentStore};
+pub use content::{ContentProjection, ContentStore, ContentWrite};
 pub use error::{ReadModelError, ReadResult};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSource, KafkaSourceError};
@@ -49,5 +49,5 @@ pub use live::{LiveMessage, LivePublisher, LiveSettings};
 pub use onboarding::{Onboarding, OnboardingProjection, OnboardingSettings, Saga};
 pub use query::ReadModels;
 pub use runtime::{ApplyError, DeadLetter, DeadLetters, Projection, RetryPolicy, Runner};
-pub use timeline::{TimelineProjection, TimelineSettings, TimelineStore};
+pub use timeline::{TimelineProjection, TimelineSettings, TimelineStore, TimelineWrite};
 pub use workers::{Source, Workers};

@@ -12,8 +12,9 @@
 //! Failures, as the projection classifies them:
 //! - [`ApplyError::Transient`] (its store is down): retried with exponential backoff and
 //!   jitter, forever — never skipped; the runner stops only when asked to. Events are
-//!   applied one at a time, so while the store is down the projection sends it one probe
-//!   per backoff interval and nothing else: the breaker is open
+//!   retried one at a time (a projection that [`Projection::applies_batches`] tries each
+//!   batch whole first), so while the store is down the projection sends it one probe per
+//!   backoff interval and nothing else: the breaker is open
 //!   (`projection_store_unavailable` = 1) until a probe succeeds;
 //! - [`ApplyError::Poison`] (this event cannot be applied): retried up to
 //!   [`RetryPolicy::max_attempts`], then written to `dead_letters` with the error, and the
@@ -53,6 +54,26 @@ pub trait Projection: Send + Sync {
     fn handles(&self, event_type: &str) -> bool;
     /// Applies one event. Must be idempotent: an event may be applied again after a crash.
     fn apply(&self, event: &EventEnvelope) -> impl Future<Output = Result<(), ApplyError>> + Send;
+    /// Whether [`Self::apply_batch`] applies a batch set-wise (a replay into a fresh target,
+    /// with no side effects to order); when false, the runner calls `apply` event by event.
+    fn applies_batches(&self) -> bool {
+        false
+    }
+    /// Applies `events` (those it handles, in log order) as `apply` would one after another,
+    /// when [`Self::applies_batches`]. Must be idempotent, and should be all or nothing: on
+    /// an error the runner applies the batch again one event at a time, which retries a
+    /// store outage and dead-letters a poison event alone.
+    fn apply_batch(
+        &self,
+        events: &[EventEnvelope],
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send {
+        async move {
+            for event in events {
+                self.apply(event).await?;
+            }
+            Ok(())
+        }
+    }
     /// Called after `event` was dead-lettered with `error` (the registration saga fails a
     /// user whom a required projection lost). A failure here is logged, not retried.
     fn dead_lettered(
@@ -117,6 +138,8 @@ pub struct Runner<P> {
     /// Only events whose global position is in this range are applied; the others are
     /// passed over (replay `--from` / `--to`).
     range: RangeInclusive<i64>,
+    /// Offers each batch whole to a projection that [`Projection::applies_batches`].
+    batches: bool,
 }
 
 /// The advisory lock (on `hashtextextended(<key>, 0)`) a running projection holds shared
@@ -136,6 +159,7 @@ impl<P: Projection> Runner<P> {
             standby_interval: Duration::from_millis(500),
             label: projection.name().to_owned(),
             range: 0..=i64::MAX,
+            batches: true,
             projection,
         }
     }
@@ -159,6 +183,14 @@ impl<P: Projection> Runner<P> {
     #[must_use]
     pub fn batch_size(mut self, events: u32) -> Self {
         self.batch_size = events.max(1);
+        self
+    }
+
+    /// Applies each event alone even where the projection could apply a whole batch at once,
+    /// as the live workers, whose side effects are per event, do (tests compare the two).
+    #[must_use]
+    pub fn event_by_event(mut self) -> Self {
+        self.batches = false;
         self
     }
 
@@ -278,26 +310,62 @@ impl<P: Projection> Runner<P> {
     /// after the last one done.
     async fn batch_from(
         &self,
-        mut position: LogPosition,
+        start: LogPosition,
         stop: &CancellationToken,
     ) -> Result<(usize, LogPosition), StoreError> {
         let batch = LogReader::new(self.pool.clone())
-            .read_batch(position, self.batch_size)
+            .read_batch(start, self.batch_size)
             .await?;
-        let mut done = 0;
-        for event in &batch {
+        let Some(last) = batch.last() else {
+            return Ok((0, start));
+        };
+        // The events to apply, decoded; one that does not decode is poison at once.
+        let (mut indices, mut envelopes) = (Vec::new(), Vec::new());
+        for (index, event) in batch.iter().enumerate() {
             if self.range.contains(&event.global_position)
                 && self.projection.handles(&event.event_type)
             {
-                match self.process(event, stop).await? {
-                    Outcome::Applied | Outcome::DeadLettered(_) => {}
-                    Outcome::Stopped => break,
+                match event.decode() {
+                    Ok(envelope) => {
+                        indices.push(index);
+                        envelopes.push(envelope);
+                    }
+                    Err(error) => self.dead_letter(event, &error.to_string(), 1).await?,
                 }
             }
-            position = LogPosition::of(event);
-            done += 1;
         }
-        Ok((done, position))
+        if self.batches && self.projection.applies_batches() && !envelopes.is_empty() {
+            match self.projection.apply_batch(&envelopes).await {
+                Ok(()) => {
+                    self.applied(envelopes.len() as u64, last);
+                    return Ok((batch.len(), LogPosition::of(last)));
+                }
+                Err(error) => {
+                    tracing::warn!(projection = %self.label, %error, "Applying a batch at once failed; applying it event by event.");
+                }
+            }
+        }
+        for (&index, envelope) in indices.iter().zip(&envelopes) {
+            let event = &batch[index];
+            if let Outcome::Stopped = self.process_decoded(event, envelope, stop).await? {
+                let position = match index.checked_sub(1) {
+                    Some(before) => LogPosition::of(&batch[before]),
+                    None => start,
+                };
+                return Ok((index, position));
+            }
+        }
+        Ok((batch.len(), LogPosition::of(last)))
+    }
+
+    /// Counts `n` events applied, `last` the latest.
+    fn applied(&self, n: u64, last: &RecordedEvent) {
+        let projection = self.projection.name().to_owned();
+        metrics::counter!("projection_applied_total", "projection" => projection.clone())
+            .increment(n);
+        let lag = chrono::Utc::now() - last.recorded_at;
+        metrics::gauge!("projection_lag_seconds", "projection" => projection)
+            .set(lag.as_seconds_f64().max(0.0));
     }
 
     pub(crate) async fn process(
@@ -305,28 +373,32 @@ impl<P: Projection> Runner<P> {
         event: &RecordedEvent,
         stop: &CancellationToken,
     ) -> Result<Outcome, StoreError> {
-        let projection = self.projection.name().to_owned();
-        let envelope = match event.decode() {
-            Ok(envelope) => envelope,
+        match event.decode() {
+            Ok(envelope) => self.process_decoded(event, &envelope, stop).await,
             Err(error) => {
                 let error = error.to_string();
                 self.dead_letter(event, &error, 1).await?;
-                return Ok(Outcome::DeadLettered(error));
+                Ok(Outcome::DeadLettered(error))
             }
-        };
+        }
+    }
+
+    async fn process_decoded(
+        &self,
+        event: &RecordedEvent,
+        envelope: &EventEnvelope,
+        stop: &CancellationToken,
+    ) -> Result<Outcome, StoreError> {
+        let projection = self.projection.name().to_owned();
         let mut failures = 0u32;
         loop {
-            let error = match self.projection.apply(&envelope).await {
+            let error = match self.projection.apply(envelope).await {
                 Ok(()) => {
                     if failures > 0 {
                         metrics::gauge!("projection_store_unavailable", "projection" => projection.clone())
                             .set(0.0);
                     }
-                    metrics::counter!("projection_applied_total", "projection" => projection.clone())
-                        .increment(1);
-                    let lag = chrono::Utc::now() - event.recorded_at;
-                    metrics::gauge!("projection_lag_seconds", "projection" => projection)
-                        .set(lag.as_seconds_f64().max(0.0));
+                    self.applied(1, event);
                     return Ok(Outcome::Applied);
                 }
                 Err(error) => error,
@@ -339,7 +411,7 @@ impl<P: Projection> Runner<P> {
             if let ApplyError::Poison(message) = &error {
                 if failures >= self.policy.max_attempts {
                     self.dead_letter(event, message, failures).await?;
-                    if let Err(error) = self.projection.dead_lettered(&envelope, message).await {
+                    if let Err(error) = self.projection.dead_lettered(envelope, message).await {
                         tracing::warn!(projection = %projection, position = event.global_position, %error, "Reacting to a dead letter failed.");
                     }
                     return Ok(Outcome::DeadLettered(message.clone()));

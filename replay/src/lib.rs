@@ -7,7 +7,9 @@
 //! 2. drives the model's own projection code ([`projections::Runner`], checkpoint
 //!    `projection:replay:<m>`, dead letters under `replay:<m>`) over the log, in the
 //!    gap-free read order, batch by batch, with no side effects: no live updates, no caches,
-//!    no saga. Events are decoded through the upcasters, so old versions arrive as current
+//!    no saga. Each batch is applied set-wise where the model's store can (the lite
+//!    timeline and content stores: [`projections::TimelineStore::write_all`]), to the same
+//!    effect as event by event, which is the fallback for a batch that fails. Events are decoded through the upcasters, so old versions arrive as current
 //!    types. Interrupted (SIGINT), it stops after the event in flight with its checkpoint
 //!    saved; run again, it goes on from there;
 //! 3. when it has read the whole log (no `--from` / `--to`), swaps: in one transaction,
@@ -62,6 +64,9 @@ pub struct ReplayOptions {
     pub swap: bool,
     /// Events per batch (and per checkpoint).
     pub batch_size: u32,
+    /// Applies each batch set-wise (the default); when false, event by event, as the live
+    /// projection does — slower, for comparison.
+    pub set_wise: bool,
     pub timeline: TimelineSettings,
     /// The caches in front of the live model, dropped after a swap of `content`.
     pub cache: Option<PostCache>,
@@ -75,6 +80,7 @@ impl Default for ReplayOptions {
             restart: false,
             swap: true,
             batch_size: 1000,
+            set_wise: true,
             timeline: TimelineSettings::default(),
             cache: None,
         }
@@ -227,14 +233,19 @@ impl Replay {
         let projection =
             self.model
                 .projection(&self.pool, &self.target_schema(), self.options.timeline)?;
-        Ok(Runner::new(
+        let runner = Runner::new(
             self.pool.clone(),
             projection,
             projections::RetryPolicy::default(),
         )
         .labelled(self.label())
         .within(self.range())
-        .batch_size(self.options.batch_size))
+        .batch_size(self.options.batch_size);
+        Ok(if self.options.set_wise {
+            runner
+        } else {
+            runner.event_by_event()
+        })
     }
 
     /// Rebuilds the model (resuming an interrupted replay), then swaps it in when

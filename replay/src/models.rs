@@ -145,6 +145,22 @@ impl Projection for ModelProjection {
         }
     }
 
+    fn applies_batches(&self) -> bool {
+        match self {
+            Self::Timeline(p) => p.applies_batches(),
+            Self::Content(p) => p.applies_batches(),
+            Self::Analytics(p) => p.applies_batches(),
+        }
+    }
+
+    async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        match self {
+            Self::Timeline(p) => p.apply_batch(events).await,
+            Self::Content(p) => p.apply_batch(events).await,
+            Self::Analytics(p) => p.apply_batch(events).await,
+        }
+    }
+
     async fn apply(&self, event: &EventEnvelope) -> Result<(), ApplyError> {
         match self {
             Self::Timeline(p) => p.apply(event).await,

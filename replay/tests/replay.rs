@@ -37,11 +37,13 @@ async fn cache() -> PostCache {
     )
 }
 
-/// Builds the live models as `hybridlive project` does (content with its caches).
+/// Builds the live models as `hybridlive project` does: event by event (content with its
+/// caches), while a replay applies its batches set-wise.
 async fn build_live(pool: &PgPool) {
     let stop = CancellationToken::new();
     let timeline = TimelineProjection::new(Arc::new(PgTimelines::lite(pool.clone())), settings());
     Runner::new(pool.clone(), timeline, RetryPolicy::default())
+        .event_by_event()
         .catch_up(&stop)
         .await
         .unwrap();
@@ -170,6 +172,7 @@ async fn a_swap_replaces_the_live_model_while_its_projection_runs_and_appends_go
             let projection =
                 TimelineProjection::new(Arc::new(PgTimelines::lite(pool.clone())), settings());
             Runner::new(pool, projection, RetryPolicy::default())
+                .event_by_event()
                 .run(&stop)
                 .await
         })
@@ -338,25 +341,6 @@ async fn ranges_dry_runs_and_names() {
     assert!(matches!(Model::named("nope"), Err(ModelError::Unknown(_))));
 }
 
-fn registration(username: &str) -> store::AppendRequest {
-    let user = uuid::Uuid::new_v4();
-    let event = event_schemas::Event::UserRegistered(event_schemas::user::UserRegisteredV2 {
-        user_id: user,
-        username: username.into(),
-        email: format!("{username}@example.com"),
-        display_name: username.into(),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-    });
-    store::AppendRequest {
-        stream_type: event_schemas::stream_type::USER.into(),
-        stream_id: user.to_string(),
-        expected_version: 0,
-        events: vec![store::NewEvent::encode(&event).unwrap()],
-        metadata: event_schemas::Metadata::default(),
-        claims: Vec::new(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_reads_an_event_whose_transaction_committed_after_a_higher_position() {
     let db = TestDb::new().await;
@@ -371,11 +355,11 @@ async fn a_replay_reads_an_event_whose_transaction_committed_after_a_higher_posi
         .unwrap();
     let mut slow_tx = db.pool.begin().await.unwrap();
     let slow = store
-        .append_in(&mut slow_tx, &registration("slow"))
+        .append_in(&mut slow_tx, &testkit::social::registration("slow"))
         .await
         .unwrap();
     let fast = store
-        .append_in(&mut fast_tx, &registration("fast"))
+        .append_in(&mut fast_tx, &testkit::social::registration("fast"))
         .await
         .unwrap();
     assert!(slow.last_position < fast.last_position);

@@ -412,3 +412,24 @@ fn uuid(rng: &mut StdRng) -> Uuid {
 fn encoded(rng: &mut StdRng, event: &Event) -> NewEvent {
     NewEvent::encode_with_id(uuid(rng), event).expect("synthetic events encode")
 }
+
+/// A request appending the registration of a new user named `username`, alone in its stream.
+#[allow(clippy::expect_used)]
+pub fn registration(username: &str) -> AppendRequest {
+    let user = Uuid::new_v4();
+    let event = Event::UserRegistered(UserRegisteredV2 {
+        user_id: user,
+        username: username.into(),
+        email: format!("{username}@example.com"),
+        display_name: username.into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+    });
+    AppendRequest {
+        stream_type: stream_type::USER.into(),
+        stream_id: user.to_string(),
+        expected_version: 0,
+        events: vec![NewEvent::encode(&event).expect("a registration encodes")],
+        metadata: Metadata::default(),
+        claims: Vec::new(),
+    }
+}

@@ -250,19 +250,14 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 201, "registering {username}");
         let body: serde_json::Value = response.json().await.expect("JSON body");
+        let (access_token, refresh_token) = tokens(&body);
         Session {
             user_id: body["user_id"]
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .expect("user_id"),
-            access_token: body["access_token"]
-                .as_str()
-                .expect("access_token")
-                .to_owned(),
-            refresh_token: body["refresh_token"]
-                .as_str()
-                .expect("refresh_token")
-                .to_owned(),
+            access_token,
+            refresh_token,
         }
     }
 
@@ -293,15 +288,10 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 200, "logging {username} in");
         let body: serde_json::Value = response.json().await.expect("JSON body");
+        let (access_token, refresh_token) = tokens(&body);
         Session {
-            access_token: body["access_token"]
-                .as_str()
-                .expect("access_token")
-                .to_owned(),
-            refresh_token: body["refresh_token"]
-                .as_str()
-                .expect("refresh_token")
-                .to_owned(),
+            access_token,
+            refresh_token,
             ..session
         }
     }
@@ -320,6 +310,13 @@ impl TestApp {
                 .expect("count events");
         count.0
     }
+}
+
+/// The access and refresh tokens of a register or login response body.
+#[allow(clippy::expect_used)]
+fn tokens(body: &serde_json::Value) -> (String, String) {
+    let token = |name: &str| body[name].as_str().expect(name).to_owned();
+    (token("access_token"), token("refresh_token"))
 }
 
 /// One server-sent event as a client sees it.

@@ -117,6 +117,102 @@ pub trait ContentStore: Send + Sync + Debug {
     ) -> ReadResult<Vec<CommentDoc>>;
     /// Records that `user` likes (or no longer likes) `post`; the count is its like count.
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change>;
+
+    /// Applies `writes` in order, to the same effect as one after another — which is what
+    /// this default does; a store may apply them set-wise (a replay's batches).
+    async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<()> {
+        for write in writes {
+            write.apply_to(self).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One write of the content projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentWrite {
+    PutProfile(Profile),
+    Rename { user: Uuid, display_name: String },
+    RemoveProfile(Uuid),
+    InsertPost(PostDoc),
+    DeletePost(Uuid),
+    AddComment(CommentDoc),
+    SetLike { post: Uuid, user: Uuid, liked: bool },
+}
+
+impl ContentWrite {
+    /// The write `envelope` makes, if any.
+    pub fn of(envelope: &EventEnvelope) -> Option<Self> {
+        let at = envelope.recorded_at;
+        Some(match &envelope.event {
+            Event::UserRegistered(e) => Self::PutProfile(Profile {
+                user_id: e.user_id,
+                username: e.username.clone(),
+                display_name: e.display_name.clone(),
+                registered_at: at,
+            }),
+            Event::UserProfileUpdated(e) => Self::Rename {
+                user: e.user_id,
+                display_name: e.display_name.clone(),
+            },
+            Event::UserRegistrationRolledBack(e) => Self::RemoveProfile(e.user_id),
+            Event::PostPublished(e) => Self::InsertPost(PostDoc {
+                post_id: e.post_id,
+                author_id: e.author_id,
+                position: envelope.global_position,
+                title: e.title.clone(),
+                body_html: markdown::to_safe_html(&e.body_markdown),
+                preview: markdown::preview(&e.body_markdown),
+                body_markdown: e.body_markdown.clone(),
+                media: e.media.clone(),
+                like_count: 0,
+                comment_count: 0,
+                created_at: at,
+            }),
+            Event::PostDeleted(e) => Self::DeletePost(e.post_id),
+            Event::CommentAdded(e) => Self::AddComment(CommentDoc {
+                comment_id: e.comment_id,
+                post_id: e.post_id,
+                author_id: e.author_id,
+                position: envelope.global_position,
+                body: e.body.clone(),
+                created_at: at,
+            }),
+            Event::PostLiked(e) => Self::SetLike {
+                post: e.post_id,
+                user: e.user_id,
+                liked: true,
+            },
+            Event::PostUnliked(e) => Self::SetLike {
+                post: e.post_id,
+                user: e.user_id,
+                liked: false,
+            },
+            _ => return None,
+        })
+    }
+
+    /// Applies it alone; the change of a counted write (comment, like).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn apply_to<S: ContentStore + ?Sized>(
+        &self,
+        store: &S,
+    ) -> ReadResult<Option<Change>> {
+        match self {
+            Self::PutProfile(profile) => store.put_profile(profile).await?,
+            Self::Rename { user, display_name } => store.rename(*user, display_name).await?,
+            Self::RemoveProfile(user) => store.remove_profile(*user).await?,
+            Self::InsertPost(post) => store.insert_post(post).await?,
+            Self::DeletePost(post) => store.delete_post(*post).await?,
+            Self::AddComment(comment) => return Ok(Some(store.add_comment(comment).await?)),
+            Self::SetLike { post, user, liked } => {
+                return Ok(Some(store.set_like(*post, *user, *liked).await?))
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The `content` projection: the content store, then the caches. With a
@@ -243,70 +339,40 @@ impl Projection for ContentProjection {
         report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
     }
 
+    /// Set-wise when it has no side effects (a replay): no caches, live updates or saga.
+    fn applies_batches(&self) -> bool {
+        self.cache.is_none() && self.live.is_none() && self.onboarding.is_none()
+    }
+
+    async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        let writes: Vec<ContentWrite> = events.iter().filter_map(ContentWrite::of).collect();
+        Ok(self.store.write_all(&writes).await?)
+    }
+
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
-        let at = envelope.recorded_at;
-        match &envelope.event {
-            Event::UserRegistered(e) => {
-                self.store
-                    .put_profile(&Profile {
-                        user_id: e.user_id,
-                        username: e.username.clone(),
-                        display_name: e.display_name.clone(),
-                        registered_at: at,
-                    })
-                    .await?;
+        let Some(write) = ContentWrite::of(envelope) else {
+            return Ok(());
+        };
+        let change = write.apply_to(&*self.store).await?;
+        match (&write, change) {
+            (ContentWrite::PutProfile(_), _) => {
                 report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await?;
             }
-            Event::UserProfileUpdated(e) => self.store.rename(e.user_id, &e.display_name).await?,
-            Event::UserRegistrationRolledBack(e) => self.store.remove_profile(e.user_id).await?,
-            Event::PostPublished(e) => {
-                self.store
-                    .insert_post(&PostDoc {
-                        post_id: e.post_id,
-                        author_id: e.author_id,
-                        position: envelope.global_position,
-                        title: e.title.clone(),
-                        body_html: markdown::to_safe_html(&e.body_markdown),
-                        preview: markdown::preview(&e.body_markdown),
-                        body_markdown: e.body_markdown.clone(),
-                        media: e.media.clone(),
-                        like_count: 0,
-                        comment_count: 0,
-                        created_at: at,
-                    })
-                    .await?;
-            }
-            Event::PostDeleted(e) => {
-                self.store.delete_post(e.post_id).await?;
+            (ContentWrite::DeletePost(post), _) => {
                 if let Some(cache) = &self.cache {
-                    cache.invalidate(e.post_id).await?;
+                    cache.invalidate(*post).await?;
                 }
             }
-            Event::CommentAdded(e) => {
-                let comment = CommentDoc {
-                    comment_id: e.comment_id,
-                    post_id: e.post_id,
-                    author_id: e.author_id,
-                    position: envelope.global_position,
-                    body: e.body.clone(),
-                    created_at: at,
-                };
-                let change = self.store.add_comment(&comment).await?;
-                self.counted(e.post_id, change, CacheWrite::Comment(&comment))
+            (ContentWrite::AddComment(comment), Some(change)) => {
+                self.counted(comment.post_id, change, CacheWrite::Comment(comment))
                     .await?;
-                self.comment_pushed(envelope, &comment).await?;
+                self.comment_pushed(envelope, comment).await?;
             }
-            Event::PostLiked(e) => {
-                let change = self.store.set_like(e.post_id, e.user_id, true).await?;
-                self.counted(e.post_id, change, CacheWrite::Likes(1))
+            (ContentWrite::SetLike { post, liked, .. }, Some(change)) => {
+                let delta = if *liked { 1 } else { -1 };
+                self.counted(*post, change, CacheWrite::Likes(delta))
                     .await?;
-                self.likes_pushed(e.post_id, change).await?;
-            }
-            Event::PostUnliked(e) => {
-                let change = self.store.set_like(e.post_id, e.user_id, false).await?;
-                self.counted(e.post_id, change, CacheWrite::Likes(-1))
-                    .await?;
-                self.likes_pushed(e.post_id, change).await?;
+                self.likes_pushed(*post, change).await?;
             }
             _ => {}
         }

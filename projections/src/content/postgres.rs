@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Change, CommentDoc, ContentStore, PostDoc, Profile};
+use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
 use crate::timeline::postgres::checked_schema;
 
@@ -33,6 +33,29 @@ struct CommentBody {
     author_id: Uuid,
     body: String,
     created_at: DateTime<Utc>,
+}
+
+impl PostBody {
+    fn of(post: &PostDoc) -> Self {
+        Self {
+            title: post.title.clone(),
+            body_markdown: post.body_markdown.clone(),
+            body_html: post.body_html.clone(),
+            preview: post.preview.clone(),
+            media: post.media.clone(),
+            created_at: post.created_at,
+        }
+    }
+}
+
+impl CommentBody {
+    fn of(comment: &CommentDoc) -> Self {
+        Self {
+            author_id: comment.author_id,
+            body: comment.body.clone(),
+            created_at: comment.created_at,
+        }
+    }
 }
 
 type PostRow = (Uuid, Uuid, i64, sqlx::types::Json<PostBody>, i64, i64);
@@ -144,14 +167,7 @@ impl ContentStore for PgContent {
     }
 
     async fn insert_post(&self, post: &PostDoc) -> ReadResult<()> {
-        let body = PostBody {
-            title: post.title.clone(),
-            body_markdown: post.body_markdown.clone(),
-            body_html: post.body_html.clone(),
-            preview: post.preview.clone(),
-            media: post.media.clone(),
-            created_at: post.created_at,
-        };
+        let body = PostBody::of(post);
         sqlx::query(&format!(
             "INSERT INTO {}.posts (post_id, author_id, position, doc) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING",
@@ -201,11 +217,7 @@ impl ContentStore for PgContent {
 
     async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change> {
         let s = &self.schema;
-        let body = CommentBody {
-            author_id: comment.author_id,
-            body: comment.body.clone(),
-            created_at: comment.created_at,
-        };
+        let body = CommentBody::of(comment);
         // One statement: the comment is stored and counted only on a live post, and only
         // the first time.
         let row: Option<(bool, i64)> = sqlx::query_as(&format!(
@@ -300,6 +312,10 @@ impl ContentStore for PgContent {
         .await?;
         Ok(change(row))
     }
+
+    async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<()> {
+        self.write_set_wise(writes).await
+    }
 }
 
 /// The first row of "changed, count" queries: (true, new) when the write happened, else
@@ -311,5 +327,304 @@ fn change(row: Option<(bool, i64)>) -> Change {
             changed: false,
             count: 0,
         },
+    }
+}
+
+/// A post as a set-wise batch sees it.
+struct PostState<'a> {
+    /// Stored before the batch.
+    stored: bool,
+    deleted: bool,
+    like_count: i64,
+    comment_count: i64,
+    /// Inserted by the batch.
+    new: Option<&'a PostDoc>,
+    changed: bool,
+}
+
+impl PgContent {
+    /// [`ContentStore::write_all`], set-wise, in one transaction: loads the rows the writes
+    /// touch, applies the writes to them in memory with the semantics of the single writes
+    /// above, then stores what changed with a few array-bound statements. Assumes the one
+    /// writer of this schema that the projection runtime guarantees (its lease, or a
+    /// replay's lock).
+    async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<()> {
+        use std::collections::{HashMap, HashSet};
+        let s = &self.schema;
+        let (mut users, mut post_ids, mut comment_ids) = (Vec::new(), Vec::new(), Vec::new());
+        let mut like_keys = HashSet::new();
+        for write in writes {
+            match write {
+                ContentWrite::PutProfile(p) => users.push(p.user_id),
+                ContentWrite::Rename { user, .. } | ContentWrite::RemoveProfile(user) => {
+                    users.push(*user);
+                }
+                ContentWrite::InsertPost(p) => post_ids.push(p.post_id),
+                ContentWrite::DeletePost(post) => post_ids.push(*post),
+                ContentWrite::AddComment(c) => {
+                    post_ids.push(c.post_id);
+                    comment_ids.push(c.comment_id);
+                }
+                ContentWrite::SetLike { post, user, .. } => {
+                    post_ids.push(*post);
+                    like_keys.insert((*post, *user));
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+
+        // What is stored now.
+        let mut profiles: HashMap<Uuid, (Option<Profile>, bool)> = HashMap::new();
+        if !users.is_empty() {
+            let rows: Vec<(Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
+                "SELECT user_id, username, display_name, registered_at FROM {s}.profiles \
+                  WHERE user_id = ANY($1)"
+            ))
+            .bind(&users)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (user_id, username, display_name, registered_at) in rows {
+                let profile = Profile {
+                    user_id,
+                    username,
+                    display_name,
+                    registered_at,
+                };
+                profiles.insert(user_id, (Some(profile), false));
+            }
+        }
+        let mut posts: HashMap<Uuid, PostState> = HashMap::new();
+        if !post_ids.is_empty() {
+            let rows: Vec<(Uuid, bool, i64, i64)> = sqlx::query_as(&format!(
+                "SELECT post_id, deleted, like_count, comment_count FROM {s}.posts \
+                  WHERE post_id = ANY($1)"
+            ))
+            .bind(&post_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (post_id, deleted, like_count, comment_count) in rows {
+                let state = PostState {
+                    stored: true,
+                    deleted,
+                    like_count,
+                    comment_count,
+                    new: None,
+                    changed: false,
+                };
+                posts.insert(post_id, state);
+            }
+        }
+        let mut comments: HashSet<Uuid> = HashSet::new();
+        if !comment_ids.is_empty() {
+            let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
+                "SELECT comment_id FROM {s}.comments WHERE comment_id = ANY($1)"
+            ))
+            .bind(&comment_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            comments.extend(rows);
+        }
+        // (stored, liked now) of each (post, user) pair.
+        let mut likes: HashMap<(Uuid, Uuid), (bool, bool)> =
+            like_keys.iter().map(|key| (*key, (false, false))).collect();
+        if !like_keys.is_empty() {
+            let (like_posts, like_users): (Vec<Uuid>, Vec<Uuid>) = like_keys.into_iter().unzip();
+            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+                "SELECT l.post_id, l.user_id FROM {s}.likes l \
+                   JOIN unnest($1::uuid[], $2::uuid[]) AS k(post_id, user_id) \
+                     ON l.post_id = k.post_id AND l.user_id = k.user_id"
+            ))
+            .bind(&like_posts)
+            .bind(&like_users)
+            .fetch_all(&mut *tx)
+            .await?;
+            for key in rows {
+                likes.insert(key, (true, true));
+            }
+        }
+
+        // The writes, in order, as the single writes do them.
+        let mut new_comments = Vec::new();
+        for write in writes {
+            match write {
+                ContentWrite::PutProfile(p) => {
+                    let entry = profiles.entry(p.user_id).or_insert((None, false));
+                    if entry.0.is_none() {
+                        *entry = (Some(p.clone()), true);
+                    }
+                }
+                ContentWrite::Rename { user, display_name } => {
+                    if let Some((Some(profile), changed)) = profiles.get_mut(user) {
+                        profile.display_name.clone_from(display_name);
+                        *changed = true;
+                    }
+                }
+                ContentWrite::RemoveProfile(user) => {
+                    profiles.insert(*user, (None, true));
+                }
+                ContentWrite::InsertPost(p) => {
+                    posts.entry(p.post_id).or_insert(PostState {
+                        stored: false,
+                        deleted: false,
+                        like_count: 0,
+                        comment_count: 0,
+                        new: Some(p),
+                        changed: true,
+                    });
+                }
+                ContentWrite::DeletePost(post) => {
+                    if let Some(state) = posts.get_mut(post) {
+                        state.deleted = true;
+                        state.changed = true;
+                    }
+                }
+                ContentWrite::AddComment(c) => {
+                    if let Some(state) = posts.get_mut(&c.post_id) {
+                        if !state.deleted && comments.insert(c.comment_id) {
+                            state.comment_count += 1;
+                            state.changed = true;
+                            new_comments.push(c);
+                        }
+                    }
+                }
+                ContentWrite::SetLike { post, user, liked } => {
+                    let (Some(state), Some(like)) =
+                        (posts.get_mut(post), likes.get_mut(&(*post, *user)))
+                    else {
+                        continue;
+                    };
+                    if !state.deleted && like.1 != *liked {
+                        like.1 = *liked;
+                        state.like_count += if *liked { 1 } else { -1 };
+                        state.changed = true;
+                    }
+                }
+            }
+        }
+
+        // What changed, stored.
+        let (mut gone, mut put) = (Vec::new(), Vec::new());
+        for (user, (profile, changed)) in profiles {
+            match profile {
+                Some(profile) if changed => put.push(profile),
+                None if changed => gone.push(user),
+                _ => {}
+            }
+        }
+        if !gone.is_empty() {
+            sqlx::query(&format!("DELETE FROM {s}.profiles WHERE user_id = ANY($1)"))
+                .bind(&gone)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !put.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {s}.profiles (user_id, username, display_name, registered_at) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+                 ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username, \
+                    display_name = EXCLUDED.display_name, registered_at = EXCLUDED.registered_at"
+            ))
+            .bind(put.iter().map(|p| p.user_id).collect::<Vec<_>>())
+            .bind(put.iter().map(|p| p.username.clone()).collect::<Vec<_>>())
+            .bind(
+                put.iter()
+                    .map(|p| p.display_name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(put.iter().map(|p| p.registered_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut inserted = Vec::new();
+        let mut updated = Vec::new();
+        for (post_id, state) in &posts {
+            match state.new {
+                Some(doc) if !state.stored => inserted.push((doc, state)),
+                _ if state.changed => updated.push((*post_id, state)),
+                _ => {}
+            }
+        }
+        if !inserted.is_empty() {
+            let mut bodies = Vec::with_capacity(inserted.len());
+            for (doc, _) in &inserted {
+                bodies.push(serde_json::to_string(&PostBody::of(doc))?);
+            }
+            sqlx::query(&format!(
+                "INSERT INTO {s}.posts (post_id, author_id, position, doc, like_count, comment_count, deleted) \
+                 SELECT p, a, n, d::jsonb, l, c, x \
+                   FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bool[]) \
+                     AS u(p, a, n, d, l, c, x)"
+            ))
+            .bind(inserted.iter().map(|(d, _)| d.post_id).collect::<Vec<_>>())
+            .bind(inserted.iter().map(|(d, _)| d.author_id).collect::<Vec<_>>())
+            .bind(inserted.iter().map(|(d, _)| d.position).collect::<Vec<_>>())
+            .bind(bodies)
+            .bind(inserted.iter().map(|(_, s)| s.like_count).collect::<Vec<_>>())
+            .bind(inserted.iter().map(|(_, s)| s.comment_count).collect::<Vec<_>>())
+            .bind(inserted.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !updated.is_empty() {
+            sqlx::query(&format!(
+                "UPDATE {s}.posts p SET deleted = u.x, like_count = u.l, comment_count = u.c \
+                   FROM unnest($1::uuid[], $2::bool[], $3::bigint[], $4::bigint[]) AS u(p, x, l, c) \
+                  WHERE p.post_id = u.p"
+            ))
+            .bind(updated.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+            .bind(updated.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
+            .bind(updated.iter().map(|(_, s)| s.like_count).collect::<Vec<_>>())
+            .bind(updated.iter().map(|(_, s)| s.comment_count).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !new_comments.is_empty() {
+            let mut bodies = Vec::with_capacity(new_comments.len());
+            for c in &new_comments {
+                bodies.push(serde_json::to_string(&CommentBody::of(c))?);
+            }
+            sqlx::query(&format!(
+                "INSERT INTO {s}.comments (comment_id, post_id, position, doc) \
+                 SELECT i, p, n, d::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[]) \
+                     AS u(i, p, n, d)"
+            ))
+            .bind(new_comments.iter().map(|c| c.comment_id).collect::<Vec<_>>())
+            .bind(new_comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
+            .bind(new_comments.iter().map(|c| c.position).collect::<Vec<_>>())
+            .bind(bodies)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (mut liked, mut unliked) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for ((post, user), (stored, now)) in likes {
+            let list = match (stored, now) {
+                (false, true) => &mut liked,
+                (true, false) => &mut unliked,
+                _ => continue,
+            };
+            list.0.push(post);
+            list.1.push(user);
+        }
+        if !liked.0.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {s}.likes (post_id, user_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])"
+            ))
+            .bind(&liked.0)
+            .bind(&liked.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !unliked.0.is_empty() {
+            sqlx::query(&format!(
+                "DELETE FROM {s}.likes l USING unnest($1::uuid[], $2::uuid[]) AS u(p, n) \
+                  WHERE l.post_id = u.p AND l.user_id = u.n"
+            ))
+            .bind(&unliked.0)
+            .bind(&unliked.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

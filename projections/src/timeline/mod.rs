@@ -85,6 +85,92 @@ pub trait TimelineStore: Send + Sync + Debug {
         before: Option<i64>,
         limit: usize,
     ) -> ReadResult<Vec<TimelineEntry>>;
+
+    /// Applies `writes` in order, to the same effect as one after another — which is what
+    /// this default does; a store may apply them set-wise (a replay's batches).
+    async fn write_all(
+        &self,
+        writes: &[TimelineWrite],
+        settings: TimelineSettings,
+    ) -> ReadResult<()> {
+        for write in writes {
+            write.apply_to(self, settings).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One write of the timeline projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineWrite {
+    Follow {
+        follower: Uuid,
+        followee: Uuid,
+    },
+    Unfollow {
+        follower: Uuid,
+        followee: Uuid,
+    },
+    /// Into the author's list, and fanned out (or the author marked merged at read).
+    Publish(TimelineEntry),
+    Remove {
+        author: Uuid,
+        post_id: Uuid,
+    },
+}
+
+impl TimelineWrite {
+    /// The write `envelope` makes, if any.
+    pub fn of(envelope: &EventEnvelope) -> Option<Self> {
+        Some(match &envelope.event {
+            Event::Followed(e) => Self::Follow {
+                follower: e.follower_id,
+                followee: e.followee_id,
+            },
+            Event::Unfollowed(e) => Self::Unfollow {
+                follower: e.follower_id,
+                followee: e.followee_id,
+            },
+            Event::PostPublished(e) => Self::Publish(TimelineEntry {
+                position: envelope.global_position,
+                post_id: e.post_id,
+                author_id: e.author_id,
+            }),
+            Event::PostDeleted(e) => Self::Remove {
+                author: e.author_id,
+                post_id: e.post_id,
+            },
+            _ => return None,
+        })
+    }
+
+    /// Applies it alone; for a publication, the users whose timelines received the post.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn apply_to<S: TimelineStore + ?Sized>(
+        &self,
+        store: &S,
+        settings: TimelineSettings,
+    ) -> ReadResult<Vec<Uuid>> {
+        match *self {
+            Self::Follow { follower, followee } => store.follow(follower, followee).await?,
+            Self::Unfollow { follower, followee } => store.unfollow(follower, followee).await?,
+            Self::Publish(entry) => {
+                store.add_author_post(entry).await?;
+                let mut users = store.followers(entry.author_id).await?;
+                if users.len() > settings.fanout_max_followers {
+                    store.mark_merged_at_read(entry.author_id).await?;
+                    users.clear();
+                }
+                users.push(entry.author_id);
+                store.deliver(&users, entry, settings.cap).await?;
+                return Ok(users);
+            }
+            Self::Remove { author, post_id } => store.remove_post(author, post_id).await?,
+        }
+        Ok(Vec::new())
+    }
 }
 
 /// Tunables of the timeline projection.
@@ -143,21 +229,8 @@ impl TimelineProjection {
         self
     }
 
-    async fn publish(
-        &self,
-        entry: TimelineEntry,
-        envelope: &EventEnvelope,
-    ) -> Result<(), ApplyError> {
-        self.store.add_author_post(entry).await?;
-        let mut followers = self.store.followers(entry.author_id).await?;
-        if followers.len() > self.settings.fanout_max_followers {
-            self.store.mark_merged_at_read(entry.author_id).await?;
-            followers.clear();
-        }
-        followers.push(entry.author_id);
-        self.store
-            .deliver(&followers, entry, self.settings.cap)
-            .await?;
+    /// Pushes `feed_item` to the timelines `users` that received a post.
+    async fn pushed(&self, users: Vec<Uuid>, envelope: &EventEnvelope) -> Result<(), ApplyError> {
         if let (Some(live), Event::PostPublished(e)) = (&self.live, &envelope.event) {
             let item = serde_json::json!({
                 "post_id": e.post_id,
@@ -166,7 +239,7 @@ impl TimelineProjection {
                 "preview": crate::content::markdown::preview(&e.body_markdown),
                 "created_at": envelope.recorded_at,
             });
-            live.push_many(followers.into_iter().map(user_channel), "feed_item", &item)
+            live.push_many(users.into_iter().map(user_channel), "feed_item", &item)
                 .await?;
         }
         Ok(())
@@ -193,24 +266,27 @@ impl Projection for TimelineProjection {
         report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
     }
 
+    /// Set-wise when it has no side effects (a replay): no live updates, no saga.
+    fn applies_batches(&self) -> bool {
+        self.live.is_none() && self.onboarding.is_none()
+    }
+
+    async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        let writes: Vec<TimelineWrite> = events.iter().filter_map(TimelineWrite::of).collect();
+        Ok(self.store.write_all(&writes, self.settings).await?)
+    }
+
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
-        match &envelope.event {
-            Event::Followed(e) => Ok(self.store.follow(e.follower_id, e.followee_id).await?),
-            Event::Unfollowed(e) => Ok(self.store.unfollow(e.follower_id, e.followee_id).await?),
-            Event::PostPublished(e) => {
-                let entry = TimelineEntry {
-                    position: envelope.global_position,
-                    post_id: e.post_id,
-                    author_id: e.author_id,
-                };
-                self.publish(entry, envelope).await
+        match TimelineWrite::of(envelope) {
+            Some(write) => {
+                let delivered = write.apply_to(&*self.store, self.settings).await?;
+                self.pushed(delivered, envelope).await
             }
             // A new user has an empty timeline and follows nobody: nothing to store.
-            Event::UserRegistered(_) => {
+            None if matches!(envelope.event, Event::UserRegistered(_)) => {
                 report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await
             }
-            Event::PostDeleted(e) => Ok(self.store.remove_post(e.author_id, e.post_id).await?),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{FollowCounts, TimelineEntry, TimelineStore};
+use super::{FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite};
 use crate::error::{ReadModelError, ReadResult};
 
 /// Timelines in the tables of one schema (`read_model` by default; replay builds others).
@@ -240,6 +240,14 @@ impl TimelineStore for PgTimelines {
         self.page("author_posts", "author_id", author, before, limit_to)
             .await
     }
+
+    async fn write_all(
+        &self,
+        writes: &[TimelineWrite],
+        settings: TimelineSettings,
+    ) -> ReadResult<()> {
+        self.write_set_wise(writes, settings).await
+    }
 }
 
 impl PgTimelines {
@@ -271,5 +279,467 @@ impl PgTimelines {
                 author_id,
             })
             .collect())
+    }
+}
+
+/// A row of `timelines` as a set-wise batch sees it.
+struct Row {
+    /// Stored before the batch.
+    stored: bool,
+    /// There after the writes so far.
+    present: bool,
+    post_id: Uuid,
+    author_id: Uuid,
+}
+
+/// A row of `timeline_lengths` as a set-wise batch sees it.
+#[derive(Default)]
+struct Length {
+    entries: i64,
+    exists: bool,
+    changed: bool,
+}
+
+/// A fan-out or a removal, in the order of the batch.
+enum Step {
+    Deliver(Vec<Uuid>, TimelineEntry),
+    Remove(Uuid),
+}
+
+type Keyed = std::collections::HashMap<(Uuid, i64), Row>;
+
+/// Records the loaded `timelines` rows in `rows` (and `by_post`), once each.
+fn loaded(
+    rows: &mut Keyed,
+    by_post: &mut std::collections::HashMap<Uuid, Vec<(Uuid, i64)>>,
+    found: Vec<(Uuid, i64, Uuid, Uuid)>,
+) {
+    for (user_id, position, post_id, author_id) in found {
+        if let std::collections::hash_map::Entry::Vacant(slot) = rows.entry((user_id, position)) {
+            slot.insert(Row {
+                stored: true,
+                present: true,
+                post_id,
+                author_id,
+            });
+            by_post
+                .entry(post_id)
+                .or_default()
+                .push((user_id, position));
+        }
+    }
+}
+
+impl PgTimelines {
+    /// [`TimelineStore::write_all`], set-wise, in one transaction: loads the follower sets,
+    /// timeline rows and lengths the writes touch (all the rows of a timeline only when the
+    /// batch may pass its cap), applies the writes to them in memory with the semantics of
+    /// the single writes above — fan-out to the followers of the moment, the sticky
+    /// merged-at-read mark, trims to the cap — then stores what changed with a few
+    /// array-bound statements. Assumes the one writer of this schema that the projection
+    /// runtime guarantees (its lease, or a replay's lock).
+    #[allow(clippy::too_many_lines)]
+    async fn write_set_wise(
+        &self,
+        writes: &[TimelineWrite],
+        settings: TimelineSettings,
+    ) -> ReadResult<()> {
+        use std::collections::{BTreeSet, HashMap, HashSet};
+        let s = &self.schema;
+        let cap = settings.cap.max(1);
+        let over = limit(cap + cap / 8);
+        let mut followees = Vec::new();
+        let mut authors = Vec::new();
+        for write in writes {
+            match write {
+                TimelineWrite::Follow { followee, .. }
+                | TimelineWrite::Unfollow { followee, .. } => {
+                    followees.push(*followee);
+                }
+                TimelineWrite::Publish(entry) => {
+                    followees.push(entry.author_id);
+                    authors.push(entry.author_id);
+                }
+                TimelineWrite::Remove { .. } => {}
+            }
+        }
+        followees.sort_unstable();
+        followees.dedup();
+        authors.sort_unstable();
+        authors.dedup();
+        let mut tx = self.pool.begin().await?;
+
+        // 1. The follower sets, then the follows and fan-outs in order.
+        let mut followers: HashMap<Uuid, HashSet<Uuid>> =
+            followees.iter().map(|f| (*f, HashSet::new())).collect();
+        if !followees.is_empty() {
+            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+                "SELECT followee_id, follower_id FROM {s}.follows WHERE followee_id = ANY($1)"
+            ))
+            .bind(&followees)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (followee, follower) in rows {
+                followers.entry(followee).or_default().insert(follower);
+            }
+        }
+        let stored_follows = followers.clone();
+        let mut merged: HashSet<Uuid> = HashSet::new();
+        if !authors.is_empty() {
+            let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
+                "SELECT author_id FROM {s}.merged_authors WHERE author_id = ANY($1)"
+            ))
+            .bind(&authors)
+            .fetch_all(&mut *tx)
+            .await?;
+            merged.extend(rows);
+        }
+        let mut newly_merged = Vec::new();
+        // Per post: its author, and its position while it is in the author's list.
+        let mut author_posts: HashMap<Uuid, (Uuid, Option<i64>)> = HashMap::new();
+        let mut steps = Vec::new();
+        for write in writes {
+            match *write {
+                TimelineWrite::Follow { follower, followee } => {
+                    followers.entry(followee).or_default().insert(follower);
+                }
+                TimelineWrite::Unfollow { follower, followee } => {
+                    followers.entry(followee).or_default().remove(&follower);
+                }
+                TimelineWrite::Publish(entry) => {
+                    author_posts.insert(entry.post_id, (entry.author_id, Some(entry.position)));
+                    let of_author = followers.entry(entry.author_id).or_default();
+                    let mut users: Vec<Uuid> = if of_author.len() > settings.fanout_max_followers {
+                        if merged.insert(entry.author_id) {
+                            newly_merged.push(entry.author_id);
+                        }
+                        Vec::new()
+                    } else {
+                        of_author.iter().copied().collect()
+                    };
+                    users.push(entry.author_id);
+                    users.sort_unstable();
+                    users.dedup();
+                    steps.push(Step::Deliver(users, entry));
+                }
+                TimelineWrite::Remove { author, post_id } => {
+                    author_posts.insert(post_id, (author, None));
+                    steps.push(Step::Remove(post_id));
+                }
+            }
+        }
+
+        // 2. The timeline rows and lengths the fan-outs and removals touch.
+        let mut deliveries: HashMap<Uuid, i64> = HashMap::new();
+        let (mut pair_users, mut pair_positions, mut removed_posts) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for step in &steps {
+            match step {
+                Step::Deliver(users, entry) => {
+                    for user in users {
+                        *deliveries.entry(*user).or_default() += 1;
+                        pair_users.push(*user);
+                        pair_positions.push(entry.position);
+                    }
+                }
+                Step::Remove(post_id) => removed_posts.push(*post_id),
+            }
+        }
+        let mut rows: Keyed = HashMap::new();
+        let mut by_post: HashMap<Uuid, Vec<(Uuid, i64)>> = HashMap::new();
+        let columns = "t.user_id, t.position, t.post_id, t.author_id";
+        if !pair_users.is_empty() {
+            let found = sqlx::query_as(&format!(
+                "SELECT {columns} FROM {s}.timelines t \
+                   JOIN unnest($1::uuid[], $2::bigint[]) AS k(u, n) ON t.user_id = k.u AND t.position = k.n"
+            ))
+            .bind(&pair_users)
+            .bind(&pair_positions)
+            .fetch_all(&mut *tx)
+            .await?;
+            loaded(&mut rows, &mut by_post, found);
+        }
+        if !removed_posts.is_empty() {
+            let found = sqlx::query_as(&format!(
+                "SELECT {columns} FROM {s}.timelines t WHERE t.post_id = ANY($1)"
+            ))
+            .bind(&removed_posts)
+            .fetch_all(&mut *tx)
+            .await?;
+            loaded(&mut rows, &mut by_post, found);
+        }
+        let mut users: Vec<Uuid> = deliveries.keys().copied().collect();
+        users.extend(rows.keys().map(|(user, _)| *user));
+        users.sort_unstable();
+        users.dedup();
+        let mut lengths: HashMap<Uuid, Length> = HashMap::new();
+        if !users.is_empty() {
+            let found: Vec<(Uuid, i32)> = sqlx::query_as(&format!(
+                "SELECT user_id, entries FROM {s}.timeline_lengths WHERE user_id = ANY($1)"
+            ))
+            .bind(&users)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (user, entries) in found {
+                let length = Length {
+                    entries: entries.into(),
+                    exists: true,
+                    changed: false,
+                };
+                lengths.insert(user, length);
+            }
+        }
+        // The timelines this batch may take past the cap: all their rows, for the trims.
+        let trimmed: Vec<Uuid> = deliveries
+            .iter()
+            .filter(|(user, n)| lengths.get(user).map_or(0, |l| l.entries) + **n > over)
+            .map(|(user, _)| *user)
+            .collect();
+        let mut kept: HashMap<Uuid, BTreeSet<i64>> =
+            trimmed.iter().map(|u| (*u, BTreeSet::new())).collect();
+        if !trimmed.is_empty() {
+            let found: Vec<(Uuid, i64, Uuid, Uuid)> = sqlx::query_as(&format!(
+                "SELECT {columns} FROM {s}.timelines t WHERE t.user_id = ANY($1)"
+            ))
+            .bind(&trimmed)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (user, position, _, _) in &found {
+                kept.entry(*user).or_default().insert(*position);
+            }
+            loaded(&mut rows, &mut by_post, found);
+        }
+
+        // 3. The fan-outs and removals, in order.
+        for step in steps {
+            match step {
+                Step::Deliver(users, entry) => {
+                    for user in users {
+                        let key = (user, entry.position);
+                        let row = rows.entry(key).or_insert_with(|| {
+                            by_post.entry(entry.post_id).or_default().push(key);
+                            Row {
+                                stored: false,
+                                present: false,
+                                post_id: entry.post_id,
+                                author_id: entry.author_id,
+                            }
+                        });
+                        if row.present {
+                            continue;
+                        }
+                        row.present = true;
+                        let length = lengths.entry(user).or_default();
+                        length.entries += 1;
+                        length.exists = true;
+                        length.changed = true;
+                        let Some(positions) = kept.get_mut(&user) else {
+                            continue;
+                        };
+                        positions.insert(entry.position);
+                        // Past the cap by more than an eighth: back to the newest `cap`.
+                        if length.entries > over && positions.len() >= cap {
+                            let Some(&oldest_kept) = positions.iter().rev().nth(cap - 1) else {
+                                continue;
+                            };
+                            let doomed: Vec<i64> =
+                                positions.range(..oldest_kept).copied().collect();
+                            for position in &doomed {
+                                positions.remove(position);
+                                if let Some(row) = rows.get_mut(&(user, *position)) {
+                                    row.present = false;
+                                }
+                            }
+                            length.entries -= i64::try_from(doomed.len()).unwrap_or(i64::MAX);
+                        }
+                    }
+                }
+                Step::Remove(post_id) => {
+                    for key in by_post.get(&post_id).into_iter().flatten() {
+                        let Some(row) = rows.get_mut(key) else {
+                            continue;
+                        };
+                        if !row.present {
+                            continue;
+                        }
+                        row.present = false;
+                        if let Some(positions) = kept.get_mut(&key.0) {
+                            positions.remove(&key.1);
+                        }
+                        if let Some(length) = lengths.get_mut(&key.0).filter(|l| l.exists) {
+                            length.entries -= 1;
+                            length.changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        if lengths
+            .iter()
+            .any(|(user, l)| l.changed && l.entries > over && !kept.contains_key(user))
+        {
+            return Err(ReadModelError::Rejected(
+                "a timeline passed its cap where the batch did not foresee it".into(),
+            ));
+        }
+
+        // 4. What changed, stored.
+        let (mut follow, mut unfollow) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (followee, now) in &followers {
+            let before = &stored_follows[followee];
+            for follower in now.difference(before) {
+                follow.0.push(*follower);
+                follow.1.push(*followee);
+            }
+            for follower in before.difference(now) {
+                unfollow.0.push(*follower);
+                unfollow.1.push(*followee);
+            }
+        }
+        let mut statements: Vec<(String, Arrays)> = Vec::new();
+        if !unfollow.0.is_empty() {
+            statements.push((
+                format!(
+                    "DELETE FROM {s}.follows f USING unnest($1::uuid[], $2::uuid[]) AS u(a, b) \
+                      WHERE f.follower_id = u.a AND f.followee_id = u.b"
+                ),
+                Arrays::Two(unfollow.0, unfollow.1),
+            ));
+        }
+        if !follow.0.is_empty() {
+            statements.push((
+                format!(
+                    "INSERT INTO {s}.follows (follower_id, followee_id) \
+                     SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING"
+                ),
+                Arrays::Two(follow.0, follow.1),
+            ));
+        }
+        if !newly_merged.is_empty() {
+            statements.push((
+                format!(
+                    "INSERT INTO {s}.merged_authors (author_id) SELECT * FROM unnest($1::uuid[]) \
+                     ON CONFLICT DO NOTHING"
+                ),
+                Arrays::One(newly_merged),
+            ));
+        }
+        let (mut listed, mut unlisted) = (
+            (Vec::new(), Vec::new(), Vec::new()),
+            (Vec::new(), Vec::new()),
+        );
+        for (post_id, (author, position)) in author_posts {
+            match position {
+                Some(position) => {
+                    listed.0.push(author);
+                    listed.1.push(position);
+                    listed.2.push(post_id);
+                }
+                None => {
+                    unlisted.0.push(author);
+                    unlisted.1.push(post_id);
+                }
+            }
+        }
+        if !unlisted.0.is_empty() {
+            statements.push((
+                format!(
+                    "DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
+                      WHERE a.author_id = u.a AND a.post_id = u.p"
+                ),
+                Arrays::Two(unlisted.0, unlisted.1),
+            ));
+        }
+        if !listed.0.is_empty() {
+            statements.push((
+                format!(
+                    "INSERT INTO {s}.author_posts (author_id, position, post_id) \
+                     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[]) ON CONFLICT DO NOTHING"
+                ),
+                Arrays::Entries(listed.0, listed.1, listed.2),
+            ));
+        }
+        let (mut gone, mut added) = (
+            (Vec::new(), Vec::new()),
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        );
+        for ((user, position), row) in &rows {
+            match (row.stored, row.present) {
+                (true, false) => {
+                    gone.0.push(*user);
+                    gone.1.push(*position);
+                }
+                (false, true) => {
+                    added.0.push(*user);
+                    added.1.push(*position);
+                    added.2.push(row.post_id);
+                    added.3.push(row.author_id);
+                }
+                _ => {}
+            }
+        }
+        for (sql, arrays) in statements {
+            arrays.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
+        }
+        if !gone.0.is_empty() {
+            sqlx::query(&format!(
+                "DELETE FROM {s}.timelines t USING unnest($1::uuid[], $2::bigint[]) AS u(a, n) \
+                  WHERE t.user_id = u.a AND t.position = u.n"
+            ))
+            .bind(&gone.0)
+            .bind(&gone.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !added.0.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[])"
+            ))
+            .bind(&added.0)
+            .bind(&added.1)
+            .bind(&added.2)
+            .bind(&added.3)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let changed: Vec<(Uuid, i64)> = lengths
+            .iter()
+            .filter(|(_, l)| l.changed)
+            .map(|(user, l)| (*user, l.entries))
+            .collect();
+        if !changed.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {s}.timeline_lengths (user_id, entries) \
+                 SELECT u, n::integer FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n) \
+                 ON CONFLICT (user_id) DO UPDATE SET entries = EXCLUDED.entries"
+            ))
+            .bind(changed.iter().map(|(u, _)| *u).collect::<Vec<_>>())
+            .bind(changed.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The arrays bound to one of the set-wise statements.
+enum Arrays {
+    One(Vec<Uuid>),
+    Two(Vec<Uuid>, Vec<Uuid>),
+    Entries(Vec<Uuid>, Vec<i64>, Vec<Uuid>),
+}
+
+impl Arrays {
+    fn bind(
+        self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        match self {
+            Self::One(a) => query.bind(a),
+            Self::Two(a, b) => query.bind(a).bind(b),
+            Self::Entries(a, b, c) => query.bind(a).bind(b).bind(c),
+        }
     }
 }

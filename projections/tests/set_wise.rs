@@ -1,0 +1,212 @@
+//! A batch applied set-wise (`write_all` of the lite stores, what a replay does) leaves each
+//! lite model exactly as the same events applied one at a time (what the live workers do):
+//! over a social log with follows and unfollows, popular authors merged at read time,
+//! timelines trimmed at a small cap, deletions, likes and unlikes, comments, renames and
+//! rolled-back registrations — in batches of several sizes, each batch applied twice now
+//! and then (a redelivery after a crash before the checkpoint).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use event_schemas::EventEnvelope;
+use projections::content::postgres::PgContent;
+use projections::timeline::postgres::PgTimelines;
+use projections::timeline::TimelineWrite;
+use projections::{ContentStore, ContentWrite, TimelineSettings, TimelineStore};
+use sqlx::PgPool;
+use testkit::social::SocialLog;
+use testkit::TestDb;
+
+/// Small, so that timelines are trimmed and authors merged at read time.
+const SETTINGS: TimelineSettings = TimelineSettings {
+    cap: 6,
+    fanout_max_followers: 5,
+};
+
+async fn log(pool: &PgPool) -> Vec<EventEnvelope> {
+    let written = SocialLog::new(60).append(pool).await.unwrap();
+    let reader = store::LogReader::new(pool.clone());
+    let events = testkit::read_log(&reader, store::LogPosition::START, written).await;
+    assert_eq!(events.len(), written);
+    events.iter().map(|e| e.decode().unwrap()).collect()
+}
+
+/// An empty copy of the live `tables` in `schema`.
+async fn copy(pool: &PgPool, schema: &str, tables: &[&str]) {
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    for table in tables {
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.{table} (LIKE read_model.{table} INCLUDING ALL)"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+async fn assert_same(pool: &PgPool, tables: &[&str], a: &str, b: &str) {
+    for table in tables {
+        let (count_a, count_b, differing): (i64, i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {a}.{table}), (SELECT count(*) FROM {b}.{table}), \
+                    (SELECT count(*) FROM ((SELECT * FROM {a}.{table} EXCEPT ALL SELECT * FROM {b}.{table}) \
+                               UNION ALL (SELECT * FROM {b}.{table} EXCEPT ALL SELECT * FROM {a}.{table})) d)"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (count_a, differing),
+            (count_b, 0),
+            "{a}.{table} and {b}.{table} differ"
+        );
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
+    let db = TestDb::new().await;
+    let writes: Vec<TimelineWrite> = log(&db.pool)
+        .await
+        .iter()
+        .filter_map(TimelineWrite::of)
+        .collect();
+    copy(&db.pool, "one_by_one", PgTimelines::TABLES).await;
+    let one_by_one = PgTimelines::new(db.pool.clone(), "one_by_one").unwrap();
+    for write in &writes {
+        write.apply_to(&one_by_one, SETTINGS).await.unwrap();
+    }
+    // The log exercises what the batches must get right.
+    assert!(writes
+        .iter()
+        .any(|w| matches!(w, TimelineWrite::Unfollow { .. })));
+    assert!(writes
+        .iter()
+        .any(|w| matches!(w, TimelineWrite::Remove { .. })));
+    let merged = count(&db.pool, "SELECT count(*) FROM one_by_one.merged_authors").await;
+    let at_cap = count(
+        &db.pool,
+        "SELECT count(*) FROM one_by_one.timeline_lengths WHERE entries >= 6",
+    )
+    .await;
+    assert!(
+        merged > 0 && at_cap > 10,
+        "merged {merged}, at the cap {at_cap}"
+    );
+
+    for size in [1, 7, 64, 100_000] {
+        let schema = format!("batches_of_{size}");
+        copy(&db.pool, &schema, PgTimelines::TABLES).await;
+        let batched = PgTimelines::new(db.pool.clone(), &schema).unwrap();
+        for (i, batch) in writes.chunks(size).enumerate() {
+            batched.write_all(batch, SETTINGS).await.unwrap();
+            if i % 3 == 1 {
+                batched.write_all(batch, SETTINGS).await.unwrap();
+            }
+        }
+        assert_same(&db.pool, PgTimelines::TABLES, "one_by_one", &schema).await;
+    }
+}
+
+/// Writes the social log does not make, at its end: likes, unlikes and comments of a
+/// deleted post and of an unknown one, the deleted post published again, a second
+/// registration of a user, a rename of an unknown user, a like twice and an unlike twice.
+fn edge_cases(writes: &[ContentWrite]) -> Vec<ContentWrite> {
+    let deleted = writes
+        .iter()
+        .find_map(|w| match w {
+            ContentWrite::DeletePost(post) => Some(*post),
+            _ => None,
+        })
+        .unwrap();
+    let (post, comment, profile) = writes.iter().fold((None, None, None), |found, w| match w {
+        ContentWrite::InsertPost(p) if p.post_id == deleted => (Some(p.clone()), found.1, found.2),
+        ContentWrite::AddComment(c) => (found.0, Some(c.clone()), found.2),
+        ContentWrite::PutProfile(p) => (found.0, found.1, Some(p.clone())),
+        _ => found,
+    });
+    let (post, comment, profile) = (post.unwrap(), comment.unwrap(), profile.unwrap());
+    let live = writes
+        .iter()
+        .rev()
+        .find_map(|w| match w {
+            ContentWrite::InsertPost(p) if p.post_id != deleted => Some(p.post_id),
+            _ => None,
+        })
+        .unwrap();
+    let (user, unknown) = (profile.user_id, uuid::Uuid::new_v4());
+    let like = |post, liked| ContentWrite::SetLike { post, user, liked };
+    let comment_on = |post_id| {
+        ContentWrite::AddComment(projections::content::CommentDoc {
+            comment_id: uuid::Uuid::new_v4(),
+            post_id,
+            ..comment.clone()
+        })
+    };
+    vec![
+        like(deleted, true),
+        like(deleted, false),
+        comment_on(deleted),
+        like(unknown, true),
+        comment_on(unknown),
+        ContentWrite::InsertPost(post),
+        like(deleted, true),
+        ContentWrite::PutProfile(projections::content::Profile {
+            display_name: "someone else".into(),
+            ..profile
+        }),
+        ContentWrite::Rename {
+            user: unknown,
+            display_name: "nobody".into(),
+        },
+        like(live, true),
+        like(live, true),
+        like(live, false),
+        like(live, false),
+        like(live, true),
+        comment_on(live),
+        ContentWrite::AddComment(comment),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
+    let db = TestDb::new().await;
+    let mut writes: Vec<ContentWrite> = log(&db.pool)
+        .await
+        .iter()
+        .filter_map(ContentWrite::of)
+        .collect();
+    writes.extend(edge_cases(&writes));
+    copy(&db.pool, "one_by_one", PgContent::TABLES).await;
+    let one_by_one = PgContent::new(db.pool.clone(), "one_by_one").unwrap();
+    for write in &writes {
+        write.apply_to(&one_by_one).await.unwrap();
+    }
+    for kind in [
+        |w: &ContentWrite| matches!(w, ContentWrite::SetLike { liked: false, .. }),
+        |w: &ContentWrite| matches!(w, ContentWrite::DeletePost(_)),
+        |w: &ContentWrite| matches!(w, ContentWrite::Rename { .. }),
+        |w: &ContentWrite| matches!(w, ContentWrite::RemoveProfile(_)),
+        |w: &ContentWrite| matches!(w, ContentWrite::AddComment(_)),
+    ] {
+        assert!(writes.iter().any(kind));
+    }
+
+    for size in [1, 7, 64, 100_000] {
+        let schema = format!("batches_of_{size}");
+        copy(&db.pool, &schema, PgContent::TABLES).await;
+        let batched = PgContent::new(db.pool.clone(), &schema).unwrap();
+        for (i, batch) in writes.chunks(size).enumerate() {
+            batched.write_all(batch).await.unwrap();
+            if i % 3 == 1 {
+                batched.write_all(batch).await.unwrap();
+            }
+        }
+        assert_same(&db.pool, PgContent::TABLES, "one_by_one", &schema).await;
+    }
+}
