@@ -368,6 +368,7 @@ impl<P: Projection> Runner<P> {
             .set(lag.as_seconds_f64().max(0.0));
     }
 
+    #[cfg(feature = "kafka")]
     pub(crate) async fn process(
         &self,
         event: &RecordedEvent,

@@ -260,8 +260,29 @@ impl Replay {
         stop: &CancellationToken,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Summary, ReplayError> {
+        let mut exclusive = self.exclusive().await?;
+        let result = self.run_exclusive(stop, progress).await;
+        // Released now, not whenever the server notices the connection is gone: the same
+        // command run again at once must not find its own lock held.
+        let released = async {
+            sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut exclusive)
+                .await?;
+            sqlx::Connection::close(exclusive).await
+        }
+        .await;
+        if let Err(error) = released {
+            tracing::warn!(%error, "Releasing the replay lock failed; it goes with the connection.");
+        }
+        result
+    }
+
+    async fn run_exclusive(
+        &self,
+        stop: &CancellationToken,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<Summary, ReplayError> {
         let started = Instant::now();
-        let _exclusive = self.exclusive().await?;
         let resumed = self.prepare().await?;
         let runner = self.runner()?;
         let checkpoints = Checkpoints::new(self.pool.clone());
