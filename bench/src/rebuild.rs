@@ -16,9 +16,9 @@ use crate::setup::BenchDatabase;
 pub struct ReplayLoad {
     pub events: usize,
     pub batch_size: u32,
-    /// Also replays positions up to this one event by event, as the live projection
-    /// applies events, for comparison (0: not).
-    pub baseline_events: usize,
+    /// Also replays the whole log event by event, as the live projection applies events,
+    /// for comparison.
+    pub baseline: bool,
 }
 
 #[derive(Debug)]
@@ -60,13 +60,13 @@ pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<Replay
     let mut models = Vec::new();
     for name in ["timeline", "content"] {
         let model = Model::named(name)?;
-        let mut runs = vec![(true, None)];
-        if load.baseline_events > 0 {
-            runs.push((false, Some(load.baseline_events as i64)));
-        }
-        for (set_wise, to) in runs {
+        let runs: &[bool] = if load.baseline {
+            &[true, false]
+        } else {
+            &[true]
+        };
+        for &set_wise in runs {
             let options = ReplayOptions {
-                to,
                 swap: false,
                 restart: true,
                 batch_size: load.batch_size,
@@ -78,11 +78,23 @@ pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<Replay
                 .await
                 .with_context(|| format!("replaying {name}"))?;
             anyhow::ensure!(!summary.interrupted && summary.dead_lettered == 0);
-            if to.is_none() {
-                anyhow::ensure!(
-                    summary.read == events as u64,
-                    "the replay of {name} read {} of the {events} events",
-                    summary.read
+            if summary.read != events as u64 {
+                let end = store::LogReader::new(pool.clone())
+                    .last_up_to(i64::MAX)
+                    .await?;
+                let beyond: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM events \
+                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+                )
+                .bind(summary.position.transaction_id.to_string())
+                .bind(summary.position.global_position)
+                .fetch_one(&pool)
+                .await?;
+                anyhow::bail!(
+                    "the replay of {name} read {} of the {events} events: it stopped at {:?}, \
+                     the log ends at {end:?}, {beyond} events after where it stopped",
+                    summary.read,
+                    summary.position
                 );
             }
             let mut rows = 0;

@@ -306,6 +306,48 @@ impl<P: Projection> Runner<P> {
         Ok(())
     }
 
+    /// Applies the log from its checkpoint up to `end` (a position it has read), batch after
+    /// batch, reading each batch while the one before is applied; saves the checkpoint after
+    /// each and calls `progress` with the events read. Takes no lease: for a replay, the
+    /// one writer of its target. Returns early, checkpoint saved, when `stop` is cancelled.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the log or the checkpoint cannot be read or written.
+    pub async fn apply_up_to(
+        &self,
+        end: LogPosition,
+        stop: &CancellationToken,
+        progress: &mut (dyn FnMut(usize) + Send),
+    ) -> Result<(), StoreError> {
+        let reader = LogReader::new(self.pool.clone());
+        let checkpoints = Checkpoints::new(self.pool.clone());
+        let name = self.checkpoint_name();
+        let mut position = checkpoints.load(&name).await?;
+        let mut batch = reader.read_batch(position, self.batch_size).await?;
+        while position < end && !stop.is_cancelled() {
+            let Some(last) = batch.last() else {
+                // Open transactions hold the reader back; they end soon.
+                progress(0);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                batch = reader.read_batch(position, self.batch_size).await?;
+                continue;
+            };
+            let next = reader.read_batch(LogPosition::of(last), self.batch_size);
+            let (applied, next) = tokio::join!(self.apply_read(&batch, position, stop), next);
+            let (done, after) = applied?;
+            if done > 0 {
+                checkpoints.save(&name, after).await?;
+            }
+            progress(done);
+            if done < batch.len() {
+                break;
+            }
+            position = after;
+            batch = next?;
+        }
+        Ok(())
+    }
+
     /// Applies one batch after `position`; returns how many events it read and the position
     /// after the last one done.
     async fn batch_from(
@@ -316,6 +358,17 @@ impl<P: Projection> Runner<P> {
         let batch = LogReader::new(self.pool.clone())
             .read_batch(start, self.batch_size)
             .await?;
+        self.apply_read(&batch, start, stop).await
+    }
+
+    /// Applies `batch`, read after `start`; returns how many of its events are done and the
+    /// position after the last of them.
+    async fn apply_read(
+        &self,
+        batch: &[RecordedEvent],
+        start: LogPosition,
+        stop: &CancellationToken,
+    ) -> Result<(usize, LogPosition), StoreError> {
         let Some(last) = batch.last() else {
             return Ok((0, start));
         };

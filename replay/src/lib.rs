@@ -79,7 +79,7 @@ impl Default for ReplayOptions {
             to: None,
             restart: false,
             swap: true,
-            batch_size: 1000,
+            batch_size: 5000,
             set_wise: true,
             timeline: TimelineSettings::default(),
             cache: None,
@@ -311,16 +311,13 @@ impl Replay {
 
         let mut read = 0u64;
         if let Some(end) = end {
-            while !stop.is_cancelled() && checkpoints.load(&checkpoint).await? < end {
-                let n = runner.run_batch(stop).await? as u64;
-                read += n;
-                done = (done + n).min(total);
-                progress(Progress { read: done, total });
-                if n == 0 {
-                    // Open transactions hold the reader back; they end soon.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
+            runner
+                .apply_up_to(end, stop, &mut |n| {
+                    read += n as u64;
+                    done = (done + n as u64).min(total);
+                    progress(Progress { read: done, total });
+                })
+                .await?;
         }
         let interrupted = stop.is_cancelled();
         if !interrupted {

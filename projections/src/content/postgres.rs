@@ -428,21 +428,23 @@ impl PgContent {
         let mut likes: HashMap<(Uuid, Uuid), (bool, bool)> =
             like_keys.iter().map(|key| (*key, (false, false))).collect();
         if !like_keys.is_empty() {
-            let (like_posts, like_users): (Vec<Uuid>, Vec<Uuid>) = like_keys.into_iter().unzip();
+            // The likes of the posts liked or unliked (the primary key's prefix), of which
+            // those of the batch's pairs are kept.
+            let mut liked_posts: Vec<Uuid> = like_keys.iter().map(|(post, _)| *post).collect();
+            liked_posts.sort_unstable();
+            liked_posts.dedup();
             let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
-                "SELECT l.post_id, l.user_id FROM {s}.likes l \
-                   JOIN unnest($1::uuid[], $2::uuid[]) AS k(post_id, user_id) \
-                     ON l.post_id = k.post_id AND l.user_id = k.user_id"
+                "SELECT post_id, user_id FROM {s}.likes WHERE post_id = ANY($1)"
             ))
-            .bind(&like_posts)
-            .bind(&like_users)
+            .bind(&liked_posts)
             .fetch_all(&mut *tx)
             .await?;
             for key in rows {
-                likes.insert(key, (true, true));
+                if let Some(like) = likes.get_mut(&key) {
+                    *like = (true, true);
+                }
             }
         }
-
         // The writes, in order, as the single writes do them.
         let mut new_comments = Vec::new();
         for write in writes {

@@ -348,42 +348,59 @@ impl PgTimelines {
         let s = &self.schema;
         let cap = settings.cap.max(1);
         let over = limit(cap + cap / 8);
-        let mut followees = Vec::new();
         let mut authors = Vec::new();
+        let mut follow_pairs = Vec::new();
         for write in writes {
             match write {
-                TimelineWrite::Follow { followee, .. }
-                | TimelineWrite::Unfollow { followee, .. } => {
-                    followees.push(*followee);
+                TimelineWrite::Follow { follower, followee }
+                | TimelineWrite::Unfollow { follower, followee } => {
+                    follow_pairs.push((*follower, *followee));
                 }
-                TimelineWrite::Publish(entry) => {
-                    followees.push(entry.author_id);
-                    authors.push(entry.author_id);
-                }
+                TimelineWrite::Publish(entry) => authors.push(entry.author_id),
                 TimelineWrite::Remove { .. } => {}
             }
         }
-        followees.sort_unstable();
-        followees.dedup();
         authors.sort_unstable();
         authors.dedup();
         let mut tx = self.pool.begin().await?;
 
-        // 1. The follower sets, then the follows and fan-outs in order.
+        // 1. The follower sets of the authors and the follows changed (stored, now), then
+        //    the follows and fan-outs in order.
         let mut followers: HashMap<Uuid, HashSet<Uuid>> =
-            followees.iter().map(|f| (*f, HashSet::new())).collect();
-        if !followees.is_empty() {
+            authors.iter().map(|a| (*a, HashSet::new())).collect();
+        if !authors.is_empty() {
             let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
                 "SELECT followee_id, follower_id FROM {s}.follows WHERE followee_id = ANY($1)"
             ))
-            .bind(&followees)
+            .bind(&authors)
             .fetch_all(&mut *tx)
             .await?;
             for (followee, follower) in rows {
                 followers.entry(followee).or_default().insert(follower);
             }
         }
-        let stored_follows = followers.clone();
+        let mut follows: HashMap<(Uuid, Uuid), (bool, bool)> = follow_pairs
+            .iter()
+            .map(|pair| (*pair, (false, false)))
+            .collect();
+        if !follows.is_empty() {
+            // Whom the followers follow (the primary key's prefix), of which the batch's
+            // pairs are kept.
+            let mut by: Vec<Uuid> = follow_pairs.iter().map(|(follower, _)| *follower).collect();
+            by.sort_unstable();
+            by.dedup();
+            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+                "SELECT follower_id, followee_id FROM {s}.follows WHERE follower_id = ANY($1)"
+            ))
+            .bind(&by)
+            .fetch_all(&mut *tx)
+            .await?;
+            for pair in rows {
+                if let Some(follow) = follows.get_mut(&pair) {
+                    *follow = (true, true);
+                }
+            }
+        }
         let mut merged: HashSet<Uuid> = HashSet::new();
         if !authors.is_empty() {
             let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
@@ -401,10 +418,20 @@ impl PgTimelines {
         for write in writes {
             match *write {
                 TimelineWrite::Follow { follower, followee } => {
-                    followers.entry(followee).or_default().insert(follower);
+                    if let Some(follow) = follows.get_mut(&(follower, followee)) {
+                        follow.1 = true;
+                    }
+                    if let Some(set) = followers.get_mut(&followee) {
+                        set.insert(follower);
+                    }
                 }
                 TimelineWrite::Unfollow { follower, followee } => {
-                    followers.entry(followee).or_default().remove(&follower);
+                    if let Some(follow) = follows.get_mut(&(follower, followee)) {
+                        follow.1 = false;
+                    }
+                    if let Some(set) = followers.get_mut(&followee) {
+                        set.remove(&follower);
+                    }
                 }
                 TimelineWrite::Publish(entry) => {
                     author_posts.insert(entry.post_id, (entry.author_id, Some(entry.position)));
@@ -431,39 +458,28 @@ impl PgTimelines {
 
         // 2. The timeline rows and lengths the fan-outs and removals touch.
         let mut deliveries: HashMap<Uuid, i64> = HashMap::new();
-        let (mut pair_users, mut pair_positions, mut removed_posts) =
-            (Vec::new(), Vec::new(), Vec::new());
+        let mut touched_posts = Vec::new();
         for step in &steps {
             match step {
                 Step::Deliver(users, entry) => {
                     for user in users {
                         *deliveries.entry(*user).or_default() += 1;
-                        pair_users.push(*user);
-                        pair_positions.push(entry.position);
                     }
+                    touched_posts.push(entry.post_id);
                 }
-                Step::Remove(post_id) => removed_posts.push(*post_id),
+                Step::Remove(post_id) => touched_posts.push(*post_id),
             }
         }
         let mut rows: Keyed = HashMap::new();
         let mut by_post: HashMap<Uuid, Vec<(Uuid, i64)>> = HashMap::new();
         let columns = "t.user_id, t.position, t.post_id, t.author_id";
-        if !pair_users.is_empty() {
-            let found = sqlx::query_as(&format!(
-                "SELECT {columns} FROM {s}.timelines t \
-                   JOIN unnest($1::uuid[], $2::bigint[]) AS k(u, n) ON t.user_id = k.u AND t.position = k.n"
-            ))
-            .bind(&pair_users)
-            .bind(&pair_positions)
-            .fetch_all(&mut *tx)
-            .await?;
-            loaded(&mut rows, &mut by_post, found);
-        }
-        if !removed_posts.is_empty() {
+        // Every stored row of the posts published or removed: a redelivered fan-out finds
+        // its rows there (a position is one post's), a removal the rows it removes.
+        if !touched_posts.is_empty() {
             let found = sqlx::query_as(&format!(
                 "SELECT {columns} FROM {s}.timelines t WHERE t.post_id = ANY($1)"
             ))
-            .bind(&removed_posts)
+            .bind(&touched_posts)
             .fetch_all(&mut *tx)
             .await?;
             loaded(&mut rows, &mut by_post, found);
@@ -585,16 +601,14 @@ impl PgTimelines {
 
         // 4. What changed, stored.
         let (mut follow, mut unfollow) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for (followee, now) in &followers {
-            let before = &stored_follows[followee];
-            for follower in now.difference(before) {
-                follow.0.push(*follower);
-                follow.1.push(*followee);
-            }
-            for follower in before.difference(now) {
-                unfollow.0.push(*follower);
-                unfollow.1.push(*followee);
-            }
+        for ((follower, followee), (stored, now)) in follows {
+            let list = match (stored, now) {
+                (false, true) => &mut follow,
+                (true, false) => &mut unfollow,
+                _ => continue,
+            };
+            list.0.push(follower);
+            list.1.push(followee);
         }
         let mut statements: Vec<(String, Arrays)> = Vec::new();
         if !unfollow.0.is_empty() {
@@ -663,7 +677,11 @@ impl PgTimelines {
             (Vec::new(), Vec::new()),
             (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         );
-        for ((user, position), row) in &rows {
+        // In primary-key order: the index takes them page after page.
+        let mut keys: Vec<&(Uuid, i64)> = rows.keys().collect();
+        keys.sort_unstable();
+        for key @ (user, position) in keys {
+            let row = &rows[key];
             match (row.stored, row.present) {
                 (true, false) => {
                     gone.0.push(*user);
