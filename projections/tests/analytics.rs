@@ -22,18 +22,7 @@ use uuid::Uuid;
 
 /// A schema with empty copies of the live tables, as the replay makes it.
 async fn fresh_model(pool: &PgPool, schema: &str) -> AnalyticsProjection {
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(pool)
-        .await
-        .unwrap();
-    for table in TABLES {
-        sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL)"
-        ))
-        .execute(pool)
-        .await
-        .unwrap();
-    }
+    testkit::tables::copy_empty(pool, LIVE_SCHEMA, schema, TABLES).await;
     AnalyticsProjection::new(pool.clone(), schema).unwrap()
 }
 

@@ -13,6 +13,7 @@ use projections::timeline::TimelineWrite;
 use projections::{ContentStore, ContentWrite, TimelineSettings, TimelineStore};
 use sqlx::PgPool;
 use testkit::social::SocialLog;
+use testkit::tables::{assert_same, copy_empty};
 use testkit::TestDb;
 
 /// Small, so that timelines are trimmed and authors merged at read time.
@@ -29,40 +30,6 @@ async fn log(pool: &PgPool) -> Vec<EventEnvelope> {
     events.iter().map(|e| e.decode().unwrap()).collect()
 }
 
-/// An empty copy of the live `tables` in `schema`.
-async fn copy(pool: &PgPool, schema: &str, tables: &[&str]) {
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(pool)
-        .await
-        .unwrap();
-    for table in tables {
-        sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE read_model.{table} INCLUDING ALL)"
-        ))
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-}
-
-async fn assert_same(pool: &PgPool, tables: &[&str], a: &str, b: &str) {
-    for table in tables {
-        let (count_a, count_b, differing): (i64, i64, i64) = sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM {a}.{table}), (SELECT count(*) FROM {b}.{table}), \
-                    (SELECT count(*) FROM ((SELECT * FROM {a}.{table} EXCEPT ALL SELECT * FROM {b}.{table}) \
-                               UNION ALL (SELECT * FROM {b}.{table} EXCEPT ALL SELECT * FROM {a}.{table})) d)"
-        ))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            (count_a, differing),
-            (count_b, 0),
-            "{a}.{table} and {b}.{table} differ"
-        );
-    }
-}
-
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -75,7 +42,7 @@ async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
         .iter()
         .filter_map(TimelineWrite::of)
         .collect();
-    copy(&db.pool, "one_by_one", PgTimelines::TABLES).await;
+    copy_empty(&db.pool, "read_model", "one_by_one", PgTimelines::TABLES).await;
     let one_by_one = PgTimelines::new(db.pool.clone(), "one_by_one").unwrap();
     for write in &writes {
         write.apply_to(&one_by_one, SETTINGS).await.unwrap();
@@ -100,7 +67,7 @@ async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
 
     for size in [1, 7, 64, 100_000] {
         let schema = format!("batches_of_{size}");
-        copy(&db.pool, &schema, PgTimelines::TABLES).await;
+        copy_empty(&db.pool, "read_model", &schema, PgTimelines::TABLES).await;
         let batched = PgTimelines::new(db.pool.clone(), &schema).unwrap();
         for (i, batch) in writes.chunks(size).enumerate() {
             batched.write_all(batch, SETTINGS).await.unwrap();
@@ -182,7 +149,7 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
         .filter_map(ContentWrite::of)
         .collect();
     writes.extend(edge_cases(&writes));
-    copy(&db.pool, "one_by_one", PgContent::TABLES).await;
+    copy_empty(&db.pool, "read_model", "one_by_one", PgContent::TABLES).await;
     let one_by_one = PgContent::new(db.pool.clone(), "one_by_one").unwrap();
     for write in &writes {
         write.apply_to(&one_by_one).await.unwrap();
@@ -199,7 +166,7 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
 
     for size in [1, 7, 64, 100_000] {
         let schema = format!("batches_of_{size}");
-        copy(&db.pool, &schema, PgContent::TABLES).await;
+        copy_empty(&db.pool, "read_model", &schema, PgContent::TABLES).await;
         let batched = PgContent::new(db.pool.clone(), &schema).unwrap();
         for (i, batch) in writes.chunks(size).enumerate() {
             batched.write_all(batch).await.unwrap();

@@ -75,24 +75,7 @@ fn options() -> ReplayOptions {
 
 /// Every table of `model` holds the same rows in both schemas; returns the rows compared.
 async fn assert_same(pool: &PgPool, model: &Model, a: &str, b: &str) -> i64 {
-    let mut rows = 0;
-    for table in model.tables {
-        let (count_a, count_b, differing): (i64, i64, i64) = sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM {a}.{table}), (SELECT count(*) FROM {b}.{table}), \
-                    (SELECT count(*) FROM ((SELECT * FROM {a}.{table} EXCEPT ALL SELECT * FROM {b}.{table}) \
-                               UNION ALL (SELECT * FROM {b}.{table} EXCEPT ALL SELECT * FROM {a}.{table})) d)"
-        ))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            (count_a, differing),
-            (count_b, 0),
-            "{a}.{table} and {b}.{table} differ"
-        );
-        rows += count_a;
-    }
-    rows
+    testkit::tables::assert_same(pool, model.tables, a, b).await
 }
 
 async fn replay(

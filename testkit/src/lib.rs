@@ -3,9 +3,11 @@
 //!
 //! `DATABASE_URL` names the server (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`);
 //! each [`TestDb`] creates `hl_test_<uuid>` on it, runs the project's migrations, and drops
-//! the database again when dropped. [`social`] writes a synthetic social log.
+//! the database again when dropped. [`social`] writes a synthetic social log; [`tables`]
+//! copies and compares read-model tables.
 
 pub mod social;
+pub mod tables;
 
 use std::time::Duration;
 
