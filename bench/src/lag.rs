@@ -222,6 +222,7 @@ async fn measure(
             // Set per projection by `spawn_runner`.
             stream_types: Vec::new(),
             dlq_replication: 1,
+            fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
         }),
     };
 

@@ -100,6 +100,9 @@ enum Command {
         /// Kafka to consume the relay's topics from; the PostgreSQL log when unset.
         #[arg(long, env = "KAFKA_BROKERS")]
         kafka_brokers: Option<String>,
+        /// The longest a consumer's fetch waits at the broker for records, in ms.
+        #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 100)]
+        kafka_fetch_wait_ms: u64,
         #[command(flatten)]
         kafka: KafkaTopicArgs,
         #[command(flatten)]
@@ -443,6 +446,7 @@ async fn main() -> anyhow::Result<()> {
             redis,
             stores,
             kafka_brokers,
+            kafka_fetch_wait_ms,
             kafka,
             metrics,
             realtime,
@@ -457,6 +461,7 @@ async fn main() -> anyhow::Result<()> {
                     brokers,
                     topic_prefix: kafka.kafka_topic_prefix,
                     replication: kafka.kafka_replication_factor,
+                    fetch_wait: Duration::from_millis(kafka_fetch_wait_ms),
                 },
                 None => Source::Log,
             };

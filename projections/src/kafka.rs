@@ -35,7 +35,16 @@ pub struct KafkaSource {
     pub stream_types: Vec<String>,
     /// Replication factor of the dead-letter topic, created on start if missing.
     pub dlq_replication: i32,
+    /// How long a fetch may wait at the broker for records (`fetch.wait.max.ms`). A broker
+    /// that answers a fetch only when this is up (tansu does) adds it to every event's lag;
+    /// Kafka answers as soon as records arrive, so there a shorter wait only means more
+    /// fetches while idle. [`DEFAULT_FETCH_WAIT`] unless set.
+    pub fetch_wait: Duration,
 }
+
+/// The default of [`KafkaSource::fetch_wait`] (`KAFKA_FETCH_WAIT_MS`): 100 ms, not
+/// librdkafka's 500 ms (see the README's projection-lag figures).
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(100);
 
 /// Why the Kafka source stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +74,10 @@ impl<P: Projection> Runner<P> {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("topic.metadata.refresh.interval.ms", "10000")
+            .set(
+                "fetch.wait.max.ms",
+                source.fetch_wait.as_millis().clamp(1, 300_000).to_string(),
+            )
             .create()?;
         let topics: Vec<String> = source
             .stream_types

@@ -33,6 +33,8 @@ pub enum Source {
         topic_prefix: String,
         /// Replication factor of the dead-letter topics.
         replication: i32,
+        /// The consumers' `fetch.wait.max.ms` ([`crate::kafka::KafkaSource::fetch_wait`]).
+        fetch_wait: Duration,
     },
 }
 
@@ -213,12 +215,14 @@ async fn run_one<P: Projection + 'static>(
                 brokers,
                 topic_prefix,
                 replication,
+                fetch_wait,
             } => {
                 let kafka = crate::kafka::KafkaSource {
                     brokers: brokers.clone(),
                     topic_prefix: topic_prefix.clone(),
                     stream_types: stream_types(runner.projection()),
                     dlq_replication: *replication,
+                    fetch_wait: *fetch_wait,
                 };
                 runner
                     .run_kafka(&kafka, &stop)

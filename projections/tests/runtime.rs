@@ -267,6 +267,7 @@ async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart(
         topic_prefix: prefix,
         stream_types: vec!["social".into()],
         dlq_replication: 1,
+        fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
     };
     let group = format!("recorder-{}", Uuid::new_v4().simple());
     let runner = |recorder: Recorder| {
@@ -398,6 +399,7 @@ async fn a_poison_event_on_the_kafka_source_goes_to_the_dead_letter_topic_with_i
         topic_prefix: prefix.clone(),
         stream_types: vec!["social".into()],
         dlq_replication: 1,
+        fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
     };
     consume_until(
         &db,
