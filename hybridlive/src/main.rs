@@ -674,6 +674,10 @@ async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> anyhow::Res
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
+    // The bound address: port 0 in METRICS_ADDR picks a free one.
+    let addr = listener
+        .local_addr()
+        .context("reading the metrics address")?;
     tracing::info!(%addr, "Serving /metrics.");
     tokio::spawn(async move {
         let served = axum::serve(listener, api::metrics_router())

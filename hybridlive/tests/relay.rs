@@ -17,6 +17,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 use store::{AppendRequest, NewEvent, PgEventStore, RecordedEvent};
 use testkit::TestDb;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -344,22 +345,38 @@ async fn of_two_relays_exactly_one_publishes_and_the_other_takes_over_within_5s_
 async fn a_relay_serves_its_metrics_on_metrics_addr() {
     let db = TestDb::new().await;
     let prefix = format!("t{}.", Uuid::new_v4().simple());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0: the relay binds a free port and logs it (a port picked here and passed on
+    // could be taken by another process in between).
     let mut relay = relay_command(&db, &prefix)
-        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn,relay=info,hybridlive=info")
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut lines = BufReader::new(relay.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the relay logs its metrics address within 30 s")
+            .unwrap()
+            .expect("the relay runs");
+        if line.contains("Serving /metrics.") {
+            // `addr=127.0.0.1:<port>` (with colour codes around the `=` on a terminal).
+            let (_, after) = line
+                .split_once("127.0.0.1:")
+                .expect("the address is logged");
+            let port: String = after.chars().take_while(char::is_ascii_digit).collect();
+            break format!("127.0.0.1:{port}");
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let store = PgEventStore::new(db.pool.clone());
     store.append(&append("post", "p1", 0, 3)).await.unwrap();
     wait_until_relayed(&db, Duration::from_secs(30)).await;
     // The endpoint may answer a moment after the relay started: poll it.
     let start = Instant::now();
     let metrics = loop {
-        let answer = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        let answer = match reqwest::get(format!("http://{addr}/metrics")).await {
             Ok(response) => format!("{}\n{}", response.status(), response.text().await.unwrap()),
             Err(error) => format!("no answer: {error}"),
         };
