@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Records applied event ids in a table; refuses the `poison` ids (until `fixed`) and
-/// everything while `down`.
+/// everything while `down`. With `batches`, applies a batch in one statement, refused
+/// whole when it holds a poison id.
 struct Recorder {
     name: String,
     pool: PgPool,
@@ -25,6 +26,8 @@ struct Recorder {
     fixed: AtomicBool,
     down: AtomicBool,
     attempts: AtomicU32,
+    batches: AtomicBool,
+    batch_attempts: AtomicU32,
 }
 
 impl Recorder {
@@ -40,6 +43,8 @@ impl Recorder {
             fixed: AtomicBool::new(false),
             down: AtomicBool::new(false),
             attempts: AtomicU32::new(0),
+            batches: AtomicBool::new(false),
+            batch_attempts: AtomicU32::new(0),
         }
     }
 }
@@ -51,6 +56,27 @@ impl Projection for Recorder {
 
     fn handles(&self, event_type: &str) -> bool {
         event_type == "social.followed"
+    }
+
+    fn applies_batches(&self) -> bool {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        self.batch_attempts.fetch_add(1, Ordering::Relaxed);
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let poisoned = ids
+            .iter()
+            .any(|id| self.poison.lock().unwrap().contains(id));
+        if poisoned && !self.fixed.load(Ordering::Relaxed) {
+            return Err(ApplyError::Poison("a poison event in the batch".into()));
+        }
+        sqlx::query("INSERT INTO applied SELECT * FROM unnest($1::uuid[]) ON CONFLICT DO NOTHING")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| ApplyError::Transient(e.to_string()))?;
+        Ok(())
     }
 
     async fn apply(&self, event: &EventEnvelope) -> Result<(), ApplyError> {
@@ -156,6 +182,33 @@ async fn a_poison_event_is_dead_lettered_with_its_error_and_retried_once_fixed()
     assert_eq!(dead.retry(&runner).await.unwrap(), (1, 0));
     assert!(dead.list(None).await.unwrap().is_empty());
     assert_eq!(applied(&db.pool).await, ids.into_iter().collect());
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_whole_is_applied_event_by_event_and_only_its_poison_is_dead_lettered() {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let recorder = Recorder::new(db.pool.clone()).await;
+    recorder.batches.store(true, Ordering::Relaxed);
+    let ids = follows(&store, 20).await;
+    recorder.poison.lock().unwrap().insert(ids[7]);
+    let runner = Runner::new(db.pool.clone(), recorder, policy()).batch_size(5);
+
+    catch_up(&runner).await;
+    let done = applied(&db.pool).await;
+    assert_eq!(done.len(), 19);
+    assert!(!done.contains(&ids[7]));
+    let letters = DeadLetters::new(db.pool.clone())
+        .list(Some("recorder"))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, ids[7]);
+    // Four batches offered whole; only the second, which holds the poison, went event by
+    // event: its four good events once each, the poison max_attempts times.
+    let recorder = runner.projection();
+    assert_eq!(recorder.batch_attempts.load(Ordering::Relaxed), 4);
+    assert_eq!(recorder.attempts.load(Ordering::Relaxed), 4 + 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
