@@ -510,6 +510,19 @@ impl<P: Projection> Projection for Timed<P> {
         Ok(())
     }
 
+    fn applies_batches(&self) -> bool {
+        self.inner.applies_batches()
+    }
+
+    async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        self.inner.apply_batch(events).await?;
+        let now = Instant::now();
+        for event in events {
+            self.applied.record(event.event_id, now);
+        }
+        Ok(())
+    }
+
     async fn dead_lettered(&self, event: &EventEnvelope, error: &str) -> Result<(), ApplyError> {
         self.inner.dead_lettered(event, error).await
     }

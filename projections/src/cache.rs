@@ -3,12 +3,16 @@
 //! | key (after the prefix) | holds | written by the projection | TTL |
 //! |---|---|---|---|
 //! | `post:<id>:preview` | feed item JSON (no counts) | dropped on delete | 24 h, sliding on every read |
-//! | `post:<id>:likes` | like count | Lua increment-if-exists | 24 h |
-//! | `post:<id>:comment_count` | comment count | Lua increment-if-exists | 24 h |
+//! | `post:<id>:likes` | like count | Lua update-if-exists | 24 h |
+//! | `post:<id>:comment_count` | comment count | Lua update-if-exists | 24 h |
 //! | `post:<id>:comments` | newest comments (JSON), newest first | `LPUSHX` + `LTRIM` | 4 h |
 //!
 //! Readers fill missing keys from the store (read-through). A write never creates a key, so
-//! a count can only come from the store — never the seed's "reset to 1". A fill takes a
+//! a count can only come from the store — never the seed's "reset to 1". The projection
+//! writes the count the store returned rather than an increment (the seed's
+//! incr-if-exists), and pushes a comment only onto a list whose newest entry is older: a
+//! reader may fill a key between the store write and the cache write, and must not see
+//! that write twice. A fill takes a
 //! per-post lease (`post:<id>:lease`, `SET NX`) *before* it reads the store and writes
 //! only if the lease is still its own; every projection write deletes the lease. So a
 //! reader that read the store before a write cannot overwrite the cache with what it read
@@ -87,29 +91,29 @@ impl Default for CacheSettings {
     }
 }
 
-/// Increment-if-exists. KEYS: counter, lease. ARGV: delta, ttl seconds. Returns the new
-/// value, or nil when the key was cold (and stays cold).
-const INCR_IF_EXISTS: &str = r"
+/// Update-if-exists. KEYS: counter, lease. ARGV: the stored count, ttl seconds. Returns 1,
+/// or 0 when the key was cold (and stays cold).
+const SET_IF_EXISTS: &str = r"
 redis.call('DEL', KEYS[2])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return value
+if redis.call('SET', KEYS[1], ARGV[1], 'XX', 'EX', ARGV[2]) then
+  return 1
 end
-return false
+return 0
 ";
 
-/// A new comment. KEYS: list, count, lease. ARGV: comment JSON, cap, list ttl, count ttl.
+/// A new comment. KEYS: list, count, lease. ARGV: comment JSON, cap, list ttl, count ttl,
+/// the comment's position, the stored comment count. The comment goes onto a cached list
+/// unless its newest entry is as new (a fill that read the comment from the store; `~end`
+/// is [`END`]).
 const COMMENT_ADDED: &str = r"
 redis.call('DEL', KEYS[3])
-if redis.call('LPUSHX', KEYS[1], ARGV[1]) > 0 then
+local newest = redis.call('LINDEX', KEYS[1], 0)
+if newest and (newest == '~end' or cjson.decode(newest).position < tonumber(ARGV[5])) then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
   redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('INCR', KEYS[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-end
+redis.call('SET', KEYS[2], ARGV[6], 'XX', 'EX', ARGV[4])
 return 1
 ";
 
@@ -152,7 +156,7 @@ return 1
 
 /// The scripts, hashed once (`EVALSHA`, loaded on first use).
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    incr_if_exists: redis::Script::new(INCR_IF_EXISTS),
+    set_if_exists: redis::Script::new(SET_IF_EXISTS),
     comment_added: redis::Script::new(COMMENT_ADDED),
     feed_get: redis::Script::new(FEED_GET),
     feed_fill: redis::Script::new(FEED_FILL),
@@ -160,7 +164,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 });
 
 struct Scripts {
-    incr_if_exists: redis::Script,
+    set_if_exists: redis::Script,
     comment_added: redis::Script,
     feed_get: redis::Script,
     feed_fill: redis::Script,
@@ -207,27 +211,28 @@ impl PostCache {
         format!("{}post:{}:{part}", self.prefix, post.simple())
     }
 
-    /// A like or unlike changed the stored count by `delta`.
+    /// A like or unlike changed the stored count to `count`.
     ///
     /// # Errors
     /// When Redis is unreachable.
-    pub async fn like_changed(&self, post: Uuid, delta: i64) -> ReadResult<()> {
-        let _: Option<i64> = SCRIPTS
-            .incr_if_exists
+    pub async fn like_count_is(&self, post: Uuid, count: i64) -> ReadResult<()> {
+        let _: i64 = SCRIPTS
+            .set_if_exists
             .key(self.key(post, "likes"))
             .key(self.key(post, "lease"))
-            .arg(delta)
+            .arg(count)
             .arg(self.settings.count_ttl.as_secs())
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())
     }
 
-    /// A comment was stored: `LPUSHX` onto a cached list, increment a cached count.
+    /// A comment was stored and the post's comment count is now `count`: pushed onto a
+    /// cached list that does not hold it yet, `count` written onto a cached count.
     ///
     /// # Errors
     /// When Redis is unreachable.
-    pub async fn comment_added(&self, comment: &CommentDoc) -> ReadResult<()> {
+    pub async fn comment_added(&self, comment: &CommentDoc, count: i64) -> ReadResult<()> {
         let post = comment.post_id;
         let _: i64 = SCRIPTS
             .comment_added
@@ -238,6 +243,8 @@ impl PostCache {
             .arg(self.settings.comments_cap)
             .arg(self.settings.comments_ttl.as_secs())
             .arg(self.settings.count_ttl.as_secs())
+            .arg(comment.position)
+            .arg(count)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())

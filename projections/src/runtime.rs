@@ -54,15 +54,15 @@ pub trait Projection: Send + Sync {
     fn handles(&self, event_type: &str) -> bool;
     /// Applies one event. Must be idempotent: an event may be applied again after a crash.
     fn apply(&self, event: &EventEnvelope) -> impl Future<Output = Result<(), ApplyError>> + Send;
-    /// Whether [`Self::apply_batch`] applies a batch set-wise (a replay into a fresh target,
-    /// with no side effects to order); when false, the runner calls `apply` event by event.
+    /// Whether [`Self::apply_batch`] applies a batch set-wise (its store writes in one go);
+    /// when false, the runner calls `apply` event by event.
     fn applies_batches(&self) -> bool {
         false
     }
-    /// Applies `events` (those it handles, in log order) as `apply` would one after another,
-    /// when [`Self::applies_batches`]. Must be idempotent, and should be all or nothing: on
-    /// an error the runner applies the batch again one event at a time, which retries a
-    /// store outage and dead-letters a poison event alone.
+    /// Applies `events` (those it handles, in log order, more than one) as `apply` would
+    /// one after another, when [`Self::applies_batches`]. Must be idempotent, and should be
+    /// all or nothing: on an error the runner applies the batch again one event at a time,
+    /// which retries a store outage and dead-letters a poison event alone.
     fn apply_batch(
         &self,
         events: &[EventEnvelope],
@@ -186,8 +186,8 @@ impl<P: Projection> Runner<P> {
         self
     }
 
-    /// Applies each event alone even where the projection could apply a whole batch at once,
-    /// as the live workers, whose side effects are per event, do (tests compare the two).
+    /// Applies each event alone even where the projection could apply a whole batch at once
+    /// (tests compare the two; `replay --event-by-event`).
     #[must_use]
     pub fn event_by_event(mut self) -> Self {
         self.batches = false;
@@ -387,7 +387,7 @@ impl<P: Projection> Runner<P> {
                 }
             }
         }
-        if self.batches && self.projection.applies_batches() && !envelopes.is_empty() {
+        if self.batches && self.projection.applies_batches() && envelopes.len() > 1 {
             match self.projection.apply_batch(&envelopes).await {
                 Ok(()) => {
                     self.applied(envelopes.len() as u64, last);

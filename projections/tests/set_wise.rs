@@ -1,5 +1,6 @@
-//! A batch applied set-wise (`write_all` of the lite stores, what a replay does) leaves each
-//! lite model exactly as the same events applied one at a time (what the live workers do):
+//! A batch applied set-wise (`write_all` of the lite stores, what the runner offers) leaves
+//! each lite model exactly as the same events applied one at a time, and returns what each
+//! write would have returned alone:
 //! over a social log with follows and unfollows, popular authors merged at read time,
 //! timelines trimmed at a small cap, deletions, likes and unlikes, comments, renames and
 //! rolled-back registrations — in batches of several sizes, each batch applied twice now
@@ -30,6 +31,18 @@ async fn log(pool: &PgPool) -> Vec<EventEnvelope> {
     events.iter().map(|e| e.decode().unwrap()).collect()
 }
 
+/// Each list sorted (the order of a post's targets does not matter).
+fn sorted(lists: &[Vec<uuid::Uuid>]) -> Vec<Vec<uuid::Uuid>> {
+    lists
+        .iter()
+        .map(|list| {
+            let mut list = list.clone();
+            list.sort_unstable();
+            list
+        })
+        .collect()
+}
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -44,8 +57,9 @@ async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
         .collect();
     copy_empty(&db.pool, "read_model", "one_by_one", PgTimelines::TABLES).await;
     let one_by_one = PgTimelines::new(db.pool.clone(), "one_by_one").unwrap();
+    let mut delivered = Vec::new();
     for write in &writes {
-        write.apply_to(&one_by_one, SETTINGS).await.unwrap();
+        delivered.push(write.apply_to(&one_by_one, SETTINGS).await.unwrap());
     }
     // The log exercises what the batches must get right.
     assert!(writes
@@ -69,13 +83,20 @@ async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
         let schema = format!("batches_of_{size}");
         copy_empty(&db.pool, "read_model", &schema, PgTimelines::TABLES).await;
         let batched = PgTimelines::new(db.pool.clone(), &schema).unwrap();
+        let mut batch_delivered = Vec::new();
         for (i, batch) in writes.chunks(size).enumerate() {
-            batched.write_all(batch, SETTINGS).await.unwrap();
+            batch_delivered.extend(batched.write_all(batch, SETTINGS).await.unwrap());
             if i % 3 == 1 {
                 batched.write_all(batch, SETTINGS).await.unwrap();
             }
         }
         assert_same(&db.pool, PgTimelines::TABLES, "one_by_one", &schema).await;
+        // The timelines each post went to (the live pushes' targets), as one at a time.
+        assert_eq!(
+            sorted(&batch_delivered),
+            sorted(&delivered),
+            "batches of {size}"
+        );
     }
 }
 
@@ -151,8 +172,9 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
     writes.extend(edge_cases(&writes));
     copy_empty(&db.pool, "read_model", "one_by_one", PgContent::TABLES).await;
     let one_by_one = PgContent::new(db.pool.clone(), "one_by_one").unwrap();
+    let mut changes = Vec::new();
     for write in &writes {
-        write.apply_to(&one_by_one).await.unwrap();
+        changes.push(write.apply_to(&one_by_one).await.unwrap());
     }
     for kind in [
         |w: &ContentWrite| matches!(w, ContentWrite::SetLike { liked: false, .. }),
@@ -168,12 +190,16 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
         let schema = format!("batches_of_{size}");
         copy_empty(&db.pool, "read_model", &schema, PgContent::TABLES).await;
         let batched = PgContent::new(db.pool.clone(), &schema).unwrap();
+        let mut batch_changes = Vec::new();
         for (i, batch) in writes.chunks(size).enumerate() {
-            batched.write_all(batch).await.unwrap();
+            batch_changes.extend(batched.write_all(batch).await.unwrap());
             if i % 3 == 1 {
                 batched.write_all(batch).await.unwrap();
             }
         }
         assert_same(&db.pool, PgContent::TABLES, "one_by_one", &schema).await;
+        // What each write changed and the counts after it (what the caches and pushes get),
+        // as one at a time.
+        assert_eq!(batch_changes, changes, "batches of {size}");
     }
 }

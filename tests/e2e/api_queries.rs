@@ -281,7 +281,7 @@ async fn a_like_never_creates_a_cold_counter_and_a_cache_miss_refills_from_the_s
         .expect("TTL");
     assert!(ttl > 23 * 3600, "preview TTL {ttl}");
 
-    // Warm: an unlike decrements the cached counter in place.
+    // Warm: an unlike writes the stored count onto the cached counter.
     let at = command(&app, Method::DELETE, &format!("/v1/posts/{post}/like"), &a).await;
     assert_eq!(
         get(&app, "/v1/feed", Some(&b.access_token), at).await.1["items"][0]["like_count"],
@@ -341,7 +341,7 @@ async fn a_hundred_concurrent_likes_by_a_hundred_users_count_a_hundred_and_repea
     let tokens: Vec<String> = (0..100)
         .map(|_| keys.issue(Uuid::now_v7(), &[]).expect("token").0)
         .collect();
-    // Warm the counter so the likes increment it in Redis as well as in the store.
+    // Warm the counter so the likes update it in Redis as well as in the store.
     get(&app, "/v1/feed", Some(&author.access_token), 0).await;
     let path = format!("/v1/posts/{post}/like");
     let likes = futures::future::join_all(tokens.iter().map(|token| async {

@@ -3,17 +3,24 @@
 //!
 //! The content store is the durable source of every count: a like or comment changes the
 //! store first (idempotently: a like is a `(post, user)` pair, a comment its id), and only a
-//! change that really happened is then applied to the Redis caches with the seed's
-//! operations — `LPUSHX` onto a cached comment list, a Lua increment-if-exists on a cached
-//! count — so a cold key is never created by a write. A redelivered event changes nothing
-//! in the store, and since an earlier delivery may have died between the store and Redis,
-//! it drops the cached keys of that post instead (the next read refills them).
+//! change that really happened is then applied to the Redis caches — the comment pushed
+//! onto a cached comment list (`LPUSHX`), the count the store now holds written onto a
+//! cached count (a Lua update-if-exists) — so a cold key is never created by a write, and a
+//! reader that filled a key from the store after the write is not counted twice (an
+//! increment would be). A redelivered event changes nothing in the store, and since an
+//! earlier delivery may have died between the store and Redis, it drops the cached keys of
+//! that post instead (the next read refills them).
 //!
 //! The caches are updated by this projection, right after the store, rather than by a
 //! separate counters worker (DESIGN §1 draws one): a cache filled by a reader from the
 //! store while a separate worker's increment lands on the still-cold key would keep a stale
 //! count for its whole TTL. Fills take a lease that every write invalidates
 //! ([`crate::cache::PostCache`]).
+//!
+//! The runner offers what it read as one batch ([`Projection::apply_batch`]): the store
+//! applies the writes set-wise ([`ContentStore::write_all`], one transaction on
+//! PostgreSQL), then the caches, live updates and the saga follow write by write, in order,
+//! as after single writes.
 //!
 //! A deleted post is a tombstone: reads skip it, and a replayed `post.published` cannot
 //! bring it back.
@@ -119,12 +126,14 @@ pub trait ContentStore: Send + Sync + Debug {
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change>;
 
     /// Applies `writes` in order, to the same effect as one after another — which is what
-    /// this default does; a store may apply them set-wise (a replay's batches).
-    async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<()> {
+    /// this default does; a store may apply them set-wise (a projection's batches). Returns
+    /// what each write returns alone ([`ContentWrite::apply_to`]), in the order of `writes`.
+    async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
+        let mut changes = Vec::with_capacity(writes.len());
         for write in writes {
-            write.apply_to(self).await?;
+            changes.push(write.apply_to(self).await?);
         }
-        Ok(())
+        Ok(changes)
     }
 }
 
@@ -305,14 +314,14 @@ impl ContentProjection {
             return cache.invalidate(post).await;
         }
         match apply {
-            CacheWrite::Likes(delta) => cache.like_changed(post, delta).await,
-            CacheWrite::Comment(comment) => cache.comment_added(comment).await,
+            CacheWrite::Likes => cache.like_count_is(post, change.count).await,
+            CacheWrite::Comment(comment) => cache.comment_added(comment, change.count).await,
         }
     }
 }
 
 enum CacheWrite<'a> {
-    Likes(i64),
+    Likes,
     Comment(&'a CommentDoc),
 }
 
@@ -339,14 +348,22 @@ impl Projection for ContentProjection {
         report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
     }
 
-    /// Set-wise when it has no side effects (a replay): no caches, live updates or saga.
+    /// A batch's writes go to the store set-wise, in one transaction; then the caches,
+    /// live updates and the saga follow each write in order, as after a single write.
     fn applies_batches(&self) -> bool {
-        self.cache.is_none() && self.live.is_none() && self.onboarding.is_none()
+        true
     }
 
     async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
-        let writes: Vec<ContentWrite> = events.iter().filter_map(ContentWrite::of).collect();
-        Ok(self.store.write_all(&writes).await?)
+        let (envelopes, writes): (Vec<&EventEnvelope>, Vec<ContentWrite>) = events
+            .iter()
+            .filter_map(|e| Some((e, ContentWrite::of(e)?)))
+            .unzip();
+        let changes = self.store.write_all(&writes).await?;
+        for ((envelope, write), change) in envelopes.into_iter().zip(&writes).zip(changes) {
+            self.written(envelope, write, change).await?;
+        }
+        Ok(())
     }
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
@@ -354,7 +371,19 @@ impl Projection for ContentProjection {
             return Ok(());
         };
         let change = write.apply_to(&*self.store).await?;
-        match (&write, change) {
+        self.written(envelope, &write, change).await
+    }
+}
+
+impl ContentProjection {
+    /// What follows a stored write: the caches, live updates and the saga.
+    async fn written(
+        &self,
+        envelope: &EventEnvelope,
+        write: &ContentWrite,
+        change: Option<Change>,
+    ) -> Result<(), ApplyError> {
+        match (write, change) {
             (ContentWrite::PutProfile(_), _) => {
                 report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await?;
             }
@@ -368,10 +397,8 @@ impl Projection for ContentProjection {
                     .await?;
                 self.comment_pushed(envelope, comment).await?;
             }
-            (ContentWrite::SetLike { post, liked, .. }, Some(change)) => {
-                let delta = if *liked { 1 } else { -1 };
-                self.counted(*post, change, CacheWrite::Likes(delta))
-                    .await?;
+            (ContentWrite::SetLike { post, .. }, Some(change)) => {
+                self.counted(*post, change, CacheWrite::Likes).await?;
                 self.likes_pushed(*post, change).await?;
             }
             _ => {}

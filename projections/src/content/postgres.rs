@@ -313,7 +313,7 @@ impl ContentStore for PgContent {
         Ok(change(row))
     }
 
-    async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<()> {
+    async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
         self.write_set_wise(writes).await
     }
 }
@@ -345,10 +345,11 @@ struct PostState<'a> {
 impl PgContent {
     /// [`ContentStore::write_all`], set-wise, in one transaction: loads the rows the writes
     /// touch, applies the writes to them in memory with the semantics of the single writes
-    /// above, then stores what changed with a few array-bound statements. Assumes the one
-    /// writer of this schema that the projection runtime guarantees (its lease, or a
-    /// replay's lock).
-    async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<()> {
+    /// above, then stores what changed with a few array-bound statements. The profiles and
+    /// posts it loads stay locked until it commits, so a single write beside it (`dlq
+    /// retry` while the projection runs) waits instead of being overwritten; at worst the
+    /// two deadlock and one of them is retried.
+    async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
         use std::collections::{HashMap, HashSet};
         let s = &self.schema;
         let (mut users, mut post_ids, mut comment_ids) = (Vec::new(), Vec::new(), Vec::new());
@@ -378,7 +379,7 @@ impl PgContent {
         if !users.is_empty() {
             let rows: Vec<(Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
                 "SELECT user_id, username, display_name, registered_at FROM {s}.profiles \
-                  WHERE user_id = ANY($1)"
+                  WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE"
             ))
             .bind(&users)
             .fetch_all(&mut *tx)
@@ -397,7 +398,7 @@ impl PgContent {
         if !post_ids.is_empty() {
             let rows: Vec<(Uuid, bool, i64, i64)> = sqlx::query_as(&format!(
                 "SELECT post_id, deleted, like_count, comment_count FROM {s}.posts \
-                  WHERE post_id = ANY($1)"
+                  WHERE post_id = ANY($1) ORDER BY post_id FOR UPDATE"
             ))
             .bind(&post_ids)
             .fetch_all(&mut *tx)
@@ -447,7 +448,9 @@ impl PgContent {
         }
         // The writes, in order, as the single writes do them.
         let mut new_comments = Vec::new();
+        let mut changes = Vec::with_capacity(writes.len());
         for write in writes {
+            let mut counted = None;
             match write {
                 ContentWrite::PutProfile(p) => {
                     let entry = profiles.entry(p.user_id).or_insert((None, false));
@@ -481,27 +484,41 @@ impl PgContent {
                     }
                 }
                 ContentWrite::AddComment(c) => {
+                    let mut change = Change {
+                        changed: false,
+                        count: 0,
+                    };
                     if let Some(state) = posts.get_mut(&c.post_id) {
-                        if !state.deleted && comments.insert(c.comment_id) {
+                        change.changed = !state.deleted && comments.insert(c.comment_id);
+                        if change.changed {
                             state.comment_count += 1;
                             state.changed = true;
                             new_comments.push(c);
                         }
+                        change.count = state.comment_count;
                     }
+                    counted = Some(change);
                 }
                 ContentWrite::SetLike { post, user, liked } => {
-                    let (Some(state), Some(like)) =
-                        (posts.get_mut(post), likes.get_mut(&(*post, *user)))
-                    else {
-                        continue;
+                    let mut change = Change {
+                        changed: false,
+                        count: 0,
                     };
-                    if !state.deleted && like.1 != *liked {
-                        like.1 = *liked;
-                        state.like_count += if *liked { 1 } else { -1 };
-                        state.changed = true;
+                    if let (Some(state), Some(like)) =
+                        (posts.get_mut(post), likes.get_mut(&(*post, *user)))
+                    {
+                        change.changed = !state.deleted && like.1 != *liked;
+                        if change.changed {
+                            like.1 = *liked;
+                            state.like_count += if *liked { 1 } else { -1 };
+                            state.changed = true;
+                        }
+                        change.count = state.like_count;
                     }
+                    counted = Some(change);
                 }
             }
+            changes.push(counted);
         }
 
         // What changed, stored.
@@ -627,6 +644,6 @@ impl PgContent {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(changes)
     }
 }

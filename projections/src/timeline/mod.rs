@@ -87,16 +87,18 @@ pub trait TimelineStore: Send + Sync + Debug {
     ) -> ReadResult<Vec<TimelineEntry>>;
 
     /// Applies `writes` in order, to the same effect as one after another — which is what
-    /// this default does; a store may apply them set-wise (a replay's batches).
+    /// this default does; a store may apply them set-wise (a projection's batches). Returns
+    /// what each write returns alone ([`TimelineWrite::apply_to`]), in the order of `writes`.
     async fn write_all(
         &self,
         writes: &[TimelineWrite],
         settings: TimelineSettings,
-    ) -> ReadResult<()> {
+    ) -> ReadResult<Vec<Vec<Uuid>>> {
+        let mut delivered = Vec::with_capacity(writes.len());
         for write in writes {
-            write.apply_to(self, settings).await?;
+            delivered.push(write.apply_to(self, settings).await?);
         }
-        Ok(())
+        Ok(delivered)
     }
 }
 
@@ -229,6 +231,15 @@ impl TimelineProjection {
         self
     }
 
+    /// A new user has an empty timeline and follows nobody: nothing to store, only the saga
+    /// to tell.
+    async fn registered(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
+        if matches!(envelope.event, Event::UserRegistered(_)) {
+            report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await?;
+        }
+        Ok(())
+    }
+
     /// Pushes `feed_item` to the timelines `users` that received a post.
     async fn pushed(&self, users: Vec<Uuid>, envelope: &EventEnvelope) -> Result<(), ApplyError> {
         if let (Some(live), Event::PostPublished(e)) = (&self.live, &envelope.event) {
@@ -266,14 +277,29 @@ impl Projection for TimelineProjection {
         report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
     }
 
-    /// Set-wise when it has no side effects (a replay): no live updates, no saga.
+    /// A batch's writes go to the store set-wise, in one transaction; then the live updates
+    /// and the saga follow each event in order, as after a single write.
     fn applies_batches(&self) -> bool {
-        self.live.is_none() && self.onboarding.is_none()
+        true
     }
 
     async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
         let writes: Vec<TimelineWrite> = events.iter().filter_map(TimelineWrite::of).collect();
-        Ok(self.store.write_all(&writes, self.settings).await?)
+        let mut delivered = self
+            .store
+            .write_all(&writes, self.settings)
+            .await?
+            .into_iter();
+        for envelope in events {
+            match TimelineWrite::of(envelope) {
+                Some(_) => {
+                    self.pushed(delivered.next().unwrap_or_default(), envelope)
+                        .await?
+                }
+                None => self.registered(envelope).await?,
+            }
+        }
+        Ok(())
     }
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
@@ -282,11 +308,7 @@ impl Projection for TimelineProjection {
                 let delivered = write.apply_to(&*self.store, self.settings).await?;
                 self.pushed(delivered, envelope).await
             }
-            // A new user has an empty timeline and follows nobody: nothing to store.
-            None if matches!(envelope.event, Event::UserRegistered(_)) => {
-                report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await
-            }
-            None => Ok(()),
+            None => self.registered(envelope).await,
         }
     }
 }

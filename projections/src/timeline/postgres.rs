@@ -245,7 +245,7 @@ impl TimelineStore for PgTimelines {
         &self,
         writes: &[TimelineWrite],
         settings: TimelineSettings,
-    ) -> ReadResult<()> {
+    ) -> ReadResult<Vec<Vec<Uuid>>> {
         self.write_set_wise(writes, settings).await
     }
 }
@@ -336,14 +336,16 @@ impl PgTimelines {
     /// batch may pass its cap), applies the writes to them in memory with the semantics of
     /// the single writes above — fan-out to the followers of the moment, the sticky
     /// merged-at-read mark, trims to the cap — then stores what changed with a few
-    /// array-bound statements. Assumes the one writer of this schema that the projection
-    /// runtime guarantees (its lease, or a replay's lock).
+    /// array-bound statements. The timeline lengths it loads stay locked until it commits,
+    /// so a single write beside it (`dlq retry` while the projection runs) waits instead of
+    /// being overwritten; a timeline row both insert fails the batch, which the runner then
+    /// applies event by event.
     #[allow(clippy::too_many_lines)]
     async fn write_set_wise(
         &self,
         writes: &[TimelineWrite],
         settings: TimelineSettings,
-    ) -> ReadResult<()> {
+    ) -> ReadResult<Vec<Vec<Uuid>>> {
         use std::collections::{BTreeSet, HashMap, HashSet};
         let s = &self.schema;
         let cap = settings.cap.max(1);
@@ -491,7 +493,8 @@ impl PgTimelines {
         let mut lengths: HashMap<Uuid, Length> = HashMap::new();
         if !users.is_empty() {
             let found: Vec<(Uuid, i32)> = sqlx::query_as(&format!(
-                "SELECT user_id, entries FROM {s}.timeline_lengths WHERE user_id = ANY($1)"
+                "SELECT user_id, entries FROM {s}.timeline_lengths WHERE user_id = ANY($1) \
+                  ORDER BY user_id FOR UPDATE"
             ))
             .bind(&users)
             .fetch_all(&mut *tx)
@@ -527,10 +530,10 @@ impl PgTimelines {
         }
 
         // 3. The fan-outs and removals, in order.
-        for step in steps {
+        for step in &steps {
             match step {
                 Step::Deliver(users, entry) => {
-                    for user in users {
+                    for &user in users {
                         let key = (user, entry.position);
                         let row = rows.entry(key).or_insert_with(|| {
                             by_post.entry(entry.post_id).or_default().push(key);
@@ -571,7 +574,7 @@ impl PgTimelines {
                     }
                 }
                 Step::Remove(post_id) => {
-                    for key in by_post.get(&post_id).into_iter().flatten() {
+                    for key in by_post.get(post_id).into_iter().flatten() {
                         let Some(row) = rows.get_mut(key) else {
                             continue;
                         };
@@ -738,7 +741,17 @@ impl PgTimelines {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        let mut fanned_out = steps.into_iter().filter_map(|step| match step {
+            Step::Deliver(users, _) => Some(users),
+            Step::Remove(_) => None,
+        });
+        Ok(writes
+            .iter()
+            .map(|write| match write {
+                TimelineWrite::Publish(_) => fanned_out.next().unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect())
     }
 }
 
