@@ -74,8 +74,9 @@ const DRAIN_BOUND: Duration = Duration::from_secs(120);
 /// Where the projections read from.
 #[derive(Debug, Clone)]
 pub enum LagSource {
-    /// The PostgreSQL log (`Runner::run`).
-    Log,
+    /// The PostgreSQL log (`Runner::run`): batches applied set-wise, or each event alone
+    /// (`Runner::event_by_event`, the baseline).
+    Log { event_by_event: bool },
     /// The relay's topics on these brokers (`Runner::run_kafka`), the relay in-process.
     Kafka { brokers: String },
 }
@@ -83,7 +84,12 @@ pub enum LagSource {
 impl LagSource {
     pub fn describe(&self) -> &'static str {
         match self {
-            Self::Log => "PostgreSQL log",
+            Self::Log {
+                event_by_event: false,
+            } => "PostgreSQL log",
+            Self::Log {
+                event_by_event: true,
+            } => "PostgreSQL log, event by event",
             Self::Kafka { .. } => "Kafka (via the relay)",
         }
     }
@@ -178,7 +184,7 @@ async fn measure(
     );
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let name = |projection: &str| match source {
-        LagSource::Log => projection.to_owned(),
+        LagSource::Log { .. } => projection.to_owned(),
         LagSource::Kafka { .. } => format!("bench{run_id}_{projection}"),
     };
     // What `projections::Workers` builds for `timeline` and `content`, each wrapped.
@@ -215,7 +221,7 @@ async fn measure(
         ),
     ];
     let feed = match source {
-        LagSource::Log => Feed::Log,
+        LagSource::Log { .. } => Feed::Log,
         LagSource::Kafka { brokers } => Feed::Kafka(projections::KafkaSource {
             brokers: brokers.clone(),
             topic_prefix: format!("bench{run_id}."),
@@ -285,8 +291,15 @@ async fn measure(
 
     let catching_up = Instant::now();
     let policy = RetryPolicy::default();
-    let timeline_runner = Runner::new(projection_pool.clone(), timeline, policy);
-    let content_runner = Runner::new(projection_pool.clone(), content, policy);
+    let mut timeline_runner = Runner::new(projection_pool.clone(), timeline, policy);
+    let mut content_runner = Runner::new(projection_pool.clone(), content, policy);
+    if let LagSource::Log {
+        event_by_event: true,
+    } = source
+    {
+        timeline_runner = timeline_runner.event_by_event();
+        content_runner = content_runner.event_by_event();
+    }
     spawn_runner(&mut tasks, timeline_runner, &feed, &stop);
     spawn_runner(&mut tasks, content_runner, &feed, &stop);
     if let Some(live) = workers.live.clone() {

@@ -246,9 +246,13 @@ struct LagArgs {
     #[arg(long, default_value_t = 20)]
     follows_per_user: usize,
     /// Also measure with the projections fed by Kafka (the relay in this process), on a
-    /// second fresh database, after the log source.
+    /// fresh database of its own, after the log source.
     #[arg(long)]
     kafka: bool,
+    /// Also measure the log source with each event applied alone (no set-wise batches),
+    /// on a fresh database of its own, after the log source: the baseline.
+    #[arg(long)]
+    baseline: bool,
     /// Kafka bootstrap servers (with `--kafka`).
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
@@ -663,7 +667,14 @@ async fn lag_bench(args: LagArgs) -> anyhow::Result<()> {
         follows_per_user: args.follows_per_user,
         redis_url: args.redis_url.clone(),
     };
-    let mut sources = vec![lag::LagSource::Log];
+    let mut sources = vec![lag::LagSource::Log {
+        event_by_event: false,
+    }];
+    if args.baseline {
+        sources.push(lag::LagSource::Log {
+            event_by_event: true,
+        });
+    }
     if args.kafka {
         sources.push(lag::LagSource::Kafka {
             brokers: args.kafka_brokers.clone(),
@@ -685,11 +696,12 @@ async fn lag_bench(args: LagArgs) -> anyhow::Result<()> {
         .unwrap_or(1);
     println!(
         "`cargo run --release -p bench -- lag --rate {} --seconds {} --users {} \
-         --follows-per-user {}{}`\n",
+         --follows-per-user {}{}{}`\n",
         args.rate,
         args.seconds,
         args.users,
         args.follows_per_user,
+        if args.baseline { " --baseline" } else { "" },
         if args.kafka { " --kafka" } else { "" }
     );
     println!(
