@@ -16,8 +16,7 @@ use crate::setup::BenchDatabase;
 pub struct ReplayLoad {
     pub events: usize,
     pub batch_size: u32,
-    /// Also replays the whole log event by event, as the live projection applies events,
-    /// for comparison.
+    /// Also replays the whole log event by event, for comparison.
     pub baseline: bool,
 }
 
