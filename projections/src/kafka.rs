@@ -2,7 +2,10 @@
 //! projection reads the relay's topics; an offset is stored only after its event was applied
 //! (or dead-lettered), and stored offsets are committed every second and on shutdown — the
 //! at-least-once pattern of rust-rdkafka's example (`enable.auto.offset.store=false`). A
-//! rebalance or a crash re-delivers what was not committed; `apply` is idempotent.
+//! rebalance or a crash re-delivers what was not committed; `apply` is idempotent. What has
+//! already arrived is taken as one batch (up to the runner's batch size, never waiting for
+//! more) and applied as the log source applies its batches; offsets are stored in order
+//! after it.
 //!
 //! Dead letters go to the `dead_letters` table (what `hybridlive dlq` reads) and to the topic
 //! `<topic_prefix><projection>.dlq` (DESIGN §5): the original message value, its key, and
@@ -13,6 +16,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -87,41 +91,67 @@ impl<P: Projection> Runner<P> {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         let dlq = DeadLetterTopic::open(source, self.projection().name()).await?;
         consumer.subscribe(&topics)?;
+        let mut batch = Vec::new();
         loop {
-            let message = tokio::select! {
+            // What has arrived, up to a batch: the first message awaited, the rest taken
+            // only while they are already there.
+            let first = tokio::select! {
                 message = consumer.recv() => message,
                 () = stop.cancelled() => break,
             };
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    // Broker or group trouble: librdkafka reconnects and rejoins by itself.
-                    tracing::warn!(%error, "Kafka consumer error; continuing.");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let Some(payload) = message.payload() else {
-                consumer.store_offset_from_message(&message)?;
-                continue;
-            };
-            match serde_json::from_slice::<RecordedEvent>(payload) {
-                Ok(event) if self.projection().handles(&event.event_type) => {
-                    match self.process(&event, stop).await? {
-                        Outcome::Stopped => break,
-                        Outcome::DeadLettered(error) => dlq.send(&message, &error).await?,
-                        Outcome::Applied => {}
+            let mut trouble = None;
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    Ok(message) => batch.push(message),
+                    Err(error) => {
+                        trouble = Some(error);
+                        break;
                     }
                 }
-                Ok(_) => {}
-                Err(error) => {
-                    metrics::counter!("projection_undecodable_messages_total", "projection" => self.projection().name().to_owned()).increment(1);
-                    tracing::error!(topic = message.topic(), offset = message.offset(), %error, "Not an event; sent to the dead-letter topic.");
-                    dlq.send(&message, &format!("not an event: {error}"))
-                        .await?;
+                if batch.len() < self.batch_size as usize {
+                    next = consumer.recv().now_or_never();
                 }
             }
-            consumer.store_offset_from_message(&message)?;
+            // The events among them; what is not an event goes to the dead-letter topic.
+            let mut events = Vec::with_capacity(batch.len());
+            let mut of_event = Vec::with_capacity(batch.len());
+            for (index, message) in batch.iter().enumerate() {
+                let Some(payload) = message.payload() else {
+                    continue;
+                };
+                match serde_json::from_slice::<RecordedEvent>(payload) {
+                    Ok(event) => {
+                        events.push(event);
+                        of_event.push(index);
+                    }
+                    Err(error) => {
+                        metrics::counter!("projection_undecodable_messages_total", "projection" => self.projection().name().to_owned()).increment(1);
+                        tracing::error!(topic = message.topic(), offset = message.offset(), %error, "Not an event; sent to the dead-letter topic.");
+                        dlq.send(message, &format!("not an event: {error}")).await?;
+                    }
+                }
+            }
+            let outcomes = self.apply_events(&events, stop).await?;
+            for (outcome, &index) in outcomes.iter().zip(&of_event) {
+                if let Outcome::DeadLettered(error) = outcome {
+                    dlq.send(&batch[index], error).await?;
+                }
+            }
+            // Offsets are stored in order, up to the first event not done.
+            let stopped = outcomes.iter().position(|o| matches!(o, Outcome::Stopped));
+            let done = stopped.map_or(batch.len(), |event| of_event[event]);
+            for message in batch.drain(..).take(done) {
+                consumer.store_offset_from_message(&message)?;
+            }
+            if stopped.is_some() {
+                break;
+            }
+            if let Some(error) = trouble {
+                // Broker or group trouble: librdkafka reconnects and rejoins by itself.
+                tracing::warn!(%error, "Kafka consumer error; continuing.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         match consumer.commit_consumer_state(CommitMode::Sync) {
             // Nothing consumed since the last commit.

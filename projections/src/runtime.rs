@@ -130,7 +130,8 @@ pub struct Runner<P> {
     pool: PgPool,
     projection: P,
     policy: RetryPolicy,
-    batch_size: u32,
+    /// Events per batch: read from the log, or taken from the consumer's queue.
+    pub(crate) batch_size: u32,
     poll_interval: Duration,
     standby_interval: Duration,
     /// Names its checkpoint (`projection:<name>`) and its dead letters.
@@ -372,9 +373,33 @@ impl<P: Projection> Runner<P> {
         let Some(last) = batch.last() else {
             return Ok((0, start));
         };
+        let outcomes = self.apply_events(batch, stop).await?;
+        match outcomes.iter().position(|o| matches!(o, Outcome::Stopped)) {
+            Some(index) => {
+                let position = match index.checked_sub(1) {
+                    Some(before) => LogPosition::of(&batch[before]),
+                    None => start,
+                };
+                Ok((index, position))
+            }
+            None => Ok((batch.len(), LogPosition::of(last))),
+        }
+    }
+
+    /// Applies the events of `events` in this runner's range that the projection handles,
+    /// in order: the whole batch at once where the projection can, else (or when that
+    /// fails) one at a time with retries, until `stop`. Returns an outcome for each event of
+    /// `events` (those it skips count as applied) up to the first [`Outcome::Stopped`],
+    /// which ends the list.
+    pub(crate) async fn apply_events(
+        &self,
+        events: &[RecordedEvent],
+        stop: &CancellationToken,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes: Vec<Outcome> = events.iter().map(|_| Outcome::Applied).collect();
         // The events to apply, decoded; one that does not decode is poison at once.
         let (mut indices, mut envelopes) = (Vec::new(), Vec::new());
-        for (index, event) in batch.iter().enumerate() {
+        for (index, event) in events.iter().enumerate() {
             if self.range.contains(&event.global_position)
                 && self.projection.handles(&event.event_type)
             {
@@ -383,15 +408,21 @@ impl<P: Projection> Runner<P> {
                         indices.push(index);
                         envelopes.push(envelope);
                     }
-                    Err(error) => self.dead_letter(event, &error.to_string(), 1).await?,
+                    Err(error) => {
+                        let error = error.to_string();
+                        self.dead_letter(event, &error, 1).await?;
+                        outcomes[index] = Outcome::DeadLettered(error);
+                    }
                 }
             }
         }
         if self.batches && self.projection.applies_batches() && envelopes.len() > 1 {
             match self.projection.apply_batch(&envelopes).await {
                 Ok(()) => {
-                    self.applied(envelopes.len() as u64, last);
-                    return Ok((batch.len(), LogPosition::of(last)));
+                    if let Some(&last) = indices.last() {
+                        self.applied(envelopes.len() as u64, &events[last]);
+                    }
+                    return Ok(outcomes);
                 }
                 Err(error) => {
                     tracing::warn!(projection = %self.label, %error, "Applying a batch at once failed; applying it event by event.");
@@ -399,16 +430,19 @@ impl<P: Projection> Runner<P> {
             }
         }
         for (&index, envelope) in indices.iter().zip(&envelopes) {
-            let event = &batch[index];
-            if let Outcome::Stopped = self.process_decoded(event, envelope, stop).await? {
-                let position = match index.checked_sub(1) {
-                    Some(before) => LogPosition::of(&batch[before]),
-                    None => start,
-                };
-                return Ok((index, position));
+            let outcome = if stop.is_cancelled() {
+                Outcome::Stopped
+            } else {
+                self.process_decoded(&events[index], envelope, stop).await?
+            };
+            let stopped = matches!(outcome, Outcome::Stopped);
+            outcomes[index] = outcome;
+            if stopped {
+                outcomes.truncate(index + 1);
+                break;
             }
         }
-        Ok((batch.len(), LogPosition::of(last)))
+        Ok(outcomes)
     }
 
     /// Counts `n` events applied, `last` the latest.
@@ -419,22 +453,6 @@ impl<P: Projection> Runner<P> {
         let lag = chrono::Utc::now() - last.recorded_at;
         metrics::gauge!("projection_lag_seconds", "projection" => projection)
             .set(lag.as_seconds_f64().max(0.0));
-    }
-
-    #[cfg(feature = "kafka")]
-    pub(crate) async fn process(
-        &self,
-        event: &RecordedEvent,
-        stop: &CancellationToken,
-    ) -> Result<Outcome, StoreError> {
-        match event.decode() {
-            Ok(envelope) => self.process_decoded(event, &envelope, stop).await,
-            Err(error) => {
-                let error = error.to_string();
-                self.dead_letter(event, &error, 1).await?;
-                Ok(Outcome::DeadLettered(error))
-            }
-        }
     }
 
     async fn process_decoded(
