@@ -203,3 +203,54 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
         assert_eq!(batch_changes, changes, "batches of {size}");
     }
 }
+
+/// A set-wise batch computes counts from what it loaded; a single write beside it (`dlq
+/// retry` while the projection runs) must wait for it rather than be overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_wise_batches_beside_single_writes_lose_no_like() {
+    let db = TestDb::new().await;
+    let store = PgContent::lite(db.pool.clone());
+    let post = projections::content::PostDoc {
+        post_id: uuid::Uuid::now_v7(),
+        author_id: uuid::Uuid::new_v4(),
+        position: 1,
+        title: "Liked".into(),
+        body_markdown: "hi".into(),
+        body_html: "<p>hi</p>".into(),
+        preview: "hi".into(),
+        media: Vec::new(),
+        like_count: 0,
+        comment_count: 0,
+        created_at: chrono::Utc::now(),
+    };
+    store.insert_post(&post).await.unwrap();
+    let id = post.post_id;
+    let writers = (0..8).map(|writer| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                if writer % 2 == 0 {
+                    store
+                        .set_like(id, uuid::Uuid::new_v4(), true)
+                        .await
+                        .unwrap();
+                } else {
+                    let likes: Vec<ContentWrite> = (0..10)
+                        .map(|_| ContentWrite::SetLike {
+                            post: id,
+                            user: uuid::Uuid::new_v4(),
+                            liked: true,
+                        })
+                        .collect();
+                    store.write_all(&likes).await.unwrap();
+                }
+            }
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.unwrap();
+    }
+    let rows = count(&db.pool, "SELECT count(*) FROM read_model.likes").await;
+    assert_eq!(rows, 4 * 10 + 4 * 10 * 10);
+    assert_eq!(store.post(id).await.unwrap().unwrap().like_count, rows);
+}
