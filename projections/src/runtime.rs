@@ -8,6 +8,8 @@
 //! It reads its checkpoint before each batch, under a shared advisory lock
 //! ([`swap_lock_key`]) that a replay's blue/green swap takes exclusively: the swap replaces
 //! the model's tables and moves the checkpoint between two batches (the `replay` crate).
+//! A projection that [`Projection::applies_batches`] gets each batch whole
+//! ([`Projection::apply_batch`]); the Kafka source (`kafka`) feeds it the same way.
 //!
 //! Failures, as the projection classifies them:
 //! - [`ApplyError::Transient`] (its store is down): retried with exponential backoff and
