@@ -238,3 +238,47 @@ async fn live_projections_leave_the_same_caches_and_streams_in_batches_as_event_
             .unwrap();
     }
 }
+
+/// A like delivered again after its first delivery died between the store write and the
+/// push: the store changes nothing, and the stored count is pushed all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_like_pushes_the_stored_count() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let mut redis = redis().await;
+    let written = SocialLog::new(20).append(pool).await.unwrap();
+    let reader = store::LogReader::new(pool.clone());
+    let events = testkit::read_log(&reader, store::LogPosition::START, written).await;
+    let models = Models::new(pool, &redis, "redelivered").await;
+    models.apply(pool, 0..=i64::MAX, true).await;
+    let mut liked = None;
+    for event in events.iter().filter(|e| e.event_type == "post.liked") {
+        let envelope = event.decode().unwrap();
+        let event_schemas::Event::PostLiked(like) = &envelope.event else {
+            continue;
+        };
+        if let Some(post) = models.content.post(like.post_id).await.unwrap() {
+            liked = Some((envelope, post));
+            break;
+        }
+    }
+    let (envelope, post) = liked.expect("a like of a post still there");
+    let pending = format!("{}live:likes", models.prefix);
+    let _: i64 = redis::cmd("DEL")
+        .arg(&pending)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    models.content_projection.apply(&envelope).await.unwrap();
+    let count: Option<i64> = redis::cmd("HGET")
+        .arg(&pending)
+        .arg(post.post_id.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(count, Some(post.like_count));
+    projections::cache::unlink_matching(&mut redis, &format!("{}*", models.prefix))
+        .await
+        .unwrap();
+}

@@ -297,10 +297,13 @@ impl ContentProjection {
         Ok(())
     }
 
+    /// Records the stored like count for the aggregated `likes` push — also when this
+    /// delivery changed nothing: it may be a redelivery whose first delivery died before
+    /// its push, and the push carries the count, not a change, so a repeat is harmless.
     async fn likes_pushed(&self, post: Uuid, change: Change) -> ReadResult<()> {
         match &self.live {
-            Some(live) if change.changed => live.likes_changed(post, change.count).await,
-            _ => Ok(()),
+            Some(live) => live.likes_changed(post, change.count).await,
+            None => Ok(()),
         }
     }
 
