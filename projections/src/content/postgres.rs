@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
-use crate::timeline::postgres::checked_schema;
+use crate::timeline::postgres::{checked_schema, stored_pairs};
 
 /// Content in the tables of one schema (`read_model` by default; replay builds others).
 #[derive(Debug, Clone)]
@@ -425,27 +425,15 @@ impl PgContent {
             .await?;
             comments.extend(rows);
         }
-        // (stored, liked now) of each (post, user) pair.
-        let mut likes: HashMap<(Uuid, Uuid), (bool, bool)> =
-            like_keys.iter().map(|key| (*key, (false, false))).collect();
-        if !like_keys.is_empty() {
-            // The likes of the posts liked or unliked (the primary key's prefix), of which
-            // those of the batch's pairs are kept.
-            let mut liked_posts: Vec<Uuid> = like_keys.iter().map(|(post, _)| *post).collect();
-            liked_posts.sort_unstable();
-            liked_posts.dedup();
-            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
-                "SELECT post_id, user_id FROM {s}.likes WHERE post_id = ANY($1)"
-            ))
-            .bind(&liked_posts)
-            .fetch_all(&mut *tx)
-            .await?;
-            for key in rows {
-                if let Some(like) = likes.get_mut(&key) {
-                    *like = (true, true);
-                }
-            }
-        }
+        // (stored, liked now) of each (post, user) pair: the likes of the posts liked or
+        // unliked, of which the batch's pairs are kept.
+        let like_pairs: Vec<(Uuid, Uuid)> = like_keys.into_iter().collect();
+        let mut likes = stored_pairs(
+            &mut tx,
+            &format!("SELECT post_id, user_id FROM {s}.likes WHERE post_id = ANY($1)"),
+            &like_pairs,
+        )
+        .await?;
         // The writes, in order, as the single writes do them.
         let mut new_comments = Vec::new();
         let mut changes = Vec::with_capacity(writes.len());

@@ -292,6 +292,34 @@ struct Row {
     author_id: Uuid,
 }
 
+/// `(stored, now)` of each of `pairs` — `(true, true)` where stored, else `(false, false)`:
+/// `select` reads the stored pairs whose first member is in `$1` (a primary key's prefix),
+/// of which those in `pairs` are kept. For the set-wise batches (follows, likes).
+pub(crate) async fn stored_pairs(
+    tx: &mut sqlx::PgConnection,
+    select: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> ReadResult<std::collections::HashMap<(Uuid, Uuid), (bool, bool)>> {
+    let mut found: std::collections::HashMap<(Uuid, Uuid), (bool, bool)> =
+        pairs.iter().map(|pair| (*pair, (false, false))).collect();
+    if pairs.is_empty() {
+        return Ok(found);
+    }
+    let mut firsts: Vec<Uuid> = pairs.iter().map(|(first, _)| *first).collect();
+    firsts.sort_unstable();
+    firsts.dedup();
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(select)
+        .bind(&firsts)
+        .fetch_all(&mut *tx)
+        .await?;
+    for pair in rows {
+        if let Some(state) = found.get_mut(&pair) {
+            *state = (true, true);
+        }
+    }
+    Ok(found)
+}
+
 /// A row of `timeline_lengths` as a set-wise batch sees it.
 #[derive(Default)]
 struct Length {
@@ -381,28 +409,15 @@ impl PgTimelines {
                 followers.entry(followee).or_default().insert(follower);
             }
         }
-        let mut follows: HashMap<(Uuid, Uuid), (bool, bool)> = follow_pairs
-            .iter()
-            .map(|pair| (*pair, (false, false)))
-            .collect();
-        if !follows.is_empty() {
-            // Whom the followers follow (the primary key's prefix), of which the batch's
-            // pairs are kept.
-            let mut by: Vec<Uuid> = follow_pairs.iter().map(|(follower, _)| *follower).collect();
-            by.sort_unstable();
-            by.dedup();
-            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+        // Whom the followers follow, of which the batch's pairs are kept.
+        let mut follows = stored_pairs(
+            &mut tx,
+            &format!(
                 "SELECT follower_id, followee_id FROM {s}.follows WHERE follower_id = ANY($1)"
-            ))
-            .bind(&by)
-            .fetch_all(&mut *tx)
-            .await?;
-            for pair in rows {
-                if let Some(follow) = follows.get_mut(&pair) {
-                    *follow = (true, true);
-                }
-            }
-        }
+            ),
+            &follow_pairs,
+        )
+        .await?;
         let mut merged: HashSet<Uuid> = HashSet::new();
         if !authors.is_empty() {
             let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
