@@ -280,7 +280,10 @@ async fn a_redelivered_like_pushes_the_stored_count() {
 
     models.content_projection.apply(&envelope).await.unwrap();
     let after = models.content.post(post.post_id).await.unwrap().unwrap();
-    assert_eq!(after.like_count, post.like_count, "the redelivery changed nothing");
+    assert_eq!(
+        after.like_count, post.like_count,
+        "the redelivery changed nothing"
+    );
     let count: Option<i64> = redis::cmd("HGET")
         .arg(&pending)
         .arg(post.post_id.to_string())
