@@ -133,6 +133,15 @@ impl Models {
     }
 }
 
+/// A social log of `users` users, appended and read back.
+async fn social_log(pool: &PgPool, users: usize) -> Vec<store::RecordedEvent> {
+    let written = SocialLog::new(users).append(pool).await.unwrap();
+    let reader = store::LogReader::new(pool.clone());
+    let events = testkit::read_log(&reader, store::LogPosition::START, written).await;
+    assert_eq!(events.len(), written);
+    events
+}
+
 async fn catch_up<P: Projection>(
     pool: &PgPool,
     projection: P,
@@ -198,10 +207,8 @@ async fn live_projections_leave_the_same_caches_and_streams_in_batches_as_event_
     let db = TestDb::new().await;
     let pool = &db.pool;
     let mut redis = redis().await;
-    let written = SocialLog::new(60).append(pool).await.unwrap();
-    let reader = store::LogReader::new(pool.clone());
-    let events = testkit::read_log(&reader, store::LogPosition::START, written).await;
-    assert_eq!(events.len(), written);
+    let events = social_log(pool, 60).await;
+    let written = events.len();
     let middle = events[written / 2].global_position;
 
     let one_by_one = Models::new(pool, &redis, "one_by_one").await;
@@ -246,9 +253,7 @@ async fn a_redelivered_like_pushes_the_stored_count() {
     let db = TestDb::new().await;
     let pool = &db.pool;
     let mut redis = redis().await;
-    let written = SocialLog::new(20).append(pool).await.unwrap();
-    let reader = store::LogReader::new(pool.clone());
-    let events = testkit::read_log(&reader, store::LogPosition::START, written).await;
+    let events = social_log(pool, 20).await;
     let models = Models::new(pool, &redis, "redelivered").await;
     models.apply(pool, 0..=i64::MAX, true).await;
     // A like that still holds (not unliked later) of a post still there.

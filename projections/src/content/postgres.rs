@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
-use crate::timeline::postgres::{checked_schema, stored_pairs};
+use crate::timeline::postgres::{changed_pairs, checked_schema, stored_pairs};
 
 /// Content in the tables of one schema (`read_model` by default; replay builds others).
 #[derive(Debug, Clone)]
@@ -602,16 +602,7 @@ impl PgContent {
             .execute(&mut *tx)
             .await?;
         }
-        let (mut liked, mut unliked) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for ((post, user), (stored, now)) in likes {
-            let list = match (stored, now) {
-                (false, true) => &mut liked,
-                (true, false) => &mut unliked,
-                _ => continue,
-            };
-            list.0.push(post);
-            list.1.push(user);
-        }
+        let (liked, unliked) = changed_pairs(likes);
         if !liked.0.is_empty() {
             sqlx::query(&format!(
                 "INSERT INTO {s}.likes (post_id, user_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])"

@@ -320,6 +320,26 @@ pub(crate) async fn stored_pairs(
     Ok(found)
 }
 
+/// Pairs as two column arrays (bound to `unnest($1::uuid[], $2::uuid[])`).
+pub(crate) type PairColumns = (Vec<Uuid>, Vec<Uuid>);
+
+/// The pairs of [`stored_pairs`] whose state the batch changed: (to insert, to delete).
+pub(crate) fn changed_pairs(
+    pairs: std::collections::HashMap<(Uuid, Uuid), (bool, bool)>,
+) -> (PairColumns, PairColumns) {
+    let (mut added, mut removed) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for ((first, second), (stored, now)) in pairs {
+        let list = match (stored, now) {
+            (false, true) => &mut added,
+            (true, false) => &mut removed,
+            _ => continue,
+        };
+        list.0.push(first);
+        list.1.push(second);
+    }
+    (added, removed)
+}
+
 /// A row of `timeline_lengths` as a set-wise batch sees it.
 #[derive(Default)]
 struct Length {
@@ -618,16 +638,7 @@ impl PgTimelines {
         }
 
         // 4. What changed, stored.
-        let (mut follow, mut unfollow) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for ((follower, followee), (stored, now)) in follows {
-            let list = match (stored, now) {
-                (false, true) => &mut follow,
-                (true, false) => &mut unfollow,
-                _ => continue,
-            };
-            list.0.push(follower);
-            list.1.push(followee);
-        }
+        let (follow, unfollow) = changed_pairs(follows);
         let mut statements: Vec<(String, Arrays)> = Vec::new();
         if !unfollow.0.is_empty() {
             statements.push((
