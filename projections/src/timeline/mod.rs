@@ -284,17 +284,18 @@ impl Projection for TimelineProjection {
     }
 
     async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
-        let writes: Vec<TimelineWrite> = events.iter().filter_map(TimelineWrite::of).collect();
+        let writes: Vec<Option<TimelineWrite>> = events.iter().map(TimelineWrite::of).collect();
+        let stored: Vec<TimelineWrite> = writes.iter().flatten().copied().collect();
         let mut delivered = self
             .store
-            .write_all(&writes, self.settings)
+            .write_all(&stored, self.settings)
             .await?
             .into_iter();
-        for envelope in events {
-            match TimelineWrite::of(envelope) {
+        for (envelope, write) in events.iter().zip(&writes) {
+            match write {
                 Some(_) => {
                     self.pushed(delivered.next().unwrap_or_default(), envelope)
-                        .await?
+                        .await?;
                 }
                 None => self.registered(envelope).await?,
             }
