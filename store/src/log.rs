@@ -89,9 +89,10 @@ impl LogReader {
     /// [`StoreError`] on database failure or a corrupt row.
     pub async fn last_up_to(&self, position: i64) -> Result<Option<LogPosition>, StoreError> {
         let row: Option<(String, i64)> = sqlx::query_as(
+            // `events.`: a bare `transaction_id` would name the output column, the text.
             "SELECT transaction_id::text, global_position FROM events \
               WHERE global_position <= $1 \
-              ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+              ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
         )
         .bind(position)
         .fetch_optional(&self.pool)

@@ -322,4 +322,10 @@ async fn transaction_ids_are_read_in_numeric_order_across_a_digit_boundary() {
         position = LogPosition::of(event);
     }
     assert_eq!(order, [9, 10, 100]);
+    // The last in read order, which ends a replay: a reader that sorted the ids as text
+    // took 9 for the last and stopped a replay early once the counter passed 999999.
+    let last = reader.last_up_to(i64::MAX).await.unwrap().unwrap();
+    assert_eq!((last.transaction_id, last.global_position), (100, 1));
+    let last = reader.last_up_to(2).await.unwrap().unwrap();
+    assert_eq!(last.transaction_id, 100);
 }
