@@ -143,6 +143,9 @@ pub struct Runner<P> {
     range: RangeInclusive<i64>,
     /// Offers each batch whole to a projection that [`Projection::applies_batches`].
     batches: bool,
+    /// The event types seen that the projection does not handle: the log reader leaves
+    /// their payloads out.
+    skipped: std::sync::Mutex<Vec<String>>,
 }
 
 /// The advisory lock (on `hashtextextended(<key>, 0)`) a running projection holds shared
@@ -163,6 +166,7 @@ impl<P: Projection> Runner<P> {
             label: projection.name().to_owned(),
             range: 0..=i64::MAX,
             batches: true,
+            skipped: std::sync::Mutex::default(),
             projection,
         }
     }
@@ -326,16 +330,16 @@ impl<P: Projection> Runner<P> {
         let checkpoints = Checkpoints::new(self.pool.clone());
         let name = self.checkpoint_name();
         let mut position = checkpoints.load(&name).await?;
-        let mut batch = reader.read_batch(position, self.batch_size).await?;
+        let mut batch = self.read(&reader, position).await?;
         while position < end && !stop.is_cancelled() {
             let Some(last) = batch.last() else {
                 // Open transactions hold the reader back; they end soon.
                 progress(0);
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                batch = reader.read_batch(position, self.batch_size).await?;
+                batch = self.read(&reader, position).await?;
                 continue;
             };
-            let next = reader.read_batch(LogPosition::of(last), self.batch_size);
+            let next = self.read(&reader, LogPosition::of(last));
             let (applied, next) = tokio::join!(self.apply_read(&batch, position, stop), next);
             let (done, after) = applied?;
             if done > 0 {
@@ -358,10 +362,21 @@ impl<P: Projection> Runner<P> {
         start: LogPosition,
         stop: &CancellationToken,
     ) -> Result<(usize, LogPosition), StoreError> {
-        let batch = LogReader::new(self.pool.clone())
-            .read_batch(start, self.batch_size)
-            .await?;
+        let batch = self.read(&LogReader::new(self.pool.clone()), start).await?;
         self.apply_read(&batch, start, stop).await
+    }
+
+    /// The next batch after `after`, without the payloads of the types the projection
+    /// passes over.
+    async fn read(
+        &self,
+        reader: &LogReader,
+        after: LogPosition,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let skipped = self.skipped.lock().map(|s| s.clone()).unwrap_or_default();
+        reader
+            .read_batch_skipping(after, self.batch_size, &skipped)
+            .await
     }
 
     /// Applies `batch`, read after `start`; returns how many of its events are done and the
@@ -402,9 +417,11 @@ impl<P: Projection> Runner<P> {
         // The events to apply, decoded; one that does not decode is poison at once.
         let (mut indices, mut envelopes) = (Vec::new(), Vec::new());
         for (index, event) in events.iter().enumerate() {
-            if self.range.contains(&event.global_position)
-                && self.projection.handles(&event.event_type)
-            {
+            if !self.projection.handles(&event.event_type) {
+                self.skip(&event.event_type);
+                continue;
+            }
+            if self.range.contains(&event.global_position) {
                 match event.decode() {
                     Ok(envelope) => {
                         indices.push(index);
@@ -445,6 +462,15 @@ impl<P: Projection> Runner<P> {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Remembers that the projection passes `event_type` over.
+    fn skip(&self, event_type: &str) {
+        if let Ok(mut skipped) = self.skipped.lock() {
+            if !skipped.iter().any(|t| t == event_type) {
+                skipped.push(event_type.to_owned());
+            }
+        }
     }
 
     /// Counts `n` events applied, `last` the latest.

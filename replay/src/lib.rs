@@ -38,9 +38,12 @@ pub use models::{Model, ModelError, ModelProjection, MODELS};
 /// wait for its WAL flush. Safe for a rebuild: the checkpoint is written on the same
 /// connections after its batch, and the WAL is replayed in order after a crash, so a
 /// checkpoint that survived a crash never points past writes that were lost; what was lost
-/// is applied again on resume.
+/// is applied again on resume. And `enable_seqscan = off`: every read of a replay is a
+/// lookup by key, but the rebuilt tables grow from empty faster than autovacuum's
+/// statistics follow them, and on stale statistics the planner chose to scan a whole
+/// table for a batch's keys (seen: `timelines` by `post_id`, `follows` by `followee_id`).
 pub fn pool_options(options: sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
-    options.options([("synchronous_commit", "off")])
+    options.options([("synchronous_commit", "off"), ("enable_seqscan", "off")])
 }
 
 /// The pool settings of a replay: a connection is not pinged each time it is taken (sqlx's

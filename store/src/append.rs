@@ -161,8 +161,13 @@ impl RecordedEvent {
             event_type: row.try_get("event_type")?,
             schema_version: u32::try_from(row.try_get::<i32, _>("schema_version")?)
                 .map_err(|_| corrupt("schema_version"))?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
+            // NULL only where a reader asked for them to be left out.
+            payload: row
+                .try_get::<Option<Value>, _>("payload")?
+                .unwrap_or_default(),
+            metadata: row
+                .try_get::<Option<Value>, _>("metadata")?
+                .unwrap_or_default(),
             recorded_at: row.try_get("recorded_at")?,
             transaction_id: row
                 .try_get::<String, _>("transaction_id_text")?

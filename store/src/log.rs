@@ -47,18 +47,36 @@ impl LogPosition {
 pub struct LogReader {
     pool: PgPool,
     batch_sql: String,
+    skipping_sql: String,
 }
+
+/// The events a batch reads: after `$1`/`$2` (transaction id as text, global position), up
+/// to `$3` of them, committed by transactions older than every one still running.
+const BATCH_WHERE: &str = "FROM events \
+      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+        AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) \
+      ORDER BY events.transaction_id, events.global_position \
+      LIMIT $3";
 
 impl LogReader {
     pub fn new(pool: PgPool) -> Self {
-        let batch_sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events \
-              WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-                AND transaction_id < (SELECT pg_snapshot_xmin(pg_current_snapshot())) \
-              ORDER BY events.transaction_id, events.global_position \
-              LIMIT $3"
-        );
-        Self { pool, batch_sql }
+        let batch_sql = format!("SELECT {EVENT_COLUMNS} {BATCH_WHERE}");
+        // Payload and metadata withheld (NULL) for the types in `$4`.
+        let columns = EVENT_COLUMNS
+            .replace(
+                "payload,",
+                "CASE WHEN event_type = ANY($4) THEN NULL ELSE payload END AS payload,",
+            )
+            .replace(
+                "metadata,",
+                "CASE WHEN event_type = ANY($4) THEN NULL ELSE metadata END AS metadata,",
+            );
+        let skipping_sql = format!("SELECT {columns} {BATCH_WHERE}");
+        Self {
+            pool,
+            batch_sql,
+            skipping_sql,
+        }
     }
 
     /// Up to `limit` events after `after`, in read order. An empty batch means the reader is
@@ -75,6 +93,32 @@ impl LogReader {
             .bind(after.transaction_id.to_string())
             .bind(after.global_position)
             .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(RecordedEvent::from_row).collect()
+    }
+
+    /// [`Self::read_batch`], with the payload and the metadata of the events whose type is
+    /// in `skipped` left out (`Value::Null`): a reader that passes those types over does not
+    /// make the server render them, nor the network carry them. Every event is still read,
+    /// so positions advance as with [`Self::read_batch`].
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure or a corrupt row.
+    pub async fn read_batch_skipping(
+        &self,
+        after: LogPosition,
+        limit: u32,
+        skipped: &[String],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if skipped.is_empty() {
+            return self.read_batch(after, limit).await;
+        }
+        let rows = sqlx::query(&self.skipping_sql)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(i64::from(limit))
+            .bind(skipped)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(RecordedEvent::from_row).collect()

@@ -329,3 +329,49 @@ async fn transaction_ids_are_read_in_numeric_order_across_a_digit_boundary() {
     let last = reader.last_up_to(2).await.unwrap().unwrap();
     assert_eq!(last.transaction_id, 100);
 }
+
+/// A reader that passes some types over gets every event, in the same order and with the
+/// same positions, and the payloads and metadata of only the other types.
+#[tokio::test]
+async fn a_batch_skipping_types_reads_every_event_without_their_payloads() {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    for (stream, event_type) in [
+        ("a", "test.kept"),
+        ("b", "test.skipped"),
+        ("c", "test.kept"),
+    ] {
+        let mut request = append(stream, 0);
+        request.events[0].event_type = event_type.into();
+        request.metadata.correlation_id = Some(format!("corr-{stream}"));
+        store.append(&request).await.unwrap();
+    }
+    let reader = LogReader::new(db.pool.clone());
+    let full = reader.read_batch(LogPosition::START, 10).await.unwrap();
+    let skipping = reader
+        .read_batch_skipping(LogPosition::START, 10, &["test.skipped".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(full.len(), 3);
+    assert_eq!(skipping.len(), 3);
+    for (full, skipping) in full.iter().zip(&skipping) {
+        assert_eq!(LogPosition::of(full), LogPosition::of(skipping));
+        assert_eq!(full.event_type, skipping.event_type);
+        if full.event_type == "test.skipped" {
+            assert_eq!(skipping.payload, serde_json::Value::Null);
+            assert_eq!(skipping.metadata, serde_json::Value::Null);
+            assert_ne!(full.payload, serde_json::Value::Null);
+        } else {
+            assert_eq!(full.payload, skipping.payload);
+            assert_eq!(full.metadata, skipping.metadata);
+            assert_eq!(full.hash, skipping.hash);
+        }
+    }
+    // Nothing skipped: the plain batch.
+    let none = reader
+        .read_batch_skipping(LogPosition::START, 2, &[])
+        .await
+        .unwrap();
+    assert_eq!(none.len(), 2);
+    assert_eq!(none[1].payload, full[1].payload);
+}
