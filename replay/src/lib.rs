@@ -232,10 +232,14 @@ impl Replay {
         self.options.from.is_none() && self.options.to.is_none()
     }
 
-    fn runner(&self) -> Result<Runner<ModelProjection>, ReplayError> {
-        let projection =
-            self.model
-                .projection(&self.pool, &self.target_schema(), self.options.timeline)?;
+    /// The runner of the replay; `fresh` when it starts into empty tables.
+    fn runner(&self, fresh: bool) -> Result<Runner<ModelProjection>, ReplayError> {
+        let projection = self.model.projection(
+            &self.pool,
+            &self.target_schema(),
+            self.options.timeline,
+            fresh,
+        )?;
         let runner = Runner::new(
             self.pool.clone(),
             projection,
@@ -287,7 +291,7 @@ impl Replay {
     ) -> Result<Summary, ReplayError> {
         let started = Instant::now();
         let resumed = self.prepare().await?;
-        let runner = self.runner()?;
+        let runner = self.runner(!resumed)?;
         let checkpoints = Checkpoints::new(self.pool.clone());
         let checkpoint = runner.checkpoint_name();
         let label = self.label();
@@ -370,7 +374,7 @@ impl Replay {
         use projections::Projection as _;
         let projection =
             self.model
-                .projection(&self.pool, self.model.schema, self.options.timeline)?;
+                .projection(&self.pool, self.model.schema, self.options.timeline, false)?;
         let range = self.range();
         let total: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE global_position BETWEEN $1 AND $2",

@@ -87,7 +87,9 @@ impl Model {
     }
 
     /// Its projection writing to the tables in `schema`, with no side effects: no live
-    /// updates, no caches, no saga.
+    /// updates, no caches, no saga. `fresh`: the tables are empty and this projection alone
+    /// writes them (a replay that did not resume), so the store may keep in memory what it
+    /// wrote instead of loading it back ([`PgContent::mirrored`]).
     ///
     /// # Errors
     /// When `schema` is not a plain identifier.
@@ -96,6 +98,7 @@ impl Model {
         pool: &PgPool,
         schema: &str,
         timeline: TimelineSettings,
+        fresh: bool,
     ) -> Result<ModelProjection, ModelError> {
         Ok(match self.name {
             TimelineProjection::NAME => ModelProjection::Timeline(TimelineProjection::new(
@@ -106,10 +109,10 @@ impl Model {
                 timeline,
             )),
             ContentProjection::NAME => {
-                ModelProjection::Content(ContentProjection::uncached(Arc::new(
-                    PgContent::new(pool.clone(), schema)
-                        .map_err(|e| ModelError::Store(e.to_string()))?,
-                )))
+                let store = PgContent::new(pool.clone(), schema)
+                    .map_err(|e| ModelError::Store(e.to_string()))?;
+                let store = if fresh { store.mirrored() } else { store };
+                ModelProjection::Content(ContentProjection::uncached(Arc::new(store)))
             }
             AnalyticsProjection::NAME => ModelProjection::Analytics(
                 AnalyticsProjection::new(pool.clone(), schema)

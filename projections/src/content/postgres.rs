@@ -1,5 +1,8 @@
 //! [`PgContent`]: the lite [`ContentStore`] in PostgreSQL, documents as jsonb (migration 4).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,6 +18,37 @@ use crate::timeline::postgres::{changed_pairs, checked_schema, stored_pairs};
 pub struct PgContent {
     pool: PgPool,
     schema: String,
+    /// What the set-wise batches would otherwise load, kept by a replay (see
+    /// [`PgContent::mirrored`]).
+    mirror: Arc<Mutex<Mirroring>>,
+}
+
+/// Whether a [`Mirror`] is kept.
+#[derive(Debug, Default)]
+enum Mirroring {
+    /// Not kept, or no longer trusted: for good.
+    #[default]
+    Off,
+    Kept(Mirror),
+    /// Taken out by a batch, which puts it back when it commits.
+    InBatch,
+}
+
+/// A copy in memory of the `posts` counts and the `likes` of a model this store alone has
+/// written since its tables were empty: the set-wise batches of a replay take them from
+/// here instead of loading them (the two loads were a third of a `content` replay).
+#[derive(Debug, Default)]
+struct Mirror {
+    /// (deleted, like count, comment count) of every stored post.
+    posts: HashMap<Uuid, (bool, i64, i64)>,
+    /// Every stored (post, user) like.
+    likes: HashSet<(Uuid, Uuid)>,
+}
+
+impl Mirror {
+    /// Entries (posts and likes) past which the mirror is dropped and the batches load from
+    /// the tables again: about 60 bytes each, so at most ~250 MB.
+    const MAX_ENTRIES: usize = 4_000_000;
 }
 
 /// The jsonb document of a post: what never changes after publication.
@@ -86,6 +120,7 @@ impl PgContent {
         Self {
             pool,
             schema: crate::query::LITE_SCHEMA.to_owned(),
+            mirror: Arc::default(),
         }
     }
 
@@ -97,7 +132,51 @@ impl PgContent {
         Ok(Self {
             pool,
             schema: checked_schema(schema)?,
+            mirror: Arc::default(),
         })
+    }
+
+    /// Keeps the posts' counts and the likes it writes in memory, so that its set-wise
+    /// batches need not load them. Only for tables that are **empty now and written by
+    /// this store alone** from now on (a replay into fresh tables: no other process writes
+    /// them): a single write, a failed batch or too many entries ([`Mirror::MAX_ENTRIES`])
+    /// drop the copy, and the batches load from the tables again.
+    #[must_use]
+    pub fn mirrored(self) -> Self {
+        if let Ok(mut mirroring) = self.mirror.lock() {
+            *mirroring = Mirroring::Kept(Mirror::default());
+        }
+        self
+    }
+
+    /// Drops the mirror for good: the tables are about to change behind it.
+    fn forget(&self) {
+        if let Ok(mut mirroring) = self.mirror.lock() {
+            *mirroring = Mirroring::Off;
+        }
+    }
+
+    /// Takes the mirror out for a batch. Still out, a batch before this one failed: it is
+    /// dropped.
+    fn take_mirror(&self) -> Option<Mirror> {
+        let mut mirroring = self.mirror.lock().ok()?;
+        match std::mem::take(&mut *mirroring) {
+            Mirroring::Kept(mirror) => {
+                *mirroring = Mirroring::InBatch;
+                Some(mirror)
+            }
+            Mirroring::Off | Mirroring::InBatch => None,
+        }
+    }
+
+    /// Puts the mirror back after its batch committed, unless a single write dropped it
+    /// meanwhile.
+    fn put_back(&self, mirror: Mirror) {
+        if let Ok(mut mirroring) = self.mirror.lock() {
+            if matches!(*mirroring, Mirroring::InBatch) {
+                *mirroring = Mirroring::Kept(mirror);
+            }
+        }
     }
 
     fn select_posts(&self) -> String {
@@ -167,6 +246,7 @@ impl ContentStore for PgContent {
     }
 
     async fn insert_post(&self, post: &PostDoc) -> ReadResult<()> {
+        self.forget();
         let body = PostBody::of(post);
         sqlx::query(&format!(
             "INSERT INTO {}.posts (post_id, author_id, position, doc) VALUES ($1, $2, $3, $4) \
@@ -183,6 +263,7 @@ impl ContentStore for PgContent {
     }
 
     async fn delete_post(&self, post: Uuid) -> ReadResult<()> {
+        self.forget();
         sqlx::query(&format!(
             "UPDATE {}.posts SET deleted = true WHERE post_id = $1",
             self.schema
@@ -216,6 +297,7 @@ impl ContentStore for PgContent {
     }
 
     async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change> {
+        self.forget();
         let s = &self.schema;
         let body = CommentBody::of(comment);
         // One statement: the comment is stored and counted only on a live post, and only
@@ -276,6 +358,7 @@ impl ContentStore for PgContent {
     }
 
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
+        self.forget();
         let s = &self.schema;
         let (write, delta) = if liked {
             (
@@ -348,10 +431,12 @@ impl PgContent {
     /// above, then stores what changed with a few array-bound statements. The profiles and
     /// posts it loads stay locked until it commits, so a single write beside it (`dlq
     /// retry` while the projection runs) waits instead of being overwritten; at worst the
-    /// two deadlock and one of them is retried.
+    /// two deadlock and one of them is retried. A [`PgContent::mirrored`] store takes the
+    /// posts' counts and the likes from its mirror instead, unlocked: it is their one writer.
     async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
-        use std::collections::{HashMap, HashSet};
         let s = &self.schema;
+        // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
+        let mut mirror = self.take_mirror();
         let (mut users, mut post_ids, mut comment_ids) = (Vec::new(), Vec::new(), Vec::new());
         let mut like_keys = HashSet::new();
         for write in writes {
@@ -395,7 +480,21 @@ impl PgContent {
             }
         }
         let mut posts: HashMap<Uuid, PostState> = HashMap::new();
-        if !post_ids.is_empty() {
+        if let Some(mirror) = &mirror {
+            for post_id in &post_ids {
+                if let Some(&(deleted, like_count, comment_count)) = mirror.posts.get(post_id) {
+                    let state = PostState {
+                        stored: true,
+                        deleted,
+                        like_count,
+                        comment_count,
+                        new: None,
+                        changed: false,
+                    };
+                    posts.insert(*post_id, state);
+                }
+            }
+        } else if !post_ids.is_empty() {
             let rows: Vec<(Uuid, bool, i64, i64)> = sqlx::query_as(&format!(
                 "SELECT post_id, deleted, like_count, comment_count FROM {s}.posts \
                   WHERE post_id = ANY($1) ORDER BY post_id FOR UPDATE"
@@ -428,12 +527,23 @@ impl PgContent {
         // (stored, liked now) of each (post, user) pair: the likes of the posts liked or
         // unliked, of which the batch's pairs are kept.
         let like_pairs: Vec<(Uuid, Uuid)> = like_keys.into_iter().collect();
-        let mut likes = stored_pairs(
-            &mut tx,
-            &format!("SELECT post_id, user_id FROM {s}.likes WHERE post_id = ANY($1)"),
-            &like_pairs,
-        )
-        .await?;
+        let mut likes = match &mirror {
+            Some(mirror) => like_pairs
+                .iter()
+                .map(|pair| {
+                    let stored = mirror.likes.contains(pair);
+                    (*pair, (stored, stored))
+                })
+                .collect(),
+            None => {
+                stored_pairs(
+                    &mut tx,
+                    &format!("SELECT post_id, user_id FROM {s}.likes WHERE post_id = ANY($1)"),
+                    &like_pairs,
+                )
+                .await?
+            }
+        };
         // The writes, in order, as the single writes do them.
         let mut new_comments = Vec::new();
         let mut changes = Vec::with_capacity(writes.len());
@@ -623,6 +733,23 @@ impl PgContent {
             .await?;
         }
         tx.commit().await?;
+        if let Some(mut kept) = mirror.take() {
+            for (post_id, state) in &posts {
+                let counts = (state.deleted, state.like_count, state.comment_count);
+                kept.posts.insert(*post_id, counts);
+            }
+            kept.likes
+                .extend(liked.0.iter().copied().zip(liked.1.iter().copied()));
+            for pair in unliked.0.iter().copied().zip(unliked.1.iter().copied()) {
+                kept.likes.remove(&pair);
+            }
+            if kept.posts.len() + kept.likes.len() <= Mirror::MAX_ENTRIES {
+                self.put_back(kept);
+            } else {
+                self.forget();
+                tracing::info!(schema = %self.schema, "The content mirror passed its size; batches load from the tables again.");
+            }
+        }
         Ok(changes)
     }
 }
