@@ -271,7 +271,7 @@ struct ReplayArgs {
     #[arg(long, default_value_t = 1_000_000)]
     events: usize,
     /// Events per replay batch.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20_000)]
     batch_size: u32,
     /// Also replays the whole log event by event, for comparison (12× slower at 100k
     /// events here).

@@ -34,7 +34,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     no_swap: bool,
     /// Events per batch (and per checkpoint).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20_000)]
     batch_size: u32,
     /// Applies events one at a time, as the live projection does, instead of each batch
     /// set-wise: slower, the same model (to compare).

@@ -34,6 +34,7 @@ pub mod cache;
 pub mod content;
 pub mod error;
 pub mod live;
+mod mirror;
 pub mod onboarding;
 pub mod query;
 pub mod timeline;

@@ -82,7 +82,7 @@ impl Default for ReplayOptions {
             to: None,
             restart: false,
             swap: true,
-            batch_size: 5000,
+            batch_size: 20_000,
             set_wise: true,
             timeline: TimelineSettings::default(),
             cache: None,

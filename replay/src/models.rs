@@ -89,7 +89,7 @@ impl Model {
     /// Its projection writing to the tables in `schema`, with no side effects: no live
     /// updates, no caches, no saga. `fresh`: the tables are empty and this projection alone
     /// writes them (a replay that did not resume), so the store may keep in memory what it
-    /// wrote instead of loading it back ([`PgContent::mirrored`]).
+    /// wrote instead of loading it back ([`PgContent::mirrored`], [`PgTimelines::mirrored`]).
     ///
     /// # Errors
     /// When `schema` is not a plain identifier.
@@ -101,13 +101,12 @@ impl Model {
         fresh: bool,
     ) -> Result<ModelProjection, ModelError> {
         Ok(match self.name {
-            TimelineProjection::NAME => ModelProjection::Timeline(TimelineProjection::new(
-                Arc::new(
-                    PgTimelines::new(pool.clone(), schema)
-                        .map_err(|e| ModelError::Store(e.to_string()))?,
-                ),
-                timeline,
-            )),
+            TimelineProjection::NAME => {
+                let store = PgTimelines::new(pool.clone(), schema)
+                    .map_err(|e| ModelError::Store(e.to_string()))?;
+                let store = if fresh { store.mirrored() } else { store };
+                ModelProjection::Timeline(TimelineProjection::new(Arc::new(store), timeline))
+            }
             ContentProjection::NAME => {
                 let store = PgContent::new(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?;

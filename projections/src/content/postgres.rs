@@ -1,7 +1,6 @@
 //! [`PgContent`]: the lite [`ContentStore`] in PostgreSQL, documents as jsonb (migration 4).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,6 +10,7 @@ use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
+use crate::mirror::MirrorSlot;
 use crate::timeline::postgres::{changed_pairs, checked_schema, stored_pairs};
 
 /// Content in the tables of one schema (`read_model` by default; replay builds others).
@@ -20,18 +20,7 @@ pub struct PgContent {
     schema: String,
     /// What the set-wise batches would otherwise load, kept by a replay (see
     /// [`PgContent::mirrored`]).
-    mirror: Arc<Mutex<Mirroring>>,
-}
-
-/// Whether a [`Mirror`] is kept.
-#[derive(Debug, Default)]
-enum Mirroring {
-    /// Not kept, or no longer trusted: for good.
-    #[default]
-    Off,
-    Kept(Mirror),
-    /// Taken out by a batch, which puts it back when it commits.
-    InBatch,
+    mirror: MirrorSlot<Mirror>,
 }
 
 /// A copy in memory of the `posts` counts and the `likes` of a model this store alone has
@@ -49,6 +38,10 @@ impl Mirror {
     /// Entries (posts and likes) past which the mirror is dropped and the batches load from
     /// the tables again: about 60 bytes each, so at most ~250 MB.
     const MAX_ENTRIES: usize = 4_000_000;
+
+    fn entries(&self) -> usize {
+        self.posts.len() + self.likes.len()
+    }
 }
 
 /// The jsonb document of a post: what never changes after publication.
@@ -120,7 +113,7 @@ impl PgContent {
         Self {
             pool,
             schema: crate::query::LITE_SCHEMA.to_owned(),
-            mirror: Arc::default(),
+            mirror: MirrorSlot::default(),
         }
     }
 
@@ -132,7 +125,7 @@ impl PgContent {
         Ok(Self {
             pool,
             schema: checked_schema(schema)?,
-            mirror: Arc::default(),
+            mirror: MirrorSlot::default(),
         })
     }
 
@@ -143,40 +136,8 @@ impl PgContent {
     /// drop the copy, and the batches load from the tables again.
     #[must_use]
     pub fn mirrored(self) -> Self {
-        if let Ok(mut mirroring) = self.mirror.lock() {
-            *mirroring = Mirroring::Kept(Mirror::default());
-        }
+        self.mirror.keep(Mirror::default());
         self
-    }
-
-    /// Drops the mirror for good: the tables are about to change behind it.
-    fn forget(&self) {
-        if let Ok(mut mirroring) = self.mirror.lock() {
-            *mirroring = Mirroring::Off;
-        }
-    }
-
-    /// Takes the mirror out for a batch. Still out, a batch before this one failed: it is
-    /// dropped.
-    fn take_mirror(&self) -> Option<Mirror> {
-        let mut mirroring = self.mirror.lock().ok()?;
-        match std::mem::take(&mut *mirroring) {
-            Mirroring::Kept(mirror) => {
-                *mirroring = Mirroring::InBatch;
-                Some(mirror)
-            }
-            Mirroring::Off | Mirroring::InBatch => None,
-        }
-    }
-
-    /// Puts the mirror back after its batch committed, unless a single write dropped it
-    /// meanwhile.
-    fn put_back(&self, mirror: Mirror) {
-        if let Ok(mut mirroring) = self.mirror.lock() {
-            if matches!(*mirroring, Mirroring::InBatch) {
-                *mirroring = Mirroring::Kept(mirror);
-            }
-        }
     }
 
     fn select_posts(&self) -> String {
@@ -246,7 +207,7 @@ impl ContentStore for PgContent {
     }
 
     async fn insert_post(&self, post: &PostDoc) -> ReadResult<()> {
-        self.forget();
+        self.mirror.forget();
         let body = PostBody::of(post);
         sqlx::query(&format!(
             "INSERT INTO {}.posts (post_id, author_id, position, doc) VALUES ($1, $2, $3, $4) \
@@ -263,7 +224,7 @@ impl ContentStore for PgContent {
     }
 
     async fn delete_post(&self, post: Uuid) -> ReadResult<()> {
-        self.forget();
+        self.mirror.forget();
         sqlx::query(&format!(
             "UPDATE {}.posts SET deleted = true WHERE post_id = $1",
             self.schema
@@ -297,7 +258,7 @@ impl ContentStore for PgContent {
     }
 
     async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change> {
-        self.forget();
+        self.mirror.forget();
         let s = &self.schema;
         let body = CommentBody::of(comment);
         // One statement: the comment is stored and counted only on a live post, and only
@@ -358,7 +319,7 @@ impl ContentStore for PgContent {
     }
 
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
-        self.forget();
+        self.mirror.forget();
         let s = &self.schema;
         let (write, delta) = if liked {
             (
@@ -436,7 +397,7 @@ impl PgContent {
     async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
         let s = &self.schema;
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
-        let mut mirror = self.take_mirror();
+        let mut mirror = self.mirror.take();
         let (mut users, mut post_ids, mut comment_ids) = (Vec::new(), Vec::new(), Vec::new());
         let mut like_keys = HashSet::new();
         for write in writes {
@@ -743,12 +704,8 @@ impl PgContent {
             for pair in unliked.0.iter().copied().zip(unliked.1.iter().copied()) {
                 kept.likes.remove(&pair);
             }
-            if kept.posts.len() + kept.likes.len() <= Mirror::MAX_ENTRIES {
-                self.put_back(kept);
-            } else {
-                self.forget();
-                tracing::info!(schema = %self.schema, "The content mirror passed its size; batches load from the tables again.");
-            }
+            let entries = kept.entries();
+            self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
         }
         Ok(changes)
     }

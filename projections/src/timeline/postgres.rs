@@ -1,17 +1,48 @@
 //! [`PgTimelines`]: the lite [`TimelineStore`] in PostgreSQL (tables of migration 4).
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use async_trait::async_trait;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite};
 use crate::error::{ReadModelError, ReadResult};
+use crate::mirror::MirrorSlot;
 
 /// Timelines in the tables of one schema (`read_model` by default; replay builds others).
 #[derive(Debug, Clone)]
 pub struct PgTimelines {
     pool: PgPool,
     schema: String,
+    /// What the set-wise batches would otherwise load, kept by a replay (see
+    /// [`PgTimelines::mirrored`]).
+    mirror: MirrorSlot<Mirror>,
+}
+
+/// A copy in memory of what the set-wise batches of a store that alone has written its
+/// tables since they were empty would load: the follower sets, the sticky merged-at-read
+/// marks, the timeline lengths, and which posts were fanned out (only their timeline rows
+/// are loaded, for a redelivery or a removal).
+#[derive(Debug, Default)]
+struct Mirror {
+    followers: HashMap<Uuid, HashSet<Uuid>>,
+    merged: HashSet<Uuid>,
+    lengths: HashMap<Uuid, i64>,
+    fanned_out: HashSet<Uuid>,
+}
+
+impl Mirror {
+    /// Entries past which the mirror is dropped and the batches load from the tables
+    /// again: about 60 bytes each, so at most ~250 MB.
+    const MAX_ENTRIES: usize = 4_000_000;
+
+    fn entries(&self) -> usize {
+        self.followers.values().map(HashSet::len).sum::<usize>()
+            + self.merged.len()
+            + self.lengths.len()
+            + self.fanned_out.len()
+    }
 }
 
 /// Checks that `schema` is a plain identifier, since it is spliced into SQL.
@@ -46,6 +77,7 @@ impl PgTimelines {
         Self {
             pool,
             schema: crate::query::LITE_SCHEMA.to_owned(),
+            mirror: MirrorSlot::default(),
         }
     }
 
@@ -57,7 +89,19 @@ impl PgTimelines {
         Ok(Self {
             pool,
             schema: checked_schema(schema)?,
+            mirror: MirrorSlot::default(),
         })
+    }
+
+    /// Keeps in memory what its set-wise batches would load back (follower sets, merged
+    /// marks, lengths, the posts fanned out). Only for tables that are **empty now and
+    /// written by this store alone** from now on (a replay into fresh tables): a single
+    /// write, a failed batch or too many entries drop the copy, and the batches load from
+    /// the tables again.
+    #[must_use]
+    pub fn mirrored(self) -> Self {
+        self.mirror.keep(Mirror::default());
+        self
     }
 }
 
@@ -68,6 +112,7 @@ fn limit(n: usize) -> i64 {
 #[async_trait]
 impl TimelineStore for PgTimelines {
     async fn follow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()> {
+        self.mirror.forget();
         sqlx::query(&format!(
             "INSERT INTO {}.follows (follower_id, followee_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             self.schema
@@ -80,6 +125,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()> {
+        self.mirror.forget();
         sqlx::query(&format!(
             "DELETE FROM {}.follows WHERE follower_id = $1 AND followee_id = $2",
             self.schema
@@ -117,6 +163,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn add_author_post(&self, entry: TimelineEntry) -> ReadResult<()> {
+        self.mirror.forget();
         sqlx::query(&format!(
             "INSERT INTO {}.author_posts (author_id, position, post_id) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
@@ -131,6 +178,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn deliver(&self, users: &[Uuid], entry: TimelineEntry, cap: usize) -> ReadResult<()> {
+        self.mirror.forget();
         let s = &self.schema;
         let cap = cap.max(1);
         let mut tx = self.pool.begin().await?;
@@ -177,6 +225,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn mark_merged_at_read(&self, author: Uuid) -> ReadResult<()> {
+        self.mirror.forget();
         sqlx::query(&format!(
             "INSERT INTO {}.merged_authors (author_id) VALUES ($1) ON CONFLICT DO NOTHING",
             self.schema
@@ -200,6 +249,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
+        self.mirror.forget();
         let s = &self.schema;
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
@@ -299,8 +349,8 @@ pub(crate) async fn stored_pairs(
     tx: &mut sqlx::PgConnection,
     select: &str,
     pairs: &[(Uuid, Uuid)],
-) -> ReadResult<std::collections::HashMap<(Uuid, Uuid), (bool, bool)>> {
-    let mut found: std::collections::HashMap<(Uuid, Uuid), (bool, bool)> =
+) -> ReadResult<HashMap<(Uuid, Uuid), (bool, bool)>> {
+    let mut found: HashMap<(Uuid, Uuid), (bool, bool)> =
         pairs.iter().map(|pair| (*pair, (false, false))).collect();
     if pairs.is_empty() {
         return Ok(found);
@@ -325,7 +375,7 @@ pub(crate) type PairColumns = (Vec<Uuid>, Vec<Uuid>);
 
 /// The pairs of [`stored_pairs`] whose state the batch changed: (to insert, to delete).
 pub(crate) fn changed_pairs(
-    pairs: std::collections::HashMap<(Uuid, Uuid), (bool, bool)>,
+    pairs: HashMap<(Uuid, Uuid), (bool, bool)>,
 ) -> (PairColumns, PairColumns) {
     let (mut added, mut removed) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     for ((first, second), (stored, now)) in pairs {
@@ -354,12 +404,12 @@ enum Step {
     Remove(Uuid),
 }
 
-type Keyed = std::collections::HashMap<(Uuid, i64), Row>;
+type Keyed = HashMap<(Uuid, i64), Row>;
 
 /// Records the loaded `timelines` rows in `rows` (and `by_post`), once each.
 fn loaded(
     rows: &mut Keyed,
-    by_post: &mut std::collections::HashMap<Uuid, Vec<(Uuid, i64)>>,
+    by_post: &mut HashMap<Uuid, Vec<(Uuid, i64)>>,
     found: Vec<(Uuid, i64, Uuid, Uuid)>,
 ) {
     for (user_id, position, post_id, author_id) in found {
@@ -394,8 +444,9 @@ impl PgTimelines {
         writes: &[TimelineWrite],
         settings: TimelineSettings,
     ) -> ReadResult<Vec<Vec<Uuid>>> {
-        use std::collections::{BTreeSet, HashMap, HashSet};
         let s = &self.schema;
+        // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
+        let mut mirror = self.mirror.take();
         let cap = settings.cap.max(1);
         let over = limit(cap + cap / 8);
         let mut authors = Vec::new();
@@ -418,7 +469,13 @@ impl PgTimelines {
         //    the follows and fan-outs in order.
         let mut followers: HashMap<Uuid, HashSet<Uuid>> =
             authors.iter().map(|a| (*a, HashSet::new())).collect();
-        if !authors.is_empty() {
+        if let Some(mirror) = &mirror {
+            for (author, set) in &mut followers {
+                if let Some(stored) = mirror.followers.get(author) {
+                    set.clone_from(stored);
+                }
+            }
+        } else if !authors.is_empty() {
             let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
                 "SELECT followee_id, follower_id FROM {s}.follows WHERE followee_id = ANY($1)"
             ))
@@ -430,16 +487,33 @@ impl PgTimelines {
             }
         }
         // Whom the followers follow, of which the batch's pairs are kept.
-        let mut follows = stored_pairs(
-            &mut tx,
-            &format!(
-                "SELECT follower_id, followee_id FROM {s}.follows WHERE follower_id = ANY($1)"
-            ),
-            &follow_pairs,
-        )
-        .await?;
+        let mut follows = match &mirror {
+            Some(mirror) => follow_pairs
+                .iter()
+                .map(|&(follower, followee)| {
+                    let stored = mirror
+                        .followers
+                        .get(&followee)
+                        .is_some_and(|set| set.contains(&follower));
+                    ((follower, followee), (stored, stored))
+                })
+                .collect(),
+            None => {
+                stored_pairs(
+                    &mut tx,
+                    &format!(
+                        "SELECT follower_id, followee_id FROM {s}.follows \
+                          WHERE follower_id = ANY($1)"
+                    ),
+                    &follow_pairs,
+                )
+                .await?
+            }
+        };
         let mut merged: HashSet<Uuid> = HashSet::new();
-        if !authors.is_empty() {
+        if let Some(mirror) = &mirror {
+            merged.extend(authors.iter().filter(|a| mirror.merged.contains(a)));
+        } else if !authors.is_empty() {
             let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
                 "SELECT author_id FROM {s}.merged_authors WHERE author_id = ANY($1)"
             ))
@@ -512,6 +586,9 @@ impl PgTimelines {
         let columns = "t.user_id, t.position, t.post_id, t.author_id";
         // Every stored row of the posts published or removed: a redelivered fan-out finds
         // its rows there (a position is one post's), a removal the rows it removes.
+        if let Some(mirror) = &mirror {
+            touched_posts.retain(|post| mirror.fanned_out.contains(post));
+        }
         if !touched_posts.is_empty() {
             let found = sqlx::query_as(&format!(
                 "SELECT {columns} FROM {s}.timelines t WHERE t.post_id = ANY($1)"
@@ -526,7 +603,18 @@ impl PgTimelines {
         users.sort_unstable();
         users.dedup();
         let mut lengths: HashMap<Uuid, Length> = HashMap::new();
-        if !users.is_empty() {
+        if let Some(mirror) = &mirror {
+            for user in &users {
+                if let Some(&entries) = mirror.lengths.get(user) {
+                    let length = Length {
+                        entries,
+                        exists: true,
+                        changed: false,
+                    };
+                    lengths.insert(*user, length);
+                }
+            }
+        } else if !users.is_empty() {
             let found: Vec<(Uuid, i32)> = sqlx::query_as(&format!(
                 "SELECT user_id, entries FROM {s}.timeline_lengths WHERE user_id = ANY($1) \
                   ORDER BY user_id FOR UPDATE"
@@ -638,6 +726,20 @@ impl PgTimelines {
         }
 
         // 4. What changed, stored.
+        let follow_changes: Vec<((Uuid, Uuid), bool)> = if mirror.is_some() {
+            follows
+                .iter()
+                .filter(|(_, (stored, now))| stored != now)
+                .map(|(pair, (_, now))| (*pair, *now))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let merged_now = if mirror.is_some() {
+            newly_merged.clone()
+        } else {
+            Vec::new()
+        };
         let (follow, unfollow) = changed_pairs(follows);
         let mut statements: Vec<(String, Arrays)> = Vec::new();
         if !unfollow.0.is_empty() {
@@ -767,6 +869,25 @@ impl PgTimelines {
             .await?;
         }
         tx.commit().await?;
+        if let Some(mut kept) = mirror.take() {
+            for ((follower, followee), now) in follow_changes {
+                let set = kept.followers.entry(followee).or_default();
+                if now {
+                    set.insert(follower);
+                } else {
+                    set.remove(&follower);
+                }
+            }
+            kept.merged.extend(merged_now);
+            kept.lengths.extend(changed);
+            for step in &steps {
+                if let Step::Deliver(_, entry) = step {
+                    kept.fanned_out.insert(entry.post_id);
+                }
+            }
+            let entries = kept.entries();
+            self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
+        }
         let mut fanned_out = steps.into_iter().filter_map(|step| match step {
             Step::Deliver(users, _) => Some(users),
             Step::Remove(_) => None,
