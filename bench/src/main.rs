@@ -787,7 +787,7 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
         if args.baseline { " --baseline" } else { "" }
     );
     println!(
-        "PostgreSQL {} (the replay's connections: synchronous_commit=off). A log of {} events \
+        "PostgreSQL {} (the replay's connections: synchronous_commit=off, enable_seqscan=off). A log of {} events \
          appended in {:.1} s.\n",
         server.server_version,
         result.events,

@@ -43,6 +43,16 @@ fn sorted(lists: &[Vec<uuid::Uuid>]) -> Vec<Vec<uuid::Uuid>> {
         .collect()
 }
 
+/// (batch size, mirrored, a single write mid-run) of the set-wise runs compared.
+const RUNS: [(usize, bool, bool); 6] = [
+    (1, false, false),
+    (7, false, false),
+    (64, false, false),
+    (100_000, false, false),
+    (7, true, false),
+    (64, true, true),
+];
+
 async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -67,14 +77,7 @@ async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
     // the first publication of the sixth batch or a later one also applied alone just before
     // its batch (to both), which must drop the mirror (kept, it would not know the post's
     // rows are stored, and insert them again).
-    for (size, mirrored, single) in [
-        (1, false, false),
-        (7, false, false),
-        (64, false, false),
-        (100_000, false, false),
-        (7, true, false),
-        (64, true, true),
-    ] {
+    for (size, mirrored, single) in RUNS {
         // The same batches, also those applied twice, one write at a time: a redelivered
         // publication fans out to the followers of the redelivery's moment in both (a
         // follow later in its batch is stored by then), so each is compared with the same
@@ -227,14 +230,7 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
     // Mirrored: the counts and likes kept in memory (a replay into fresh tables); `single`:
     // the first write of the sixth batch also applied alone just before it, which must drop
     // the mirror (kept, it would miss that write: a like counted twice).
-    for (size, mirrored, single) in [
-        (1, false, false),
-        (7, false, false),
-        (64, false, false),
-        (100_000, false, false),
-        (7, true, false),
-        (64, true, true),
-    ] {
+    for (size, mirrored, single) in RUNS {
         let schema = format!("batches_of_{size}_{mirrored}");
         copy_empty(&db.pool, "read_model", &schema, PgContent::TABLES).await;
         let batched = PgContent::new(db.pool.clone(), &schema).unwrap();

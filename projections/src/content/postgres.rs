@@ -386,6 +386,20 @@ struct PostState<'a> {
     changed: bool,
 }
 
+impl PostState<'_> {
+    /// A stored post with its (deleted, like count, comment count).
+    fn stored((deleted, like_count, comment_count): (bool, i64, i64)) -> Self {
+        Self {
+            stored: true,
+            deleted,
+            like_count,
+            comment_count,
+            new: None,
+            changed: false,
+        }
+    }
+}
+
 impl PgContent {
     /// [`ContentStore::write_all`], set-wise, in one transaction: loads the rows the writes
     /// touch, applies the writes to them in memory with the semantics of the single writes
@@ -443,16 +457,8 @@ impl PgContent {
         let mut posts: HashMap<Uuid, PostState> = HashMap::new();
         if let Some(mirror) = &mirror {
             for post_id in &post_ids {
-                if let Some(&(deleted, like_count, comment_count)) = mirror.posts.get(post_id) {
-                    let state = PostState {
-                        stored: true,
-                        deleted,
-                        like_count,
-                        comment_count,
-                        new: None,
-                        changed: false,
-                    };
-                    posts.insert(*post_id, state);
+                if let Some(&counts) = mirror.posts.get(post_id) {
+                    posts.insert(*post_id, PostState::stored(counts));
                 }
             }
         } else if !post_ids.is_empty() {
@@ -464,14 +470,7 @@ impl PgContent {
             .fetch_all(&mut *tx)
             .await?;
             for (post_id, deleted, like_count, comment_count) in rows {
-                let state = PostState {
-                    stored: true,
-                    deleted,
-                    like_count,
-                    comment_count,
-                    new: None,
-                    changed: false,
-                };
+                let state = PostState::stored((deleted, like_count, comment_count));
                 posts.insert(post_id, state);
             }
         }
