@@ -76,3 +76,57 @@ impl<M> MirrorSlot<M> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::MirrorSlot;
+
+    #[test]
+    fn a_committed_batch_puts_the_mirror_back() {
+        let slot = MirrorSlot::default();
+        assert_eq!(slot.take(), None::<u32>, "not kept until asked");
+        slot.keep(1);
+        let mirror = slot.take().unwrap();
+        slot.put_back(mirror + 1, 1, 10);
+        assert_eq!(slot.take(), Some(2));
+    }
+
+    #[test]
+    fn a_single_write_during_a_batch_drops_the_mirror_for_good() {
+        let slot = MirrorSlot::default();
+        slot.keep(1);
+        let mirror = slot.take().unwrap();
+        slot.forget();
+        slot.put_back(mirror, 1, 10);
+        assert_eq!(slot.take(), None);
+    }
+
+    #[test]
+    fn a_failed_batch_drops_the_mirror_for_good() {
+        let slot = MirrorSlot::default();
+        slot.keep(1);
+        let _lost = slot.take().unwrap();
+        // The batch failed: nothing put back. The next batch finds it still out.
+        assert_eq!(slot.take(), None);
+        assert_eq!(slot.take(), None);
+    }
+
+    #[test]
+    fn a_mirror_past_its_size_is_dropped() {
+        let slot = MirrorSlot::default();
+        slot.keep(1);
+        let mirror = slot.take().unwrap();
+        slot.put_back(mirror, 11, 10);
+        assert_eq!(slot.take(), None);
+    }
+
+    #[test]
+    fn clones_share_the_mirror() {
+        let slot = MirrorSlot::default();
+        let clone = slot.clone();
+        slot.keep(1);
+        clone.forget();
+        assert_eq!(slot.take(), None);
+    }
+}

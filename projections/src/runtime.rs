@@ -416,9 +416,12 @@ impl<P: Projection> Runner<P> {
         let mut outcomes: Vec<Outcome> = events.iter().map(|_| Outcome::Applied).collect();
         // The events to apply, decoded; one that does not decode is poison at once.
         let (mut indices, mut envelopes) = (Vec::new(), Vec::new());
+        let mut passed_over: Vec<&str> = Vec::new();
         for (index, event) in events.iter().enumerate() {
             if !self.projection.handles(&event.event_type) {
-                self.skip(&event.event_type);
+                if !passed_over.contains(&event.event_type.as_str()) {
+                    passed_over.push(&event.event_type);
+                }
                 continue;
             }
             if self.range.contains(&event.global_position) {
@@ -435,6 +438,7 @@ impl<P: Projection> Runner<P> {
                 }
             }
         }
+        self.skip(&passed_over);
         if self.batches && self.projection.applies_batches() && envelopes.len() > 1 {
             match self.projection.apply_batch(&envelopes).await {
                 Ok(()) => {
@@ -464,11 +468,16 @@ impl<P: Projection> Runner<P> {
         Ok(outcomes)
     }
 
-    /// Remembers that the projection passes `event_type` over.
-    fn skip(&self, event_type: &str) {
+    /// Remembers that the projection passes the `passed_over` types over (one lock a batch).
+    fn skip(&self, passed_over: &[&str]) {
+        if passed_over.is_empty() {
+            return;
+        }
         if let Ok(mut skipped) = self.skipped.lock() {
-            if !skipped.iter().any(|t| t == event_type) {
-                skipped.push(event_type.to_owned());
+            for event_type in passed_over {
+                if !skipped.iter().any(|t| t == event_type) {
+                    skipped.push((*event_type).to_owned());
+                }
             }
         }
     }

@@ -183,6 +183,14 @@ pub(crate) const EVENT_COLUMNS: &str = "global_position, event_id, stream_type, 
      stream_version, event_type, schema_version, payload, metadata, recorded_at, \
      transaction_id::text AS transaction_id_text, hash";
 
+/// [`EVENT_COLUMNS`] with the payload and metadata NULL for the event types in `$4`
+/// (`LogReader::read_batch_skipping`).
+pub(crate) const EVENT_COLUMNS_SKIPPING: &str = "global_position, event_id, stream_type, \
+     stream_id, stream_version, event_type, schema_version, \
+     CASE WHEN event_type = ANY($4) THEN NULL ELSE payload END AS payload, \
+     CASE WHEN event_type = ANY($4) THEN NULL ELSE metadata END AS metadata, recorded_at, \
+     transaction_id::text AS transaction_id_text, hash";
+
 /// The whole append in one statement, so one round trip and one transaction. The stream
 /// row's upsert is the first write (every other write reads from `stream`), and when the
 /// stream is not at `$3` nothing is written and `version` comes back NULL.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPool;
 
-use crate::append::{RecordedEvent, StoreError, EVENT_COLUMNS};
+use crate::append::{RecordedEvent, StoreError, EVENT_COLUMNS, EVENT_COLUMNS_SKIPPING};
 
 /// A point in the log's read order: everything at or before it has been read.
 #[derive(
@@ -61,17 +61,7 @@ const BATCH_WHERE: &str = "FROM events \
 impl LogReader {
     pub fn new(pool: PgPool) -> Self {
         let batch_sql = format!("SELECT {EVENT_COLUMNS} {BATCH_WHERE}");
-        // Payload and metadata withheld (NULL) for the types in `$4`.
-        let columns = EVENT_COLUMNS
-            .replace(
-                "payload,",
-                "CASE WHEN event_type = ANY($4) THEN NULL ELSE payload END AS payload,",
-            )
-            .replace(
-                "metadata,",
-                "CASE WHEN event_type = ANY($4) THEN NULL ELSE metadata END AS metadata,",
-            );
-        let skipping_sql = format!("SELECT {columns} {BATCH_WHERE}");
+        let skipping_sql = format!("SELECT {EVENT_COLUMNS_SKIPPING} {BATCH_WHERE}");
         Self {
             pool,
             batch_sql,
