@@ -224,6 +224,10 @@ struct RelayArgs {
     /// The relay's batch size (`RELAY_BATCH_SIZE`).
     #[arg(long, default_value_t = 1000)]
     batch_size: u32,
+    /// Then drain the whole log again into librdkafka's in-memory mock broker (no disk,
+    /// no replication): the relay's own ceiling, beside the real broker's figure.
+    #[arg(long)]
+    mock_broker: bool,
     #[command(flatten)]
     server: ServerArgs,
     /// The benchmark database, dropped and created anew, and dropped at the end.
@@ -622,6 +626,7 @@ async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
         duration: Duration::from_secs(args.seconds),
         backlog: args.backlog,
         batch_size: args.batch_size,
+        mock_broker: args.mock_broker,
     };
     let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
     let server = db.facts().await?;
@@ -630,8 +635,17 @@ async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
     let result = measured?;
     println!(
         "`cargo run --release -p bench -- relay --rate {} --seconds {} --backlog {} \
-         --batch-size {}` (broker: {})\n",
-        args.rate, args.seconds, args.backlog, args.batch_size, args.kafka_brokers
+         --batch-size {}{}` (broker: {})\n",
+        args.rate,
+        args.seconds,
+        args.backlog,
+        args.batch_size,
+        if args.mock_broker {
+            " --mock-broker"
+        } else {
+            ""
+        },
+        args.kafka_brokers
     );
     println!(
         "PostgreSQL {} (synchronous_commit={}).\n",
@@ -653,6 +667,13 @@ async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
         result.drain.as_secs_f64(),
         result.backlog as f64 / result.drain.as_secs_f64()
     );
+    if let Some((events, took)) = result.mock_drain {
+        println!(
+            "| drain the whole log ({events} events) into librdkafka's mock broker | {:.1} s, {:.0} events/s |",
+            took.as_secs_f64(),
+            events as f64 / took.as_secs_f64()
+        );
+    }
     dropped
 }
 

@@ -9,6 +9,10 @@
 //! - **throughput**: with the relay stopped, `--backlog` events are appended (100 per
 //!   append); a relay then starts from the checkpoint and the time until Kafka acknowledged
 //!   the last of them gives its maximum events/s (read, produce, acknowledge, checkpoint).
+//!   With `--mock-broker`, a second relay (a name of its own, so from the start of the log)
+//!   then drains the same log into librdkafka's mock broker: the Kafka protocol over TCP
+//!   on loopback, records kept in memory, no disk and no replication. The broker costs
+//!   next to nothing there, so the figure is the relay's own ceiling on this machine.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,8 @@ pub struct RelayLoad {
     pub duration: Duration,
     pub backlog: usize,
     pub batch_size: u32,
+    /// Also drain the log into librdkafka's mock broker.
+    pub mock_broker: bool,
 }
 
 /// The figures of one run.
@@ -42,6 +48,8 @@ pub struct RelayResult {
     pub achieved_rate: f64,
     pub backlog: usize,
     pub drain: Duration,
+    /// Events drained into the mock broker, and how long that took.
+    pub mock_drain: Option<(usize, Duration)>,
 }
 
 type Acks = Arc<Mutex<HashMap<Uuid, Instant>>>;
@@ -60,21 +68,7 @@ pub async fn run(db: &BenchDatabase, load: &RelayLoad) -> anyhow::Result<RelayRe
         ..RelaySettings::default()
     };
     let acks: Acks = Arc::default();
-    let start_relay = |acks: Acks| {
-        let hook: relay::PublishedHook = Arc::new(move |batch: &[RecordedEvent]| {
-            let now = Instant::now();
-            if let Ok(mut acks) = acks.lock() {
-                acks.extend(batch.iter().map(|e| (e.event_id, now)));
-            }
-        });
-        let relay = Relay::new(pool.clone(), settings.clone()).on_published(hook);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move { relay.run(stop).await }
-        });
-        (stop, task)
-    };
+    let start_relay = |acks: Acks| start(&pool, settings.clone(), acks);
 
     // Latency at a fixed rate.
     let (stop, task) = start_relay(acks.clone());
@@ -149,13 +143,75 @@ pub async fn run(db: &BenchDatabase, load: &RelayLoad) -> anyhow::Result<RelayRe
     let drain = started.elapsed();
     stop.cancel();
     task.await.context("relay task")?;
+    let mock_drain = if load.mock_broker {
+        eprintln!("relay: draining the whole log again, into librdkafka's mock broker");
+        Some(drain_into_mock_broker(&pool, &settings, &backlog_ids).await?)
+    } else {
+        None
+    };
     pool.close().await;
     Ok(RelayResult {
         latency,
         achieved_rate,
         backlog,
         drain,
+        mock_drain,
     })
+}
+
+/// A relay on `pool` with `settings`, recording in `acks` when Kafka acknowledged each
+/// event; stopped by cancelling the token.
+fn start(
+    pool: &sqlx::PgPool,
+    settings: RelaySettings,
+    acks: Acks,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let hook: relay::PublishedHook = Arc::new(move |batch: &[RecordedEvent]| {
+        let now = Instant::now();
+        if let Ok(mut acks) = acks.lock() {
+            acks.extend(batch.iter().map(|e| (e.event_id, now)));
+        }
+    });
+    let relay = Relay::new(pool.clone(), settings).on_published(hook);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { relay.run(stop).await }
+    });
+    (stop, task)
+}
+
+/// The whole log, from its start, drained by a relay of its own into librdkafka's mock
+/// broker (one broker; the topic made beforehand, as the mock has no CreateTopics) until
+/// `last` are acknowledged. Returns the events it published and the time it took.
+async fn drain_into_mock_broker(
+    pool: &sqlx::PgPool,
+    settings: &RelaySettings,
+    last: &[Uuid],
+) -> anyhow::Result<(usize, Duration)> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).context("starting the mock broker")?;
+    cluster
+        .create_topic(
+            &format!("{}bench", settings.topic_prefix),
+            settings.topic_partitions,
+            1,
+        )
+        .context("creating the topic on the mock broker")?;
+    let settings = RelaySettings {
+        brokers: cluster.bootstrap_servers(),
+        name: "bench-mock-broker".into(),
+        create_topics: false,
+        ..settings.clone()
+    };
+    let acks: Acks = Arc::default();
+    let started = Instant::now();
+    let (stop, task) = start(pool, settings, acks.clone());
+    wait_for(&acks, last, Duration::from_secs(600)).await?;
+    let drain = started.elapsed();
+    stop.cancel();
+    task.await.context("relay task")?;
+    let published = acks.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len();
+    Ok((published, drain))
 }
 
 async fn append(

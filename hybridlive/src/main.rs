@@ -263,6 +263,10 @@ struct KafkaTopicArgs {
     /// Replication factor of the topics the relay creates.
     #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     kafka_replication_factor: i32,
+    /// Whether the relay creates its topics; `false` where they are managed outside the
+    /// application (they must then exist, or the broker create them on first use).
+    #[arg(long, env = "KAFKA_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    kafka_create_topics: bool,
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +300,7 @@ impl RelayArgs {
             topic_prefix: topics.kafka_topic_prefix.clone(),
             topic_partitions: topics.kafka_topic_partitions,
             topic_replication: topics.kafka_replication_factor,
+            create_topics: topics.kafka_create_topics,
             name: self.relay_name.clone(),
             batch_size: self.relay_batch_size,
             poll_interval: Duration::from_millis(self.relay_poll_ms),

@@ -153,6 +153,41 @@ async fn postgres_timelines_meet_the_contract() {
     contract(&PgTimelines::lite(db.pool.clone())).await;
 }
 
+/// The migration that moved the timelines' index from post id to position also moves a
+/// table of a replay from before it, whose index names `LIKE … INCLUDING ALL` chose, and
+/// does nothing when run again.
+#[tokio::test]
+async fn the_position_index_migration_covers_replayed_tables_and_runs_twice() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA replay_timeline; \
+         CREATE TABLE replay_timeline.timelines (LIKE read_model.timelines); \
+         ALTER TABLE replay_timeline.timelines ADD PRIMARY KEY (user_id, position); \
+         CREATE INDEX ON replay_timeline.timelines (post_id);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let migration = include_str!("../../migrations/20261204000010_timelines_by_position.sql");
+    for _ in 0..2 {
+        sqlx::raw_sql(migration).execute(&db.pool).await.unwrap();
+    }
+    let single_column: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relnamespace::regnamespace::text, a.attname::text FROM pg_index i \
+           JOIN pg_class c ON c.oid = i.indrelid \
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+          WHERE c.relname = 'timelines' AND i.indnatts = 1 ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let expected = [("read_model", "position"), ("replay_timeline", "position")];
+    assert_eq!(
+        single_column,
+        expected.map(|(s, c)| (s.to_owned(), c.to_owned()))
+    );
+}
+
 #[tokio::test]
 async fn scylla_timelines_meet_the_contract_when_scylla_nodes_is_set() {
     let Ok(nodes) = std::env::var("SCYLLA_NODES") else {

@@ -48,6 +48,10 @@ pub struct RelaySettings {
     pub topic_partitions: i32,
     /// Replication factor of topics the relay creates.
     pub topic_replication: i32,
+    /// Whether the relay creates the topics it publishes to (CreateTopics). Off where
+    /// topics are managed outside the application (ACLs without `Create`): the topics must
+    /// then exist, or the broker create them on first use.
+    pub create_topics: bool,
     /// The relay's name: its checkpoint and its lease. Relays with different names are
     /// independent (e.g. one per cluster).
     pub name: String,
@@ -68,6 +72,7 @@ impl Default for RelaySettings {
             topic_prefix: "hl.".into(),
             topic_partitions: 6,
             topic_replication: 1,
+            create_topics: true,
             name: "relay".into(),
             batch_size: 1000,
             poll_interval: Duration::from_secs(1),
@@ -329,6 +334,8 @@ struct Topics {
     prefix: String,
     partitions: i32,
     replication: i32,
+    /// [`RelaySettings::create_topics`].
+    create: bool,
     known: HashSet<String>,
 }
 
@@ -342,11 +349,15 @@ impl Topics {
             prefix: settings.topic_prefix.clone(),
             partitions: settings.topic_partitions,
             replication: settings.topic_replication,
+            create: settings.create_topics,
             known: HashSet::new(),
         })
     }
 
     async fn ensure(&mut self, batch: &[RecordedEvent]) -> Result<(), RelayError> {
+        if !self.create {
+            return Ok(());
+        }
         let missing: HashSet<String> = batch
             .iter()
             .map(|e| format!("{}{}", self.prefix, e.stream_type))

@@ -253,23 +253,21 @@ impl TimelineStore for PgTimelines {
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
         self.mirror.forget();
         let s = &self.schema;
-        let mut tx = self.pool.begin().await?;
+        // The post's timeline rows are found by its position, which its author list gives.
         sqlx::query(&format!(
-            "DELETE FROM {s}.author_posts WHERE author_id = $1 AND post_id = $2"
-        ))
-        .bind(author)
-        .bind(post_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&format!(
-            "WITH removed AS (DELETE FROM {s}.timelines WHERE post_id = $1 RETURNING user_id) \
+            "WITH listed AS ( \
+                 DELETE FROM {s}.author_posts WHERE author_id = $1 AND post_id = $2 \
+                 RETURNING position), \
+             removed AS ( \
+                 DELETE FROM {s}.timelines t USING listed \
+                  WHERE t.position = listed.position AND t.post_id = $2 RETURNING t.user_id) \
              UPDATE {s}.timeline_lengths l SET entries = l.entries - 1 \
                FROM removed WHERE l.user_id = removed.user_id"
         ))
+        .bind(author)
         .bind(post_id)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -571,31 +569,37 @@ impl PgTimelines {
 
         // 2. The timeline rows and lengths the fan-outs and removals touch.
         let mut deliveries: HashMap<Uuid, i64> = HashMap::new();
-        let mut touched_posts = Vec::new();
+        // The posts published (with their positions) and removed.
+        let (mut published, mut removed) = (Vec::new(), Vec::new());
         for step in &steps {
             match step {
                 Step::Deliver(users, entry) => {
                     for user in users {
                         *deliveries.entry(*user).or_default() += 1;
                     }
-                    touched_posts.push(entry.post_id);
+                    published.push((entry.post_id, entry.position));
                 }
-                Step::Remove(post_id) => touched_posts.push(*post_id),
+                Step::Remove(post_id) => removed.push(*post_id),
             }
         }
         let mut rows: Keyed = HashMap::new();
         let mut by_post: HashMap<Uuid, Vec<(Uuid, i64)>> = HashMap::new();
         let columns = "t.user_id, t.position, t.post_id, t.author_id";
-        // Every stored row of the posts published or removed: a redelivered fan-out finds
-        // its rows there (a position is one post's), a removal the rows it removes.
+        // Every stored row of the posts published or removed, by position (a position is
+        // one post's; a removed post's is in author_posts): a redelivered fan-out finds its
+        // rows there, a removal the rows it removes.
         if let Some(mirror) = &mirror {
-            touched_posts.retain(|post| mirror.fanned_out.contains(post));
+            published.retain(|(post, _)| mirror.fanned_out.contains(post));
+            removed.retain(|post| mirror.fanned_out.contains(post));
         }
-        if !touched_posts.is_empty() {
+        if !published.is_empty() || !removed.is_empty() {
+            let positions: Vec<i64> = published.iter().map(|(_, position)| *position).collect();
             let found = sqlx::query_as(&format!(
-                "SELECT {columns} FROM {s}.timelines t WHERE t.post_id = ANY($1)"
+                "SELECT {columns} FROM {s}.timelines t WHERE t.position = ANY($1::bigint[] || \
+                   ARRAY(SELECT a.position FROM {s}.author_posts a WHERE a.post_id = ANY($2)))"
             ))
-            .bind(&touched_posts)
+            .bind(&positions)
+            .bind(&removed)
             .fetch_all(&mut *tx)
             .await?;
             loaded(&mut rows, &mut by_post, found);
