@@ -281,6 +281,10 @@ struct ReplayArgs {
     /// events here).
     #[arg(long)]
     baseline: bool,
+    /// Set-wise replays of each model, one after another on the same log (each from
+    /// scratch): the spread between runs without generating the log again.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     #[command(flatten)]
     server: ServerArgs,
     /// The benchmark database, dropped and created anew, and dropped at the end.
@@ -795,6 +799,7 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
         events: args.events,
         batch_size: args.batch_size,
         baseline: args.baseline,
+        repeat: args.repeat,
     };
     let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
     let server = db.facts().await?;
@@ -802,10 +807,15 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
     let dropped = db.drop_database().await;
     let result = measured?;
     println!(
-        "`cargo run --release -p bench -- replay --events {} --batch-size {}{}`\n",
+        "`cargo run --release -p bench -- replay --events {} --batch-size {}{}{}`\n",
         args.events,
         args.batch_size,
-        if args.baseline { " --baseline" } else { "" }
+        if args.baseline { " --baseline" } else { "" },
+        if args.repeat > 1 {
+            format!(" --repeat {}", args.repeat)
+        } else {
+            String::new()
+        }
     );
     println!(
         "PostgreSQL {} (the replay's connections: synchronous_commit=off, enable_seqscan=off). A log of {} events \

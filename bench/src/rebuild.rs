@@ -18,6 +18,8 @@ pub struct ReplayLoad {
     pub batch_size: u32,
     /// Also replays the whole log event by event, for comparison.
     pub baseline: bool,
+    /// Set-wise replays of each model, one after another on the same log.
+    pub repeat: u32,
 }
 
 #[derive(Debug)]
@@ -59,12 +61,11 @@ pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<Replay
     let mut models = Vec::new();
     for name in ["timeline", "content"] {
         let model = Model::named(name)?;
-        let runs: &[bool] = if load.baseline {
-            &[true, false]
-        } else {
-            &[true]
-        };
-        for &set_wise in runs {
+        let mut runs = vec![true; load.repeat.max(1) as usize];
+        if load.baseline {
+            runs.push(false);
+        }
+        for set_wise in runs {
             let options = ReplayOptions {
                 swap: false,
                 restart: true,

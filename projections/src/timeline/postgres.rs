@@ -396,6 +396,8 @@ struct Length {
     entries: i64,
     exists: bool,
     changed: bool,
+    /// Read from the table or the mirror: a row of `timeline_lengths` before the batch.
+    stored: bool,
 }
 
 /// A fan-out or a removal, in the order of the batch.
@@ -616,6 +618,7 @@ impl PgTimelines {
                         entries,
                         exists: true,
                         changed: false,
+                        stored: true,
                     };
                     lengths.insert(*user, length);
                 }
@@ -633,6 +636,7 @@ impl PgTimelines {
                     entries: entries.into(),
                     exists: true,
                     changed: false,
+                    stored: true,
                 };
                 lengths.insert(user, length);
             }
@@ -746,6 +750,14 @@ impl PgTimelines {
         } else {
             Vec::new()
         };
+        // With the mirror, what is stored is known, so the inserts are plain: no row they
+        // add can exist (one that did would fail the batch, which then goes event by
+        // event). Without it, a batch applied again must find its rows.
+        let on_conflict = if mirror.is_some() {
+            ""
+        } else {
+            " ON CONFLICT DO NOTHING"
+        };
         let (follow, unfollow) = changed_pairs(follows);
         let mut statements: Vec<(String, Arrays)> = Vec::new();
         if !unfollow.0.is_empty() {
@@ -761,7 +773,7 @@ impl PgTimelines {
             statements.push((
                 format!(
                     "INSERT INTO {s}.follows (follower_id, followee_id) \
-                     SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING"
+                     SELECT * FROM unnest($1::uuid[], $2::uuid[]){on_conflict}"
                 ),
                 Arrays::Two(follow.0, follow.1),
             ));
@@ -769,8 +781,8 @@ impl PgTimelines {
         if !newly_merged.is_empty() {
             statements.push((
                 format!(
-                    "INSERT INTO {s}.merged_authors (author_id) SELECT * FROM unnest($1::uuid[]) \
-                     ON CONFLICT DO NOTHING"
+                    "INSERT INTO {s}.merged_authors (author_id) \
+                     SELECT * FROM unnest($1::uuid[]){on_conflict}"
                 ),
                 Arrays::One(newly_merged),
             ));
@@ -779,6 +791,17 @@ impl PgTimelines {
             (Vec::new(), Vec::new(), Vec::new()),
             (Vec::new(), Vec::new()),
         );
+        // A post listed before (known to the mirror as fanned out) may be listed still.
+        let relisted = mirror.as_ref().is_some_and(|mirror| {
+            author_posts
+                .iter()
+                .any(|(post, (_, position))| position.is_some() && mirror.fanned_out.contains(post))
+        });
+        let listing_conflict = if relisted {
+            " ON CONFLICT DO NOTHING"
+        } else {
+            on_conflict
+        };
         for (post_id, (author, position)) in author_posts {
             match position {
                 Some(position) => {
@@ -805,7 +828,7 @@ impl PgTimelines {
             statements.push((
                 format!(
                     "INSERT INTO {s}.author_posts (author_id, position, post_id) \
-                     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[]) ON CONFLICT DO NOTHING"
+                     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[]){listing_conflict}"
                 ),
                 Arrays::Entries(listed.0, listed.1, listed.2),
             ));
@@ -863,16 +886,46 @@ impl PgTimelines {
             .filter(|(_, l)| l.changed)
             .map(|(user, l)| (*user, l.entries))
             .collect();
-        if !changed.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {s}.timeline_lengths (user_id, entries) \
-                 SELECT u, n::integer FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n) \
-                 ON CONFLICT (user_id) DO UPDATE SET entries = EXCLUDED.entries"
-            ))
-            .bind(changed.iter().map(|(u, _)| *u).collect::<Vec<_>>())
-            .bind(changed.iter().map(|(_, n)| *n).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
+        // With the mirror: the new lengths inserted, the stored ones updated. Without it:
+        // all upserted, as a row may have come since.
+        let (upserted, updated): (Vec<_>, Vec<_>) = if mirror.is_some() {
+            changed
+                .iter()
+                .copied()
+                .partition(|(user, _)| !lengths.get(user).is_some_and(|l| l.stored))
+        } else {
+            (changed.clone(), Vec::new())
+        };
+        let lengths_upsert = if mirror.is_some() {
+            ""
+        } else {
+            " ON CONFLICT (user_id) DO UPDATE SET entries = EXCLUDED.entries"
+        };
+        for (rows, sql) in [
+            (
+                upserted,
+                format!(
+                    "INSERT INTO {s}.timeline_lengths (user_id, entries) \
+                     SELECT u, n::integer FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n)\
+                     {lengths_upsert}"
+                ),
+            ),
+            (
+                updated,
+                format!(
+                    "UPDATE {s}.timeline_lengths l SET entries = x.n::integer \
+                       FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n) WHERE l.user_id = x.u"
+                ),
+            ),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            sqlx::query(&sql)
+                .bind(rows.iter().map(|(u, _)| *u).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         if let Some(mut kept) = mirror.take() {
