@@ -396,3 +396,46 @@ impl std::fmt::Debug for Topics {
             .finish()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// With topic creation off, the relay asks the broker nothing before it produces: here
+    /// there is no broker at all, and making sure of a batch's topics succeeds at once.
+    /// (With it on, the same call waits for the absent broker; creation against a real one
+    /// is covered by every relay test.)
+    #[tokio::test]
+    async fn no_topic_is_created_when_creation_is_off() {
+        let event = RecordedEvent {
+            global_position: 1,
+            event_id: Default::default(),
+            stream_type: "post".into(),
+            stream_id: "p1".into(),
+            stream_version: 1,
+            event_type: "post.published".into(),
+            schema_version: 1,
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::Utc::now(),
+            transaction_id: 1,
+            hash: Vec::new(),
+        };
+        let settings = RelaySettings {
+            brokers: "127.0.0.1:1".into(),
+            create_topics: false,
+            ..RelaySettings::default()
+        };
+        let mut topics = Topics::new(&settings).unwrap();
+        let ensured = tokio::time::timeout(
+            Duration::from_secs(5),
+            topics.ensure(std::slice::from_ref(&event)),
+        )
+        .await;
+        assert!(
+            matches!(ensured, Ok(Ok(()))),
+            "asked the broker: {ensured:?}"
+        );
+    }
+}
