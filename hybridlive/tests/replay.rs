@@ -1,5 +1,6 @@
-//! `hybridlive replay <model>` as an analyst runs it: interrupted with SIGINT, resumed by
-//! running it again, then swapped in — and the rebuilt model equals the live-built one.
+//! `hybridlive replay <model>` as an analyst runs it: interrupted with SIGINT (or killed),
+//! resumed by running it again, then swapped in — and the rebuilt model equals the
+//! live-built one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Stdio;
@@ -28,27 +29,36 @@ fn replay(db: &TestDb) -> tokio::process::Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_interrupted_by_sigint_resumes_then_swaps_in_a_model_equal_to_the_live_one() {
+    interrupted_replay_resumes_to_the_live_model("INT").await;
+}
+
+/// Killed, it has no chance to save anything or to finish its batch: its in-memory mirror
+/// is gone, and the run that resumes works from the tables and the checkpoint alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_killed_by_sigkill_resumes_then_swaps_in_a_model_equal_to_the_live_one() {
+    interrupted_replay_resumes_to_the_live_model("KILL").await;
+}
+
+/// A replay stopped by `signal` once it reports progress, resumed by the same command, and
+/// swapped in: the rebuilt model equals the live-built one.
+async fn interrupted_replay_resumes_to_the_live_model(signal: &str) {
     let db = TestDb::new().await;
-    SocialLog::new(300).append(&db.pool).await.unwrap();
+    let log = SocialLog::new(300);
+    log.append_phases(&db.pool, 1..=2).await.unwrap();
     let settings = TimelineSettings {
         cap: 800,
         fanout_max_followers: FANOUT_MAX_FOLLOWERS,
     };
-    // A transaction that took its id before the last registrations were appended holds
-    // every log reader back before them while it is open: the replay stops there, part of
-    // the way, until it ends — however fast the replay is.
+    // A transaction that took its id before the posts were appended holds every log
+    // reader back before them while it is open: the replay stops after the follows, until
+    // it ends — however fast the replay is. What it builds after the restart is the
+    // fan-out of every post, to the follower sets it stored before.
     let mut holdback = db.pool.begin().await.unwrap();
     sqlx::query("SELECT pg_current_xact_id()")
         .execute(&mut *holdback)
         .await
         .unwrap();
-    let store = store::PgEventStore::new(db.pool.clone());
-    for name in ["late_one", "late_two"] {
-        store
-            .append(&testkit::social::registration(name))
-            .await
-            .unwrap();
-    }
+    log.append_phases(&db.pool, 3..=5).await.unwrap();
 
     // Started, interrupted once it reports progress past the start (it waits there).
     let mut child = replay(&db)
@@ -70,14 +80,18 @@ async fn replay_interrupted_by_sigint_resumes_then_swaps_in_a_model_equal_to_the
     }
     let pid = child.id().unwrap().to_string();
     let kill = std::process::Command::new("kill")
-        .args(["-INT", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status()
         .unwrap();
     assert!(kill.success());
     let first = child.wait_with_output().await.unwrap();
     let stdout = String::from_utf8_lossy(&first.stdout);
-    assert!(first.status.success(), "{stdout}");
-    assert!(stdout.contains("Interrupted"), "{stdout}");
+    if signal == "INT" {
+        assert!(first.status.success(), "{stdout}");
+        assert!(stdout.contains("Interrupted"), "{stdout}");
+    } else {
+        assert!(!first.status.success(), "{stdout}");
+    }
     let (at, total): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT global_position FROM checkpoints WHERE name = 'projection:replay:timeline'), \
                 (SELECT max(global_position) FROM events)",
