@@ -15,7 +15,8 @@
 //! - **Fast.** Woken by `NOTIFY` after each append ([`store::LogWaiter`]), with
 //!   [`RelaySettings::poll_interval`] as the fallback.
 //!
-//! Topics: `<prefix><stream_type>` (e.g. `hl.post`), created on first use. Message value:
+//! Topics: `<prefix><stream_type>` (e.g. `hl.post`), created on first use unless
+//! [`RelaySettings::create_topics`] is off. Message value:
 //! the [`store::RecordedEvent`] as JSON; headers `event_id`, `event_type`,
 //! `schema_version`, `global_position`, `stream_version`, `correlation_id`.
 //!

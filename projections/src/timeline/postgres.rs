@@ -253,11 +253,12 @@ impl TimelineStore for PgTimelines {
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
         self.mirror.forget();
         let s = &self.schema;
-        // The post's timeline rows are found by its position, which its author list gives.
+        // The post's timeline rows are found by its position, which its author list gives
+        // (by post id alone, as the set-wise batches find it).
         sqlx::query(&format!(
-            "WITH listed AS ( \
-                 DELETE FROM {s}.author_posts WHERE author_id = $1 AND post_id = $2 \
-                 RETURNING position), \
+            "WITH listed AS (SELECT position FROM {s}.author_posts WHERE post_id = $2), \
+             unlisted AS ( \
+                 DELETE FROM {s}.author_posts WHERE author_id = $1 AND post_id = $2), \
              removed AS ( \
                  DELETE FROM {s}.timelines t USING listed \
                   WHERE t.position = listed.position AND t.post_id = $2 RETURNING t.user_id) \
