@@ -1,8 +1,30 @@
 //! [`MirrorSlot`]: what a store's set-wise batches would otherwise load back from its tables,
 //! kept in memory by a replay into fresh tables (`PgContent::mirrored`,
-//! `PgTimelines::mirrored`).
+//! `PgTimelines::mirrored`); [`Deferral`]: derived columns a replay's batches leave to a
+//! settlement at the end (`PgContent::deferring_counts`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Whether a store's derived columns are stale until settled; clones share it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Deferral(Arc<AtomicBool>);
+
+impl Deferral {
+    /// From now on, until [`Deferral::settled`].
+    pub(crate) fn start(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn pending(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The stored columns are right again (their settlement committed).
+    pub(crate) fn settled(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
 
 /// Where a store keeps its mirror `M`; clones share it.
 #[derive(Debug)]

@@ -11,7 +11,10 @@
 //!    timeline and content stores: [`projections::TimelineStore::write_all`]), to the same
 //!    effect as event by event, which is the fallback for a batch that fails. Events are decoded through the upcasters, so old versions arrive as current
 //!    types. Interrupted (SIGINT), it stops after the event in flight with its checkpoint
-//!    saved; run again, it goes on from there;
+//!    saved; run again, it goes on from there. Once it has applied its range, it settles
+//!    what the batches deferred ([`ModelProjection::settle`]: content derives its posts'
+//!    counts from the stored likes and comments in one statement, instead of rewriting a
+//!    post row for nearly every like and comment);
 //! 3. when it has read the whole log (no `--from` / `--to`), swaps: in one transaction,
 //!    under the lock the live projection takes for each batch ([`projections::runtime::swap_lock_key`]),
 //!    it catches up to the head of the log (at least the live projection's checkpoint), moves the live tables to
@@ -328,6 +331,7 @@ impl Replay {
         }
         let interrupted = stop.is_cancelled();
         if !interrupted {
+            runner.projection().settle().await?;
             sqlx::query("UPDATE replays SET finished_at = now() WHERE model = $1")
                 .bind(self.model.name)
                 .execute(&self.pool)

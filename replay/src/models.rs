@@ -90,6 +90,8 @@ impl Model {
     /// updates, no caches, no saga. `fresh`: the tables are empty and this projection alone
     /// writes them (a replay that did not resume), so the store may keep in memory what it
     /// wrote instead of loading it back ([`PgContent::mirrored`], [`PgTimelines::mirrored`]).
+    /// Content leaves its posts' counts to [`ModelProjection::settle`]
+    /// ([`PgContent::deferring_counts`]): nobody reads the tables before then.
     ///
     /// # Errors
     /// When `schema` is not a plain identifier.
@@ -109,9 +111,10 @@ impl Model {
             }
             ContentProjection::NAME => {
                 let store = PgContent::new(pool.clone(), schema)
-                    .map_err(|e| ModelError::Store(e.to_string()))?;
-                let store = if fresh { store.mirrored() } else { store };
-                ModelProjection::Content(ContentProjection::uncached(Arc::new(store)))
+                    .map_err(|e| ModelError::Store(e.to_string()))?
+                    .deferring_counts();
+                let store = Arc::new(if fresh { store.mirrored() } else { store });
+                ModelProjection::Content(ContentProjection::uncached(store.clone()), store)
             }
             AnalyticsProjection::NAME => ModelProjection::Analytics(
                 AnalyticsProjection::new(pool.clone(), schema)
@@ -126,15 +129,40 @@ impl Model {
 #[derive(Debug)]
 pub enum ModelProjection {
     Timeline(TimelineProjection),
-    Content(ContentProjection),
+    /// With its store, whose counts are deferred.
+    Content(ContentProjection, Arc<PgContent>),
     Analytics(AnalyticsProjection),
+}
+
+impl ModelProjection {
+    /// Completes what the batches deferred ([`PgContent::settle_counts`]); run after the
+    /// last batch of a run and before a swap. Batches after it are complete on their own.
+    ///
+    /// # Errors
+    /// When the store fails; what was deferred stays deferred.
+    pub async fn settle(&self) -> Result<(), ModelError> {
+        if let Self::Content(_, store) = self {
+            let started = std::time::Instant::now();
+            let posts = store
+                .settle_counts()
+                .await
+                .map_err(|e| ModelError::Store(format!("settling the posts' counts: {e}")))?;
+            let elapsed = started.elapsed();
+            tracing::info!(
+                posts,
+                ?elapsed,
+                "Counted the likes and comments of the rebuilt posts."
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Projection for ModelProjection {
     fn name(&self) -> &str {
         match self {
             Self::Timeline(p) => p.name(),
-            Self::Content(p) => p.name(),
+            Self::Content(p, _) => p.name(),
             Self::Analytics(p) => p.name(),
         }
     }
@@ -142,7 +170,7 @@ impl Projection for ModelProjection {
     fn handles(&self, event_type: &str) -> bool {
         match self {
             Self::Timeline(p) => p.handles(event_type),
-            Self::Content(p) => p.handles(event_type),
+            Self::Content(p, _) => p.handles(event_type),
             Self::Analytics(p) => p.handles(event_type),
         }
     }
@@ -150,7 +178,7 @@ impl Projection for ModelProjection {
     fn applies_batches(&self) -> bool {
         match self {
             Self::Timeline(p) => p.applies_batches(),
-            Self::Content(p) => p.applies_batches(),
+            Self::Content(p, _) => p.applies_batches(),
             Self::Analytics(p) => p.applies_batches(),
         }
     }
@@ -158,7 +186,7 @@ impl Projection for ModelProjection {
     async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
         match self {
             Self::Timeline(p) => p.apply_batch(events).await,
-            Self::Content(p) => p.apply_batch(events).await,
+            Self::Content(p, _) => p.apply_batch(events).await,
             Self::Analytics(p) => p.apply_batch(events).await,
         }
     }
@@ -166,7 +194,7 @@ impl Projection for ModelProjection {
     async fn apply(&self, event: &EventEnvelope) -> Result<(), ApplyError> {
         match self {
             Self::Timeline(p) => p.apply(event).await,
-            Self::Content(p) => p.apply(event).await,
+            Self::Content(p, _) => p.apply(event).await,
             Self::Analytics(p) => p.apply(event).await,
         }
     }

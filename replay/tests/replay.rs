@@ -18,9 +18,10 @@ use testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
 fn settings() -> TimelineSettings {
-    // A low threshold, so that some authors are merged at read time.
+    // A low threshold, so that some authors are merged at read time, and a low cap, so
+    // that timelines are trimmed.
     TimelineSettings {
-        cap: 800,
+        cap: 12,
         fanout_max_followers: 8,
     }
 }

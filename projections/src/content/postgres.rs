@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
-use crate::mirror::MirrorSlot;
+use crate::mirror::{Deferral, MirrorSlot};
 use crate::timeline::postgres::{changed_pairs, checked_schema, stored_pairs};
 
 /// Content in the tables of one schema (`read_model` by default; replay builds others).
@@ -21,6 +21,8 @@ pub struct PgContent {
     /// What the set-wise batches would otherwise load, kept by a replay (see
     /// [`PgContent::mirrored`]).
     mirror: MirrorSlot<Mirror>,
+    /// From [`PgContent::deferring_counts`] until [`PgContent::settle_counts`].
+    deferred: Deferral,
 }
 
 /// A copy in memory of the `posts` counts and the `likes` of a model this store alone has
@@ -116,6 +118,7 @@ impl PgContent {
             pool,
             schema: crate::query::LITE_SCHEMA.to_owned(),
             mirror: MirrorSlot::default(),
+            deferred: Deferral::default(),
         }
     }
 
@@ -128,6 +131,7 @@ impl PgContent {
             pool,
             schema: checked_schema(schema)?,
             mirror: MirrorSlot::default(),
+            deferred: Deferral::default(),
         })
     }
 
@@ -140,6 +144,48 @@ impl PgContent {
     pub fn mirrored(self) -> Self {
         self.mirror.keep(Mirror::default());
         self
+    }
+
+    /// Leaves the posts' counts out of its set-wise batches until
+    /// [`PgContent::settle_counts`] derives them all at once: a replay's batches otherwise
+    /// rewrite a post row for nearly every like and comment (the largest cost of a `content`
+    /// replay). Until then the stored counts are stale, and so are the counts the batches
+    /// report; only for tables nobody reads yet (a replay's target, before its swap).
+    /// Single writes keep counting, from the stale counts; the settlement corrects them.
+    #[must_use]
+    pub fn deferring_counts(self) -> Self {
+        self.deferred.start();
+        self
+    }
+
+    /// Derives every post's like and comment counts from its stored likes and comments,
+    /// which are what the counts count, then ends the deferral of
+    /// [`PgContent::deferring_counts`]: later batches count again. Returns the posts whose
+    /// counts changed; does nothing unless counts are deferred.
+    ///
+    /// # Errors
+    /// When the update fails; the counts stay deferred then.
+    pub async fn settle_counts(&self) -> ReadResult<u64> {
+        if !self.deferred.pending() {
+            return Ok(0);
+        }
+        let s = &self.schema;
+        let settled = sqlx::query(&format!(
+            "UPDATE {s}.posts p SET like_count = d.likes, comment_count = d.comments \
+               FROM (SELECT q.post_id, coalesce(l.n, 0) AS likes, coalesce(c.n, 0) AS comments \
+                       FROM {s}.posts q \
+                       LEFT JOIN (SELECT post_id, count(*) AS n FROM {s}.likes GROUP BY post_id) l \
+                              ON l.post_id = q.post_id \
+                       LEFT JOIN (SELECT post_id, count(*) AS n FROM {s}.comments GROUP BY post_id) c \
+                              ON c.post_id = q.post_id) d \
+              WHERE p.post_id = d.post_id \
+                AND (p.like_count, p.comment_count) <> (d.likes, d.comments)"
+        ))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        self.deferred.settled();
+        Ok(settled)
     }
 
     fn select_posts(&self) -> String {
@@ -385,7 +431,10 @@ struct PostState<'a> {
     comment_count: i64,
     /// Inserted by the batch.
     new: Option<&'a PostDoc>,
+    /// Its counts or its tombstone changed.
     changed: bool,
+    /// Deleted by the batch.
+    tombstoned: bool,
 }
 
 impl PostState<'_> {
@@ -398,6 +447,7 @@ impl PostState<'_> {
             comment_count,
             new: None,
             changed: false,
+            tombstoned: false,
         }
     }
 }
@@ -410,6 +460,8 @@ impl PgContent {
     /// retry` while the projection runs) waits instead of being overwritten; at worst the
     /// two deadlock and one of them is retried. A [`PgContent::mirrored`] store takes the
     /// posts' counts and the likes from its mirror instead, unlocked: it is their one writer.
+    /// While counts are deferred ([`PgContent::deferring_counts`]), it updates only the
+    /// posts it tombstones.
     async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
         let s = &self.schema;
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
@@ -535,12 +587,14 @@ impl PgContent {
                         comment_count: 0,
                         new: Some(p),
                         changed: true,
+                        tombstoned: false,
                     });
                 }
                 ContentWrite::DeletePost(post) => {
                     if let Some(state) = posts.get_mut(post) {
                         state.deleted = true;
                         state.changed = true;
+                        state.tombstoned = true;
                     }
                 }
                 ContentWrite::AddComment(c) => {
@@ -616,10 +670,13 @@ impl PgContent {
         }
         let mut inserted = Vec::new();
         let mut updated = Vec::new();
+        let deferred = self.deferred.pending();
         for (post_id, state) in &posts {
             match state.new {
                 Some(doc) if !state.stored => inserted.push((doc, state)),
-                _ if state.changed => updated.push((*post_id, state)),
+                _ if state.tombstoned || (state.changed && !deferred) => {
+                    updated.push((*post_id, state));
+                }
                 _ => {}
             }
         }
