@@ -51,8 +51,9 @@ pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
     let model = Model::named(&name)?;
     let options: sqlx::postgres::PgConnectOptions =
         database_url.parse().context("parsing DATABASE_URL")?;
+    // The lock, the next batch's read, and a content batch's statements at once.
     let pool = replay::pool()
-        .max_connections(4)
+        .max_connections(10)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(replay::pool_options(options))
         .await

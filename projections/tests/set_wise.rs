@@ -338,3 +338,66 @@ async fn set_wise_batches_beside_single_writes_lose_no_like() {
     assert_eq!(rows, 4 * 10 + 4 * 10 * 10);
     assert_eq!(store.post(id).await.unwrap().unwrap().like_count, rows);
 }
+
+/// A replay's content batch (mirrored, counts deferred) runs its statements at once, each
+/// in its own transaction: one that fails leaves the others committed. Applied again event
+/// by event, as the runner does after a failed batch, the model still ends as one at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_batch_that_fails_halfway_is_completed_by_its_writes_applied_alone() {
+    let db = TestDb::new().await;
+    let writes: Vec<ContentWrite> = log(&db.pool)
+        .await
+        .iter()
+        .filter_map(ContentWrite::of)
+        .collect();
+    copy_empty(&db.pool, "read_model", "one_by_one", PgContent::TABLES).await;
+    let one_by_one = PgContent::new(db.pool.clone(), "one_by_one").unwrap();
+    for write in &writes {
+        write.apply_to(&one_by_one).await.unwrap();
+    }
+    copy_empty(&db.pool, "read_model", "replayed", PgContent::TABLES).await;
+    let replayed = PgContent::new(db.pool.clone(), "replayed")
+        .unwrap()
+        .mirrored()
+        .deferring_counts();
+    let batches: Vec<&[ContentWrite]> = writes.chunks(writes.len() / 4).collect();
+    replayed.write_all(batches[0]).await.unwrap();
+    replayed.write_all(batches[1]).await.unwrap();
+
+    // A like of the third batch is stored behind the mirror's back: the batch's likes
+    // statement fails; its posts and comments are stored all the same.
+    let (post, user) = batches[2]
+        .iter()
+        .find_map(|w| match w {
+            ContentWrite::SetLike {
+                post,
+                user,
+                liked: true,
+            } => Some((*post, *user)),
+            _ => None,
+        })
+        .unwrap();
+    sqlx::query("INSERT INTO replayed.likes (post_id, user_id) VALUES ($1, $2)")
+        .bind(post)
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stored =
+        "SELECT (SELECT count(*) FROM replayed.posts) + (SELECT count(*) FROM replayed.comments)";
+    let before = count(&db.pool, stored).await;
+    replayed.write_all(batches[2]).await.unwrap_err();
+    assert!(
+        count(&db.pool, stored).await > before,
+        "the other statements of the failed batch committed"
+    );
+
+    for write in batches[2] {
+        write.apply_to(&replayed).await.unwrap();
+    }
+    for batch in &batches[3..] {
+        replayed.write_all(batch).await.unwrap();
+    }
+    replayed.settle_counts().await.unwrap();
+    assert_same(&db.pool, PgContent::TABLES, "one_by_one", "replayed").await;
+}

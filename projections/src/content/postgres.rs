@@ -461,7 +461,8 @@ impl PgContent {
     /// two deadlock and one of them is retried. A [`PgContent::mirrored`] store takes the
     /// posts' counts and the likes from its mirror instead, unlocked: it is their one writer.
     /// While counts are deferred ([`PgContent::deferring_counts`]), it updates only the
-    /// posts it tombstones.
+    /// posts it tombstones; mirrored and deferred (a replay), its statements run at once,
+    /// each in its own transaction.
     async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
         let s = &self.schema;
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
@@ -644,30 +645,6 @@ impl PgContent {
                 _ => {}
             }
         }
-        if !gone.is_empty() {
-            sqlx::query(&format!("DELETE FROM {s}.profiles WHERE user_id = ANY($1)"))
-                .bind(&gone)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !put.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {s}.profiles (user_id, username, display_name, registered_at) \
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
-                 ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username, \
-                    display_name = EXCLUDED.display_name, registered_at = EXCLUDED.registered_at"
-            ))
-            .bind(put.iter().map(|p| p.user_id).collect::<Vec<_>>())
-            .bind(put.iter().map(|p| p.username.clone()).collect::<Vec<_>>())
-            .bind(
-                put.iter()
-                    .map(|p| p.display_name.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(put.iter().map(|p| p.registered_at).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
         let mut inserted = Vec::new();
         let mut updated = Vec::new();
         let deferred = self.deferred.pending();
@@ -680,78 +657,162 @@ impl PgContent {
                 _ => {}
             }
         }
-        if !inserted.is_empty() {
-            let mut bodies = Vec::with_capacity(inserted.len());
-            for (doc, _) in &inserted {
-                bodies.push(serde_json::to_string(&PostBody::of(doc))?);
-            }
-            sqlx::query(&format!(
+        let mut post_bodies = Vec::with_capacity(inserted.len());
+        for (doc, _) in &inserted {
+            post_bodies.push(serde_json::to_string(&PostBody::of(doc))?);
+        }
+        let mut comment_bodies = Vec::with_capacity(new_comments.len());
+        for c in &new_comments {
+            comment_bodies.push(serde_json::to_string(&CommentBody::of(c))?);
+        }
+        let (liked, unliked) = changed_pairs(likes);
+
+        let sql = [
+            format!("DELETE FROM {s}.profiles WHERE user_id = ANY($1)"),
+            format!(
+                "INSERT INTO {s}.profiles (user_id, username, display_name, registered_at) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+                 ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username, \
+                    display_name = EXCLUDED.display_name, registered_at = EXCLUDED.registered_at"
+            ),
+            format!(
                 "INSERT INTO {s}.posts (post_id, author_id, position, doc, like_count, comment_count, deleted) \
                  SELECT p, a, n, d::jsonb, l, c, x \
                    FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bool[]) \
                      AS u(p, a, n, d, l, c, x)"
-            ))
-            .bind(inserted.iter().map(|(d, _)| d.post_id).collect::<Vec<_>>())
-            .bind(inserted.iter().map(|(d, _)| d.author_id).collect::<Vec<_>>())
-            .bind(inserted.iter().map(|(d, _)| d.position).collect::<Vec<_>>())
-            .bind(bodies)
-            .bind(inserted.iter().map(|(_, s)| s.like_count).collect::<Vec<_>>())
-            .bind(inserted.iter().map(|(_, s)| s.comment_count).collect::<Vec<_>>())
-            .bind(inserted.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !updated.is_empty() {
-            sqlx::query(&format!(
+            ),
+            format!(
                 "UPDATE {s}.posts p SET deleted = u.x, like_count = u.l, comment_count = u.c \
                    FROM unnest($1::uuid[], $2::bool[], $3::bigint[], $4::bigint[]) AS u(p, x, l, c) \
                   WHERE p.post_id = u.p"
-            ))
-            .bind(updated.iter().map(|(p, _)| *p).collect::<Vec<_>>())
-            .bind(updated.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
-            .bind(updated.iter().map(|(_, s)| s.like_count).collect::<Vec<_>>())
-            .bind(updated.iter().map(|(_, s)| s.comment_count).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !new_comments.is_empty() {
-            let mut bodies = Vec::with_capacity(new_comments.len());
-            for c in &new_comments {
-                bodies.push(serde_json::to_string(&CommentBody::of(c))?);
-            }
-            sqlx::query(&format!(
+            ),
+            format!(
                 "INSERT INTO {s}.comments (comment_id, post_id, position, doc) \
                  SELECT i, p, n, d::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[]) \
                      AS u(i, p, n, d)"
-            ))
-            .bind(new_comments.iter().map(|c| c.comment_id).collect::<Vec<_>>())
-            .bind(new_comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
-            .bind(new_comments.iter().map(|c| c.position).collect::<Vec<_>>())
-            .bind(bodies)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let (liked, unliked) = changed_pairs(likes);
-        if !liked.0.is_empty() {
-            sqlx::query(&format!(
+            ),
+            format!(
                 "INSERT INTO {s}.likes (post_id, user_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])"
-            ))
-            .bind(&liked.0)
-            .bind(&liked.1)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !unliked.0.is_empty() {
-            sqlx::query(&format!(
+            ),
+            format!(
                 "DELETE FROM {s}.likes l USING unnest($1::uuid[], $2::uuid[]) AS u(p, n) \
                   WHERE l.post_id = u.p AND l.user_id = u.n"
-            ))
-            .bind(&unliked.0)
-            .bind(&unliked.1)
-            .execute(&mut *tx)
-            .await?;
+            ),
+        ];
+        let [delete_profiles, put_profiles, insert_posts, update_posts, insert_comments, insert_likes, delete_likes] =
+            &sql;
+        let mut statements = Vec::new();
+        if !gone.is_empty() {
+            statements.push(sqlx::query(delete_profiles).bind(gone));
         }
-        tx.commit().await?;
+        if !put.is_empty() {
+            statements.push(
+                sqlx::query(put_profiles)
+                    .bind(put.iter().map(|p| p.user_id).collect::<Vec<_>>())
+                    .bind(put.iter().map(|p| p.username.clone()).collect::<Vec<_>>())
+                    .bind(
+                        put.iter()
+                            .map(|p| p.display_name.clone())
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(put.iter().map(|p| p.registered_at).collect::<Vec<_>>()),
+            );
+        }
+        if !inserted.is_empty() {
+            statements.push(
+                sqlx::query(insert_posts)
+                    .bind(inserted.iter().map(|(d, _)| d.post_id).collect::<Vec<_>>())
+                    .bind(
+                        inserted
+                            .iter()
+                            .map(|(d, _)| d.author_id)
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(inserted.iter().map(|(d, _)| d.position).collect::<Vec<_>>())
+                    .bind(post_bodies)
+                    .bind(
+                        inserted
+                            .iter()
+                            .map(|(_, s)| s.like_count)
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(
+                        inserted
+                            .iter()
+                            .map(|(_, s)| s.comment_count)
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(inserted.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>()),
+            );
+        }
+        if !updated.is_empty() {
+            statements.push(
+                sqlx::query(update_posts)
+                    .bind(updated.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+                    .bind(updated.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
+                    .bind(
+                        updated
+                            .iter()
+                            .map(|(_, s)| s.like_count)
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(
+                        updated
+                            .iter()
+                            .map(|(_, s)| s.comment_count)
+                            .collect::<Vec<_>>(),
+                    ),
+            );
+        }
+        if !new_comments.is_empty() {
+            statements.push(
+                sqlx::query(insert_comments)
+                    .bind(
+                        new_comments
+                            .iter()
+                            .map(|c| c.comment_id)
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(new_comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
+                    .bind(new_comments.iter().map(|c| c.position).collect::<Vec<_>>())
+                    .bind(comment_bodies),
+            );
+        }
+        if !liked.0.is_empty() {
+            statements.push(
+                sqlx::query(insert_likes)
+                    .bind(liked.0.clone())
+                    .bind(liked.1.clone()),
+            );
+        }
+        if !unliked.0.is_empty() {
+            statements.push(
+                sqlx::query(delete_likes)
+                    .bind(unliked.0.clone())
+                    .bind(unliked.1.clone()),
+            );
+        }
+        if mirror.is_some() && deferred {
+            // A replay's batch: no statement reads what another writes (the mirror holds
+            // the state), so they run at once, each on its own connection, once the reads
+            // are done. Not atomic: a crash or failure between them leaves part of the
+            // batch, which the batch applied again (resumed, or event by event) completes,
+            // every write being idempotent; the counts, which a half-applied batch could
+            // not be trusted to get right, are deferred to the settlement.
+            tx.commit().await?;
+            // All of them to the end, none dropped in flight; then the first failure.
+            let done =
+                futures::future::join_all(statements.into_iter().map(|q| q.execute(&self.pool)))
+                    .await;
+            for result in done {
+                result?;
+            }
+        } else {
+            for statement in statements {
+                statement.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
         if let Some(mut kept) = mirror.take() {
             for (post_id, state) in &posts {
                 let counts = (state.deleted, state.like_count, state.comment_count);
