@@ -745,25 +745,24 @@ impl PgContent {
                     .bind(inserted.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>()),
             );
         }
-        if !updated.is_empty() {
-            statements.push(
-                sqlx::query(update_posts)
-                    .bind(updated.iter().map(|(p, _)| *p).collect::<Vec<_>>())
-                    .bind(updated.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
-                    .bind(
-                        updated
-                            .iter()
-                            .map(|(_, s)| s.like_count)
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(
-                        updated
-                            .iter()
-                            .map(|(_, s)| s.comment_count)
-                            .collect::<Vec<_>>(),
-                    ),
-            );
-        }
+        // Last (see below).
+        let tombstones = (!updated.is_empty()).then(|| {
+            sqlx::query(update_posts)
+                .bind(updated.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+                .bind(updated.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
+                .bind(
+                    updated
+                        .iter()
+                        .map(|(_, s)| s.like_count)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    updated
+                        .iter()
+                        .map(|(_, s)| s.comment_count)
+                        .collect::<Vec<_>>(),
+                )
+        });
         if !new_comments.is_empty() {
             statements.push(
                 sqlx::query(insert_comments)
@@ -798,7 +797,9 @@ impl PgContent {
             // are done. Not atomic: a crash or failure between them leaves part of the
             // batch, which the batch applied again (resumed, or event by event) completes,
             // every write being idempotent; the counts, which a half-applied batch could
-            // not be trusted to get right, are deferred to the settlement.
+            // not be trusted to get right, are deferred to the settlement. The tombstones
+            // go last, once the rest is stored: applied again, a like or comment the batch
+            // made before a post's deletion must still find the post live.
             tx.commit().await?;
             // All of them to the end, none dropped in flight; then the first failure.
             let done =
@@ -807,8 +808,11 @@ impl PgContent {
             for result in done {
                 result?;
             }
+            if let Some(tombstones) = tombstones {
+                tombstones.execute(&self.pool).await?;
+            }
         } else {
-            for statement in statements {
+            for statement in statements.into_iter().chain(tombstones) {
                 statement.execute(&mut *tx).await?;
             }
             tx.commit().await?;
