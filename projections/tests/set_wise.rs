@@ -9,6 +9,7 @@
 
 use event_schemas::EventEnvelope;
 use projections::content::postgres::PgContent;
+use projections::content::Change;
 use projections::timeline::postgres::PgTimelines;
 use projections::timeline::TimelineWrite;
 use projections::{ContentStore, ContentWrite, TimelineSettings, TimelineStore};
@@ -202,21 +203,33 @@ fn edge_cases(writes: &[ContentWrite]) -> Vec<ContentWrite> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
-    let db = TestDb::new().await;
-    let mut writes: Vec<ContentWrite> = log(&db.pool)
+/// The content writes of the social log.
+async fn content_log(pool: &PgPool) -> Vec<ContentWrite> {
+    log(pool)
         .await
         .iter()
         .filter_map(ContentWrite::of)
-        .collect();
-    writes.extend(edge_cases(&writes));
-    copy_empty(&db.pool, "read_model", "one_by_one", PgContent::TABLES).await;
-    let one_by_one = PgContent::new(db.pool.clone(), "one_by_one").unwrap();
+        .collect()
+}
+
+/// `writes` applied one at a time into fresh tables in schema `one_by_one`; what each
+/// returned.
+async fn one_at_a_time(pool: &PgPool, writes: &[ContentWrite]) -> Vec<Option<Change>> {
+    copy_empty(pool, "read_model", "one_by_one", PgContent::TABLES).await;
+    let one_by_one = PgContent::new(pool.clone(), "one_by_one").unwrap();
     let mut changes = Vec::new();
-    for write in &writes {
+    for write in writes {
         changes.push(write.apply_to(&one_by_one).await.unwrap());
     }
+    changes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
+    let db = TestDb::new().await;
+    let mut writes = content_log(&db.pool).await;
+    writes.extend(edge_cases(&writes));
+    let changes = one_at_a_time(&db.pool, &writes).await;
     for kind in [
         |w: &ContentWrite| matches!(w, ContentWrite::SetLike { liked: false, .. }),
         |w: &ContentWrite| matches!(w, ContentWrite::DeletePost(_)),
@@ -347,11 +360,7 @@ async fn set_wise_batches_beside_single_writes_lose_no_like() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_batch_that_fails_halfway_is_completed_by_its_writes_applied_alone() {
     let db = TestDb::new().await;
-    let mut writes: Vec<ContentWrite> = log(&db.pool)
-        .await
-        .iter()
-        .filter_map(ContentWrite::of)
-        .collect();
+    let mut writes = content_log(&db.pool).await;
     let quarter = writes.len() / 4;
     // A like of the third batch, stored behind the mirror's back below: the batch's likes
     // statement fails; its posts and comments are stored all the same.
@@ -378,11 +387,7 @@ async fn a_replay_batch_that_fails_halfway_is_completed_by_its_writes_applied_al
     let ends = [0, quarter, 2 * quarter, 3 * quarter + 2, writes.len()];
     let batches: Vec<&[ContentWrite]> = ends.windows(2).map(|w| &writes[w[0]..w[1]]).collect();
 
-    copy_empty(&db.pool, "read_model", "one_by_one", PgContent::TABLES).await;
-    let one_by_one = PgContent::new(db.pool.clone(), "one_by_one").unwrap();
-    for write in &writes {
-        write.apply_to(&one_by_one).await.unwrap();
-    }
+    one_at_a_time(&db.pool, &writes).await;
     copy_empty(&db.pool, "read_model", "replayed", PgContent::TABLES).await;
     let replayed = PgContent::new(db.pool.clone(), "replayed")
         .unwrap()
