@@ -410,6 +410,11 @@ impl ContentStore for PgContent {
     }
 }
 
+/// One field of `rows`, as an array to bind.
+fn column<T, U>(rows: &[T], field: impl Fn(&T) -> U) -> Vec<U> {
+    rows.iter().map(field).collect()
+}
+
 /// The first row of "changed, count" queries: (true, new) when the write happened, else
 /// (false, current); no row for an unknown post.
 fn change(row: Option<(bool, i64)>) -> Change {
@@ -708,72 +713,30 @@ impl PgContent {
         if !put.is_empty() {
             statements.push(
                 sqlx::query(put_profiles)
-                    .bind(put.iter().map(|p| p.user_id).collect::<Vec<_>>())
-                    .bind(put.iter().map(|p| p.username.clone()).collect::<Vec<_>>())
-                    .bind(
-                        put.iter()
-                            .map(|p| p.display_name.clone())
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(put.iter().map(|p| p.registered_at).collect::<Vec<_>>()),
+                    .bind(column(&put, |p| p.user_id))
+                    .bind(column(&put, |p| p.username.clone()))
+                    .bind(column(&put, |p| p.display_name.clone()))
+                    .bind(column(&put, |p| p.registered_at)),
             );
         }
         if !inserted.is_empty() {
             statements.push(
                 sqlx::query(insert_posts)
-                    .bind(inserted.iter().map(|(d, _)| d.post_id).collect::<Vec<_>>())
-                    .bind(
-                        inserted
-                            .iter()
-                            .map(|(d, _)| d.author_id)
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(inserted.iter().map(|(d, _)| d.position).collect::<Vec<_>>())
+                    .bind(column(&inserted, |(d, _)| d.post_id))
+                    .bind(column(&inserted, |(d, _)| d.author_id))
+                    .bind(column(&inserted, |(d, _)| d.position))
                     .bind(post_bodies)
-                    .bind(
-                        inserted
-                            .iter()
-                            .map(|(_, s)| s.like_count)
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(
-                        inserted
-                            .iter()
-                            .map(|(_, s)| s.comment_count)
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(inserted.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>()),
+                    .bind(column(&inserted, |(_, s)| s.like_count))
+                    .bind(column(&inserted, |(_, s)| s.comment_count))
+                    .bind(column(&inserted, |(_, s)| s.deleted)),
             );
         }
-        // Last (see below).
-        let tombstones = (!updated.is_empty()).then(|| {
-            sqlx::query(update_posts)
-                .bind(updated.iter().map(|(p, _)| *p).collect::<Vec<_>>())
-                .bind(updated.iter().map(|(_, s)| s.deleted).collect::<Vec<_>>())
-                .bind(
-                    updated
-                        .iter()
-                        .map(|(_, s)| s.like_count)
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    updated
-                        .iter()
-                        .map(|(_, s)| s.comment_count)
-                        .collect::<Vec<_>>(),
-                )
-        });
         if !new_comments.is_empty() {
             statements.push(
                 sqlx::query(insert_comments)
-                    .bind(
-                        new_comments
-                            .iter()
-                            .map(|c| c.comment_id)
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(new_comments.iter().map(|c| c.post_id).collect::<Vec<_>>())
-                    .bind(new_comments.iter().map(|c| c.position).collect::<Vec<_>>())
+                    .bind(column(&new_comments, |c| c.comment_id))
+                    .bind(column(&new_comments, |c| c.post_id))
+                    .bind(column(&new_comments, |c| c.position))
                     .bind(comment_bodies),
             );
         }
@@ -791,6 +754,14 @@ impl PgContent {
                     .bind(unliked.1.clone()),
             );
         }
+        // The stored posts' updates (in a replay, only tombstones) go last (see below).
+        let post_updates = (!updated.is_empty()).then(|| {
+            sqlx::query(update_posts)
+                .bind(column(&updated, |(p, _)| *p))
+                .bind(column(&updated, |(_, s)| s.deleted))
+                .bind(column(&updated, |(_, s)| s.like_count))
+                .bind(column(&updated, |(_, s)| s.comment_count))
+        });
         if mirror.is_some() && deferred {
             // A replay's batch: no statement reads what another writes (the mirror holds
             // the state), so they run at once, each on its own connection, once the reads
@@ -808,11 +779,11 @@ impl PgContent {
             for result in done {
                 result?;
             }
-            if let Some(tombstones) = tombstones {
-                tombstones.execute(&self.pool).await?;
+            if let Some(post_updates) = post_updates {
+                post_updates.execute(&self.pool).await?;
             }
         } else {
-            for statement in statements.into_iter().chain(tombstones) {
+            for statement in statements.into_iter().chain(post_updates) {
                 statement.execute(&mut *tx).await?;
             }
             tx.commit().await?;
