@@ -285,9 +285,15 @@ struct ReplayArgs {
     /// scratch): the spread between runs without generating the log again.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Keeps the benchmark database (and its log) at the end, and replays the log a run
+    /// with the same --events kept instead of appending it again: for comparing two
+    /// builds on one log. Drop it with `dropdb hybridlive_bench_replay`.
+    #[arg(long)]
+    keep_log: bool,
     #[command(flatten)]
     server: ServerArgs,
-    /// The benchmark database, dropped and created anew, and dropped at the end.
+    /// The benchmark database, dropped and created anew, and dropped at the end (unless
+    /// --keep-log).
     #[arg(long, default_value = "hybridlive_bench_replay")]
     database_name: String,
 }
@@ -795,19 +801,35 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
     if args.events == 0 || args.batch_size == 0 {
         bail!("--events and --batch-size must be at least 1");
     }
+    let kept = if args.keep_log {
+        BenchDatabase::existing(&args.server.database_url, &args.database_name).await?
+    } else {
+        None
+    };
+    let (db, log_kept) = match kept {
+        Some(db) if rebuild::kept_log(&db, rebuild::users(args.events)).await => (db, true),
+        _ => (
+            BenchDatabase::create(&args.server.database_url, &args.database_name).await?,
+            false,
+        ),
+    };
     let load = rebuild::ReplayLoad {
         events: args.events,
         batch_size: args.batch_size,
         baseline: args.baseline,
         repeat: args.repeat,
+        log_kept,
     };
-    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
     let server = db.facts().await?;
     let measured = rebuild::run(&db, &load).await;
-    let dropped = db.drop_database().await;
+    let dropped = if args.keep_log {
+        Ok(())
+    } else {
+        db.drop_database().await
+    };
     let result = measured?;
     println!(
-        "`cargo run --release -p bench -- replay --events {} --batch-size {}{}{}`\n",
+        "`cargo run --release -p bench -- replay --events {} --batch-size {}{}{}{}`\n",
         args.events,
         args.batch_size,
         if args.baseline { " --baseline" } else { "" },
@@ -815,14 +837,18 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
             format!(" --repeat {}", args.repeat)
         } else {
             String::new()
-        }
+        },
+        if args.keep_log { " --keep-log" } else { "" },
     );
+    let appended = match result.generated_in {
+        Some(took) => format!("appended in {:.1} s", took.as_secs_f64()),
+        None => "kept from an earlier run (--keep-log)".to_owned(),
+    };
     println!(
         "PostgreSQL {} (the replay's connections: synchronous_commit=off, enable_seqscan=off). A log of {} events \
-         appended in {:.1} s.\n",
+         {appended}.\n",
         server.server_version,
         result.events,
-        result.generated_in.as_secs_f64()
     );
     println!("| phase | events | time | events/s | rows written |\n|---|---|---|---|---|");
     for model in &result.models {

@@ -20,6 +20,25 @@ pub struct ReplayLoad {
     pub baseline: bool,
     /// Set-wise replays of each model, one after another on the same log.
     pub repeat: u32,
+    /// The log is already in the database ([`kept_log`]): not appended again.
+    pub log_kept: bool,
+}
+
+/// Users of the synthetic log of about `events` events (about 42 events a user).
+pub fn users(events: usize) -> usize {
+    (events / 42).max(2)
+}
+
+/// Whether `db` holds the whole log of `users` users, appended by a run that kept it.
+pub async fn kept_log(db: &BenchDatabase, users: usize) -> bool {
+    let Ok(pool) = db.pool(1, None).await else {
+        return false;
+    };
+    let kept: Result<i64, _> = sqlx::query_scalar("SELECT users FROM bench_replay_log")
+        .fetch_one(&pool)
+        .await;
+    pool.close().await;
+    kept.is_ok_and(|kept| usize::try_from(kept) == Ok(users))
 }
 
 #[derive(Debug)]
@@ -35,7 +54,8 @@ pub struct ModelResult {
 #[derive(Debug)]
 pub struct ReplayResult {
     pub events: usize,
-    pub generated_in: Duration,
+    /// How long appending the log took; `None` when it was kept from an earlier run.
+    pub generated_in: Option<Duration>,
     pub models: Vec<ModelResult>,
     pub export: (u64, u64, Duration),
 }
@@ -46,16 +66,32 @@ pub async fn run(db: &BenchDatabase, load: &ReplayLoad) -> anyhow::Result<Replay
         .connect_with(replay::pool_options(db.connect_options()))
         .await
         .context("connecting to the benchmark database")?;
-    // About 42 events per user with the default mix.
-    let log = SocialLog::new((load.events / 42).max(2));
-    eprintln!("Appending about {} events (untimed)…", log.events());
-    let started = Instant::now();
-    let events = log.append(&pool).await.context("appending the log")?;
-    let generated_in = started.elapsed();
-    eprintln!(
-        "Appended {events} events in {:.1} s.",
-        generated_in.as_secs_f64()
-    );
+    let log = SocialLog::new(users(load.events));
+    let (events, generated_in) = if load.log_kept {
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        eprintln!("Replaying the kept log of {events} events.");
+        (usize::try_from(events)?, None)
+    } else {
+        eprintln!("Appending about {} events (untimed)…", log.events());
+        let started = Instant::now();
+        let events = log.append(&pool).await.context("appending the log")?;
+        let generated_in = started.elapsed();
+        eprintln!(
+            "Appended {events} events in {:.1} s.",
+            generated_in.as_secs_f64()
+        );
+        // Written once the whole log is: a run interrupted before is not mistaken for one.
+        sqlx::raw_sql("CREATE TABLE bench_replay_log (users bigint NOT NULL)")
+            .execute(&pool)
+            .await?;
+        sqlx::query("INSERT INTO bench_replay_log (users) VALUES ($1)")
+            .bind(i64::try_from(users(load.events))?)
+            .execute(&pool)
+            .await?;
+        (events, Some(generated_in))
+    };
     db.settle().await?;
 
     let mut models = Vec::new();

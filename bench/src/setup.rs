@@ -115,6 +115,32 @@ impl BenchDatabase {
         Ok(database)
     }
 
+    /// `name` on the server of `url` as it is, when it exists (a database a run kept).
+    ///
+    /// # Errors
+    /// If the server cannot be asked.
+    pub async fn existing(url: &str, name: &str) -> anyhow::Result<Option<Self>> {
+        let server = PgConnectOptions::from_str(url).context("parsing --database-url")?;
+        let mut admin = PgConnection::connect_with(&server)
+            .await
+            .context("connecting to the PostgreSQL server")?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&mut admin)
+                .await
+                .context("looking for the benchmark database")?;
+        admin
+            .close()
+            .await
+            .context("closing the admin connection")?;
+        Ok(exists.then(|| Self {
+            options: server.clone().database(name),
+            server,
+            name: name.to_owned(),
+        }))
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
