@@ -11,7 +11,7 @@ use event_schemas::EventEnvelope;
 use projections::content::postgres::PgContent;
 use projections::content::Change;
 use projections::timeline::postgres::PgTimelines;
-use projections::timeline::TimelineWrite;
+use projections::timeline::{TimelineEntry, TimelineWrite};
 use projections::{ContentStore, ContentWrite, TimelineSettings, TimelineStore};
 use sqlx::PgPool;
 use testkit::social::SocialLog;
@@ -419,4 +419,147 @@ async fn a_replay_batch_that_fails_halfway_is_completed_by_its_writes_applied_al
     }
     replayed.settle_counts().await.unwrap();
     assert_same(&db.pool, PgContent::TABLES, "one_by_one", "replayed").await;
+}
+
+/// Where a replay's timeline batch fails, in [`a_replay_timeline_batch_that_fails_is_completed_by_its_writes_applied_alone`].
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Its follows statement, before any commit.
+    FollowsStatement,
+    /// The commit of its follows, after the timelines' commit.
+    FollowsCommit,
+    /// The commits of its timeline rows, after its lengths' and before the others': the
+    /// lengths then count rows that are not stored, until recounted.
+    RowsCommit,
+}
+
+/// A replay's timeline batch (mirrored) runs its statements at once, each in its own
+/// transaction, and commits the timeline rows' and lengths' first. Wherever it fails, what it leaves stored
+/// is completed by its writes applied again one at a time, as the runner does after a
+/// failed batch: the failing batch publishes a post and then makes a follow of its author,
+/// which, stored before the post's fan-out is, would send the post to that follower too.
+/// The cap and the fan-out limit are out of reach here: a batch that both delivers a row and
+/// trims it delivers it again when applied a second time, as after a crash between a batch's
+/// commit and its checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_timeline_batch_that_fails_is_completed_by_its_writes_applied_alone() {
+    let settings = TimelineSettings {
+        cap: 100_000,
+        fanout_max_followers: 100_000,
+    };
+    let db = TestDb::new().await;
+    let writes: Vec<TimelineWrite> = log(&db.pool)
+        .await
+        .iter()
+        .filter_map(TimelineWrite::of)
+        .collect();
+    // A post (at `p`), then a new follow of its author (at `f`).
+    let (p, f) = writes
+        .iter()
+        .enumerate()
+        .find_map(|(f, write)| {
+            let TimelineWrite::Follow { follower, followee } = *write else {
+                return None;
+            };
+            let earlier = &writes[..f];
+            let new = !earlier.iter().any(|w| {
+                matches!(*w, TimelineWrite::Follow { follower: a, followee: b }
+                    | TimelineWrite::Unfollow { follower: a, followee: b }
+                    if (a, b) == (follower, followee))
+            });
+            // Of a post never removed: its fan-out stays.
+            let kept = |entry: &TimelineEntry| {
+                !writes.iter().any(|w| {
+                    matches!(w, TimelineWrite::Remove { post_id, .. } if *post_id == entry.post_id)
+                })
+            };
+            let post = earlier.iter().rposition(|w| {
+                matches!(w, TimelineWrite::Publish(entry) if entry.author_id == followee && kept(entry))
+            });
+            post.filter(|_| new).map(|p| (p, f))
+        })
+        .expect("the log has a follow of an author after one of their posts");
+    let batches = [&writes[..p], &writes[p..=f], &writes[f + 1..]];
+    let (TimelineWrite::Publish(post), TimelineWrite::Follow { follower, followee }) =
+        (&writes[p], &writes[f])
+    else {
+        unreachable!()
+    };
+
+    copy_empty(&db.pool, "read_model", "one_by_one", PgTimelines::TABLES).await;
+    let one_by_one = PgTimelines::new(db.pool.clone(), "one_by_one").unwrap();
+    for write in &writes {
+        write.apply_to(&one_by_one, settings).await.unwrap();
+    }
+
+    // `restarted`: applied again by the store a resumed replay makes, as after a crash.
+    for (fault, restarted) in [
+        (Fault::FollowsStatement, false),
+        (Fault::FollowsCommit, false),
+        (Fault::RowsCommit, false),
+        (Fault::RowsCommit, true),
+    ] {
+        let schema = format!("{fault:?}_{restarted}").to_lowercase();
+        copy_empty(&db.pool, "read_model", &schema, PgTimelines::TABLES).await;
+        let replayed = PgTimelines::new(db.pool.clone(), &schema)
+            .unwrap()
+            .mirrored();
+        replayed.write_all(batches[0], settings).await.unwrap();
+
+        let (table, when) = match fault {
+            Fault::FollowsStatement => ("follows", "NOT DEFERRABLE"),
+            Fault::FollowsCommit => ("follows", "DEFERRABLE INITIALLY DEFERRED"),
+            Fault::RowsCommit => ("timelines", "DEFERRABLE INITIALLY DEFERRED"),
+        };
+        for sql in [
+            format!(
+                "CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+            ),
+            format!(
+                "CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON {schema}.{table} {when} \
+                 FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
+            ),
+        ] {
+            sqlx::query(&sql).execute(&db.pool).await.unwrap();
+        }
+        let rows = format!(
+            "SELECT count(*) FROM {schema}.timelines WHERE post_id = '{}'",
+            post.post_id
+        );
+        let follow = format!(
+            "SELECT count(*) FROM {schema}.follows \
+              WHERE follower_id = '{follower}' AND followee_id = '{followee}'"
+        );
+        let error = replayed.write_all(batches[1], settings).await.unwrap_err();
+        assert!(error.to_string().contains("refused"), "{fault:?}: {error}");
+        let fanned_out = count(&db.pool, &rows).await > 0;
+        assert_eq!(
+            fanned_out,
+            matches!(fault, Fault::FollowsCommit),
+            "{fault:?}: whether the post's timeline rows committed"
+        );
+        assert_eq!(
+            count(&db.pool, &follow).await,
+            0,
+            "{fault:?}: the follow did not"
+        );
+        sqlx::query(&format!("DROP TRIGGER refuse ON {schema}.{table}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+
+        let replayed = if restarted {
+            PgTimelines::new(db.pool.clone(), &schema)
+                .unwrap()
+                .resumed()
+        } else {
+            replayed
+        };
+        for write in batches[1] {
+            write.apply_to(&replayed, settings).await.unwrap();
+        }
+        replayed.write_all(batches[2], settings).await.unwrap();
+        assert_same(&db.pool, PgTimelines::TABLES, "one_by_one", &schema).await;
+    }
 }

@@ -90,7 +90,9 @@ impl Model {
     /// updates, no caches, no saga. `fresh`: the tables are empty and this projection alone
     /// writes them (a replay that did not resume), so the store may keep in memory what it
     /// wrote instead of loading it back ([`PgContent::mirrored`], [`PgTimelines::mirrored`]).
-    /// Content leaves its posts' counts to [`ModelProjection::settle`]
+    /// Resumed, timelines recount their lengths first ([`PgTimelines::resumed`]): a killed
+    /// run may have stored part of a batch. Content leaves its posts' counts to
+    /// [`ModelProjection::settle`]
     /// ([`PgContent::deferring_counts`]): nobody reads the tables before then.
     ///
     /// # Errors
@@ -106,7 +108,11 @@ impl Model {
             TimelineProjection::NAME => {
                 let store = PgTimelines::new(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?;
-                let store = if fresh { store.mirrored() } else { store };
+                let store = if fresh {
+                    store.mirrored()
+                } else {
+                    store.resumed()
+                };
                 ModelProjection::Timeline(TimelineProjection::new(Arc::new(store), timeline))
             }
             ContentProjection::NAME => {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite};
 use crate::error::{ReadModelError, ReadResult};
-use crate::mirror::MirrorSlot;
+use crate::mirror::{Deferral, MirrorSlot};
 
 /// Timelines in the tables of one schema (`read_model` by default; replay builds others).
 #[derive(Debug, Clone)]
@@ -18,6 +18,9 @@ pub struct PgTimelines {
     /// What the set-wise batches would otherwise load, kept by a replay (see
     /// [`PgTimelines::mirrored`]).
     mirror: MirrorSlot<Mirror>,
+    /// Set while the stored lengths may not count the stored rows (part of a replay's
+    /// batch stored, see [`PgTimelines::resumed`]): recounted before the next write.
+    recount: Deferral,
 }
 
 /// A copy in memory of what the set-wise batches of a store that alone has written its
@@ -80,6 +83,7 @@ impl PgTimelines {
             pool,
             schema: crate::query::LITE_SCHEMA.to_owned(),
             mirror: MirrorSlot::default(),
+            recount: Deferral::default(),
         }
     }
 
@@ -92,6 +96,7 @@ impl PgTimelines {
             pool,
             schema: checked_schema(schema)?,
             mirror: MirrorSlot::default(),
+            recount: Deferral::default(),
         })
     }
 
@@ -104,6 +109,42 @@ impl PgTimelines {
     pub fn mirrored(self) -> Self {
         self.mirror.keep(Mirror::default());
         self
+    }
+
+    /// For tables a mirrored store may have left with part of a batch stored (a replay
+    /// killed mid-batch, now resumed): the lengths are recounted from the rows before the
+    /// first write.
+    #[must_use]
+    pub fn resumed(self) -> Self {
+        self.recount.start();
+        self
+    }
+
+    /// Recounts the lengths from the stored rows when they may be off (see `recount`).
+    async fn trust_lengths(&self) -> ReadResult<()> {
+        if !self.recount.pending() {
+            return Ok(());
+        }
+        let s = &self.schema;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.timeline_lengths (user_id, entries) \
+             SELECT user_id, count(*)::integer FROM {s}.timelines GROUP BY user_id \
+             ON CONFLICT (user_id) DO UPDATE SET entries = EXCLUDED.entries \
+             WHERE {s}.timeline_lengths.entries <> EXCLUDED.entries"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "UPDATE {s}.timeline_lengths l SET entries = 0 WHERE l.entries <> 0 \
+               AND NOT EXISTS (SELECT 1 FROM {s}.timelines t WHERE t.user_id = l.user_id)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.recount.settled();
+        tracing::info!(schema = %s, "Timeline lengths recounted from the stored rows.");
+        Ok(())
     }
 }
 
@@ -181,6 +222,7 @@ impl TimelineStore for PgTimelines {
 
     async fn deliver(&self, users: &[Uuid], entry: TimelineEntry, cap: usize) -> ReadResult<()> {
         self.mirror.forget();
+        self.trust_lengths().await?;
         let s = &self.schema;
         let cap = cap.max(1);
         let mut tx = self.pool.begin().await?;
@@ -252,6 +294,7 @@ impl TimelineStore for PgTimelines {
 
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
         self.mirror.forget();
+        self.trust_lengths().await?;
         let s = &self.schema;
         // The post's timeline rows are found by its position, which its author list gives
         // (by post id alone, as the set-wise batches find it).
@@ -440,7 +483,8 @@ impl PgTimelines {
     /// array-bound statements. The timeline lengths it loads stay locked until it commits,
     /// so a single write beside it (`dlq retry` while the projection runs) waits instead of
     /// being overwritten; a timeline row both insert fails the batch, which the runner then
-    /// applies event by event.
+    /// applies event by event. Mirrored (a replay), its statements run at once, in their
+    /// own transactions, the timelines' committed first (see below).
     #[allow(clippy::too_many_lines)]
     async fn write_set_wise(
         &self,
@@ -448,6 +492,7 @@ impl PgTimelines {
         settings: TimelineSettings,
     ) -> ReadResult<Vec<Vec<Uuid>>> {
         let s = &self.schema;
+        self.trust_lengths().await?;
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
         let mut mirror = self.mirror.take();
         let cap = settings.cap.max(1);
@@ -834,10 +879,7 @@ impl PgTimelines {
                 Arrays::Entries(listed.0, listed.1, listed.2),
             ));
         }
-        let (mut gone, mut added) = (
-            (Vec::new(), Vec::new()),
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        );
+        let (mut gone, mut added) = ((Vec::new(), Vec::new()), Rows::default());
         // In primary-key order: the index takes them page after page.
         let mut keys: Vec<&(Uuid, i64)> = rows.keys().collect();
         keys.sort_unstable();
@@ -849,38 +891,10 @@ impl PgTimelines {
                     gone.1.push(*position);
                 }
                 (false, true) => {
-                    added.0.push(*user);
-                    added.1.push(*position);
-                    added.2.push(row.post_id);
-                    added.3.push(row.author_id);
+                    added.push(*user, *position, row.post_id, row.author_id);
                 }
                 _ => {}
             }
-        }
-        for (sql, arrays) in statements {
-            arrays.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
-        }
-        if !gone.0.is_empty() {
-            sqlx::query(&format!(
-                "DELETE FROM {s}.timelines t USING unnest($1::uuid[], $2::bigint[]) AS u(a, n) \
-                  WHERE t.user_id = u.a AND t.position = u.n"
-            ))
-            .bind(&gone.0)
-            .bind(&gone.1)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !added.0.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[])"
-            ))
-            .bind(&added.0)
-            .bind(&added.1)
-            .bind(&added.2)
-            .bind(&added.3)
-            .execute(&mut *tx)
-            .await?;
         }
         let changed: Vec<(Uuid, i64)> = lengths
             .iter()
@@ -889,7 +903,7 @@ impl PgTimelines {
             .collect();
         // With the mirror: the new lengths inserted, the stored ones updated. Without it:
         // all upserted, as a row may have come since.
-        let (upserted, updated): (Vec<_>, Vec<_>) = if mirror.is_some() {
+        let (inserted, updated): (Vec<_>, Vec<_>) = if mirror.is_some() {
             changed
                 .iter()
                 .copied()
@@ -897,38 +911,22 @@ impl PgTimelines {
         } else {
             (changed.clone(), Vec::new())
         };
-        let lengths_upsert = if mirror.is_some() {
-            ""
-        } else {
-            " ON CONFLICT (user_id) DO UPDATE SET entries = EXCLUDED.entries"
+        let timelines = TimelineChanges {
+            gone,
+            added,
+            inserted,
+            updated,
+            upsert: mirror.is_none(),
         };
-        for (rows, sql) in [
-            (
-                upserted,
-                format!(
-                    "INSERT INTO {s}.timeline_lengths (user_id, entries) \
-                     SELECT u, n::integer FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n)\
-                     {lengths_upsert}"
-                ),
-            ),
-            (
-                updated,
-                format!(
-                    "UPDATE {s}.timeline_lengths l SET entries = x.n::integer \
-                       FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n) WHERE l.user_id = x.u"
-                ),
-            ),
-        ] {
-            if rows.is_empty() {
-                continue;
+        if mirror.is_some() {
+            self.store_at_once(tx, timelines, statements).await?;
+        } else {
+            for (sql, arrays) in statements {
+                arrays.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
             }
-            sqlx::query(&sql)
-                .bind(rows.iter().map(|(u, _)| *u).collect::<Vec<_>>())
-                .bind(rows.iter().map(|(_, n)| *n).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
+            timelines.store(&mut tx, s).await?;
+            tx.commit().await?;
         }
-        tx.commit().await?;
         if let Some(mut kept) = mirror.take() {
             for ((follower, followee), now) in follow_changes {
                 let set = kept.followers.entry(followee).or_default();
@@ -962,11 +960,152 @@ impl PgTimelines {
     }
 }
 
+impl PgTimelines {
+    /// Connections a replay's batch inserts its timeline rows on, at once.
+    const INSERTERS: usize = 2;
+
+    /// Stores a replay's batch (mirrored): no statement reads what another writes (the
+    /// mirror holds the state), so they run at once, each on its own connection and in its
+    /// own transaction — the new timeline rows split by user over [`Self::INSERTERS`]
+    /// connections, the removed rows and the lengths on `tx`, which made the batch's reads.
+    /// A failure before the commits rolls them all back. The timeline rows and lengths
+    /// commit first, then the follows, author lists and merged marks:
+    /// - a failure or crash among the first commits leaves the lengths off from the stored
+    ///   rows; they are recounted before the next write (after a crash, by the resumed
+    ///   replay: [`PgTimelines::resumed`]);
+    /// - the batch applied again then (event by event, or resumed) finds the follower sets
+    ///   of before the batch, so it fans out as the first time, finds the rows stored, and
+    ///   stores the rest. Stored the other way round, the follows would send a post to a
+    ///   follower whose follow came later in the batch, and a removal would not find the
+    ///   rows of a post no longer listed.
+    ///
+    /// As after a crash between a batch's commit and its checkpoint, a row the batch both
+    /// delivered and trimmed is delivered again.
+    async fn store_at_once(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        mut timelines: TimelineChanges,
+        statements: Vec<(String, Arrays)>,
+    ) -> ReadResult<()> {
+        let s = &self.schema;
+        let pool = &self.pool;
+        let own = |(sql, arrays): (String, Arrays)| async move {
+            let mut own = pool.begin().await?;
+            arrays.bind(sqlx::query(&sql)).execute(&mut *own).await?;
+            Ok::<_, sqlx::Error>(own)
+        };
+        let insert = format!(
+            "INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[])"
+        );
+        let rows = std::mem::take(&mut timelines.added);
+        let parts = rows
+            .split(Self::INSERTERS)
+            .map(|part| (insert.clone(), part));
+        let (stored, rows, others) = tokio::join!(
+            timelines.store(&mut tx, s),
+            futures::future::join_all(parts.map(own)),
+            futures::future::join_all(statements.into_iter().map(own)),
+        );
+        stored?;
+        let rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let others = others.into_iter().collect::<Result<Vec<_>, _>>()?;
+        // From the first of these commits to the last, the lengths may not count the rows.
+        self.recount.start();
+        tx.commit().await?;
+        let commits = rows.into_iter().map(sqlx::Transaction::commit);
+        for committed in futures::future::join_all(commits).await {
+            committed?;
+        }
+        self.recount.settled();
+        // All of them to the end, none dropped in flight; then the first failure.
+        let commits = others.into_iter().map(sqlx::Transaction::commit);
+        for committed in futures::future::join_all(commits).await {
+            committed?;
+        }
+        Ok(())
+    }
+}
+
+/// What a set-wise batch changes in `timelines` and `timeline_lengths`. Stored in one
+/// transaction: a batch applied again trusts the lengths to count the stored rows.
+struct TimelineChanges {
+    /// The rows removed (user, position) and added (user, position, post, author).
+    gone: (Vec<Uuid>, Vec<i64>),
+    added: Rows,
+    /// The lengths (user, entries) new and stored before, or all in `inserted` when
+    /// `upsert`: a row may have come since they were read.
+    inserted: Vec<(Uuid, i64)>,
+    updated: Vec<(Uuid, i64)>,
+    upsert: bool,
+}
+
+impl TimelineChanges {
+    async fn store(self, tx: &mut sqlx::PgConnection, s: &str) -> ReadResult<()> {
+        let (gone, added) = (self.gone, self.added);
+        if !gone.0.is_empty() {
+            sqlx::query(&format!(
+                "DELETE FROM {s}.timelines t USING unnest($1::uuid[], $2::bigint[]) AS u(a, n) \
+                  WHERE t.user_id = u.a AND t.position = u.n"
+            ))
+            .bind(&gone.0)
+            .bind(&gone.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !added.users.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[])"
+            ))
+            .bind(&added.users)
+            .bind(&added.positions)
+            .bind(&added.posts)
+            .bind(&added.authors)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let upsert = if self.upsert {
+            " ON CONFLICT (user_id) DO UPDATE SET entries = EXCLUDED.entries"
+        } else {
+            ""
+        };
+        for (rows, sql) in [
+            (
+                self.inserted,
+                format!(
+                    "INSERT INTO {s}.timeline_lengths (user_id, entries) \
+                     SELECT u, n::integer FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n)\
+                     {upsert}"
+                ),
+            ),
+            (
+                self.updated,
+                format!(
+                    "UPDATE {s}.timeline_lengths l SET entries = x.n::integer \
+                       FROM unnest($1::uuid[], $2::bigint[]) AS x(u, n) WHERE l.user_id = x.u"
+                ),
+            ),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            sqlx::query(&sql)
+                .bind(rows.iter().map(|(u, _)| *u).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// The arrays bound to one of the set-wise statements.
 enum Arrays {
     One(Vec<Uuid>),
     Two(Vec<Uuid>, Vec<Uuid>),
     Entries(Vec<Uuid>, Vec<i64>, Vec<Uuid>),
+    Rows(Rows),
 }
 
 impl Arrays {
@@ -978,6 +1117,53 @@ impl Arrays {
             Self::One(a) => query.bind(a),
             Self::Two(a, b) => query.bind(a).bind(b),
             Self::Entries(a, b, c) => query.bind(a).bind(b).bind(c),
+            Self::Rows(rows) => query
+                .bind(rows.users)
+                .bind(rows.positions)
+                .bind(rows.posts)
+                .bind(rows.authors),
         }
+    }
+}
+
+/// Timeline rows, as the columns bound to an insert; in primary-key order.
+#[derive(Debug, Default)]
+struct Rows {
+    users: Vec<Uuid>,
+    positions: Vec<i64>,
+    posts: Vec<Uuid>,
+    authors: Vec<Uuid>,
+}
+
+impl Rows {
+    fn push(&mut self, user: Uuid, position: i64, post: Uuid, author: Uuid) {
+        self.users.push(user);
+        self.positions.push(position);
+        self.posts.push(post);
+        self.authors.push(author);
+    }
+
+    /// In `n` runs of about as many rows (none empty), in order.
+    fn split(self, n: usize) -> impl Iterator<Item = Arrays> {
+        let len = self.users.len();
+        let n = n.clamp(1, len.max(1));
+        let mut rest = self;
+        let mut parts = Vec::new();
+        for k in (1..n).rev() {
+            let at = len * k / n;
+            let tail = Rows {
+                users: rest.users.split_off(at),
+                positions: rest.positions.split_off(at),
+                posts: rest.posts.split_off(at),
+                authors: rest.authors.split_off(at),
+            };
+            parts.push(tail);
+        }
+        parts.push(rest);
+        parts.reverse();
+        parts
+            .into_iter()
+            .filter(|p| !p.users.is_empty())
+            .map(Arrays::Rows)
     }
 }
