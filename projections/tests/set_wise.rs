@@ -58,14 +58,19 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
-    let db = TestDb::new().await;
-    let writes: Vec<TimelineWrite> = log(&db.pool)
+/// The timeline writes of the social log.
+async fn timeline_log(pool: &PgPool) -> Vec<TimelineWrite> {
+    log(pool)
         .await
         .iter()
         .filter_map(TimelineWrite::of)
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
+    let db = TestDb::new().await;
+    let writes = timeline_log(&db.pool).await;
     // The log exercises what the batches must get right.
     assert!(writes
         .iter()
@@ -448,11 +453,7 @@ async fn a_replay_timeline_batch_that_fails_is_completed_by_its_writes_applied_a
         fanout_max_followers: 100_000,
     };
     let db = TestDb::new().await;
-    let writes: Vec<TimelineWrite> = log(&db.pool)
-        .await
-        .iter()
-        .filter_map(TimelineWrite::of)
-        .collect();
+    let writes = timeline_log(&db.pool).await;
     // A post (at `p`), then a new follow of its author (at `f`).
     let (p, f) = writes
         .iter()
