@@ -484,7 +484,7 @@ impl PgTimelines {
     /// so a single write beside it (`dlq retry` while the projection runs) waits instead of
     /// being overwritten; a timeline row both insert fails the batch, which the runner then
     /// applies event by event. Mirrored (a replay), its statements run at once, in their
-    /// own transactions, the timelines' committed first (see below).
+    /// own transactions ([`Self::store_at_once`]).
     #[allow(clippy::too_many_lines)]
     async fn write_set_wise(
         &self,
@@ -994,14 +994,10 @@ impl PgTimelines {
             arrays.bind(sqlx::query(&sql)).execute(&mut *own).await?;
             Ok::<_, sqlx::Error>(own)
         };
-        let insert = format!(
-            "INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
-             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[])"
-        );
-        let rows = std::mem::take(&mut timelines.added);
-        let parts = rows
+        let parts = std::mem::take(&mut timelines.added)
             .split(Self::INSERTERS)
-            .map(|part| (insert.clone(), part));
+            .into_iter()
+            .map(|part| (insert_rows(s), Arrays::Rows(part)));
         let (stored, rows, others) = tokio::join!(
             timelines.store(&mut tx, s),
             futures::future::join_all(parts.map(own)),
@@ -1027,8 +1023,10 @@ impl PgTimelines {
     }
 }
 
-/// What a set-wise batch changes in `timelines` and `timeline_lengths`. Stored in one
-/// transaction: a batch applied again trusts the lengths to count the stored rows.
+/// What a set-wise batch changes in `timelines` and `timeline_lengths`. A batch applied
+/// again trusts the lengths to count the stored rows: stored in one transaction (a replay
+/// inserts the rows on connections of their own and recounts the lengths if they do not
+/// all commit, see [`PgTimelines::store_at_once`]).
 struct TimelineChanges {
     /// The rows removed (user, position) and added (user, position, post, author).
     gone: (Vec<Uuid>, Vec<i64>),
@@ -1054,16 +1052,11 @@ impl TimelineChanges {
             .await?;
         }
         if !added.users.is_empty() {
-            sqlx::query(&format!(
-                "INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[])"
-            ))
-            .bind(&added.users)
-            .bind(&added.positions)
-            .bind(&added.posts)
-            .bind(&added.authors)
-            .execute(&mut *tx)
-            .await?;
+            let sql = insert_rows(s);
+            Arrays::Rows(added)
+                .bind(sqlx::query(&sql))
+                .execute(&mut *tx)
+                .await?;
         }
         let upsert = if self.upsert {
             " ON CONFLICT (user_id) DO UPDATE SET entries = EXCLUDED.entries"
@@ -1143,27 +1136,28 @@ impl Rows {
         self.authors.push(author);
     }
 
-    /// In `n` runs of about as many rows (none empty), in order.
-    fn split(self, n: usize) -> impl Iterator<Item = Arrays> {
-        let len = self.users.len();
-        let n = n.clamp(1, len.max(1));
-        let mut rest = self;
-        let mut parts = Vec::new();
-        for k in (1..n).rev() {
-            let at = len * k / n;
-            let tail = Rows {
-                users: rest.users.split_off(at),
-                positions: rest.positions.split_off(at),
-                posts: rest.posts.split_off(at),
-                authors: rest.authors.split_off(at),
-            };
-            parts.push(tail);
-        }
-        parts.push(rest);
-        parts.reverse();
-        parts
-            .into_iter()
-            .filter(|p| !p.users.is_empty())
-            .map(Arrays::Rows)
+    /// In `n` runs of about as many rows (fewer when there are fewer rows), in order.
+    fn split(&self, n: usize) -> Vec<Rows> {
+        let size = self.users.len().div_ceil(n.max(1)).max(1);
+        self.users
+            .chunks(size)
+            .zip(self.positions.chunks(size))
+            .zip(self.posts.chunks(size))
+            .zip(self.authors.chunks(size))
+            .map(|(((users, positions), posts), authors)| Rows {
+                users: users.to_vec(),
+                positions: positions.to_vec(),
+                posts: posts.to_vec(),
+                authors: authors.to_vec(),
+            })
+            .collect()
     }
+}
+
+/// Inserts [`Rows`] into `{s}.timelines`.
+fn insert_rows(s: &str) -> String {
+    format!(
+        "INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
+         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[])"
+    )
 }
