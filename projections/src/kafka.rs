@@ -132,7 +132,7 @@ impl<P: Projection> Runner<P> {
                     }
                 }
             }
-            let outcomes = self.apply_events(&events, stop).await?;
+            let outcomes = self.apply_events(&events, Vec::new(), stop).await?;
             for (outcome, &index) in outcomes.iter().zip(&of_event) {
                 if let Outcome::DeadLettered(error) = outcome {
                     dlq.send(&batch[index], error).await?;

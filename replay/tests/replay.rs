@@ -364,3 +364,53 @@ async fn a_replay_reads_an_event_whose_transaction_committed_after_a_higher_posi
     .unwrap();
     assert_eq!(profiles, ["fast", "slow"]);
 }
+
+/// An event that does not decode, far past the first batch (so decoded ahead, while the
+/// batch before it is applied), is dead-lettered under the replay's label, alone; the
+/// replay applies every other event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_dead_letters_an_event_that_does_not_decode_and_applies_the_rest() {
+    let db = TestDb::new().await;
+    SocialLog::new(40).append(&db.pool).await.unwrap();
+    let (position, post_id): (i64, uuid::Uuid) = sqlx::query_as(
+        "SELECT global_position, (payload ->> 'post_id')::uuid FROM events \
+          WHERE event_type = 'post.published' ORDER BY global_position DESC OFFSET 2 LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(position > 3 * i64::from(options().batch_size), "{position}");
+    // Edited as a superuser would: the append-only trigger switched off.
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE events DISABLE TRIGGER events_append_only; \
+         UPDATE events SET payload = '{{\"not\": \"a post\"}}' WHERE global_position = {position}; \
+         ALTER TABLE events ENABLE TRIGGER events_append_only;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let summary = replay(&db.pool, Model::named("content").unwrap(), options(), None).await;
+    assert!(!summary.interrupted, "{summary:?}");
+    assert_eq!(summary.dead_lettered, 1, "{summary:?}");
+    let letters = projections::DeadLetters::new(db.pool.clone())
+        .list(Some("replay:content"))
+        .await
+        .unwrap();
+    let positions: Vec<i64> = letters.iter().map(|l| l.global_position).collect();
+    assert_eq!(positions, [position]);
+    let (published, stored, lost): (i64, i64, bool) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events WHERE event_type = 'post.published'), \
+                (SELECT count(*) FROM replay_content.posts), \
+                NOT EXISTS (SELECT 1 FROM replay_content.posts WHERE post_id = $1)",
+    )
+    .bind(post_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        lost,
+        "the post of the event that does not decode is not stored"
+    );
+    assert_eq!(stored, published - 1, "every other post is stored");
+}
