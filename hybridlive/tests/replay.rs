@@ -17,14 +17,46 @@ use tokio_util::sync::CancellationToken;
 const FANOUT_MAX_FOLLOWERS: usize = 8;
 
 fn replay(db: &TestDb) -> tokio::process::Command {
+    replay_of(db, "timeline")
+}
+
+fn replay_of(db: &TestDb, model: &str) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"));
     command
-        .args(["replay", "timeline", "--batch-size", "100"])
+        .args(["replay", model, "--batch-size", "100"])
         .env("DATABASE_URL", &db.url)
         .env("FANOUT_MAX_FOLLOWERS", FANOUT_MAX_FOLLOWERS.to_string())
+        // The swap of `content` drops the caches under this deployment's prefix.
+        .env(
+            "REDIS_PREFIX",
+            format!("hl:test:{}:", uuid::Uuid::new_v4().simple()),
+        )
         .env("RUST_LOG", "warn")
         .kill_on_drop(true);
     command
+}
+
+/// Waits for a progress line of `model`'s replay past its start on `lines` (its stderr).
+async fn progress_past_start(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    model: &str,
+) {
+    let (ours, at_start) = (format!("replay {model}: "), format!("replay {model}: 0/"));
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("a progress line within 60 s")
+            .unwrap()
+            .expect("the replay reports progress before it ends");
+        // Log lines (warnings of a loaded machine) go to stderr too.
+        if !line.starts_with(&ours) {
+            continue;
+        }
+        assert!(line.contains("events/s, ETA"), "{line}");
+        if !line.starts_with(&at_start) {
+            return;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -67,21 +99,7 @@ async fn interrupted_replay_resumes_to_the_live_model(signal: &str) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("a progress line within 60 s")
-            .unwrap()
-            .expect("the replay reports progress before it ends");
-        // Log lines (warnings of a loaded machine) go to stderr too.
-        if !line.starts_with("replay timeline: ") {
-            continue;
-        }
-        assert!(line.contains("events/s, ETA"), "{line}");
-        if !line.starts_with("replay timeline: 0/") {
-            break;
-        }
-    }
+    progress_past_start(&mut lines, "timeline").await;
     let pid = child.id().unwrap().to_string();
     let kill = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid])
@@ -138,4 +156,119 @@ async fn interrupted_replay_resumes_to_the_live_model(signal: &str) {
         .await
         .unwrap();
     assert!(entries > 3000, "only {entries} timeline entries");
+}
+
+/// Killed in the middle of a batch: a content replay's batch stores its statements at once,
+/// each in its own transaction, so part of the batch is stored and its checkpoint is not.
+/// Held at the insert of its comments (a lock the test takes) while its likes commit, it is
+/// killed; the run that resumes applies the batch again, and the model it swaps in equals
+/// the live-built one.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_model() {
+    let db = TestDb::new().await;
+    let log = SocialLog::new(300);
+    log.append_phases(&db.pool, 1..=3).await.unwrap();
+    // Holds every log reader back before the likes and comments while it is open (see
+    // above): the replay waits there, with its tables created.
+    let mut holdback = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *holdback)
+        .await
+        .unwrap();
+    log.append_phases(&db.pool, 4..=5).await.unwrap();
+
+    let mut child = replay_of(&db, "content")
+        .arg("--no-swap")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    progress_past_start(&mut lines, "content").await;
+    // Reads of `comments` go on; its inserts wait for this lock.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE replay_content.comments IN SHARE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    holdback.rollback().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+               AND query LIKE 'INSERT INTO replay_content.comments%')",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if held {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay's insert of comments did not wait for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The batch's likes committed meanwhile (they are on their own connections).
+    let likes_committed = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT (SELECT count(*) FROM replay_content.likes) > \
+                    (SELECT count(*) FROM events e, checkpoints c \
+                      WHERE c.name = 'projection:replay:content' AND e.event_type = 'post.liked' \
+                        AND (e.transaction_id, e.global_position) <= (c.transaction_id, c.global_position))",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !likes_committed().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no like of the held batch was stored beyond the checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    lock.rollback().await.unwrap();
+
+    // The live model, built by the live runner as `hybridlive project` does.
+    let redis = redis::Client::open(
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    )
+    .unwrap();
+    let cache = projections::PostCache::new(
+        redis::aio::ConnectionManager::new(redis).await.unwrap(),
+        format!("hl:test:{}:rm:", uuid::Uuid::new_v4().simple()),
+        projections::CacheSettings::default(),
+    );
+    let live = projections::ContentProjection::new(
+        Arc::new(projections::content::postgres::PgContent::lite(
+            db.pool.clone(),
+        )),
+        cache,
+    );
+    Runner::new(db.pool.clone(), live, RetryPolicy::default())
+        .catch_up(&CancellationToken::new())
+        .await
+        .unwrap();
+
+    // The same replay resumes and swaps the rebuilt model in.
+    let second = replay_of(&db, "content").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(stdout.contains("(resumed)"), "{stdout}");
+    assert!(stdout.contains("Swapped in"), "{stdout}");
+    testkit::tables::assert_same(
+        &db.pool,
+        projections::content::postgres::PgContent::TABLES,
+        "retired_content",
+        "read_model",
+    )
+    .await;
 }
