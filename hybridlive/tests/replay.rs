@@ -16,11 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 const FANOUT_MAX_FOLLOWERS: usize = 8;
 
-fn replay(db: &TestDb) -> tokio::process::Command {
-    replay_of(db, "timeline")
-}
-
-fn replay_of(db: &TestDb, model: &str) -> tokio::process::Command {
+fn replay(db: &TestDb, model: &str) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"));
     command
         .args(["replay", model, "--batch-size", "100"])
@@ -93,7 +89,7 @@ async fn interrupted_replay_resumes_to_the_live_model(signal: &str) {
     log.append_phases(&db.pool, 3..=5).await.unwrap();
 
     // Started, interrupted once it reports progress past the start (it waits there).
-    let mut child = replay(&db)
+    let mut child = replay(&db, "timeline")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -132,25 +128,7 @@ async fn interrupted_replay_resumes_to_the_live_model(signal: &str) {
         .await
         .unwrap();
 
-    // The same command resumes, finishes and swaps the rebuilt model in.
-    let second = replay(&db).output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&second.stdout);
-    assert!(
-        second.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
-    assert!(stdout.contains("(resumed)"), "{stdout}");
-    assert!(stdout.contains("Swapped in"), "{stdout}");
-
-    // The live-built tables are now in `retired_timeline`: equal, table by table.
-    testkit::tables::assert_same(
-        &db.pool,
-        PgTimelines::TABLES,
-        "retired_timeline",
-        "read_model",
-    )
-    .await;
+    resumes_and_swaps_in_the_live_model(&db, "timeline", PgTimelines::TABLES).await;
     let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM read_model.timelines")
         .fetch_one(&db.pool)
         .await
@@ -177,7 +155,7 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
         .unwrap();
     log.append_phases(&db.pool, 4..=5).await.unwrap();
 
-    let mut child = replay_of(&db, "content")
+    let mut child = replay(&db, "content")
         .arg("--no-swap")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -254,8 +232,18 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
         .await
         .unwrap();
 
-    // The same replay resumes and swaps the rebuilt model in.
-    let second = replay_of(&db, "content").output().await.unwrap();
+    resumes_and_swaps_in_the_live_model(
+        &db,
+        "content",
+        projections::content::postgres::PgContent::TABLES,
+    )
+    .await;
+}
+
+/// The replay of `model` run again resumes, finishes and swaps the rebuilt model in; the
+/// live-built tables, now in `retired_<model>`, equal it table by table.
+async fn resumes_and_swaps_in_the_live_model(db: &TestDb, model: &str, tables: &[&str]) {
+    let second = replay(db, model).output().await.unwrap();
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(
         second.status.success(),
@@ -264,11 +252,5 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
     );
     assert!(stdout.contains("(resumed)"), "{stdout}");
     assert!(stdout.contains("Swapped in"), "{stdout}");
-    testkit::tables::assert_same(
-        &db.pool,
-        projections::content::postgres::PgContent::TABLES,
-        "retired_content",
-        "read_model",
-    )
-    .await;
+    testkit::tables::assert_same(&db.pool, tables, &format!("retired_{model}"), "read_model").await;
 }
