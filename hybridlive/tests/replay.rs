@@ -32,6 +32,17 @@ fn replay(db: &TestDb, model: &str) -> tokio::process::Command {
     command
 }
 
+/// A transaction with an id, open: while it is, every log reader stops before the events
+/// appended after it began.
+async fn holdback(db: &TestDb) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holdback = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *holdback)
+        .await
+        .unwrap();
+    holdback
+}
+
 /// Waits for a progress line of `model`'s replay past its start on `lines` (its stderr).
 async fn progress_past_start(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
@@ -81,11 +92,7 @@ async fn interrupted_replay_resumes_to_the_live_model(signal: &str) {
     // reader back before them while it is open: the replay stops after the follows, until
     // it ends — however fast the replay is. What it builds after the restart is the
     // fan-out of every post, to the follower sets it stored before.
-    let mut holdback = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *holdback)
-        .await
-        .unwrap();
+    let holdback = holdback(&db).await;
     log.append_phases(&db.pool, 3..=5).await.unwrap();
 
     // Started, interrupted once it reports progress past the start (it waits there).
@@ -148,11 +155,7 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
     log.append_phases(&db.pool, 1..=3).await.unwrap();
     // Holds every log reader back before the likes and comments while it is open (see
     // above): the replay waits there, with its tables created.
-    let mut holdback = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *holdback)
-        .await
-        .unwrap();
+    let holdback = holdback(&db).await;
     log.append_phases(&db.pool, 4..=5).await.unwrap();
 
     let mut child = replay(&db, "content")
