@@ -176,8 +176,8 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let held: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-               AND query LIKE 'INSERT INTO replay_content.comments%')",
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+               AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO replay_content.comments%')",
         )
         .fetch_one(&db.pool)
         .await
