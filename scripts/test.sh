@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# The test command: starts (or installs) the services the tests need — PostgreSQL, Redis,
-# a Kafka-protocol broker (unless KAFKA_BROKERS names one) and headless Chromium with
-# chromedriver — then runs every test of the workspace against them.
+# The test command: starts (or installs) every server the tests talk to — PostgreSQL, Redis,
+# Apache Kafka, Apache Cassandra, FerretDB (MongoDB wire protocol), and headless Chromium
+# with chromedriver — then runs every test of the workspace against them. A variable set
+# beforehand (DATABASE_URL, KAFKA_BROKERS, SCYLLA_NODES, MONGODB_URI) points the tests at a
+# server of your own instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -n "${KAFKA_BROKERS:-}" ]; then
-  scripts/services.sh --browser
-else
-  scripts/services.sh --kafka --browser
-fi
+eval "$(scripts/services.sh --full --browser)"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
+# The tests that need a production server fail, rather than skip, when its variable is unset.
+export HYBRIDLIVE_REQUIRE_SERVERS=1
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -5,8 +5,17 @@ use std::process::Output;
 
 use testkit::TestDb;
 
+/// The binary, for the lite profile (whatever production stores the test run has).
+fn lite_hybridlive() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"));
+    for variable in testkit::PRODUCTION_STORE_VARIABLES {
+        command.env_remove(variable);
+    }
+    command
+}
+
 async fn hybridlive(database_url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+    lite_hybridlive()
         .args(args)
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
@@ -319,10 +328,9 @@ async fn project_dead_letters_a_poison_event_and_dlq_retry_applies_it_once_the_c
     let bob = register_in_log(&db, "bob").await;
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
 
-    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+    // The log source and the lite stores.
+    let worker = lite_hybridlive()
         .args(["project", "content"])
-        // The log source (scripts/test.sh exports KAFKA_BROKERS for the relay tests).
-        .env_remove("KAFKA_BROKERS")
         .env("DATABASE_URL", &db.url)
         .env("REDIS_PREFIX", &prefix)
         .env("RUST_LOG", "warn")

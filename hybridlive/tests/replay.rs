@@ -18,6 +18,10 @@ const FANOUT_MAX_FOLLOWERS: usize = 8;
 
 fn replay(db: &TestDb, model: &str) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"));
+    // The lite models.
+    for variable in testkit::PRODUCTION_STORE_VARIABLES {
+        command.env_remove(variable);
+    }
     command
         .args(["replay", model, "--batch-size", "100"])
         .env("DATABASE_URL", &db.url)

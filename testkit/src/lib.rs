@@ -23,6 +23,37 @@ pub fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
+/// The address of a production read-model server a test needs (`variable`: `SCYLLA_NODES`,
+/// `MONGODB_URI`), or `None` when the test may skip: only outside CI with the variable
+/// unset, and it says so on stderr. `scripts/test.sh` starts every server and sets them.
+///
+/// # Panics
+/// When the variable is unset in CI (`CI` set) or under `scripts/test.sh`
+/// (`HYBRIDLIVE_REQUIRE_SERVERS` set): a test that needs a server never passes without
+/// running.
+pub fn production_server(variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ if std::env::var_os("CI").is_some()
+            || std::env::var_os("HYBRIDLIVE_REQUIRE_SERVERS").is_some() =>
+        {
+            panic!("{variable} is not set, and this run requires every server: run the tests with scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: {variable} is not set, so this test did not run \
+                 (scripts/test.sh starts the servers and sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// The variables that put the read models on production stores (and `project` on Kafka):
+/// a test that runs the binary for the lite profile removes them from the child's
+/// environment, since `scripts/test.sh` sets them all.
+pub const PRODUCTION_STORE_VARIABLES: [&str; 3] = ["KAFKA_BROKERS", "SCYLLA_NODES", "MONGODB_URI"];
+
 /// A database that exists for one test.
 #[derive(Debug)]
 pub struct TestDb {

@@ -18,26 +18,44 @@
 //! `majority` (both set on the database handle): a count the caches were given, or a page
 //! a reader saw, cannot be rolled back by a failover.
 //!
-//! Counts are recounted, not incremented. A comment or like is written first, idempotently
-//! (a duplicate key means a redelivery), then the post's count is `$set` to the number of
-//! its comments or likes. The two writes are not atomic; a crash between them leaves a
-//! stale count, which the redelivery (delivery is at least once) repairs by recounting —
-//! an `$inc` there would be skipped or doubled instead. The recount assumes one writer per
-//! post at a time, which the runner gives: it applies a projection's events in order, one
-//! at a time.
+//! The unique index on likes is what makes a like idempotent: the first like write checks
+//! that it exists and, until `hybridlive migrate` has made it, fails as unavailable (the
+//! event waits, nothing is dead-lettered or double-counted).
+//!
+//! Counts are exact under retries, crashes and concurrent writers (the consumers of one
+//! Kafka group write comments and likes of one post at once), without transactions, which
+//! a MongoDB-protocol server such as FerretDB may not have. Each count has a version in the
+//! post document (`comments_version`, `likes_version`), and every change of a count is
+//! conditional on the version read before it:
+//! - a new comment or like: read the version, insert the document (a duplicate key means a
+//!   redelivery), then `$inc` the count and the version *if the version is still the one
+//!   read*. One request, no counting, on the usual path.
+//! - otherwise — the version moved (another writer changed the count in between), or the
+//!   document was already there (a redelivery: an earlier delivery may have died before
+//!   its `$inc`), or a like taken back found nothing to delete — the count is recounted
+//!   (`count_documents` on the indexed `post_id`) and `$set` under the same condition,
+//!   again until no other writer came in between.
+//!
+//! An increment that succeeds saw no change since its read, which came before its insert,
+//! so no recount can have counted that document already; a recount that succeeds counted
+//! after every insert whose increment it invalidated. So the count always ends equal to the
+//! documents stored, whatever the interleaving.
 //!
 //! UUIDs are BSON binary subtype 4. A BSON datetime holds milliseconds, so each time is a
 //! datetime plus a `*_ns` field with its nanoseconds below the millisecond: a read gives
 //! back exactly the instant written, as the lite store (jsonb) does.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
-use mongodb::options::{DatabaseOptions, IndexOptions, ReadConcern, WriteConcern};
+use mongodb::options::{DatabaseOptions, IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, PostDoc, Profile};
@@ -52,6 +70,35 @@ pub struct MongoContent {
     post_counts: Collection<PostCounts>,
     comments: Collection<CommentRecord>,
     likes: Collection<LikeRecord>,
+    /// Set once the unique index on `likes` was seen.
+    likes_indexed: Arc<OnceCell<()>>,
+}
+
+/// Attempts of a conditional count update before giving up as unavailable; each failed one
+/// means another writer's update of the same count succeeded.
+const COUNT_ATTEMPTS: usize = 100;
+
+/// One of a post's two counts.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    Comments,
+    Likes,
+}
+
+impl Counted {
+    fn count_field(self) -> &'static str {
+        match self {
+            Self::Comments => "comment_count",
+            Self::Likes => "like_count",
+        }
+    }
+
+    fn version_field(self) -> &'static str {
+        match self {
+            Self::Comments => "comments_version",
+            Self::Likes => "likes_version",
+        }
+    }
 }
 
 impl MongoContent {
@@ -74,35 +121,130 @@ impl MongoContent {
             posts,
             comments: db.collection("comments"),
             likes: db.collection("likes"),
+            likes_indexed: Arc::new(OnceCell::new()),
         })
     }
 
-    /// Whether `post` exists and is deleted, and its counts; `None` when it does not exist.
+    /// Fails as unavailable until the unique index of `likes` exists.
+    async fn check_likes_index(&self) -> ReadResult<()> {
+        self.likes_indexed
+            .get_or_try_init(|| async {
+                let names = self.likes.list_index_names().await.map_err(store_error)?;
+                if names.iter().any(|name| name == LIKES_INDEX) {
+                    Ok(())
+                } else {
+                    Err(ReadModelError::Unavailable(format!(
+                        "the unique index {LIKES_INDEX} of likes is missing, so likes could \
+                         be counted twice: run `hybridlive migrate`"
+                    )))
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `post` exists and is deleted, its counts and their versions; `None` when it
+    /// does not exist.
     async fn counts(&self, post: Uuid) -> ReadResult<Option<PostCounts>> {
         self.post_counts
             .find_one(doc! { "_id": bson_uuid(post) })
-            .projection(doc! { "deleted": 1, "like_count": 1, "comment_count": 1 })
+            .projection(doc! {
+                "deleted": 1, "like_count": 1, "comment_count": 1,
+                "likes_version": 1, "comments_version": 1,
+            })
             .await
             .map_err(store_error)
     }
 
-    /// Sets `field` of a live `post` to the number of its documents in `of`.
+    /// Adds `delta` to a count of a live `post` if its version is still `version`; the new
+    /// count, or `None` when another writer changed it since (or the post was deleted).
+    async fn increment(
+        &self,
+        post: Uuid,
+        counted: Counted,
+        version: i64,
+        delta: i64,
+    ) -> ReadResult<Option<i64>> {
+        let mut filter = live(post);
+        filter.insert(counted.version_field(), version);
+        let updated = self
+            .post_counts
+            .find_one_and_update(
+                filter,
+                doc! { "$inc": { counted.count_field(): delta, counted.version_field(): 1 } },
+            )
+            // No projection: FerretDB does not implement `fields` in findAndModify.
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(store_error)?;
+        Ok(updated.map(|counts| counts.count(counted)))
+    }
+
+    /// Sets a count of a live `post` to the number of its documents in `of`, under the
+    /// count's version, until no other writer changed it in between; the count. A deleted
+    /// post keeps its counts.
     async fn recount<T: Send + Sync>(
         &self,
         post: Uuid,
+        counted: Counted,
         of: &Collection<T>,
-        field: &str,
     ) -> ReadResult<i64> {
-        let n = of
-            .count_documents(doc! { "post_id": bson_uuid(post) })
-            .await
-            .map_err(store_error)?;
-        let count = i64::try_from(n).unwrap_or(i64::MAX);
-        self.posts
-            .update_one(live(post), doc! { "$set": { field: count } })
-            .await
-            .map_err(store_error)?;
-        Ok(count)
+        for _ in 0..COUNT_ATTEMPTS {
+            let Some(counts) = self.counts(post).await? else {
+                return Ok(0);
+            };
+            if counts.deleted {
+                return Ok(counts.count(counted));
+            }
+            let n = of
+                .count_documents(doc! { "post_id": bson_uuid(post) })
+                .await
+                .map_err(store_error)?;
+            let count = i64::try_from(n).unwrap_or(i64::MAX);
+            let mut filter = live(post);
+            filter.insert(counted.version_field(), counts.version(counted));
+            let set = self
+                .posts
+                .update_one(
+                    filter,
+                    doc! {
+                        "$set": { counted.count_field(): count },
+                        "$inc": { counted.version_field(): 1 },
+                    },
+                )
+                .await
+                .map_err(store_error)?;
+            if set.matched_count > 0 {
+                return Ok(count);
+            }
+        }
+        Err(ReadModelError::Unavailable(format!(
+            "the {} of post {post} changed under each of {COUNT_ATTEMPTS} recounts",
+            counted.count_field()
+        )))
+    }
+
+    /// The count after a comment or like was written (`changed`) or found already there,
+    /// given the post's counts read before the write: incremented by `delta` when the count
+    /// did not move in between, else recounted.
+    async fn settle<T: Send + Sync>(
+        &self,
+        post: Uuid,
+        before: &PostCounts,
+        counted: Counted,
+        of: &Collection<T>,
+        changed: bool,
+        delta: i64,
+    ) -> ReadResult<i64> {
+        if changed {
+            if let Some(count) = self
+                .increment(post, counted, before.version(counted), delta)
+                .await?
+            {
+                return Ok(count);
+            }
+        }
+        self.recount(post, counted, of).await
     }
 }
 
@@ -123,7 +265,7 @@ pub async fn migrate(uri: &str, database: &str) -> ReadResult<()> {
         ),
         (
             "likes",
-            unique_index("likes_by_post_user", doc! { "post_id": 1, "user_id": 1 }),
+            unique_index(LIKES_INDEX, doc! { "post_id": 1, "user_id": 1 }),
         ),
         (
             "posts",
@@ -147,6 +289,14 @@ pub async fn migrate(uri: &str, database: &str) -> ReadResult<()> {
             })?;
     }
     Ok(())
+}
+
+/// Drops `database` and its collections (a replay's retired generation, a test's).
+///
+/// # Errors
+/// As [`migrate`].
+pub async fn drop_database(uri: &str, database: &str) -> ReadResult<()> {
+    open(uri, database).await?.drop().await.map_err(store_error)
 }
 
 fn index(name: &str, keys: Document) -> IndexModel {
@@ -246,6 +396,8 @@ impl ContentStore for MongoContent {
             created_at_ns,
             like_count: 0,
             comment_count: 0,
+            likes_version: 0,
+            comments_version: 0,
             deleted: false,
         };
         insert_if_absent(&self.posts, post.post_id, &record).await
@@ -317,10 +469,15 @@ impl ContentStore for MongoContent {
             Err(error) if is_duplicate_key(&error) => false,
             Err(error) => return Err(store_error(error)),
         };
-        // Recounted even when nothing changed, to repair a count an earlier delivery
-        // did not get to set.
         let count = self
-            .recount(comment.post_id, &self.comments, "comment_count")
+            .settle(
+                comment.post_id,
+                &post,
+                Counted::Comments,
+                &self.comments,
+                changed,
+                1,
+            )
             .await?;
         Ok(Change { changed, count })
     }
@@ -353,6 +510,7 @@ impl ContentStore for MongoContent {
     }
 
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
+        self.check_likes_index().await?;
         let Some(counts) = self.counts(post).await? else {
             return Ok(Change {
                 changed: false,
@@ -385,7 +543,10 @@ impl ContentStore for MongoContent {
                 .map_err(store_error)?;
             deleted.deleted_count > 0
         };
-        let count = self.recount(post, &self.likes, "like_count").await?;
+        let delta = if liked { 1 } else { -1 };
+        let count = self
+            .settle(post, &counts, Counted::Likes, &self.likes, changed, delta)
+            .await?;
         Ok(Change { changed, count })
     }
 }
@@ -464,6 +625,10 @@ struct PostRecord {
     #[serde(default)]
     comment_count: i64,
     #[serde(default)]
+    likes_version: i64,
+    #[serde(default)]
+    comments_version: i64,
+    #[serde(default)]
     deleted: bool,
 }
 
@@ -494,6 +659,26 @@ struct PostCounts {
     like_count: i64,
     #[serde(default)]
     comment_count: i64,
+    #[serde(default)]
+    likes_version: i64,
+    #[serde(default)]
+    comments_version: i64,
+}
+
+impl PostCounts {
+    fn count(&self, counted: Counted) -> i64 {
+        match counted {
+            Counted::Comments => self.comment_count,
+            Counted::Likes => self.like_count,
+        }
+    }
+
+    fn version(&self, counted: Counted) -> i64 {
+        match counted {
+            Counted::Comments => self.comments_version,
+            Counted::Likes => self.likes_version,
+        }
+    }
 }
 
 /// A comment as stored in `comments`.
@@ -566,6 +751,8 @@ fn join_time(at: bson::DateTime, sub_milli_nanos: i64) -> ReadResult<DateTime<Ut
 
 /// MongoDB's `DuplicateKey`.
 const DUPLICATE_KEY: i32 = 11000;
+/// The name of the unique index of likes.
+const LIKES_INDEX: &str = "likes_by_post_user";
 /// MongoDB's `BSONObjectTooLarge`: a document over 16 MiB.
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 /// MongoDB's `IndexOptionsConflict` and `IndexKeySpecsConflict`: an index of that name
@@ -581,23 +768,42 @@ fn is_duplicate_key(error: &MongoError) -> bool {
     }
 }
 
+/// Server error codes that say the data itself is refused: `BadValue`, `FailedToParse`,
+/// `TypeMismatch`, `DollarPrefixedFieldName`, `EmptyFieldName`, `DottedFieldName`,
+/// `ImmutableField`, `DocumentValidationFailure`, `DuplicateKey` (one the caller did not
+/// expect), `BSONObjectTooLarge`, `KeyTooLong`.
+const DATA_ERRORS: [i32; 11] = [
+    2,
+    9,
+    14,
+    52,
+    56,
+    57,
+    66,
+    121,
+    DUPLICATE_KEY,
+    BSON_OBJECT_TOO_LARGE,
+    17280,
+];
+
 /// Classifies a driver error. Only errors about the data are `Rejected` (the event would
-/// fail the same way every time): write errors (a duplicate key the caller expects is
-/// handled before), (de)serialisation, a document the driver refuses (too large). The
-/// rest — network, timeouts, server selection, pool, write concern, a stepping-down
-/// primary, authentication — are `Unavailable`, retried until an operator fixes them, so
-/// no event is dead-lettered because MongoDB was down or misconfigured.
+/// fail the same way every time): a write or command error whose code is one of
+/// [`DATA_ERRORS`], (de)serialisation, an argument the driver refuses. The rest — network,
+/// timeouts, server selection, pool, write concern, a stepping-down primary, a write
+/// conflict, shutdown, authentication, an operation the server does not implement — are
+/// `Unavailable`, retried until the server or an operator fixes them, so no event is
+/// dead-lettered because the store was down, busy or misconfigured.
 fn store_error(error: MongoError) -> ReadModelError {
     // The kind only: the full error also dumps the server's raw response.
     let message = error.kind.to_string();
     match error.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(_))
-        | ErrorKind::BsonSerialization(_)
-        | ErrorKind::BsonDeserialization(_)
-        | ErrorKind::InvalidArgument { .. } => ReadModelError::Rejected(message),
-        ErrorKind::Command(e) if e.code == BSON_OBJECT_TOO_LARGE => {
+        ErrorKind::Write(WriteFailure::WriteError(e)) if DATA_ERRORS.contains(&e.code) => {
             ReadModelError::Rejected(message)
         }
+        ErrorKind::Command(e) if DATA_ERRORS.contains(&e.code) => ReadModelError::Rejected(message),
+        ErrorKind::BsonSerialization(_)
+        | ErrorKind::BsonDeserialization(_)
+        | ErrorKind::InvalidArgument { .. } => ReadModelError::Rejected(message),
         _ => ReadModelError::Unavailable(message),
     }
 }
@@ -697,6 +903,8 @@ mod tests {
             created_at_ns,
             like_count: post.like_count,
             comment_count: post.comment_count,
+            likes_version: 0,
+            comments_version: 0,
             deleted: false,
         };
         let stored = bson::to_document(&record).unwrap();

@@ -14,14 +14,22 @@
 //! | `author_posts` | `(author_id, position DESC)` | `author_posts`; also holds `post_id` |
 //! | `posts_by_id` | `(post_id)` | a post's `position` (and author), to delete it |
 //! | `post_recipients` | `(post_id, user_id)` | whose timeline received a post, to delete it |
-//! | `merged_authors` | `(author_id)` | authors merged into feeds at read time |
-//! | `timeline_lengths` | `(user_id)`, `entries counter` | when to trim a timeline, nothing else |
+//! | `merged_authors` | `(bucket, author_id)`, one partition | authors merged into feeds at read time |
+//! | `timeline_lengths` | `(user_id)`, `entry_count counter` (`entries` is reserved in Cassandra) | when to trim a timeline, nothing else |
+//! | `timeline_trims` | `(user_id)`, TTL | the lease of the one writer trimming a timeline |
 //!
 //! Inserts are upserts and deletes are idempotent, so every write of the trait is
 //! idempotent and may be retried, except the `timeline_lengths` counter (see below). Follow
-//! counts are exact `SELECT COUNT(*)` over the two follow partitions, not counters, so they
-//! stay right under retries; they cost a scan of the partition, which is small for all but
-//! the authors that are merged at read time anyway.
+//! counts are exact `SELECT COUNT(*)` over the two follow partitions, paged, not counters,
+//! so they stay right under retries and concurrent writers; they cost a scan of the
+//! partition, which is small for all but the authors that are merged at read time anyway.
+//! A feed read finds the merged authors its reader follows with one read of the merged
+//! list (one small partition: only authors past the fan-out threshold are in it) and one
+//! `IN` read of the reader's follows partition per hundred of them.
+//!
+//! Every write is safe under concurrent writers (the consumers of one Kafka group deliver
+//! posts of different authors into the same timelines at once): rows are upserts,
+//! counters commute, and a timeline's trim is taken by one writer at a time (below).
 //!
 //! # Consistency
 //!
@@ -38,25 +46,29 @@
 //! # Fan-out and trimming
 //!
 //! [`TimelineStore::deliver`] runs one task per distinct user, at most [`PARALLELISM`] at
-//! a time, each of three sequential round trips: the `post_recipients` row first (so a
+//! a time, each of four sequential round trips: the `post_recipients` row first (so a
 //! crash can never leave an entry that a later delete would not find), then the
-//! `home_timeline` row together with `entries = entries + 1`, then a read of `entries`.
-//! That read is the price of a hard bound: about 4 requests per follower (10 000 followers
-//! are 40 000 requests, some 40 waves of 256 users in flight, each wave three round trips
+//! `home_timeline` row, then `entry_count = entry_count + 1` (after the row, so the counter never
+//! counts a row that a concurrent trim's read could miss), then a read of `entry_count`.
+//! That read is the price of a hard bound: 4 requests per follower (10 000 followers
+//! are 40 000 requests, some 40 waves of 256 users in flight, each wave four round trips
 //! long), instead of 3 without it.
-//! When the counter exceeds `cap + cap / 8` the task trims: it reads the newest `cap`
-//! positions of the partition, range-deletes everything older than the last of them
-//! (`position < ?`, one range tombstone below the live head, so reading the head never
-//! scans it) and decrements the counter by its surplus over the rows kept, which also
-//! corrects any drift. A trim costs 3 more requests and happens about once every `cap / 8`
-//! deliveries to a user.
+//! When the counter exceeds `cap + cap / 8` the task trims, under the timeline's trim
+//! lease (a lightweight transaction, `INSERT … IF NOT EXISTS` with a TTL of
+//! [`TRIM_LEASE_SECS`]; a writer that finds it taken leaves the trim to its holder): it
+//! reads the counter again, reads the newest `cap` positions of the partition,
+//! range-deletes everything older than the last of them (`position < ?`, one range
+//! tombstone below the live head, so reading the head never scans it) and decrements the
+//! counter by its surplus over the rows kept, which also corrects any drift. Two trims at
+//! once would both take their surplus off and leave the counter short; one at a time, each
+//! reads the counter its predecessor left. A trim costs about 6 more requests (two of them
+//! Paxos rounds) and happens about once every `cap / 8` deliveries to a user.
 //!
 //! Counter updates are not idempotent: a retried delivery counts twice. That only makes a
 //! trim come early, and the trim resets the counter to the rows really kept. The counter
 //! must never count too *few* rows, or the bound would break; for that reason
 //! [`TimelineStore::remove_post`] leaves it alone (it cannot know cheaply whether the entry
-//! it deletes was still there or already trimmed). The bound assumes deliveries to one user
-//! are not concurrent, which holds because the projection applies events one at a time.
+//! it deletes was still there or already trimmed).
 //!
 //! # Deleting a post
 //!
@@ -81,16 +93,21 @@ use scylla::errors::{
 use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
-use scylla::value::Counter;
+use scylla::value::{Counter, CqlValue, Row};
 use uuid::Uuid;
 
 use super::{FollowCounts, TimelineEntry, TimelineStore};
 use crate::error::{ReadModelError, ReadResult};
 
+/// How long a writer may hold a timeline's trim lease: a writer that dies holding it
+/// delays that timeline's trims by at most this long.
+const TRIM_LEASE_SECS: u32 = 10;
+
 /// Requests of one fan-out or delete kept in flight at once.
 pub const PARALLELISM: usize = 256;
 
-/// Followees looked up in `merged_authors` per `IN` query.
+/// Merged authors looked up in a follower's follows per `IN` query (ScyllaDB's default
+/// `max_clustering_key_restrictions_per_query` is 100).
 const IN_CHUNK: usize = 100;
 
 /// Where and how to reach ScyllaDB.
@@ -121,7 +138,6 @@ struct Statements {
     delete_follower: PreparedStatement,
     delete_followee: PreparedStatement,
     select_followers: PreparedStatement,
-    select_followees: PreparedStatement,
     count_followers: PreparedStatement,
     count_following: PreparedStatement,
     insert_author_post: PreparedStatement,
@@ -134,7 +150,10 @@ struct Statements {
     delete_older_entries: PreparedStatement,
     decrement_length: PreparedStatement,
     insert_merged_author: PreparedStatement,
-    select_merged_among: PreparedStatement,
+    select_merged_authors: PreparedStatement,
+    select_followed_among: PreparedStatement,
+    acquire_trim: PreparedStatement,
+    release_trim: PreparedStatement,
     select_post_position: PreparedStatement,
     select_recipients: PreparedStatement,
     delete_author_post: PreparedStatement,
@@ -197,11 +216,6 @@ impl Statements {
                     "SELECT follower_id FROM {ks}.follows_by_followee WHERE followee_id = ?"
                 ))
                 .await?,
-            select_followees: p
-                .idempotent(format!(
-                    "SELECT followee_id FROM {ks}.follows_by_follower WHERE follower_id = ?"
-                ))
-                .await?,
             count_followers: p
                 .idempotent(format!(
                     "SELECT COUNT(*) FROM {ks}.follows_by_followee WHERE followee_id = ?"
@@ -235,12 +249,12 @@ impl Statements {
                 .await?,
             increment_length: p
                 .once(format!(
-                    "UPDATE {ks}.timeline_lengths SET entries = entries + 1 WHERE user_id = ?"
+                    "UPDATE {ks}.timeline_lengths SET entry_count = entry_count + 1 WHERE user_id = ?"
                 ))
                 .await?,
             select_length: p
                 .idempotent(format!(
-                    "SELECT entries FROM {ks}.timeline_lengths WHERE user_id = ?"
+                    "SELECT entry_count FROM {ks}.timeline_lengths WHERE user_id = ?"
                 ))
                 .await?,
             select_newest_positions: p
@@ -255,17 +269,34 @@ impl Statements {
                 .await?,
             decrement_length: p
                 .once(format!(
-                    "UPDATE {ks}.timeline_lengths SET entries = entries - ? WHERE user_id = ?"
+                    "UPDATE {ks}.timeline_lengths SET entry_count = entry_count - ? WHERE user_id = ?"
                 ))
                 .await?,
             insert_merged_author: p
                 .idempotent(format!(
-                    "INSERT INTO {ks}.merged_authors (author_id) VALUES (?)"
+                    "INSERT INTO {ks}.merged_authors (bucket, author_id) VALUES (0, ?)"
                 ))
                 .await?,
-            select_merged_among: p
+            select_merged_authors: p
                 .idempotent(format!(
-                    "SELECT author_id FROM {ks}.merged_authors WHERE author_id IN ?"
+                    "SELECT author_id FROM {ks}.merged_authors WHERE bucket = 0"
+                ))
+                .await?,
+            select_followed_among: p
+                .idempotent(format!(
+                    "SELECT followee_id FROM {ks}.follows_by_follower \
+                     WHERE follower_id = ? AND followee_id IN ?"
+                ))
+                .await?,
+            acquire_trim: p
+                .once(format!(
+                    "INSERT INTO {ks}.timeline_trims (user_id, holder) VALUES (?, ?) \
+                     IF NOT EXISTS USING TTL {TRIM_LEASE_SECS}"
+                ))
+                .await?,
+            release_trim: p
+                .once(format!(
+                    "DELETE FROM {ks}.timeline_trims WHERE user_id = ? IF holder = ?"
                 ))
                 .await?,
             select_post_position: p
@@ -324,13 +355,26 @@ impl Statements {
     }
 }
 
-/// The schema, as `CREATE ... IF NOT EXISTS` statements for the quoted keyspace `ks`.
-fn schema(ks: &str, replication_factor: u32) -> Vec<String> {
+/// The keyspace, as a `CREATE KEYSPACE IF NOT EXISTS` statement. ScyllaDB (6 and later)
+/// puts a new keyspace on tablets by default, where counters and lightweight transactions
+/// are refused, so on ScyllaDB the keyspace turns them off; Cassandra does not know the
+/// option at all.
+fn keyspace(ks: &str, replication_factor: u32, scylla: bool) -> String {
+    let tablets = if scylla {
+        " AND tablets = {'enabled': false}"
+    } else {
+        ""
+    };
+    format!(
+        "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
+         {{'class': 'NetworkTopologyStrategy', 'replication_factor': {replication_factor}}}\
+         {tablets}"
+    )
+}
+
+/// The tables, as `CREATE TABLE IF NOT EXISTS` statements in the quoted keyspace `ks`.
+fn schema(ks: &str) -> Vec<String> {
     vec![
-        format!(
-            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = \
-             {{'class': 'NetworkTopologyStrategy', 'replication_factor': {replication_factor}}}"
-        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.follows_by_followee ( \
                  followee_id uuid, follower_id uuid, \
@@ -362,10 +406,18 @@ fn schema(ks: &str, replication_factor: u32) -> Vec<String> {
                  post_id uuid, user_id uuid, \
                  PRIMARY KEY (post_id, user_id))"
         ),
-        format!("CREATE TABLE IF NOT EXISTS {ks}.merged_authors (author_id uuid PRIMARY KEY)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.merged_authors ( \
+                 bucket int, author_id uuid, \
+                 PRIMARY KEY (bucket, author_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.timeline_trims ( \
+                 user_id uuid PRIMARY KEY, holder uuid)"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {ks}.timeline_lengths ( \
-                 user_id uuid PRIMARY KEY, entries counter)"
+                 user_id uuid PRIMARY KEY, entry_count counter)"
         ),
     ]
 }
@@ -416,6 +468,18 @@ async fn session(settings: &ScyllaSettings) -> ReadResult<Session> {
         .await?)
 }
 
+/// Whether the cluster is ScyllaDB (it has `system.scylla_local`) rather than Cassandra.
+async fn is_scylla(session: &Session) -> ReadResult<bool> {
+    let result = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables \
+             WHERE keyspace_name = 'system' AND table_name = 'scylla_local'",
+            (),
+        )
+        .await?;
+    Ok(!rows::<(String,)>(result)?.is_empty())
+}
+
 /// Creates the keyspace and tables if they do not exist, and waits until every reachable
 /// node agrees on the schema. Run by `hybridlive migrate`, never by workers.
 ///
@@ -433,11 +497,29 @@ pub async fn migrate(settings: &ScyllaSettings) -> Result<(), ReadModelError> {
         ));
     }
     let session = session(settings).await?;
-    for statement in schema(&ks, settings.replication_factor) {
+    let scylla = is_scylla(&session).await?;
+    session
+        .query_unpaged(keyspace(&ks, settings.replication_factor, scylla), ())
+        .await?;
+    for statement in schema(&ks) {
         session.query_unpaged(statement, ()).await?;
     }
     session.await_schema_agreement().await?;
     tracing::info!("Timeline keyspace is migrated.");
+    Ok(())
+}
+
+/// Drops the keyspace and everything in it (a replay's retired generation, a test's).
+///
+/// # Errors
+/// As [`migrate`].
+pub async fn drop_keyspace(settings: &ScyllaSettings) -> Result<(), ReadModelError> {
+    let ks = quoted_keyspace(&settings.keyspace)?;
+    let session = session(settings).await?;
+    session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+        .await?;
+    session.await_schema_agreement().await?;
     Ok(())
 }
 
@@ -468,11 +550,15 @@ impl ScyllaTimelines {
         })
     }
 
-    /// Every id in the one-column result of `statement` for `key`, page by page.
-    async fn ids(&self, statement: &PreparedStatement, key: Uuid) -> ReadResult<Vec<Uuid>> {
+    /// Every id in the one-column result of `statement` for `values`, page by page.
+    async fn ids(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow + Send + 'static,
+    ) -> ReadResult<Vec<Uuid>> {
         let rows: Vec<(Uuid,)> = self
             .session
-            .execute_iter(statement.clone(), (key,))
+            .execute_iter(statement.clone(), values)
             .await?
             .rows_stream::<(Uuid,)>()?
             .try_collect()
@@ -480,12 +566,19 @@ impl ScyllaTimelines {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// The `COUNT(*)` of `statement` for `key`, paged: an unpaged count of a large
+    /// partition (a popular author's followers) would have to finish within one request's
+    /// timeout. Pages are summed, since a server may answer a paged aggregate with partial
+    /// counts (or with empty pages and one total).
     async fn count(&self, statement: &PreparedStatement, key: Uuid) -> ReadResult<u64> {
-        let result = self.session.execute_unpaged(statement, (key,)).await?;
-        let count = rows::<(i64,)>(result)?
-            .first()
-            .map_or(0, |(count,)| count.unsigned_abs());
-        Ok(count)
+        let counts: Vec<(i64,)> = self
+            .session
+            .execute_iter(statement.clone(), (key,))
+            .await?
+            .rows_stream::<(i64,)>()?
+            .try_collect()
+            .await?;
+        Ok(counts.iter().map(|(n,)| n.unsigned_abs()).sum())
     }
 
     /// Adds the entry to one user's timeline and trims it when its counter says so.
@@ -494,31 +587,64 @@ impl ScyllaTimelines {
         self.session
             .execute_unpaged(&s.insert_recipient, (entry.post_id, user))
             .await?;
-        futures::try_join!(
-            self.session.execute_unpaged(
+        // The row before its count: the counter then never counts a row a trim could miss.
+        self.session
+            .execute_unpaged(
                 &s.insert_timeline_entry,
                 (user, entry.position, entry.post_id, entry.author_id),
-            ),
-            self.session.execute_unpaged(&s.increment_length, (user,)),
-        )?;
-        let result = self
-            .session
-            .execute_unpaged(&s.select_length, (user,))
+            )
             .await?;
-        let counted = rows::<(Counter,)>(result)?
-            .first()
-            .map_or(0, |(Counter(entries),)| *entries);
-        let allowed = i64::try_from(cap + cap / 8).unwrap_or(i64::MAX);
-        if counted > allowed {
-            self.trim(user, counted, cap).await?;
+        self.session
+            .execute_unpaged(&s.increment_length, (user,))
+            .await?;
+        if self.length(user).await? > allowed_length(cap) {
+            self.trim(user, cap).await?;
         }
         Ok(())
     }
 
-    /// Deletes all but the newest `cap` entries of `user`'s timeline and sets its counter,
-    /// which read `counted`, to the number of entries kept.
-    async fn trim(&self, user: Uuid, counted: i64, cap: usize) -> ReadResult<()> {
+    /// What `user`'s counter says.
+    async fn length(&self, user: Uuid) -> ReadResult<i64> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.select_length, (user,))
+            .await?;
+        Ok(rows::<(Counter,)>(result)?
+            .first()
+            .map_or(0, |(Counter(entries),)| *entries))
+    }
+
+    /// Trims `user`'s timeline under its trim lease, unless another writer holds it (that
+    /// writer's trim is under way; a later delivery checks the length again).
+    async fn trim(&self, user: Uuid, cap: usize) -> ReadResult<()> {
         let s = &self.statements;
+        let holder = Uuid::new_v4();
+        let acquired = self
+            .session
+            .execute_unpaged(&s.acquire_trim, (user, holder))
+            .await?;
+        if !applied(acquired)? {
+            return Ok(());
+        }
+        let trimmed = self.trim_held(user, cap).await;
+        let released = self
+            .session
+            .execute_unpaged(&s.release_trim, (user, holder))
+            .await;
+        trimmed?;
+        released?;
+        Ok(())
+    }
+
+    /// Deletes all but the newest `cap` entries of `user`'s timeline and takes the surplus
+    /// off its counter, read afresh under the lease: a trim that finished just before has
+    /// already taken its own surplus off.
+    async fn trim_held(&self, user: Uuid, cap: usize) -> ReadResult<()> {
+        let s = &self.statements;
+        let counted = self.length(user).await?;
+        if counted <= allowed_length(cap) {
+            return Ok(());
+        }
         let result = self
             .session
             .execute_unpaged(&s.select_newest_positions, (user, cql_limit(cap)))
@@ -586,6 +712,20 @@ where
     Ok(rows)
 }
 
+/// The counter value past which a timeline of `cap` entries is trimmed.
+fn allowed_length(cap: usize) -> i64 {
+    i64::try_from(cap + cap / 8).unwrap_or(i64::MAX)
+}
+
+/// Whether a lightweight transaction was applied (its `[applied]` column).
+fn applied(result: QueryResult) -> ReadResult<bool> {
+    let rows = rows::<Row>(result)?;
+    Ok(matches!(
+        rows.first().and_then(|row| row.columns.first()),
+        Some(Some(CqlValue::Boolean(true)))
+    ))
+}
+
 /// A `LIMIT` bind value (a CQL `int`).
 fn cql_limit(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -629,7 +769,7 @@ impl TimelineStore for ScyllaTimelines {
     }
 
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
-        self.ids(&self.statements.select_followers, user).await
+        self.ids(&self.statements.select_followers, (user,)).await
     }
 
     async fn counts(&self, user: Uuid) -> ReadResult<FollowCounts> {
@@ -682,16 +822,19 @@ impl TimelineStore for ScyllaTimelines {
         Ok(())
     }
 
+    /// Every feed read asks this, so it costs one read of the (small) list of merged
+    /// authors, and then one read of the user's follows partition per [`IN_CHUNK`] of them,
+    /// whatever the number of people the user follows.
     async fn merged_authors_followed_by(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         let s = &self.statements;
-        let followees = self.ids(&s.select_followees, user).await?;
+        let merged = self.ids(&s.select_merged_authors, ()).await?;
         // Owned chunks: a closure over borrowed slices is not `Send` enough for async-trait.
-        let chunks: Vec<Vec<Uuid>> = followees.chunks(IN_CHUNK).map(<[Uuid]>::to_vec).collect();
+        let chunks: Vec<Vec<Uuid>> = merged.chunks(IN_CHUNK).map(<[Uuid]>::to_vec).collect();
         let found: Vec<Vec<(Uuid,)>> = stream::iter(chunks)
             .map(|chunk| async move {
                 rows::<(Uuid,)>(
                     self.session
-                        .execute_unpaged(&s.select_merged_among, (chunk,))
+                        .execute_unpaged(&s.select_followed_among, (user, chunk))
                         .await?,
                 )
             })
@@ -716,7 +859,7 @@ impl TimelineStore for ScyllaTimelines {
         self.session
             .execute_unpaged(&s.delete_author_post, (author, position))
             .await?;
-        let recipients = self.ids(&s.select_recipients, post_id).await?;
+        let recipients = self.ids(&s.select_recipients, (post_id,)).await?;
         for_each_concurrently(recipients, |user| async move {
             self.session
                 .execute_unpaged(&s.delete_timeline_entry, (user, position))
@@ -941,9 +1084,20 @@ mod tests {
     }
 
     #[test]
+    fn the_keyspace_turns_tablets_off_on_scylla_only() {
+        let scylla = keyspace("\"ks\"", 3, true);
+        assert!(scylla.contains("'replication_factor': 3"));
+        assert!(scylla.ends_with("AND tablets = {'enabled': false}"));
+        let cassandra = keyspace("\"ks\"", 1, false);
+        assert!(
+            cassandra.ends_with("'replication_factor': 1}"),
+            "{cassandra}"
+        );
+    }
+
+    #[test]
     fn migration_creates_every_table_in_the_keyspace() {
-        let statements = schema("\"ks\"", 3);
-        assert!(statements[0].contains("'replication_factor': 3"));
+        let statements = schema("\"ks\"");
         for table in [
             "follows_by_followee",
             "follows_by_follower",
@@ -953,6 +1107,7 @@ mod tests {
             "post_recipients",
             "merged_authors",
             "timeline_lengths",
+            "timeline_trims",
         ] {
             assert!(
                 statements
