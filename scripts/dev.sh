@@ -20,7 +20,8 @@ if [ -z "$full" ]; then
   exec target/release/hybridlive dev "$@"
 fi
 
-eval "$(scripts/services.sh --full)"
+servers=$(scripts/services.sh --full)
+eval "$servers"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/hybridlive}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 # One node of each: the keyspace gets replication factor 1, so ONE is as strong as QUORUM.

@@ -6,7 +6,8 @@
 # server of your own instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/services.sh --full --browser)"
+servers=$(scripts/services.sh --full --browser)
+eval "$servers"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 # The tests that need a production server fail, rather than skip, when its variable is unset.

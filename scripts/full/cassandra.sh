@@ -25,22 +25,7 @@ data="$base/data"
 logs="$base/logs"
 pidfile="$base/cassandra.pid"
 
-log() { printf 'services: %s\n' "$*" >&2; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-apt_updated=""
-apt_install() {
-  if [ -z "$apt_updated" ]; then
-    log "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_updated=1
-  fi
-  log "installing $*"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+source "$(dirname "$0")/../lib.sh"
 
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/9042) 2>/dev/null; }
 

@@ -22,7 +22,7 @@ pg_url="${FERRETDB_POSTGRESQL_URL:-postgres://postgres:postgres@127.0.0.1:5432/f
 log_file="$state/ferretdb.log"
 pid_file="$state/ferretdb.pid"
 
-log() { printf 'services: %s\n' "$*" >&2; }
+source "$(dirname "$0")/../lib.sh"
 
 port_open() { (exec 3<>"/dev/tcp/$listen_host/$listen_port") 2>/dev/null; }
 

@@ -30,22 +30,7 @@ for arg in "$@"; do
   esac
 done
 
-log() { printf 'services: %s\n' "$*" >&2; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-apt_updated=""
-apt_install() {
-  if [ -z "$apt_updated" ]; then
-    log "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_updated=1
-  fi
-  log "installing $*"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+source "$(dirname "$0")/../lib.sh"
 
 tools="${HYBRIDLIVE_TOOLS:-$HOME/.local/share/hybridlive/tools}"
 state="${HYBRIDLIVE_STATE:-$HOME/.local/state/hybridlive}"
