@@ -12,12 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 full=""
 if [ "${1:-}" = "--full" ]; then full=1; shift; fi
+bin="${CARGO_TARGET_DIR:-target}/release/hybridlive"
 if [ -z "$full" ]; then
   scripts/services.sh
   export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/hybridlive}"
   cargo build --release --locked -p hybridlive
-  target/release/hybridlive migrate --create-database
-  exec target/release/hybridlive dev "$@"
+  "$bin" migrate --create-database
+  exec "$bin" dev "$@"
 fi
 
 servers=$(scripts/services.sh --full)
@@ -36,7 +37,6 @@ if [ -z "${JWT_SECRET:-}" ]; then
   export JWT_SECRET
 fi
 cargo build --release --locked -p hybridlive
-bin=target/release/hybridlive
 "$bin" migrate --create-database
 
 pids=()

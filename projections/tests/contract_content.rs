@@ -65,6 +65,17 @@ async fn profiles_are_inserted_once_renamed_and_removed(store: &dyn ContentStore
     assert_eq!(store.profile(profile.user_id).await.unwrap(), None);
 }
 
+/// A post without media (FerretDB drops an empty array from an upsert's `$setOnInsert`).
+async fn a_post_without_media_reads_back(store: &dyn ContentStore) {
+    let bare = PostDoc {
+        media: Vec::new(),
+        ..post(3)
+    };
+    store.insert_post(&bare).await.unwrap();
+    assert_eq!(store.post(bare.post_id).await.unwrap(), Some(bare.clone()));
+    assert_eq!(store.posts(&[bare.post_id]).await.unwrap(), [bare]);
+}
+
 async fn posts_are_inserted_once_and_deleted_for_good(store: &dyn ContentStore) {
     let (a, b) = (post(1), post(2));
     store.insert_post(&a).await.unwrap();
@@ -248,6 +259,7 @@ async fn concurrent_writers_keep_counts_exact(store: &dyn ContentStore) {
 async fn contract(store: &dyn ContentStore) {
     profiles_are_inserted_once_renamed_and_removed(store).await;
     posts_are_inserted_once_and_deleted_for_good(store).await;
+    a_post_without_media_reads_back(store).await;
     comments_are_counted_once_and_paged_newest_first(store).await;
     likes_are_a_set_of_users(store).await;
     concurrent_writers_keep_counts_exact(store).await;

@@ -616,6 +616,8 @@ struct PostRecord {
     body_markdown: String,
     body_html: String,
     preview: String,
+    /// Absent when empty: FerretDB drops an empty array from an upsert's `$setOnInsert`.
+    #[serde(default)]
     media: Vec<String>,
     created_at: bson::DateTime,
     #[serde(default)]
