@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const SESSION_KEY: &str = "hybridlive.session";
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
 
 /// chromedriver on a free port of 127.0.0.1, in a process group of its own so that dropping

@@ -7,7 +7,7 @@ use e2e::{spawn_app, spawn_app_configured, SseClient, TestApp, WorkerOptions};
 use reqwest::Method;
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(60);
 
 /// Publishes a post as `token`'s user; its id.
 pub(crate) async fn publish(app: &TestApp, token: &str, title: &str) -> String {

@@ -132,8 +132,11 @@ pub async fn spawn_app_configured(
         rate_limits: api::rate_limit::RateLimits::OFF,
         // Tests share one PostgreSQL server, and the CREATE/DROP DATABASE of parallel tests
         // hold every log reader on the server back for a second or two (they take a
-        // transaction id): the projections then lag more than in production.
-        min_position_wait: std::time::Duration::from_secs(20),
+        // transaction id): the projections then lag more than in production. Under the
+        // full test run (Kafka, Cassandra and FerretDB beside it) a lite projection of a
+        // test app was seen not to catch up within 20 s, twice in three runs; the cause is
+        // not found yet. A deadline, not a sleep: a healthy test does not wait it out.
+        min_position_wait: std::time::Duration::from_secs(60),
         redis_url: redis_url(),
         ..api::Settings::default()
     };
@@ -478,7 +481,7 @@ impl TestApp {
             jwt_secret: self.jwt_secret.clone(),
             redis_prefix: self.redis_prefix.clone(),
             rate_limits: api::rate_limit::RateLimits::OFF,
-            min_position_wait: std::time::Duration::from_secs(20),
+            min_position_wait: std::time::Duration::from_secs(60),
             redis_url: redis_url(),
             ..api::Settings::default()
         };
