@@ -18,7 +18,10 @@ tools="${HYBRIDLIVE_TOOLS:-$HOME/.local/share/hybridlive/tools}"
 state="${HYBRIDLIVE_STATE:-$HOME/.local/state/hybridlive}/ferretdb"
 bin_dir="$tools/ferretdb-$FERRETDB_VERSION/bin"
 ferretdb="$bin_dir/ferretdb"
-pg_url="${FERRETDB_POSTGRESQL_URL:-postgres://postgres:postgres@127.0.0.1:5432/ferretdb}"
+# pool_max_conns: FerretDB keeps up to 50 PostgreSQL connections by default (idle ones for
+# 30 min), half of a default server's 100, and the tests' own pools then run out of
+# connections on the shared server.
+pg_url="${FERRETDB_POSTGRESQL_URL:-postgres://postgres:postgres@127.0.0.1:5432/ferretdb?pool_max_conns=8}"
 log_file="$state/ferretdb.log"
 pid_file="$state/ferretdb.pid"
 
@@ -190,6 +193,8 @@ ensure_database() {
   query=""
   [ "$base" = "$pg_url" ] || query="?${pg_url#*\?}"
   db="${base##*/}"
+  # psql does not know pgx's pool_max_conns.
+  query=$(printf '%s' "$query" | sed -E 's/[?&]pool_max_conns=[0-9]*//; s/^&/?/')
   admin_url="${base%/*}/postgres$query"
   if ! psql "$admin_url" -qAtc 'select 1' >/dev/null 2>&1; then
     # (The message leaves the URL's credentials out.)
