@@ -281,3 +281,31 @@ async fn mongo_content_meets_the_contract() {
     contract(&MongoContent::connect(&uri, &database).await.unwrap()).await;
     mongo::drop_database(&uri, &database).await.unwrap();
 }
+
+/// Without `migrate` the likes have no unique index, and a like could be counted twice: the
+/// store refuses like writes as unavailable (the event waits, nothing is dead-lettered)
+/// until the index exists.
+#[tokio::test]
+async fn mongo_likes_wait_for_their_unique_index() {
+    let Some(uri) = testkit::production_server("MONGODB_URI") else {
+        return;
+    };
+    let database = format!("test_{}", Uuid::new_v4().simple());
+    let store = MongoContent::connect(&uri, &database).await.unwrap();
+    let p = post(1);
+    store.insert_post(&p).await.unwrap();
+    match store.set_like(p.post_id, Uuid::new_v4(), true).await {
+        Err(projections::ReadModelError::Unavailable(message)) => {
+            assert!(message.contains("hybridlive migrate"), "{message}");
+        }
+        other => panic!("a like without the unique index: {other:?}"),
+    }
+    mongo::migrate(&uri, &database).await.unwrap();
+    let store = MongoContent::connect(&uri, &database).await.unwrap();
+    let liked = store
+        .set_like(p.post_id, Uuid::new_v4(), true)
+        .await
+        .unwrap();
+    assert_eq!(liked.count, 1);
+    mongo::drop_database(&uri, &database).await.unwrap();
+}

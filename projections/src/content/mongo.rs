@@ -129,7 +129,12 @@ impl MongoContent {
     async fn check_likes_index(&self) -> ReadResult<()> {
         self.likes_indexed
             .get_or_try_init(|| async {
-                let names = self.likes.list_index_names().await.map_err(store_error)?;
+                let names = match self.likes.list_index_names().await {
+                    Ok(names) => names,
+                    // No `likes` collection yet: no index either.
+                    Err(error) if command_code(&error) == Some(NAMESPACE_NOT_FOUND) => Vec::new(),
+                    Err(error) => return Err(store_error(error)),
+                };
                 if names.iter().any(|name| name == LIKES_INDEX) {
                     Ok(())
                 } else {
@@ -753,6 +758,8 @@ fn join_time(at: bson::DateTime, sub_milli_nanos: i64) -> ReadResult<DateTime<Ut
 
 /// MongoDB's `DuplicateKey`.
 const DUPLICATE_KEY: i32 = 11000;
+/// MongoDB's `NamespaceNotFound`: the collection does not exist.
+const NAMESPACE_NOT_FOUND: i32 = 26;
 /// The name of the unique index of likes.
 const LIKES_INDEX: &str = "likes_by_post_user";
 /// MongoDB's `BSONObjectTooLarge`: a document over 16 MiB.
@@ -761,6 +768,13 @@ const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 /// exists with other options or keys.
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
 const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+
+fn command_code(error: &MongoError) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Command(e) => Some(e.code),
+        _ => None,
+    }
+}
 
 fn is_duplicate_key(error: &MongoError) -> bool {
     match error.kind.as_ref() {
