@@ -8,6 +8,11 @@
 # installs what is missing. Idempotent. Prints the variables that point the processes at
 # the servers it started (`eval "$(scripts/services.sh --full)"`).
 set -euo pipefail
+# Only the variables go to stdout, since callers eval it: everything else — this script's
+# logs, and whatever the tools it runs print (pg_ctlcluster's "Removed stale pid file",
+# apt's progress) — goes to stderr. The servers started here never see the saved stdout
+# (`3>&-`): a long-lived process holding it would keep `$(scripts/services.sh)` waiting.
+exec 3>&1 1>&2
 
 servers=()
 with_browser=""
@@ -102,10 +107,10 @@ ensure_browser() {
     || { log "chromium-driver did not install /usr/bin/chromedriver"; exit 1; }
 }
 
-ensure_postgres
-ensure_redis
-if [ "${#servers[@]}" -gt 0 ]; then ensure_servers $(printf '%s\n' "${servers[@]}" | sort -u); fi
-if [ -n "$with_browser" ]; then ensure_browser; fi
+ensure_postgres 3>&-
+ensure_redis 3>&-
+if [ "${#servers[@]}" -gt 0 ]; then ensure_servers $(printf '%s\n' "${servers[@]}" | sort -u) 3>&-; fi
+if [ -n "$with_browser" ]; then ensure_browser 3>&-; fi
 # What the processes and tests need to reach them, on stdout (`eval "$(scripts/services.sh --full)"`).
 for server in "${servers[@]}"; do
   case "$server" in
@@ -113,4 +118,4 @@ for server in "${servers[@]}"; do
     cassandra) echo 'export SCYLLA_NODES="${SCYLLA_NODES:-127.0.0.1:9042}"' ;;
     ferretdb) echo 'export MONGODB_URI="${MONGODB_URI:-mongodb://127.0.0.1:27017/}"' ;;
   esac
-done | sort -u
+done | sort -u >&3
