@@ -376,7 +376,8 @@ async fn main() -> anyhow::Result<()> {
             stores,
         } => {
             migrate(&cli.database_url, create_database).await?;
-            stores.migrate().await
+            let pool = connect(&cli.database_url, 2).await?;
+            stores.migrate(&pool).await
         }
         Command::Serve(args) => {
             let pool = connect(&cli.database_url, cli.database_max_connections).await?;

@@ -58,17 +58,7 @@ pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
         .connect_with(replay::pool_options(options))
         .await
         .context("connecting to DATABASE_URL")?;
-    let full = match model.name {
-        projections::TimelineProjection::NAME => !args.stores.scylla_nodes.is_empty(),
-        projections::ContentProjection::NAME => args.stores.mongodb_uri.is_some(),
-        _ => false,
-    };
-    anyhow::ensure!(
-        !full,
-        "replay rebuilds the lite (PostgreSQL) read models; `{}` is configured on ScyllaDB / \
-         MongoDB here (unset SCYLLA_NODES / MONGODB_URI to rebuild the lite one)",
-        model.name
-    );
+    let production = args.stores.production(model.name);
     let stop = CancellationToken::new();
     tokio::spawn(crate::cancel_on_signal(stop.clone()));
     let swap = !args.no_swap && args.from.is_none() && args.to.is_none();
@@ -96,7 +86,9 @@ pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
         set_wise: !args.event_by_event,
         timeline: args.stores.timeline_settings(),
         cache,
+        production,
     };
+    let options_store = options.production.as_ref().map(replay::Production::kind);
     let replay = Replay::new(pool, model, options)?;
     let mut bar = Bar::new(model.name);
     if args.dry_run {
@@ -140,22 +132,25 @@ pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
         summary.dead_lettered,
         summary.position.global_position,
     );
+    let place = match &options_store {
+        Some(kind) => format!("{kind} `{}`", summary.target),
+        None => format!("schema `{}`", summary.target),
+    };
     if summary.interrupted {
         println!(
-            "Interrupted: the rebuilt part is kept in schema `{}`; run the same command again to resume.",
-            summary.target
+            "Interrupted: the rebuilt part is kept in {place}; run the same command again to resume."
         );
     } else if let Some(swap) = &summary.swap {
         println!(
-            "Swapped in: readers now use the rebuilt model in `{}`; the previous tables are in `{}`; the live projection goes on from position {} (it was at {}); {} cached keys dropped.",
-            summary.target,
+            "Swapped in: readers now use the rebuilt model in {place}; the previous {} is `{}`; the live projection goes on from position {} (it was at {}); {} cached keys dropped.",
+            if options_store.is_some() { "generation" } else { "tables' schema" },
             swap.retired,
             swap.live_after.global_position,
             swap.live_before.global_position,
             swap.cache_keys_dropped,
         );
     } else {
-        println!("Built in schema `{}` (not swapped in).", summary.target);
+        println!("Built in {place} (not swapped in).");
     }
     if summary.dead_lettered > 0 {
         println!(

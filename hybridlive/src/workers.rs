@@ -9,11 +9,12 @@ use anyhow::Context;
 use clap::Args;
 use projections::content::mongo::MongoContent;
 use projections::content::postgres::PgContent;
+use projections::generation::{Following, Generations, Open};
 use projections::timeline::postgres::PgTimelines;
 use projections::timeline::scylla::{ScyllaSettings, ScyllaTimelines};
 use projections::{
-    CacheSettings, ContentStore, LiveSettings, OnboardingSettings, PostCache, ReadModels,
-    TimelineSettings, TimelineStore, Workers,
+    CacheSettings, ContentProjection, ContentStore, LiveSettings, OnboardingSettings, PostCache,
+    ReadModels, TimelineProjection, TimelineSettings, TimelineStore, Workers,
 };
 
 /// The read-model stores: ScyllaDB and MongoDB when their URLs are set, else PostgreSQL.
@@ -57,44 +58,95 @@ impl ReadStoreArgs {
         })
     }
 
+    /// The production store `model` is configured on, if any (what `replay` rebuilds).
+    pub fn production(&self, model: &str) -> Option<replay::Production> {
+        match model {
+            TimelineProjection::NAME => self.scylla().map(replay::Production::Scylla),
+            ContentProjection::NAME => {
+                self.mongodb_uri
+                    .clone()
+                    .map(|uri| replay::Production::Mongo {
+                        uri,
+                        database: self.mongodb_database.clone(),
+                    })
+            }
+            _ => None,
+        }
+    }
+
     /// Creates the CQL keyspace and tables and the MongoDB indexes of the configured
-    /// stores (`migrate`; never at worker start-up).
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        if let Some(scylla) = self.scylla() {
+    /// stores, in their live generation (`migrate`, after the PostgreSQL migrations; never
+    /// at worker start-up).
+    pub async fn migrate(&self, pool: &sqlx::PgPool) -> anyhow::Result<()> {
+        let generations = Generations::new(pool.clone());
+        if let Some(mut scylla) = self.scylla() {
+            scylla.keyspace = generations
+                .live(TimelineProjection::NAME, &scylla.keyspace)
+                .await?
+                .name;
             projections::timeline::scylla::migrate(&scylla)
                 .await
                 .context("creating the ScyllaDB keyspace and tables")?;
             tracing::info!(keyspace = %scylla.keyspace, "ScyllaDB schema is up to date.");
         }
         if let Some(uri) = &self.mongodb_uri {
-            projections::content::mongo::migrate(uri, &self.mongodb_database)
+            let database = generations
+                .live(ContentProjection::NAME, &self.mongodb_database)
+                .await?
+                .name;
+            projections::content::mongo::migrate(uri, &database)
                 .await
                 .context("creating the MongoDB indexes")?;
-            tracing::info!(database = %self.mongodb_database, "MongoDB indexes are up to date.");
+            tracing::info!(%database, "MongoDB indexes are up to date.");
         }
         Ok(())
     }
 
+    /// The timelines: on ScyllaDB, the live generation's keyspace, followed across replays.
     async fn timelines(&self, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn TimelineStore>> {
-        Ok(match self.scylla() {
-            Some(scylla) => Arc::new(
-                ScyllaTimelines::connect(&scylla)
-                    .await
-                    .context("connecting to SCYLLA_NODES")?,
-            ),
-            None => Arc::new(PgTimelines::lite(pool.clone())),
-        })
+        let Some(scylla) = self.scylla() else {
+            return Ok(Arc::new(PgTimelines::lite(pool.clone())));
+        };
+        let base = scylla.keyspace.clone();
+        let open: Open<dyn TimelineStore> = Box::new(move |keyspace| {
+            let settings = ScyllaSettings {
+                keyspace,
+                ..scylla.clone()
+            };
+            Box::pin(async move {
+                let store: Arc<dyn TimelineStore> =
+                    Arc::new(ScyllaTimelines::connect(&settings).await?);
+                Ok(store)
+            })
+        });
+        let store = Following::open(pool.clone(), TimelineProjection::NAME, &base, open)
+            .await
+            .context("connecting to SCYLLA_NODES")?;
+        Ok(Arc::new(store))
     }
 
+    /// The content: on MongoDB, the live generation's database, followed across replays.
     async fn content(&self, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn ContentStore>> {
-        Ok(match &self.mongodb_uri {
-            Some(uri) => Arc::new(
-                MongoContent::connect(uri, &self.mongodb_database)
-                    .await
-                    .context("connecting to MONGODB_URI")?,
-            ),
-            None => Arc::new(PgContent::lite(pool.clone())),
-        })
+        let Some(uri) = self.mongodb_uri.clone() else {
+            return Ok(Arc::new(PgContent::lite(pool.clone())));
+        };
+        let open: Open<dyn ContentStore> = Box::new(move |database| {
+            let uri = uri.clone();
+            Box::pin(async move {
+                let store: Arc<dyn ContentStore> =
+                    Arc::new(MongoContent::connect(&uri, &database).await?);
+                Ok(store)
+            })
+        });
+        let store = Following::open(
+            pool.clone(),
+            ContentProjection::NAME,
+            &self.mongodb_database,
+            open,
+        )
+        .await
+        .context("connecting to MONGODB_URI")?;
+        Ok(Arc::new(store))
     }
 
     /// The configured read models, with the Redis caches under `<redis_prefix>rm:`.
@@ -164,11 +216,7 @@ impl RealTimeArgs {
     ) -> anyhow::Result<Workers> {
         let required: BTreeSet<String> = self.onboarding_required.iter().cloned().collect();
         if let Some(unknown) = required.iter().find(|name| {
-            ![
-                projections::TimelineProjection::NAME,
-                projections::ContentProjection::NAME,
-            ]
-            .contains(&name.as_str())
+            ![TimelineProjection::NAME, ContentProjection::NAME].contains(&name.as_str())
         }) {
             anyhow::bail!(
                 "ONBOARDING_REQUIRED names `{unknown}`; only timeline and content sync users"

@@ -24,10 +24,10 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use store::RecordedEvent;
+use store::{RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{Outcome, Projection, Runner};
+use crate::runtime::{swap_lock_key, Outcome, Projection, Runner};
 
 /// Where the relay's topics are.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub enum KafkaSourceError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("dead letters: {0}")]
-    Store(#[from] store::StoreError),
+    Store(#[from] StoreError),
 }
 
 impl<P: Projection> Runner<P> {
@@ -132,7 +132,7 @@ impl<P: Projection> Runner<P> {
                     }
                 }
             }
-            let outcomes = self.apply_events(&events, Vec::new(), stop).await?;
+            let outcomes = self.apply_under_swap_lock(&events, stop).await?;
             for (outcome, &index) in outcomes.iter().zip(&of_event) {
                 if let Outcome::DeadLettered(error) = outcome {
                     dlq.send(&batch[index], error).await?;
@@ -158,6 +158,27 @@ impl<P: Projection> Runner<P> {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+}
+
+impl<P: Projection> Runner<P> {
+    /// Applies `events` holding the swap lock shared ([`swap_lock_key`]), as the log source
+    /// does for each batch: a replay's swap happens between two batches, and the batch
+    /// after it writes to the model swapped in. The lock is a transaction's, which writes
+    /// nothing (it holds no log reader back) and releases it however it ends.
+    async fn apply_under_swap_lock(
+        &self,
+        events: &[RecordedEvent],
+        stop: &CancellationToken,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut lock = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(swap_lock_key(self.projection().name()))
+            .execute(&mut *lock)
+            .await?;
+        let outcomes = self.apply_events(events, Vec::new(), stop).await?;
+        lock.commit().await?;
+        Ok(outcomes)
     }
 }
 

@@ -21,6 +21,8 @@
 //! - [`query`]: the queries the API serves from these models, and the `X-Min-Position` wait;
 //! - [`workers`]: the projections by name, as `hybridlive project`, `dlq retry` and `dev`
 //!   run them;
+//! - [`generation`]: which keyspace or database of a production model is live, after a
+//!   replay swapped a rebuilt one in ([`generation::Following`] stores follow it);
 //! - [`error`]: [`ReadModelError`], transient or not.
 //!
 //! Layering: only `event-schemas` types, never `domain`.
@@ -33,6 +35,7 @@ pub mod analytics;
 pub mod cache;
 pub mod content;
 pub mod error;
+pub mod generation;
 pub mod live;
 mod mirror;
 pub mod onboarding;

@@ -76,6 +76,12 @@ pub trait Projection: Send + Sync {
             Ok(())
         }
     }
+    /// Called before each batch, under the swap lock ([`swap_lock_key`]): a projection whose
+    /// store follows a replay's generation pointer switches to the live generation here.
+    /// An error holds the batch back (retried like a store outage).
+    fn before_batch(&self) -> impl Future<Output = Result<(), ApplyError>> + Send {
+        std::future::ready(Ok(()))
+    }
     /// Called after `event` was dead-lettered with `error` (the registration saga fails a
     /// user whom a required projection lost). A failure here is logged, not retried.
     fn dead_lettered(
@@ -206,6 +212,11 @@ impl<P: Projection> Runner<P> {
 
     pub fn projection(&self) -> &P {
         &self.projection
+    }
+
+    #[cfg(feature = "kafka")]
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// The name of its row in `checkpoints`.
@@ -462,6 +473,9 @@ impl<P: Projection> Runner<P> {
         mut decoded: Decoded,
         stop: &CancellationToken,
     ) -> Result<Vec<Outcome>, StoreError> {
+        if !events.is_empty() && !self.before_batch(stop).await {
+            return Ok(vec![Outcome::Stopped]);
+        }
         let mut outcomes: Vec<Outcome> = events.iter().map(|_| Outcome::Applied).collect();
         // The events to apply, decoded; one that does not decode is poison at once.
         let (mut indices, mut envelopes) = (Vec::new(), Vec::new());
@@ -516,6 +530,24 @@ impl<P: Projection> Runner<P> {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Lets the projection prepare the batch ([`Projection::before_batch`]), retrying with
+    /// backoff while it fails; false when `stop` came first.
+    async fn before_batch(&self, stop: &CancellationToken) -> bool {
+        let mut failures = 0u32;
+        loop {
+            let error = match self.projection.before_batch().await {
+                Ok(()) => return true,
+                Err(error) => error,
+            };
+            failures += 1;
+            tracing::warn!(projection = %self.label, %error, failures, "Cannot prepare the next batch; retrying.");
+            tokio::select! {
+                () = tokio::time::sleep(self.policy.backoff(failures)) => {}
+                () = stop.cancelled() => return false,
+            }
+        }
     }
 
     /// Remembers that the projection passes the `passed_over` types over (one lock a batch).

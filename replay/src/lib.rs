@@ -22,6 +22,16 @@
 //!    to where the rebuilt model is. Readers see the old model or the new one, never a mix;
 //!    the live projection goes on from the new checkpoint with its next batch.
 //!
+//! A production model (timelines on ScyllaDB/Cassandra, content on MongoDB:
+//! [`ReplayOptions::production`]) is rebuilt the same way into a fresh keyspace or
+//! database, the model's next generation `<base>_<n>` ([`projections::generation`]), and
+//! swapped in under the same lock by moving the model's generation pointer in PostgreSQL
+//! instead of moving tables: the live workers switch at their next batch, readers within a
+//! second. The generation swapped out is kept until the next swap, then dropped. A
+//! projection fed by Kafka takes the same lock for each batch; it goes on from its
+//! consumer offsets, and what it applies again the rebuilt model already holds (every write
+//! is idempotent).
+//!
 //! [`Replay::dry_run`] reads and decodes the range and counts what would be applied,
 //! writing nothing. [`export::export`] writes the log as NDJSON for other tools.
 
@@ -30,12 +40,13 @@ pub mod models;
 
 use std::time::{Duration, Instant};
 
+use projections::generation::{Generation, Generations};
 use projections::{DeadLetters, PostCache, Runner, TimelineSettings};
 use sqlx::PgPool;
 use store::{Checkpoints, LogPosition, LogReader, StoreError};
 use tokio_util::sync::CancellationToken;
 
-pub use models::{Model, ModelError, ModelProjection, MODELS};
+pub use models::{Model, ModelError, ModelProjection, Production, MODELS};
 
 /// `options` for a replay's own pool: `synchronous_commit = off`, so each write does not
 /// wait for its WAL flush. Safe for a rebuild: the checkpoint is written on the same
@@ -76,6 +87,9 @@ pub struct ReplayOptions {
     pub timeline: TimelineSettings,
     /// The caches in front of the live model, dropped after a swap of `content`.
     pub cache: Option<PostCache>,
+    /// The production store of the model, when it is configured on one: the replay builds
+    /// the model's next generation there instead of a PostgreSQL schema.
+    pub production: Option<Production>,
 }
 
 impl Default for ReplayOptions {
@@ -89,6 +103,7 @@ impl Default for ReplayOptions {
             set_wise: true,
             timeline: TimelineSettings::default(),
             cache: None,
+            production: None,
         }
     }
 }
@@ -105,6 +120,12 @@ pub enum ReplayError {
     OtherRange { model: String, stored: String },
     #[error("--from must not be after --to")]
     EmptyRange,
+    #[error("`{model}` is not kept on {store}; only `{holds}` is")]
+    WrongStore {
+        model: String,
+        store: &'static str,
+        holds: &'static str,
+    },
     #[error("another replay of `{0}` is running; wait for it or stop it")]
     Busy(String),
     #[error(
@@ -205,6 +226,15 @@ impl Replay {
                 return Err(ReplayError::EmptyRange);
             }
         }
+        if let Some(production) = &options.production {
+            if production.model() != model.name {
+                return Err(ReplayError::WrongStore {
+                    model: model.name.to_owned(),
+                    store: production.kind(),
+                    holds: production.model(),
+                });
+            }
+        }
         Ok(Self {
             pool,
             model,
@@ -212,9 +242,29 @@ impl Replay {
         })
     }
 
-    /// `replay_<model>`: where the model is rebuilt.
+    /// `replay_<model>`: where a lite model is rebuilt.
     pub fn target_schema(&self) -> String {
         format!("replay_{}", self.model.name)
+    }
+
+    /// Where the model is rebuilt: [`Self::target_schema`], or the production model's next
+    /// generation.
+    async fn target(&self) -> Result<Target, ReplayError> {
+        let Some(production) = &self.options.production else {
+            return Ok(Target {
+                name: self.target_schema(),
+                generations: None,
+            });
+        };
+        let live = Generations::new(self.pool.clone())
+            .live(self.model.name, production.base())
+            .await
+            .map_err(|e| ModelError::Store(e.to_string()))?;
+        let next = live.next(production.base());
+        Ok(Target {
+            name: next.name.clone(),
+            generations: Some((live, next)),
+        })
     }
 
     /// `retired_<model>`: where a swap moves the previous tables.
@@ -235,14 +285,23 @@ impl Replay {
         self.options.from.is_none() && self.options.to.is_none()
     }
 
-    /// The runner of the replay; `fresh` when it starts into empty tables.
-    fn runner(&self, fresh: bool) -> Result<Runner<ModelProjection>, ReplayError> {
-        let projection = self.model.projection(
-            &self.pool,
-            &self.target_schema(),
-            self.options.timeline,
-            fresh,
-        )?;
+    /// The runner of the replay into `target`; `fresh` when it starts into empty tables.
+    async fn runner(
+        &self,
+        target: &Target,
+        fresh: bool,
+    ) -> Result<Runner<ModelProjection>, ReplayError> {
+        let projection = match &self.options.production {
+            Some(production) => {
+                production
+                    .projection(&target.name, self.options.timeline)
+                    .await?
+            }
+            None => {
+                self.model
+                    .projection(&self.pool, &target.name, self.options.timeline, fresh)?
+            }
+        };
         let runner = Runner::new(
             self.pool.clone(),
             projection,
@@ -293,8 +352,9 @@ impl Replay {
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<Summary, ReplayError> {
         let started = Instant::now();
-        let resumed = self.prepare().await?;
-        let runner = self.runner(!resumed)?;
+        let target = self.target().await?;
+        let resumed = self.prepare(&target).await?;
+        let runner = self.runner(&target, !resumed).await?;
         let checkpoints = Checkpoints::new(self.pool.clone());
         let checkpoint = runner.checkpoint_name();
         let label = self.label();
@@ -338,7 +398,7 @@ impl Replay {
                 .await?;
         }
         let swap = if !interrupted && self.options.swap && self.whole_log() {
-            Some(self.swap(&runner, stop).await?)
+            Some(self.swap(&runner, &target, stop).await?)
         } else {
             None
         };
@@ -348,10 +408,9 @@ impl Replay {
         };
         Ok(Summary {
             model: self.model.name,
-            target: if swap.is_some() {
-                self.model.schema.to_owned()
-            } else {
-                self.target_schema()
+            target: match (&swap, &self.options.production) {
+                (Some(_), None) => self.model.schema.to_owned(),
+                _ => target.name,
             },
             resumed,
             read,
@@ -444,18 +503,45 @@ impl Replay {
         }
     }
 
-    /// Creates the target (or keeps an unfinished one to resume); returns whether it resumes.
-    async fn prepare(&self) -> Result<bool, ReplayError> {
-        let target = self.target_schema();
+    /// Whether an unfinished replay into `target` can be resumed: its row names `target`,
+    /// which exists, and (production) its checkpoint was saved once `target` was created.
+    async fn resumable(
+        &self,
+        target: &Target,
+    ) -> Result<Option<(Option<i64>, Option<i64>)>, ReplayError> {
         let stored: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT r.from_position, r.to_position FROM replays r \
-               JOIN pg_namespace n ON n.nspname = r.target_schema \
-              WHERE r.model = $1 AND r.swapped_at IS NULL",
+            "SELECT from_position, to_position FROM replays \
+              WHERE model = $1 AND target_schema = $2 AND swapped_at IS NULL",
         )
         .bind(self.model.name)
+        .bind(&target.name)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((from, to)) = stored {
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let exists = match &self.options.production {
+            Some(production) => {
+                let checkpoint: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM checkpoints WHERE name = $1")
+                        .bind(format!("projection:{}", self.label()))
+                        .fetch_optional(&self.pool)
+                        .await?;
+                checkpoint.is_some() && production.exists(&target.name).await?
+            }
+            None => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+                    .bind(&target.name)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+        };
+        Ok(exists.then_some(stored))
+    }
+
+    /// Creates the target (or keeps an unfinished one to resume); returns whether it resumes.
+    async fn prepare(&self, target: &Target) -> Result<bool, ReplayError> {
+        if let Some((from, to)) = self.resumable(target).await? {
             if !self.options.restart {
                 if (from, to) != (self.options.from, self.options.to) {
                     let show = |p: Option<i64>| p.map_or_else(String::new, |p| p.to_string());
@@ -464,27 +550,31 @@ impl Replay {
                         stored: format!("{}..{}", show(from), show(to)),
                     });
                 }
-                tracing::info!(model = self.model.name, %target, "Resuming an unfinished replay.");
+                tracing::info!(model = self.model.name, target = %target.name, "Resuming an unfinished replay.");
                 return Ok(true);
             }
         }
+        let name = &target.name;
+        let checkpoint = format!("projection:{}", self.label());
         let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {target} CASCADE"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("CREATE SCHEMA {target}"))
-            .execute(&mut *tx)
-            .await?;
-        for table in self.model.tables {
-            sqlx::query(&format!(
-                "CREATE TABLE {target}.{table} (LIKE {live}.{table} INCLUDING ALL)",
-                live = self.model.schema
-            ))
-            .execute(&mut *tx)
-            .await?;
+        if self.options.production.is_none() {
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("CREATE SCHEMA {name}"))
+                .execute(&mut *tx)
+                .await?;
+            for table in self.model.tables {
+                sqlx::query(&format!(
+                    "CREATE TABLE {name}.{table} (LIKE {live}.{table} INCLUDING ALL)",
+                    live = self.model.schema
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         sqlx::query("DELETE FROM checkpoints WHERE name = $1")
-            .bind(format!("projection:{}", self.label()))
+            .bind(&checkpoint)
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM dead_letters WHERE projection = $1")
@@ -499,12 +589,20 @@ impl Replay {
                 started_at = now(), finished_at = NULL, swapped_at = NULL",
         )
         .bind(self.model.name)
-        .bind(&target)
+        .bind(name)
         .bind(self.options.from)
         .bind(self.options.to)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if let Some(production) = &self.options.production {
+            // The keyspace or database outside the transaction, then the checkpoint that
+            // makes it resumable: a run killed in between starts over.
+            production.create_empty(name).await?;
+            Checkpoints::new(self.pool.clone())
+                .save(&checkpoint, LogPosition::START)
+                .await?;
+        }
         Ok(false)
     }
 
@@ -519,13 +617,9 @@ impl Replay {
     async fn swap(
         &self,
         runner: &Runner<ModelProjection>,
+        target: &Target,
         stop: &CancellationToken,
     ) -> Result<SwapReport, ReplayError> {
-        let (live, target, retired) = (
-            self.model.schema,
-            self.target_schema(),
-            self.retired_schema(),
-        );
         let live_checkpoint = format!("projection:{}", self.model.name);
         let replay_checkpoint = runner.checkpoint_name();
         let mut tx = self.pool.begin().await?;
@@ -544,20 +638,27 @@ impl Replay {
                 _ => e.into(),
             })?;
         let live_before = Checkpoints::load_with(&mut *tx, &live_checkpoint).await?;
-        // Catch up with the live projection (and whatever was appended meanwhile), so that
-        // the live projection, going on from the new checkpoint, misses nothing.
+        // Catch up with the live projection and with every event committed by now (a
+        // projection fed by Kafka keeps no checkpoint here, and cannot have applied one
+        // that is not committed), so that the live projection, going on from the new
+        // checkpoint or its consumer offsets, misses nothing.
+        let head = LogReader::new(self.pool.clone())
+            .last_up_to(i64::MAX)
+            .await?
+            .unwrap_or(LogPosition::START);
+        let end = live_before.max(head);
         let checkpoints = Checkpoints::new(self.pool.clone());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let at = checkpoints.load(&replay_checkpoint).await?;
             let n = runner.run_batch(stop).await?;
-            if n == 0 && at >= live_before {
+            if n == 0 && at >= end {
                 break;
             }
             if n == 0 {
                 if Instant::now() > deadline {
                     return Err(StoreError::Corrupt(format!(
-                        "the replay cannot read up to the live checkpoint {live_before:?}"
+                        "the replay cannot read up to {end:?}"
                     ))
                     .into());
                 }
@@ -565,38 +666,15 @@ impl Replay {
             }
         }
         let live_after = checkpoints.load(&replay_checkpoint).await?;
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("CREATE SCHEMA {retired}"))
-            .execute(&mut *tx)
-            .await?;
-        for table in self.model.tables {
-            sqlx::query(&format!("ALTER TABLE {live}.{table} SET SCHEMA {retired}"))
-                .execute(&mut *tx)
-                .await?;
-        }
-        for table in self.model.tables {
-            sqlx::query(&format!("ALTER TABLE {target}.{table} SET SCHEMA {live}"))
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(&format!("DROP SCHEMA {target}"))
-            .execute(&mut *tx)
-            .await?;
-        let tables = self
-            .model
-            .tables
-            .iter()
-            .map(|t| format!("{live}.{t}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        for grant in [
-            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO hybridlive_writer"),
-            format!("GRANT SELECT ON {tables} TO hybridlive_reader"),
-        ] {
-            sqlx::query(&grant).execute(&mut *tx).await?;
-        }
+        let retired = match (&self.options.production, &target.generations) {
+            (Some(production), Some((live, next))) => {
+                Generations::point_with(&mut *tx, self.model.name, production.base(), next)
+                    .await
+                    .map_err(|e| ModelError::Store(e.to_string()))?;
+                live.name.clone()
+            }
+            _ => self.swap_tables(&mut tx).await?,
+        };
         Checkpoints::save_with(&mut *tx, &live_checkpoint, live_after).await?;
         sqlx::query("DELETE FROM checkpoints WHERE name = $1")
             .bind(&replay_checkpoint)
@@ -608,6 +686,13 @@ impl Replay {
             .await?;
         tx.commit().await?;
         tracing::info!(model = self.model.name, ?live_before, ?live_after, %retired, "Swapped the rebuilt model in.");
+        if let (Some(production), Some((live, _))) = (&self.options.production, &target.generations)
+        {
+            // The generation the swap before this one retired: nobody has read it since.
+            if let Some(older) = live.previous(production.base()) {
+                production.drop_generation(&older.name).await?;
+            }
+        }
         let cache_keys_dropped = match (&self.options.cache, self.model.name) {
             (Some(cache), projections::ContentProjection::NAME) => cache
                 .clear()
@@ -622,4 +707,59 @@ impl Replay {
             cache_keys_dropped,
         })
     }
+
+    /// Moves the live tables to `retired_<model>` and the rebuilt ones into the live schema
+    /// (lite models), in the swap's transaction; returns where the live ones went.
+    async fn swap_tables(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<String, ReplayError> {
+        let (live, target, retired) = (
+            self.model.schema,
+            self.target_schema(),
+            self.retired_schema(),
+        );
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE"))
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {retired}"))
+            .execute(&mut **tx)
+            .await?;
+        for table in self.model.tables {
+            sqlx::query(&format!("ALTER TABLE {live}.{table} SET SCHEMA {retired}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        for table in self.model.tables {
+            sqlx::query(&format!("ALTER TABLE {target}.{table} SET SCHEMA {live}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        sqlx::query(&format!("DROP SCHEMA {target}"))
+            .execute(&mut **tx)
+            .await?;
+        let tables = self
+            .model
+            .tables
+            .iter()
+            .map(|t| format!("{live}.{t}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for grant in [
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO hybridlive_writer"),
+            format!("GRANT SELECT ON {tables} TO hybridlive_reader"),
+        ] {
+            sqlx::query(&grant).execute(&mut **tx).await?;
+        }
+        Ok(retired)
+    }
+}
+
+/// Where a replay builds.
+#[derive(Debug, Clone)]
+struct Target {
+    /// The schema (lite), or the keyspace or database (production).
+    name: String,
+    /// Production: the live generation when the replay started, and the one it builds.
+    generations: Option<(Generation, Generation)>,
 }

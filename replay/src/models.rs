@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use event_schemas::EventEnvelope;
 use projections::analytics::{self, AnalyticsProjection};
+use projections::content::mongo::{self, MongoContent};
 use projections::content::postgres::PgContent;
 use projections::query::LITE_SCHEMA;
 use projections::timeline::postgres::PgTimelines;
+use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
 use projections::{
     ApplyError, ContentProjection, Projection, TimelineProjection, TimelineSettings,
 };
@@ -120,7 +122,7 @@ impl Model {
                     .map_err(|e| ModelError::Store(e.to_string()))?
                     .deferring_counts();
                 let store = Arc::new(if fresh { store.mirrored() } else { store });
-                ModelProjection::Content(ContentProjection::uncached(store.clone()), store)
+                ModelProjection::Content(ContentProjection::uncached(store.clone()), Some(store))
             }
             AnalyticsProjection::NAME => ModelProjection::Analytics(
                 AnalyticsProjection::new(pool.clone(), schema)
@@ -131,12 +133,120 @@ impl Model {
     }
 }
 
+/// Where a production model lives: the store `hybridlive` is configured with for it.
+/// A replay rebuilds it into a fresh keyspace or database, the model's next generation
+/// ([`projections::generation`]), and swaps it in by moving the generation pointer.
+#[derive(Debug, Clone)]
+pub enum Production {
+    /// The timelines on ScyllaDB/Cassandra; `keyspace` is the configured (base) name.
+    Scylla(ScyllaSettings),
+    /// The content on MongoDB at `uri`; `database` is the configured (base) name.
+    Mongo { uri: String, database: String },
+}
+
+impl Production {
+    /// The model it holds.
+    pub fn model(&self) -> &'static str {
+        match self {
+            Self::Scylla(_) => TimelineProjection::NAME,
+            Self::Mongo { .. } => ContentProjection::NAME,
+        }
+    }
+
+    /// The configured name, which the generation pointer is kept under.
+    pub fn base(&self) -> &str {
+        match self {
+            Self::Scylla(settings) => &settings.keyspace,
+            Self::Mongo { database, .. } => database,
+        }
+    }
+
+    /// What a keyspace or database is called in messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Scylla(_) => "keyspace",
+            Self::Mongo { .. } => "database",
+        }
+    }
+
+    fn scylla(settings: &ScyllaSettings, keyspace: &str) -> ScyllaSettings {
+        ScyllaSettings {
+            keyspace: keyspace.to_owned(),
+            ..settings.clone()
+        }
+    }
+
+    /// Creates `name` empty, with the model's tables or indexes (dropping what was there).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn create_empty(&self, name: &str) -> Result<(), ModelError> {
+        self.drop_generation(name).await?;
+        match self {
+            Self::Scylla(settings) => scylla::migrate(&Self::scylla(settings, name)).await,
+            Self::Mongo { uri, .. } => mongo::migrate(uri, name).await,
+        }
+        .map_err(|e| ModelError::Store(format!("creating {} `{name}`: {e}", self.kind())))
+    }
+
+    /// Whether `name` exists.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn exists(&self, name: &str) -> Result<bool, ModelError> {
+        match self {
+            Self::Scylla(settings) => scylla::keyspace_exists(&Self::scylla(settings, name)).await,
+            Self::Mongo { uri, .. } => mongo::database_exists(uri, name).await,
+        }
+        .map_err(|e| ModelError::Store(e.to_string()))
+    }
+
+    /// Drops `name` and everything in it.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn drop_generation(&self, name: &str) -> Result<(), ModelError> {
+        match self {
+            Self::Scylla(settings) => scylla::drop_keyspace(&Self::scylla(settings, name)).await,
+            Self::Mongo { uri, .. } => mongo::drop_database(uri, name).await,
+        }
+        .map_err(|e| ModelError::Store(format!("dropping {} `{name}`: {e}", self.kind())))
+    }
+
+    /// The model's projection writing to `name`, with no side effects (no live updates,
+    /// no caches, no saga).
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    pub async fn projection(
+        &self,
+        name: &str,
+        timeline: TimelineSettings,
+    ) -> Result<ModelProjection, ModelError> {
+        let connected = |e: projections::ReadModelError| {
+            ModelError::Store(format!("connecting to {} `{name}`: {e}", self.kind()))
+        };
+        Ok(match self {
+            Self::Scylla(settings) => {
+                let store = ScyllaTimelines::connect(&Self::scylla(settings, name))
+                    .await
+                    .map_err(connected)?;
+                ModelProjection::Timeline(TimelineProjection::new(Arc::new(store), timeline))
+            }
+            Self::Mongo { uri, .. } => {
+                let store = MongoContent::connect(uri, name).await.map_err(connected)?;
+                ModelProjection::Content(ContentProjection::uncached(Arc::new(store)), None)
+            }
+        })
+    }
+}
+
 /// The projection of a [`Model`].
 #[derive(Debug)]
 pub enum ModelProjection {
     Timeline(TimelineProjection),
-    /// With its store, whose counts are deferred.
-    Content(ContentProjection, Arc<PgContent>),
+    /// With its lite store, whose counts are deferred (the MongoDB store counts as it goes).
+    Content(ContentProjection, Option<Arc<PgContent>>),
     Analytics(AnalyticsProjection),
 }
 
@@ -147,7 +257,7 @@ impl ModelProjection {
     /// # Errors
     /// When the store fails; what was deferred stays deferred.
     pub async fn settle(&self) -> Result<(), ModelError> {
-        if let Self::Content(_, store) = self {
+        if let Self::Content(_, Some(store)) = self {
             let started = std::time::Instant::now();
             let posts = store
                 .settle_counts()

@@ -98,6 +98,13 @@ pub struct Change {
 /// Storage of posts, comments, likes and profiles. Every write is idempotent.
 #[async_trait::async_trait]
 pub trait ContentStore: Send + Sync + Debug {
+    /// Switches to the generation readers use now, for a store that follows a replay's
+    /// generation pointer ([`crate::generation::Following`]); the runner calls it before
+    /// each batch, under the swap lock. Nothing to do for the others.
+    async fn follow_generation(&self) -> ReadResult<()> {
+        Ok(())
+    }
+
     /// Stores a profile unless one exists for this user.
     async fn put_profile(&self, profile: &Profile) -> ReadResult<()>;
     async fn rename(&self, user: Uuid, display_name: &str) -> ReadResult<()>;
@@ -349,6 +356,10 @@ impl Projection for ContentProjection {
 
     async fn dead_lettered(&self, event: &EventEnvelope, error: &str) -> Result<(), ApplyError> {
         report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
+    }
+
+    async fn before_batch(&self) -> Result<(), ApplyError> {
+        Ok(self.store.follow_generation().await?)
     }
 
     /// A batch's writes go to the store set-wise, in one transaction; then the caches,

@@ -304,6 +304,20 @@ pub async fn drop_database(uri: &str, database: &str) -> ReadResult<()> {
     open(uri, database).await?.drop().await.map_err(store_error)
 }
 
+/// Whether `database` exists: it holds a collection (a replay resumes into its target
+/// only if it does; [`migrate`] creates collections with their indexes).
+///
+/// # Errors
+/// As [`migrate`].
+pub async fn database_exists(uri: &str, database: &str) -> ReadResult<bool> {
+    let names = open(uri, database)
+        .await?
+        .list_collection_names()
+        .await
+        .map_err(store_error)?;
+    Ok(!names.is_empty())
+}
+
 fn index(name: &str, keys: Document) -> IndexModel {
     let options = IndexOptions::builder().name(name.to_owned()).build();
     IndexModel::builder().keys(keys).options(options).build()

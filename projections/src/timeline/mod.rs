@@ -50,6 +50,13 @@ pub struct FollowCounts {
 /// entries newest first.
 #[async_trait::async_trait]
 pub trait TimelineStore: Send + Sync + Debug {
+    /// Switches to the generation readers use now, for a store that follows a replay's
+    /// generation pointer ([`crate::generation::Following`]); the runner calls it before
+    /// each batch, under the swap lock. Nothing to do for the others.
+    async fn follow_generation(&self) -> ReadResult<()> {
+        Ok(())
+    }
+
     /// Records that `follower` follows `followee`.
     async fn follow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()>;
     /// Records that `follower` no longer follows `followee`.
@@ -275,6 +282,10 @@ impl Projection for TimelineProjection {
 
     async fn dead_lettered(&self, event: &EventEnvelope, error: &str) -> Result<(), ApplyError> {
         report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
+    }
+
+    async fn before_batch(&self) -> Result<(), ApplyError> {
+        Ok(self.store.follow_generation().await?)
     }
 
     /// A batch's writes go to the store set-wise, in one transaction; then the live updates

@@ -523,6 +523,22 @@ pub async fn drop_keyspace(settings: &ScyllaSettings) -> Result<(), ReadModelErr
     Ok(())
 }
 
+/// Whether the keyspace exists (a replay resumes into its target only if it does).
+///
+/// # Errors
+/// As [`migrate`].
+pub async fn keyspace_exists(settings: &ScyllaSettings) -> Result<bool, ReadModelError> {
+    quoted_keyspace(&settings.keyspace)?;
+    let session = session(settings).await?;
+    let result = session
+        .query_unpaged(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (&settings.keyspace,),
+        )
+        .await?;
+    Ok(!rows::<(String,)>(result)?.is_empty())
+}
+
 impl ScyllaTimelines {
     /// Connects to `settings.nodes` and prepares every statement against the tables of
     /// `settings.keyspace`, which [`migrate`] must have created.
