@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use projections::content::mongo::MongoContent;
 use projections::content::postgres::PgContent;
-use projections::generation::{Following, Generations, Open};
+use projections::generation::{Following, Generations};
 use projections::timeline::postgres::PgTimelines;
 use projections::timeline::scylla::{ScyllaSettings, ScyllaTimelines};
 use projections::{
@@ -108,17 +108,7 @@ impl ReadStoreArgs {
             return Ok(Arc::new(PgTimelines::lite(pool.clone())));
         };
         let base = scylla.keyspace.clone();
-        let open: Open<dyn TimelineStore> = Box::new(move |keyspace| {
-            let settings = ScyllaSettings {
-                keyspace,
-                ..scylla.clone()
-            };
-            Box::pin(async move {
-                let store: Arc<dyn TimelineStore> =
-                    Arc::new(ScyllaTimelines::connect(&settings).await?);
-                Ok(store)
-            })
-        });
+        let open = ScyllaTimelines::opener(scylla);
         let store = Following::open(pool.clone(), TimelineProjection::NAME, &base, open)
             .await
             .context("connecting to SCYLLA_NODES")?;
@@ -130,14 +120,7 @@ impl ReadStoreArgs {
         let Some(uri) = self.mongodb_uri.clone() else {
             return Ok(Arc::new(PgContent::lite(pool.clone())));
         };
-        let open: Open<dyn ContentStore> = Box::new(move |database| {
-            let uri = uri.clone();
-            Box::pin(async move {
-                let store: Arc<dyn ContentStore> =
-                    Arc::new(MongoContent::connect(&uri, &database).await?);
-                Ok(store)
-            })
-        });
+        let open = MongoContent::opener(uri);
         let store = Following::open(
             pool.clone(),
             ContentProjection::NAME,

@@ -3,10 +3,13 @@
 //! live-built one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{holdback, progress_past_start};
 use projections::timeline::postgres::PgTimelines;
 use projections::{RetryPolicy, Runner, TimelineProjection, TimelineSettings};
 use testkit::social::SocialLog;
@@ -34,40 +37,6 @@ fn replay(db: &TestDb, model: &str) -> tokio::process::Command {
         .env("RUST_LOG", "warn")
         .kill_on_drop(true);
     command
-}
-
-/// A transaction with an id, open: while it is, every log reader stops before the events
-/// appended after it began.
-async fn holdback(db: &TestDb) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut holdback = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *holdback)
-        .await
-        .unwrap();
-    holdback
-}
-
-/// Waits for a progress line of `model`'s replay past its start on `lines` (its stderr).
-async fn progress_past_start(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    model: &str,
-) {
-    let (ours, at_start) = (format!("replay {model}: "), format!("replay {model}: 0/"));
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("a progress line within 60 s")
-            .unwrap()
-            .expect("the replay reports progress before it ends");
-        // Log lines (warnings of a loaded machine) go to stderr too.
-        if !line.starts_with(&ours) {
-            continue;
-        }
-        assert!(line.contains("events/s, ETA"), "{line}");
-        if !line.starts_with(&at_start) {
-            return;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

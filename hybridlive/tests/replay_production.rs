@@ -7,10 +7,12 @@
 //! replay builds a third generation equal to it, and drops the first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
+use common::{holdback, progress_past_start};
 use projections::content::mongo::MongoContent;
 use projections::generation::{Following, Open};
 use projections::timeline::scylla::{ScyllaSettings, ScyllaTimelines};
@@ -54,20 +56,7 @@ async fn timeline_replay_into_cassandra_resumes_after_sigkill_and_swaps_in_the_l
         ("SCYLLA_KEYSPACE", settings.keyspace.clone()),
         ("SCYLLA_CONSISTENCY", "ONE".to_owned()),
     ];
-    let open: Open<dyn TimelineStore> = {
-        let settings = settings.clone();
-        Box::new(move |keyspace| {
-            let settings = ScyllaSettings {
-                keyspace,
-                ..settings.clone()
-            };
-            Box::pin(async move {
-                let store: Arc<dyn TimelineStore> =
-                    Arc::new(ScyllaTimelines::connect(&settings).await?);
-                Ok(store)
-            })
-        })
-    };
+    let open = ScyllaTimelines::opener(settings.clone());
     scenario(
         Production::Scylla(settings.clone()),
         env,
@@ -95,17 +84,7 @@ async fn content_replay_into_mongodb_resumes_after_sigkill_and_swaps_in_the_live
         ("MONGODB_URI", uri.clone()),
         ("MONGODB_DATABASE", database.clone()),
     ];
-    let open: Open<dyn ContentStore> = {
-        let uri = uri.clone();
-        Box::new(move |database| {
-            let uri = uri.clone();
-            Box::pin(async move {
-                let store: Arc<dyn ContentStore> =
-                    Arc::new(MongoContent::connect(&uri, &database).await?);
-                Ok(store)
-            })
-        })
-    };
+    let open = MongoContent::opener(uri.clone());
     scenario(
         Production::Mongo {
             uri: uri.clone(),
@@ -267,35 +246,6 @@ async fn pointer(db: &TestDb, model: &str, base: &str) -> Option<(i32, String)> 
     .fetch_optional(&db.pool)
     .await
     .unwrap()
-}
-
-/// A transaction with an id, open: while it is, every log reader stops before the events
-/// appended after it began.
-async fn holdback(db: &TestDb) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut holdback = db.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *holdback)
-        .await
-        .unwrap();
-    holdback
-}
-
-/// Waits for a progress line of `model`'s replay past its start on `lines` (its stderr).
-async fn progress_past_start(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    model: &str,
-) {
-    let (ours, at_start) = (format!("replay {model}: "), format!("replay {model}: 0/"));
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .expect("a progress line within 120 s")
-            .unwrap()
-            .expect("the replay reports progress before it ends");
-        if line.starts_with(&ours) && !line.starts_with(&at_start) {
-            return;
-        }
-    }
 }
 
 /// The ids of the users and of the posts in the log.

@@ -690,7 +690,9 @@ impl Replay {
         {
             // The generation the swap before this one retired: nobody has read it since.
             if let Some(older) = live.previous(production.base()) {
-                production.drop_generation(&older.name).await?;
+                if let Err(error) = production.drop_generation(&older.name).await {
+                    tracing::warn!(%error, generation = %older.name, "Swapped, but the generation retired by the swap before is not dropped; drop it by hand.");
+                }
             }
         }
         let cache_keys_dropped = match (&self.options.cache, self.model.name) {
