@@ -33,6 +33,17 @@ async fn following(db: &TestDb) -> Arc<Following<dyn TimelineStore>> {
     )
 }
 
+/// Moves the timeline's pointer to generation `number`, held in `schema`.
+async fn point(db: &TestDb, number: i32, schema: &str) {
+    let generation = Generation {
+        number,
+        name: schema.to_owned(),
+    };
+    Generations::point_with(&db.pool, TimelineProjection::NAME, LIVE, &generation)
+        .await
+        .unwrap();
+}
+
 /// How many users follow someone, in the tables of `schema`.
 async fn following_users(db: &TestDb, schema: &str, users: &[Uuid]) -> usize {
     let store = PgTimelines::new(db.pool.clone(), schema).unwrap();
@@ -63,17 +74,7 @@ async fn writers_switch_at_their_next_batch_and_readers_within_a_second() {
     let store = following(&db).await;
     assert_eq!(store.live_name(), LIVE);
     let reader = following(&db).await;
-    Generations::point_with(
-        &db.pool,
-        TimelineProjection::NAME,
-        LIVE,
-        &Generation {
-            number: 1,
-            name: NEXT.to_owned(),
-        },
-    )
-    .await
-    .unwrap();
+    point(&db, 1, NEXT).await;
 
     // The projection's next batch, right after the move, writes to the new generation
     // alone.
@@ -86,7 +87,15 @@ async fn writers_switch_at_their_next_batch_and_readers_within_a_second() {
     assert_eq!(following_users(&db, LIVE, &users).await, 0);
     assert_eq!(following_users(&db, NEXT, &users).await, users.len());
 
-    // The reader reads the new one at the latest READ_REFRESH after its last look.
+    // A reader told to follow (a query with `X-Min-Position` that was caught up) reads the
+    // new one at once; the others at the latest READ_REFRESH after their last look.
+    point(&db, 0, LIVE).await;
+    let told = following(&db).await;
+    assert_eq!(told.live_name(), LIVE);
+    point(&db, 1, NEXT).await;
+    told.follow_generation().await.unwrap();
+    assert_eq!(told.live_name(), NEXT);
+    assert!(told.counts(users[0]).await.unwrap().following > 0);
     tokio::time::sleep(READ_REFRESH + std::time::Duration::from_millis(100)).await;
     assert!(reader.counts(users[0]).await.unwrap().following > 0);
     assert_eq!(reader.live_name(), NEXT);

@@ -89,6 +89,20 @@ pub async fn caught_up(
     .await
     .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     if reached {
+        // The write may be in a generation a replay swapped in less than a second ago:
+        // read the one the pointer names now, not the one this instance last looked at.
+        state
+            .read
+            .timelines
+            .follow_generation()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        state
+            .read
+            .content
+            .follow_generation()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok(())
     } else {
         Err(ApiError::ReadModelBehind(position))
