@@ -29,20 +29,49 @@ source "$(dirname "$0")/lib.sh"
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 
+# Connections the local cluster accepts. Debian's default, 100, is too few for the test
+# suite: tests run in parallel, each with its own pool, replay processes and FerretDB's
+# pool beside them, and a refused connection fails a batch in the middle.
+PG_MAX_CONNECTIONS=300
+
+# Whether the local Debian cluster is configured for PG_MAX_CONNECTIONS; configures it if
+# not (takes effect at its next start).
+pg_configured() {
+  local conf="/etc/postgresql/$1/main/conf.d/hybridlive.conf"
+  grep -qx "max_connections = $PG_MAX_CONNECTIONS" "$conf" 2>/dev/null && return 0
+  as_root mkdir -p "$(dirname "$conf")"
+  printf '# Written by hybridlive scripts/services.sh.\nmax_connections = %s\n' \
+    "$PG_MAX_CONNECTIONS" | as_root tee "$conf" >/dev/null
+  return 1
+}
+
+pg_start() {
+  as_root pg_ctlcluster --skip-systemctl-redirect "$1" main "$2" || true
+  for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+  pg_up || { log "PostgreSQL did not $2; see /var/log/postgresql/"; exit 1; }
+}
+
 ensure_postgres() {
   command -v pg_isready >/dev/null 2>&1 || apt_install postgresql-client
+  local version=""
+  if ! pg_up && ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  if ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  fi
   if pg_up; then
     log "PostgreSQL is running"
-  else
-    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
-      apt_install postgresql
+    # The local cluster this script manages (not a server DATABASE_URL names), started
+    # before it was configured: restarted once to take the configuration.
+    if [ -n "$version" ] && [ -z "${DATABASE_URL:-}" ] && ! pg_configured "$version"; then
+      log "restarting PostgreSQL $version to raise max_connections to $PG_MAX_CONNECTIONS"
+      pg_start "$version" restart
     fi
-    local version
-    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  else
+    pg_configured "$version" || true
     log "starting PostgreSQL $version"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-    for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
-    pg_up || { log "PostgreSQL did not start; see /var/log/postgresql/"; exit 1; }
+    pg_start "$version" start
   fi
   if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qAtc 'select 1' >/dev/null 2>&1 \
     && [ -z "${DATABASE_URL:-}" ]; then

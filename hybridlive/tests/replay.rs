@@ -139,6 +139,7 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     progress_past_start(&mut lines, "content").await;
+    let stderr = keep_reading(lines);
     // Reads of `comments` go on; its inserts wait for this lock.
     let mut lock = db.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE replay_content.comments IN SHARE MODE")
@@ -160,7 +161,8 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the replay's insert of comments did not wait for the lock"
+            "the replay's insert of comments did not wait for the lock; its stderr:\n{}",
+            stderr.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -180,7 +182,8 @@ async fn content_replay_killed_in_the_middle_of_a_batch_resumes_to_the_live_mode
     while !likes_committed().await {
         assert!(
             std::time::Instant::now() < deadline,
-            "no like of the held batch was stored beyond the checkpoint"
+            "no like of the held batch was stored beyond the checkpoint; its stderr:\n{}",
+            stderr.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -229,4 +232,21 @@ async fn resumes_and_swaps_in_the_live_model(db: &TestDb, model: &str, tables: &
     assert!(stdout.contains("(resumed)"), "{stdout}");
     assert!(stdout.contains("Swapped in"), "{stdout}");
     testkit::tables::assert_same(&db.pool, tables, &format!("retired_{model}"), "read_model").await;
+}
+
+/// Reads the rest of `lines` (a replay's stderr) in the background, so that the replay
+/// never waits on a full pipe, into the string returned: a failing test shows it.
+fn keep_reading(
+    mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) -> Arc<std::sync::Mutex<String>> {
+    let read = Arc::new(std::sync::Mutex::new(String::new()));
+    let into = Arc::clone(&read);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut into = into.lock().unwrap();
+            into.push_str(&line);
+            into.push('\n');
+        }
+    });
+    read
 }
