@@ -103,6 +103,12 @@ enum Command {
         /// The longest a consumer's fetch waits at the broker for records, in ms.
         #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 100)]
         kafka_fetch_wait_ms: u64,
+        /// Consume only the topics of these stream types (comma-separated, e.g.
+        /// `comment,like`); default: every topic each projection reads. Splits a
+        /// projection's topics across worker pools (the tests use it to consume them in an
+        /// adversarial order).
+        #[arg(long, env = "KAFKA_STREAM_TYPES", value_delimiter = ',')]
+        kafka_stream_types: Vec<String>,
         #[command(flatten)]
         kafka: KafkaTopicArgs,
         #[command(flatten)]
@@ -453,6 +459,7 @@ async fn main() -> anyhow::Result<()> {
             stores,
             kafka_brokers,
             kafka_fetch_wait_ms,
+            kafka_stream_types,
             kafka,
             metrics,
             realtime,
@@ -468,6 +475,7 @@ async fn main() -> anyhow::Result<()> {
                     topic_prefix: kafka.kafka_topic_prefix,
                     replication: kafka.kafka_replication_factor,
                     fetch_wait: Duration::from_millis(kafka_fetch_wait_ms),
+                    only: kafka_stream_types,
                 },
                 None => Source::Log,
             };

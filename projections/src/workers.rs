@@ -35,6 +35,9 @@ pub enum Source {
         replication: i32,
         /// The consumers' `fetch.wait.max.ms` ([`crate::kafka::KafkaSource::fetch_wait`]).
         fetch_wait: Duration,
+        /// Consume only the topics of these stream types (empty: every topic a projection
+        /// reads); a projection left with none idles.
+        only: Vec<String>,
     },
 }
 
@@ -216,18 +219,27 @@ async fn run_one<P: Projection + 'static>(
                 topic_prefix,
                 replication,
                 fetch_wait,
+                only,
             } => {
+                let mut types = stream_types(runner.projection());
+                types.retain(|t| only.is_empty() || only.contains(t));
                 let kafka = crate::kafka::KafkaSource {
                     brokers: brokers.clone(),
                     topic_prefix: topic_prefix.clone(),
-                    stream_types: stream_types(runner.projection()),
+                    stream_types: types,
                     dlq_replication: *replication,
                     fetch_wait: *fetch_wait,
                 };
-                runner
-                    .run_kafka(&kafka, &stop)
-                    .await
-                    .map_err(|e| e.to_string())
+                if kafka.stream_types.is_empty() {
+                    tracing::info!(projection = %name, ?only, "None of the projection's topics is to be consumed here; idle.");
+                    stop.cancelled().await;
+                    Ok(())
+                } else {
+                    runner
+                        .run_kafka(&kafka, &stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             }
         };
         match result {

@@ -25,6 +25,17 @@
 //! A deleted post is a tombstone: reads skip it, and a replayed `post.published` cannot
 //! bring it back.
 //!
+//! **Order-independence** (DESIGN §5). Fed by Kafka, the projection reads several topics,
+//! whose order Kafka does not keep: a comment or like can come before its post. The writes
+//! commute instead of waiting: such a comment or like is stored, uncounted, and the post's
+//! insert counts what is stored for it (a write that found no post counts again once done,
+//! in case the post was stored meanwhile by another consumer of the group). Everything else
+//! the model keeps per key is ordered by its stream's partition: a user's profile events,
+//! a post's publication and deletion, one user's likes and unlikes of one post. A comment or
+//! like that comes after its post's deletion is not stored, as on the log; one that came
+//! before it is stored and counted on a post that is then deleted — out of reach of every
+//! query either way.
+//!
 //! Implementations: [`postgres::PgContent`] (lite, jsonb) and [`mongo::MongoContent`].
 
 pub mod markdown;
@@ -111,7 +122,8 @@ pub trait ContentStore: Send + Sync + Debug {
     async fn remove_profile(&self, user: Uuid) -> ReadResult<()>;
     async fn profile(&self, user: Uuid) -> ReadResult<Option<Profile>>;
 
-    /// Stores a post unless it exists, deleted or not.
+    /// Stores a post unless it exists, deleted or not; counts the comments and likes stored
+    /// before it (also when it existed: the delivery that stored it may have died before).
     async fn insert_post(&self, post: &PostDoc) -> ReadResult<()>;
     /// Tombstones a post; its comments and likes stay stored but unreachable.
     async fn delete_post(&self, post: Uuid) -> ReadResult<()>;
@@ -120,7 +132,9 @@ pub trait ContentStore: Send + Sync + Debug {
     /// The posts among `ids` that exist and are not deleted, in any order.
     async fn posts(&self, ids: &[Uuid]) -> ReadResult<Vec<PostDoc>>;
 
-    /// Adds a comment to a live post; the count is the post's comment count.
+    /// Stores a comment unless its post is deleted, and counts it on a live post; the count
+    /// is the post's comment count. A comment that comes before its post (Kafka orders no
+    /// two topics) is stored uncounted, and reported unchanged: the post's insert counts it.
     async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change>;
     /// Up to `limit` comments of `post` older than `before` (a position), newest first.
     async fn comments(
@@ -129,7 +143,8 @@ pub trait ContentStore: Send + Sync + Debug {
         before: Option<i64>,
         limit: usize,
     ) -> ReadResult<Vec<CommentDoc>>;
-    /// Records that `user` likes (or no longer likes) `post`; the count is its like count.
+    /// Records that `user` likes (or no longer likes) `post` unless it is deleted; the
+    /// count is its like count. Before its post, as a comment: stored, reported unchanged.
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change>;
 
     /// Applies `writes` in order, to the same effect as one after another — which is what
@@ -401,7 +416,14 @@ impl ContentProjection {
             (ContentWrite::PutProfile(_), _) => {
                 report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await?;
             }
-            (ContentWrite::DeletePost(post), _) => {
+            // A post's counts may have been recounted as it was stored (comments or likes
+            // that came before it): a reader that filled the caches just before must not
+            // keep the counts it saw.
+            (
+                ContentWrite::InsertPost(PostDoc { post_id: post, .. })
+                | ContentWrite::DeletePost(post),
+                _,
+            ) => {
                 if let Some(cache) = &self.cache {
                     cache.invalidate(*post).await?;
                 }

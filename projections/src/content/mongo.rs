@@ -36,6 +36,10 @@
 //!   (`count_documents` on the indexed `post_id`) and `$set` under the same condition,
 //!   again until no other writer came in between.
 //!
+//! - a comment or like whose post is not stored yet (Kafka keeps no order across topics) is
+//!   stored uncounted; the post's insert recounts what is stored for it, and the write
+//!   recounts if the post turned up meanwhile (see `before_post`).
+//!
 //! An increment that succeeds saw no change since its read, which came before its insert,
 //! so no recount can have counted that document already; a recount that succeeds counted
 //! after every insert whose increment it invalidated. So the count always ends equal to the
@@ -241,6 +245,27 @@ impl MongoContent {
         )))
     }
 
+    /// The change of a comment or like stored while its post was not (Kafka): if the post
+    /// has been stored since (by another consumer, which may have counted before this
+    /// write), the count is recounted; either way it is reported unchanged, so the caches
+    /// drop the post's keys. The post's insert counts after storing it, and this checks after
+    /// the write: whichever comes second sees the other.
+    async fn before_post<T: Send + Sync>(
+        &self,
+        post: Uuid,
+        counted: Counted,
+        of: &Collection<T>,
+    ) -> ReadResult<Change> {
+        let count = match self.counts(post).await? {
+            Some(counts) if !counts.deleted => self.recount(post, counted, of).await?,
+            _ => 0,
+        };
+        Ok(Change {
+            changed: false,
+            count,
+        })
+    }
+
     /// The count after a comment or like was written (`changed`) or found already there,
     /// given the post's counts read before the write: incremented by `delta` when the count
     /// did not move in between, else recounted.
@@ -431,7 +456,26 @@ impl ContentStore for MongoContent {
             comments_version: 0,
             deleted: false,
         };
-        insert_if_absent(&self.posts, post.post_id, &record).await
+        insert_if_absent(&self.posts, post.post_id, &record).await?;
+        // Comments and likes stored before it (Kafka) are counted now; also when it existed,
+        // since the delivery that stored it may have died before counting.
+        for (counted, of) in [
+            (
+                Counted::Comments,
+                self.comments.clone_with_type::<Document>(),
+            ),
+            (Counted::Likes, self.likes.clone_with_type::<Document>()),
+        ] {
+            let stored = of
+                .count_documents(doc! { "post_id": bson_uuid(post.post_id) })
+                .limit(1)
+                .await
+                .map_err(store_error)?;
+            if stored > 0 {
+                self.recount(post.post_id, counted, &of).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn delete_post(&self, post: Uuid) -> ReadResult<()> {
@@ -471,13 +515,8 @@ impl ContentStore for MongoContent {
     }
 
     async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change> {
-        let Some(post) = self.counts(comment.post_id).await? else {
-            return Ok(Change {
-                changed: false,
-                count: 0,
-            });
-        };
-        if post.deleted {
+        let post = self.counts(comment.post_id).await?;
+        if let Some(post) = post.as_ref().filter(|post| post.deleted) {
             return Ok(Change {
                 changed: false,
                 count: post.comment_count,
@@ -499,6 +538,11 @@ impl ContentStore for MongoContent {
             Ok(_) => true,
             Err(error) if is_duplicate_key(&error) => false,
             Err(error) => return Err(store_error(error)),
+        };
+        let Some(post) = post else {
+            return self
+                .before_post(comment.post_id, Counted::Comments, &self.comments)
+                .await;
         };
         let count = self
             .settle(
@@ -542,13 +586,8 @@ impl ContentStore for MongoContent {
 
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
         self.check_likes_index().await?;
-        let Some(counts) = self.counts(post).await? else {
-            return Ok(Change {
-                changed: false,
-                count: 0,
-            });
-        };
-        if counts.deleted {
+        let counts = self.counts(post).await?;
+        if let Some(counts) = counts.as_ref().filter(|counts| counts.deleted) {
             return Ok(Change {
                 changed: false,
                 count: counts.like_count,
@@ -573,6 +612,9 @@ impl ContentStore for MongoContent {
                 .await
                 .map_err(store_error)?;
             deleted.deleted_count > 0
+        };
+        let Some(counts) = counts else {
+            return self.before_post(post, Counted::Likes, &self.likes).await;
         };
         let delta = if liked { 1 } else { -1 };
         let count = self

@@ -188,6 +188,61 @@ impl PgContent {
         Ok(settled)
     }
 
+    /// Sets the counts of the live posts among `posts` that have likes or comments to the
+    /// rows stored for them; returns their counts, and whether this changed them.
+    ///
+    /// Fed by Kafka, a comment or like can arrive before its post: it is stored uncounted,
+    /// and counted here once the post is. Both sides call this after their own write
+    /// committed — the post's insert, and a write that found no post — so whichever runs
+    /// second sees the other's row. The posts are locked first, and the counting statement
+    /// runs after the locks are held: its snapshot holds every row committed before, and an
+    /// increment waiting on the lock lands on the recounted value.
+    async fn recount(&self, posts: &[Uuid]) -> ReadResult<Vec<Recounted>> {
+        let s = &self.schema;
+        let mut tx = self.pool.begin().await?;
+        let locked: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT post_id FROM {s}.posts p WHERE post_id = ANY($1) AND NOT deleted \
+                AND (EXISTS (SELECT 1 FROM {s}.comments c WHERE c.post_id = p.post_id) \
+                     OR EXISTS (SELECT 1 FROM {s}.likes l WHERE l.post_id = p.post_id)) \
+              ORDER BY post_id FOR UPDATE"
+        ))
+        .bind(posts)
+        .fetch_all(&mut *tx)
+        .await?;
+        if locked.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let changed: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "WITH n AS (SELECT p.post_id, \
+                               (SELECT count(*) FROM {s}.likes l WHERE l.post_id = p.post_id) AS likes, \
+                               (SELECT count(*) FROM {s}.comments c WHERE c.post_id = p.post_id) AS comments \
+                          FROM {s}.posts p WHERE p.post_id = ANY($1)) \
+             UPDATE {s}.posts p SET like_count = n.likes, comment_count = n.comments FROM n \
+              WHERE p.post_id = n.post_id AND (p.like_count, p.comment_count) <> (n.likes, n.comments) \
+             RETURNING p.post_id"
+        ))
+        .bind(&locked)
+        .fetch_all(&mut *tx)
+        .await?;
+        let counts: Vec<(Uuid, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT post_id, like_count, comment_count FROM {s}.posts WHERE post_id = ANY($1)"
+        ))
+        .bind(&locked)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(counts
+            .into_iter()
+            .map(|(post_id, like_count, comment_count)| Recounted {
+                post_id,
+                like_count,
+                comment_count,
+                changed: changed.contains(&post_id),
+            })
+            .collect())
+    }
+
     fn select_posts(&self) -> String {
         format!(
             "SELECT post_id, author_id, position, doc, like_count, comment_count FROM {}.posts",
@@ -268,6 +323,9 @@ impl ContentStore for PgContent {
         .bind(sqlx::types::Json(body))
         .execute(&self.pool)
         .await?;
+        // Also when it was there already: the delivery that stored it may have died before
+        // this recount.
+        self.recount(&[post.post_id]).await?;
         Ok(())
     }
 
@@ -309,30 +367,37 @@ impl ContentStore for PgContent {
         self.mirror.forget();
         let s = &self.schema;
         let body = CommentBody::of(comment);
-        // One statement: the comment is stored and counted only on a live post, and only
-        // the first time.
-        let row: Option<(bool, i64)> = sqlx::query_as(&format!(
-            "WITH live AS (SELECT post_id FROM {s}.posts WHERE post_id = $2 AND NOT deleted), \
+        // One statement: the comment is stored unless its post is deleted, and counted the
+        // first time, on a live post.
+        let (known, counted, count): (bool, bool, i64) = sqlx::query_as(&format!(
+            "WITH post AS (SELECT deleted FROM {s}.posts WHERE post_id = $2), \
              inserted AS ( \
                  INSERT INTO {s}.comments (comment_id, post_id, position, doc) \
-                 SELECT $1, post_id, $3, $4 FROM live \
+                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM post WHERE deleted) \
                  ON CONFLICT DO NOTHING RETURNING post_id), \
              counted AS ( \
                  UPDATE {s}.posts p SET comment_count = p.comment_count + 1 \
-                   FROM inserted WHERE p.post_id = inserted.post_id \
+                   FROM inserted WHERE p.post_id = inserted.post_id AND NOT p.deleted \
                  RETURNING p.comment_count) \
-             SELECT changed, n FROM ( \
-                 SELECT true AS changed, comment_count AS n FROM counted \
-                 UNION ALL SELECT false, comment_count FROM {s}.posts WHERE post_id = $2) r \
-             ORDER BY changed DESC LIMIT 1"
+             SELECT EXISTS (SELECT 1 FROM post), EXISTS (SELECT 1 FROM counted), \
+                    coalesce((SELECT comment_count FROM counted), \
+                             (SELECT comment_count FROM {s}.posts WHERE post_id = $2), 0)"
         ))
         .bind(comment.comment_id)
         .bind(comment.post_id)
         .bind(comment.position)
         .bind(sqlx::types::Json(body))
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(change(row))
+        if known {
+            return Ok(Change {
+                changed: counted,
+                count,
+            });
+        }
+        // Before its post (Kafka): stored, counted when the post is.
+        let count = self.recount(&[comment.post_id]).await?;
+        Ok(early(count.first().map(|c| c.comment_count)))
     }
 
     async fn comments(
@@ -372,7 +437,8 @@ impl ContentStore for PgContent {
         let (write, delta) = if liked {
             (
                 format!(
-                    "INSERT INTO {s}.likes (post_id, user_id) SELECT post_id, $2 FROM live \
+                    "INSERT INTO {s}.likes (post_id, user_id) SELECT $1, $2 \
+                      WHERE NOT EXISTS (SELECT 1 FROM post WHERE deleted) \
                      ON CONFLICT DO NOTHING RETURNING post_id"
                 ),
                 "+ 1",
@@ -380,29 +446,38 @@ impl ContentStore for PgContent {
         } else {
             (
                 format!(
-                    "DELETE FROM {s}.likes l USING live WHERE l.post_id = live.post_id \
-                     AND l.user_id = $2 RETURNING l.post_id"
+                    "DELETE FROM {s}.likes l WHERE l.post_id = $1 AND l.user_id = $2 \
+                        AND NOT EXISTS (SELECT 1 FROM post WHERE deleted) RETURNING l.post_id"
                 ),
                 "- 1",
             )
         };
-        let row: Option<(bool, i64)> = sqlx::query_as(&format!(
-            "WITH live AS (SELECT post_id FROM {s}.posts WHERE post_id = $1 AND NOT deleted), \
+        // One statement: the like is stored (or removed) unless its post is deleted, and
+        // counted when that changed something, on a live post.
+        let (known, counted, count): (bool, bool, i64) = sqlx::query_as(&format!(
+            "WITH post AS (SELECT deleted FROM {s}.posts WHERE post_id = $1), \
              changed AS ({write}), \
              counted AS ( \
                  UPDATE {s}.posts p SET like_count = p.like_count {delta} \
-                   FROM changed WHERE p.post_id = changed.post_id \
+                   FROM changed WHERE p.post_id = changed.post_id AND NOT p.deleted \
                  RETURNING p.like_count) \
-             SELECT changed, n FROM ( \
-                 SELECT true AS changed, like_count AS n FROM counted \
-                 UNION ALL SELECT false, like_count FROM {s}.posts WHERE post_id = $1) r \
-             ORDER BY changed DESC LIMIT 1"
+             SELECT EXISTS (SELECT 1 FROM post), EXISTS (SELECT 1 FROM counted), \
+                    coalesce((SELECT like_count FROM counted), \
+                             (SELECT like_count FROM {s}.posts WHERE post_id = $1), 0)"
         ))
         .bind(post)
         .bind(user)
-        .fetch_optional(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(change(row))
+        if known {
+            return Ok(Change {
+                changed: counted,
+                count,
+            });
+        }
+        // Before its post (Kafka): stored, counted when the post is.
+        let count = self.recount(&[post]).await?;
+        Ok(early(count.first().map(|c| c.like_count)))
     }
 
     async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
@@ -415,16 +490,24 @@ fn column<T, U>(rows: &[T], field: impl Fn(&T) -> U) -> Vec<U> {
     rows.iter().map(field).collect()
 }
 
-/// The first row of "changed, count" queries: (true, new) when the write happened, else
-/// (false, current); no row for an unknown post.
-fn change(row: Option<(bool, i64)>) -> Change {
-    match row {
-        Some((changed, count)) => Change { changed, count },
-        None => Change {
-            changed: false,
-            count: 0,
-        },
+/// The change reported for a comment or like stored before its post: none to apply to the
+/// caches (they drop the post's keys instead), and the count of the post if it has arrived
+/// since and was recounted.
+fn early(count: Option<i64>) -> Change {
+    Change {
+        changed: false,
+        count: count.unwrap_or(0),
     }
+}
+
+/// A live post's counts as [`PgContent::recount`] left them.
+#[derive(Debug, Clone, Copy)]
+struct Recounted {
+    post_id: Uuid,
+    like_count: i64,
+    comment_count: i64,
+    /// The recount corrected them.
+    changed: bool,
 }
 
 /// A post as a set-wise batch sees it.
@@ -472,6 +555,7 @@ impl PgContent {
         let s = &self.schema;
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
         let mut mirror = self.mirror.take();
+        let mirrored = mirror.is_some();
         let (mut users, mut post_ids, mut comment_ids) = (Vec::new(), Vec::new(), Vec::new());
         let mut like_keys = HashSet::new();
         for write in writes {
@@ -566,6 +650,11 @@ impl PgContent {
         };
         // The writes, in order, as the single writes do them.
         let mut new_comments = Vec::new();
+        // Posts to recount once committed (see `recount`): those inserted, and those a
+        // comment or like found missing.
+        let mut recount = Vec::new();
+        // The indices of those comments and likes.
+        let mut early_writes = Vec::new();
         let mut changes = Vec::with_capacity(writes.len());
         for write in writes {
             let mut counted = None;
@@ -586,6 +675,7 @@ impl PgContent {
                     profiles.insert(*user, (None, true));
                 }
                 ContentWrite::InsertPost(p) => {
+                    recount.push(p.post_id);
                     posts.entry(p.post_id).or_insert(PostState {
                         stored: false,
                         deleted: false,
@@ -604,10 +694,7 @@ impl PgContent {
                     }
                 }
                 ContentWrite::AddComment(c) => {
-                    let mut change = Change {
-                        changed: false,
-                        count: 0,
-                    };
+                    let mut change = early(None);
                     if let Some(state) = posts.get_mut(&c.post_id) {
                         change.changed = !state.deleted && comments.insert(c.comment_id);
                         if change.changed {
@@ -616,24 +703,33 @@ impl PgContent {
                             new_comments.push(c);
                         }
                         change.count = state.comment_count;
+                    } else {
+                        // Before its post (Kafka): stored, counted when the post is.
+                        if comments.insert(c.comment_id) {
+                            new_comments.push(c);
+                        }
+                        recount.push(c.post_id);
+                        early_writes.push(changes.len());
                     }
                     counted = Some(change);
                 }
                 ContentWrite::SetLike { post, user, liked } => {
-                    let mut change = Change {
-                        changed: false,
-                        count: 0,
-                    };
-                    if let (Some(state), Some(like)) =
-                        (posts.get_mut(post), likes.get_mut(&(*post, *user)))
-                    {
-                        change.changed = !state.deleted && like.1 != *liked;
-                        if change.changed {
+                    let mut change = early(None);
+                    if let Some(like) = likes.get_mut(&(*post, *user)) {
+                        if let Some(state) = posts.get_mut(post) {
+                            change.changed = !state.deleted && like.1 != *liked;
+                            if change.changed {
+                                like.1 = *liked;
+                                state.like_count += if *liked { 1 } else { -1 };
+                                state.changed = true;
+                            }
+                            change.count = state.like_count;
+                        } else {
+                            // Before its post (Kafka): stored, counted when the post is.
                             like.1 = *liked;
-                            state.like_count += if *liked { 1 } else { -1 };
-                            state.changed = true;
+                            recount.push(*post);
+                            early_writes.push(changes.len());
                         }
-                        change.count = state.like_count;
                     }
                     counted = Some(change);
                 }
@@ -800,6 +896,36 @@ impl PgContent {
             }
             let entries = kept.entries();
             self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
+        }
+        // A mirrored store (a replay) is the one writer, in log order: no comment or like
+        // arrives before its post there.
+        if !mirrored && !recount.is_empty() {
+            recount.sort_unstable();
+            recount.dedup();
+            let recounted = self.recount(&recount).await?;
+            // The batch's counts of a post whose recount corrected them are not the stored
+            // ones: the caches drop its keys instead (as for a write that found no post),
+            // which also get the post's count now.
+            for (index, (write, change)) in writes.iter().zip(&mut changes).enumerate() {
+                let (post, comments) = match write {
+                    ContentWrite::AddComment(c) => (c.post_id, true),
+                    ContentWrite::SetLike { post, .. } => (*post, false),
+                    _ => continue,
+                };
+                let (Some(change), Some(r)) = (
+                    change.as_mut(),
+                    recounted.iter().find(|r| r.post_id == post),
+                ) else {
+                    continue;
+                };
+                if r.changed || early_writes.contains(&index) {
+                    *change = early(Some(if comments {
+                        r.comment_count
+                    } else {
+                        r.like_count
+                    }));
+                }
+            }
         }
         Ok(changes)
     }
