@@ -1,5 +1,7 @@
 //! The Kafka source of the projection runtime (DESIGN §5): a consumer group named after the
-//! projection reads the relay's topics; an offset is stored only after its event was applied
+//! projection, within the deployment's topic prefix (`<prefix><projection>`, e.g.
+//! `hl.content`: deployments or tests that share a cluster under different prefixes never
+//! share a group), reads the relay's topics; an offset is stored only after its event was applied
 //! (or dead-lettered), and stored offsets are committed every second and on shutdown — the
 //! at-least-once pattern of rust-rdkafka's example (`enable.auto.offset.store=false`). A
 //! rebalance or a crash re-delivers what was not committed; `apply` is idempotent. What has
@@ -72,7 +74,10 @@ impl<P: Projection> Runner<P> {
     ) -> Result<(), KafkaSourceError> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &source.brokers)
-            .set("group.id", self.projection().name())
+            .set(
+                "group.id",
+                format!("{}{}", source.topic_prefix, self.projection().name()),
+            )
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")

@@ -470,8 +470,22 @@ impl TestApp {
     ///
     /// # Panics
     /// When Redis is unreachable.
-    #[allow(clippy::expect_used)]
     pub async fn other_instance(&self) -> OtherInstance {
+        self.instance_reading(self.read.clone(), &self.redis_prefix)
+            .await
+    }
+
+    /// Starts another API instance beside this one that serves `read` (read models built
+    /// elsewhere, e.g. by workers fed by Kafka) with the Redis keys under `redis_prefix`.
+    ///
+    /// # Panics
+    /// When Redis is unreachable.
+    #[allow(clippy::expect_used)]
+    pub async fn instance_reading(
+        &self,
+        read: projections::ReadModels,
+        redis_prefix: &str,
+    ) -> OtherInstance {
         let redis = redis::Client::open(redis_url()).expect("REDIS_URL is valid");
         let redis = redis::aio::ConnectionManager::new(redis)
             .await
@@ -479,13 +493,13 @@ impl TestApp {
         let settings = api::Settings {
             http_addr: ([127, 0, 0, 1], 0).into(),
             jwt_secret: self.jwt_secret.clone(),
-            redis_prefix: self.redis_prefix.clone(),
+            redis_prefix: redis_prefix.to_owned(),
             rate_limits: api::rate_limit::RateLimits::OFF,
             min_position_wait: std::time::Duration::from_secs(60),
             redis_url: redis_url(),
             ..api::Settings::default()
         };
-        let app = api::App::build_with(settings, self.db.pool.clone(), redis, self.read.clone())
+        let app = api::App::build_with(settings, self.db.pool.clone(), redis, read)
             .await
             .expect("the API binds 127.0.0.1:0");
         let addr = app.local_addr().expect("bound address");
