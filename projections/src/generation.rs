@@ -292,8 +292,23 @@ impl TimelineStore for Following<dyn TimelineStore> {
     async fn merged_authors_followed_by(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         self.reading().await.merged_authors_followed_by(user).await
     }
+    async fn merged_at_read(&self, author: Uuid) -> ReadResult<bool> {
+        self.reading().await.merged_at_read(author).await
+    }
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
         self.reading().await.remove_post(author, post_id).await
+    }
+    async fn backfill(&self, user: Uuid, entries: &[TimelineEntry], cap: usize) -> ReadResult<()> {
+        self.reading().await.backfill(user, entries, cap).await
+    }
+    async fn retract(&self, users: &[Uuid], entry: TimelineEntry) -> ReadResult<()> {
+        self.reading().await.retract(users, entry).await
+    }
+    async fn withdraw(&self, user: Uuid, author: Uuid) -> ReadResult<()> {
+        self.reading().await.withdraw(user, author).await
+    }
+    async fn still_listed(&self, author: Uuid, positions: &[i64]) -> ReadResult<Vec<i64>> {
+        self.reading().await.still_listed(author, positions).await
     }
     async fn timeline(
         &self,

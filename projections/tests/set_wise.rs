@@ -71,10 +71,15 @@ async fn timeline_log(pool: &PgPool) -> Vec<TimelineWrite> {
 async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
     let db = TestDb::new().await;
     let writes = timeline_log(&db.pool).await;
-    // The log exercises what the batches must get right.
+    // The log exercises what the batches must get right: unfollows, deletions, and follows
+    // of authors who published before (whose backfills bring posts).
     assert!(writes
         .iter()
         .any(|w| matches!(w, TimelineWrite::Unfollow { .. })));
+    assert!(writes.iter().enumerate().any(|(i, w)| {
+        matches!(*w, TimelineWrite::Follow { followee, .. } if writes[..i].iter().any(
+            |p| matches!(p, TimelineWrite::Publish(e) if e.author_id == followee)))
+    }));
     assert!(writes
         .iter()
         .any(|w| matches!(w, TimelineWrite::Remove { .. })));
@@ -442,7 +447,7 @@ enum Fault {
 /// transaction, and commits the timeline rows' and lengths' first. Wherever it fails, what it leaves stored
 /// is completed by its writes applied again one at a time, as the runner does after a
 /// failed batch: the failing batch publishes a post and then makes a follow of its author,
-/// which, stored before the post's fan-out is, would send the post to that follower too.
+/// whose backfill brings the post to that follower.
 /// The cap and the fan-out limit are out of reach here: a batch that both delivers a row and
 /// trims it delivers it again when applied a second time, as after a crash between a batch's
 /// commit and its checkpoint.

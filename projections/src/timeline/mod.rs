@@ -1,8 +1,10 @@
 //! The social graph and home timelines (DESIGN §6): fan-out on write of post ids, hybrid for
 //! authors with very many followers.
 //!
-//! - Following: `social.followed` / `social.unfollowed` keep the follower sets; an unfollow
-//!   stops future fan-out at once.
+//! - `social.followed` (F follows A): the relation is stored, then A's newest posts (up to
+//!   [`TimelineSettings::cap`]) go into F's home timeline — unless A is merged at read, whose
+//!   list the feed merges anyway. A follow brings the followee's recent posts.
+//! - `social.unfollowed`: the relation is removed, then every entry of A leaves F's timeline.
 //! - `post.published`: the post id goes into the author's own list and, when the author has
 //!   at most [`TimelineSettings::fanout_max_followers`] followers, into the home timeline of
 //!   the author and of every follower, each trimmed to about [`TimelineSettings::cap`]
@@ -14,11 +16,44 @@
 //! Entries are ordered by the global position of `post.published` (post ids minted from an
 //! `Idempotency-Key` are v5, not time-ordered). Every write is idempotent.
 //!
+//! # Order-independence
+//!
+//! Fed by Kafka, the projection sees a publication before the follow that preceded it in
+//! the log, or after the unfollow that followed it (one topic per stream type), and two
+//! consumers of its group write at once (DESIGN §5). The writes above commute: a home
+//! timeline ends as "the user's own posts and the listed posts of those they follow and
+//! who are not merged at read", whatever the order of the events. Two exceptions, both at
+//! the edges of the model: a timeline over its cap keeps its newest entries at each trim,
+//! so where deletions or unfollows later shrink it, which older entries remain depends on
+//! the order; and the merged-at-read mark is set by the publication that finds its author
+//! past the threshold, so when it comes (and which posts were fanned out before it) depends
+//! on the order too — the feed, which merges that author's list, shows the same posts.
+//!
+//! Events of one stream are applied one after another (the follows of one follower, the
+//! publication and deletion of one post); events of different streams may be applied at
+//! once. Each write therefore stores its own fact first and reads the other side's after,
+//! so that of two writes at once at least one sees the other ("write, then read"):
+//! - follow ∥ publish: the follow stores the relation, then reads A's list; the publication
+//!   lists the post, then reads A's followers. Whichever reads second sees the other's
+//!   write, so the post reaches F (by the backfill or by the fan-out).
+//! - unfollow ∥ publish: the unfollow removes the relation, then A's entries from F's
+//!   timeline; the publication, after delivering, reads the followers again and takes the
+//!   post back from those it delivered to who no longer follow. A delivery after the
+//!   unfollow's removal is followed by a read that misses the relation.
+//! - follow ∥ delete: the deletion unlists the post, then removes it from every timeline;
+//!   the follow, after its backfill, asks which of the posts it brought are still listed
+//!   and takes back the others. A backfill the deletion's removal missed is followed by a
+//!   check that misses the listing.
+//!
+//! A store makes each step visible to the other writers before the next step reads (see
+//! [`postgres::PgTimelines`] for batches in one transaction).
+//!
 //! Implementations: [`postgres::PgTimelines`] (lite) and [`scylla::ScyllaTimelines`].
 
 pub mod postgres;
 pub mod scylla;
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -75,8 +110,22 @@ pub trait TimelineStore: Send + Sync + Debug {
     async fn mark_merged_at_read(&self, author: Uuid) -> ReadResult<()>;
     /// Those whom `user` follows and whose posts are merged at read time.
     async fn merged_authors_followed_by(&self, user: Uuid) -> ReadResult<Vec<Uuid>>;
-    /// Removes the post from its author's list and from every timeline.
+    /// Whether `author`'s posts are merged into their followers' feeds at read time.
+    async fn merged_at_read(&self, author: Uuid) -> ReadResult<bool>;
+    /// Removes the post from its author's list, then from every timeline (in that order:
+    /// see "Order-independence" in the module docs).
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()>;
+
+    /// Adds `entries` to `user`'s home timeline (a follow's backfill), kept at `cap`
+    /// entries as by [`Self::deliver`], trimmed once after all of them.
+    async fn backfill(&self, user: Uuid, entries: &[TimelineEntry], cap: usize) -> ReadResult<()>;
+    /// Removes `entry` from the home timeline of every user in `users` that holds it.
+    async fn retract(&self, users: &[Uuid], entry: TimelineEntry) -> ReadResult<()>;
+    /// Removes every entry of `author` from `user`'s home timeline (an unfollow).
+    async fn withdraw(&self, user: Uuid, author: Uuid) -> ReadResult<()>;
+    /// Those of `positions` still in `author`'s list. A store whose removals become visible
+    /// only when their transaction commits waits here for one under way.
+    async fn still_listed(&self, author: Uuid, positions: &[i64]) -> ReadResult<Vec<i64>>;
 
     /// Up to `limit` entries of `user`'s home timeline older than `before` (a position).
     async fn timeline(
@@ -154,6 +203,8 @@ impl TimelineWrite {
     }
 
     /// Applies it alone; for a publication, the users whose timelines received the post.
+    /// Each write stores its own fact, then reads what concurrent writes of other streams
+    /// may have changed (see "Order-independence" in the module docs).
     ///
     /// # Errors
     /// When the store fails.
@@ -163,23 +214,78 @@ impl TimelineWrite {
         settings: TimelineSettings,
     ) -> ReadResult<Vec<Uuid>> {
         match *self {
-            Self::Follow { follower, followee } => store.follow(follower, followee).await?,
-            Self::Unfollow { follower, followee } => store.unfollow(follower, followee).await?,
-            Self::Publish(entry) => {
-                store.add_author_post(entry).await?;
-                let mut users = store.followers(entry.author_id).await?;
-                if users.len() > settings.fanout_max_followers {
-                    store.mark_merged_at_read(entry.author_id).await?;
-                    users.clear();
-                }
-                users.push(entry.author_id);
-                store.deliver(&users, entry, settings.cap).await?;
-                return Ok(users);
+            Self::Follow { follower, followee } => {
+                store.follow(follower, followee).await?;
+                bring_posts(store, follower, followee, settings.cap).await?;
             }
+            Self::Unfollow { follower, followee } => {
+                store.unfollow(follower, followee).await?;
+                store.withdraw(follower, followee).await?;
+            }
+            Self::Publish(entry) => return publish(store, entry, settings).await,
             Self::Remove { author, post_id } => store.remove_post(author, post_id).await?,
         }
         Ok(Vec::new())
     }
+}
+
+/// A follow's backfill: `followee`'s newest posts into `follower`'s timeline, then those
+/// no longer listed (deleted meanwhile by another writer) taken back.
+async fn bring_posts<S: TimelineStore + ?Sized>(
+    store: &S,
+    follower: Uuid,
+    followee: Uuid,
+    cap: usize,
+) -> ReadResult<()> {
+    if store.merged_at_read(followee).await? {
+        return Ok(());
+    }
+    let entries = store.author_posts(followee, None, cap).await?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    store.backfill(follower, &entries, cap).await?;
+    let positions: Vec<i64> = entries.iter().map(|e| e.position).collect();
+    let listed: HashSet<i64> = store
+        .still_listed(followee, &positions)
+        .await?
+        .into_iter()
+        .collect();
+    for entry in entries.iter().filter(|e| !listed.contains(&e.position)) {
+        store.retract(&[follower], *entry).await?;
+    }
+    Ok(())
+}
+
+/// A publication: listed, fanned out to the followers of the moment (or the author marked
+/// merged at read), then taken back from those who unfollowed meanwhile.
+async fn publish<S: TimelineStore + ?Sized>(
+    store: &S,
+    entry: TimelineEntry,
+    settings: TimelineSettings,
+) -> ReadResult<Vec<Uuid>> {
+    let author = entry.author_id;
+    store.add_author_post(entry).await?;
+    let mut users = store.followers(author).await?;
+    let fanned_out = users.len() <= settings.fanout_max_followers;
+    if !fanned_out {
+        store.mark_merged_at_read(author).await?;
+        users.clear();
+    }
+    users.push(author);
+    store.deliver(&users, entry, settings.cap).await?;
+    if fanned_out {
+        let now: HashSet<Uuid> = store.followers(author).await?.into_iter().collect();
+        let gone: Vec<Uuid> = users
+            .iter()
+            .filter(|u| **u != author && !now.contains(u))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            store.retract(&gone, entry).await?;
+        }
+    }
+    Ok(users)
 }
 
 /// Tunables of the timeline projection.

@@ -1,6 +1,6 @@
 //! [`PgTimelines`]: the lite [`TimelineStore`] in PostgreSQL (tables of migration 4).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::PgPool;
@@ -222,50 +222,32 @@ impl TimelineStore for PgTimelines {
 
     async fn deliver(&self, users: &[Uuid], entry: TimelineEntry, cap: usize) -> ReadResult<()> {
         self.mirror.forget();
-        self.trust_lengths().await?;
-        let s = &self.schema;
-        let cap = cap.max(1);
-        let mut tx = self.pool.begin().await?;
-        // Only rows really inserted count towards a timeline's length (idempotent); the
-        // timelines that passed the cap by more than an eighth are trimmed back to it.
-        let over: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "WITH inserted AS ( \
-                 INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
-                 SELECT u, $2, $3, $4 FROM unnest($1::uuid[]) AS u \
-                 ON CONFLICT DO NOTHING RETURNING user_id), \
-             counted AS ( \
-                 INSERT INTO {s}.timeline_lengths (user_id, entries) \
-                 SELECT user_id, 1 FROM inserted \
-                 ON CONFLICT (user_id) DO UPDATE SET entries = {s}.timeline_lengths.entries + 1 \
-                 RETURNING user_id, entries) \
-             SELECT user_id FROM counted WHERE entries > $5"
-        ))
-        .bind(users)
-        .bind(entry.position)
-        .bind(entry.post_id)
-        .bind(entry.author_id)
-        .bind(limit(cap + cap / 8))
-        .fetch_all(&mut *tx)
-        .await?;
-        if !over.is_empty() {
-            sqlx::query(&format!(
-                "WITH doomed AS ( \
-                     DELETE FROM {s}.timelines t USING unnest($1::uuid[]) AS o(user_id) \
-                     WHERE t.user_id = o.user_id AND t.position < ( \
-                         SELECT x.position FROM {s}.timelines x WHERE x.user_id = o.user_id \
-                         ORDER BY x.position DESC OFFSET $2 LIMIT 1) \
-                     RETURNING t.user_id) \
-                 UPDATE {s}.timeline_lengths l SET entries = l.entries - d.n \
-                   FROM (SELECT user_id, count(*) AS n FROM doomed GROUP BY user_id) d \
-                  WHERE l.user_id = d.user_id"
-            ))
-            .bind(&over)
-            .bind(limit(cap - 1))
-            .execute(&mut *tx)
+        let rows = users.iter().map(|user| (*user, entry)).collect();
+        self.add_rows(Rows::of(rows), cap).await
+    }
+
+    async fn backfill(&self, user: Uuid, entries: &[TimelineEntry], cap: usize) -> ReadResult<()> {
+        self.mirror.forget();
+        let rows = entries.iter().map(|entry| (user, *entry)).collect();
+        self.add_rows(Rows::of(rows), cap).await
+    }
+
+    async fn retract(&self, users: &[Uuid], entry: TimelineEntry) -> ReadResult<()> {
+        self.mirror.forget();
+        let rows = users.iter().map(|user| (*user, entry.position)).collect();
+        self.remove_rows(rows).await
+    }
+
+    async fn withdraw(&self, user: Uuid, author: Uuid) -> ReadResult<()> {
+        self.mirror.forget();
+        self.withdraw_all(vec![(user, author)]).await
+    }
+
+    async fn still_listed(&self, author: Uuid, positions: &[i64]) -> ReadResult<Vec<i64>> {
+        let listed = self
+            .listed_among(positions.iter().map(|p| (author, *p)).collect())
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        Ok(listed.into_iter().map(|(_, position)| position).collect())
     }
 
     async fn mark_merged_at_read(&self, author: Uuid) -> ReadResult<()> {
@@ -292,26 +274,51 @@ impl TimelineStore for PgTimelines {
         .await?)
     }
 
+    async fn merged_at_read(&self, author: Uuid) -> ReadResult<bool> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.merged_authors WHERE author_id = $1)",
+            self.schema
+        ))
+        .bind(author)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
         self.mirror.forget();
         self.trust_lengths().await?;
         let s = &self.schema;
-        // The post's timeline rows are found by its position, which its author list gives
-        // (by post id alone, as the set-wise batches find it).
-        sqlx::query(&format!(
+        let mut tx = self.pool.begin().await?;
+        // Unlisted first, by a statement of its own: the removal of the rows below then
+        // sees every row a follow's backfill committed before this one, and a backfill
+        // that commits later finds the post unlisted — its check of what is still listed
+        // (`still_listed`, `FOR SHARE`) waits for this transaction. Its timeline rows are
+        // found by its position, which its author list gives (by post id alone, as the
+        // set-wise batches find it).
+        let position: Option<i64> = sqlx::query_scalar(&format!(
             "WITH listed AS (SELECT position FROM {s}.author_posts WHERE post_id = $2), \
              unlisted AS ( \
-                 DELETE FROM {s}.author_posts WHERE author_id = $1 AND post_id = $2), \
-             removed AS ( \
-                 DELETE FROM {s}.timelines t USING listed \
-                  WHERE t.position = listed.position AND t.post_id = $2 RETURNING t.user_id) \
-             UPDATE {s}.timeline_lengths l SET entries = l.entries - 1 \
-               FROM removed WHERE l.user_id = removed.user_id"
+                 DELETE FROM {s}.author_posts WHERE author_id = $1 AND post_id = $2) \
+             SELECT position FROM listed"
         ))
         .bind(author)
         .bind(post_id)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        if let Some(position) = position {
+            sqlx::query(&format!(
+                "WITH removed AS ( \
+                     DELETE FROM {s}.timelines t WHERE t.position = $1 AND t.post_id = $2 \
+                     RETURNING t.user_id) \
+                 UPDATE {s}.timeline_lengths l SET entries = l.entries - 1 \
+                   FROM removed WHERE l.user_id = removed.user_id"
+            ))
+            .bind(position)
+            .bind(post_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -373,6 +380,134 @@ impl PgTimelines {
                 author_id,
             })
             .collect())
+    }
+}
+
+impl PgTimelines {
+    /// Adds `rows` to their timelines, in one transaction: a row already there is left and
+    /// not counted again (idempotent), and the timelines that passed `cap` by more than an
+    /// eighth are trimmed back to it.
+    async fn add_rows(&self, rows: Rows, cap: usize) -> ReadResult<()> {
+        if rows.users.is_empty() {
+            return Ok(());
+        }
+        self.trust_lengths().await?;
+        let s = &self.schema;
+        let cap = cap.max(1);
+        let mut tx = self.pool.begin().await?;
+        let over: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "WITH inserted AS ( \
+                 INSERT INTO {s}.timelines (user_id, position, post_id, author_id) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[]) \
+                 ON CONFLICT DO NOTHING RETURNING user_id), \
+             counted AS ( \
+                 INSERT INTO {s}.timeline_lengths (user_id, entries) \
+                 SELECT user_id, count(*)::integer FROM inserted GROUP BY user_id ORDER BY user_id \
+                 ON CONFLICT (user_id) \
+                 DO UPDATE SET entries = {s}.timeline_lengths.entries + EXCLUDED.entries \
+                 RETURNING user_id, entries) \
+             SELECT user_id FROM counted WHERE entries > $5"
+        ))
+        .bind(rows.users)
+        .bind(rows.positions)
+        .bind(rows.posts)
+        .bind(rows.authors)
+        .bind(limit(cap + cap / 8))
+        .fetch_all(&mut *tx)
+        .await?;
+        if !over.is_empty() {
+            sqlx::query(&format!(
+                "WITH doomed AS ( \
+                     DELETE FROM {s}.timelines t USING unnest($1::uuid[]) AS o(user_id) \
+                     WHERE t.user_id = o.user_id AND t.position < ( \
+                         SELECT x.position FROM {s}.timelines x WHERE x.user_id = o.user_id \
+                         ORDER BY x.position DESC OFFSET $2 LIMIT 1) \
+                     RETURNING t.user_id) \
+                 UPDATE {s}.timeline_lengths l SET entries = l.entries - d.n \
+                   FROM (SELECT user_id, count(*) AS n FROM doomed GROUP BY user_id) d \
+                  WHERE l.user_id = d.user_id"
+            ))
+            .bind(&over)
+            .bind(limit(cap - 1))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes the timeline rows `(user, position)` that are there, and counts them off.
+    async fn remove_rows(&self, mut rows: Vec<(Uuid, i64)>) -> ReadResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.trust_lengths().await?;
+        rows.sort_unstable();
+        rows.dedup();
+        let s = &self.schema;
+        let (users, positions): (Vec<Uuid>, Vec<i64>) = rows.into_iter().unzip();
+        sqlx::query(&format!(
+            "WITH removed AS ( \
+                 DELETE FROM {s}.timelines t USING unnest($1::uuid[], $2::bigint[]) AS r(u, p) \
+                  WHERE t.user_id = r.u AND t.position = r.p RETURNING t.user_id) \
+             UPDATE {s}.timeline_lengths l SET entries = l.entries - d.n \
+               FROM (SELECT user_id, count(*) AS n FROM removed GROUP BY user_id) d \
+              WHERE l.user_id = d.user_id"
+        ))
+        .bind(users)
+        .bind(positions)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes every entry of each author from the timeline of its follower (`pairs` of
+    /// follower and author), and counts them off. Reads each timeline's rows (its primary
+    /// key's prefix), at most about `cap + cap / 8` of them.
+    async fn withdraw_all(&self, mut pairs: Vec<(Uuid, Uuid)>) -> ReadResult<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        self.trust_lengths().await?;
+        pairs.sort_unstable();
+        let s = &self.schema;
+        let (users, authors): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
+        sqlx::query(&format!(
+            "WITH removed AS ( \
+                 DELETE FROM {s}.timelines t USING unnest($1::uuid[], $2::uuid[]) AS w(u, a) \
+                  WHERE t.user_id = w.u AND t.author_id = w.a RETURNING t.user_id) \
+             UPDATE {s}.timeline_lengths l SET entries = l.entries - d.n \
+               FROM (SELECT user_id, count(*) AS n FROM removed GROUP BY user_id) d \
+              WHERE l.user_id = d.user_id"
+        ))
+        .bind(users)
+        .bind(authors)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Those of the `(author, position)` entries still in their author's list. `FOR SHARE`
+    /// waits for a removal under way (its transaction holds the row it deleted) and then
+    /// skips its row: a check made while a removal has not committed sees the post gone.
+    async fn listed_among(&self, mut entries: Vec<(Uuid, i64)>) -> ReadResult<Vec<(Uuid, i64)>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        entries.sort_unstable();
+        entries.dedup();
+        let s = &self.schema;
+        let (authors, positions): (Vec<Uuid>, Vec<i64>) = entries.into_iter().unzip();
+        Ok(sqlx::query_as(&format!(
+            "SELECT a.author_id, a.position FROM {s}.author_posts a \
+              WHERE (a.author_id, a.position) IN ( \
+                  SELECT * FROM unnest($1::uuid[], $2::bigint[])) \
+              ORDER BY a.author_id, a.position FOR SHARE"
+        ))
+        .bind(authors)
+        .bind(positions)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 
@@ -444,10 +579,24 @@ struct Length {
     stored: bool,
 }
 
-/// A fan-out or a removal, in the order of the batch.
+/// A write of a set-wise batch on the timelines, in the order of the batch.
 enum Step {
-    Deliver(Vec<Uuid>, TimelineEntry),
-    Remove(Uuid),
+    /// A publication, to these users; whether it was fanned out (not merged at read).
+    Deliver(Vec<Uuid>, TimelineEntry, bool),
+    Remove {
+        author: Uuid,
+        post_id: Uuid,
+    },
+    /// A follow's backfill (its followee not merged at read).
+    Backfill {
+        follower: Uuid,
+        author: Uuid,
+    },
+    /// An unfollow's removal of the followee's entries.
+    Withdraw {
+        follower: Uuid,
+        author: Uuid,
+    },
 }
 
 type Keyed = HashMap<(Uuid, i64), Row>;
@@ -474,17 +623,173 @@ fn loaded(
     }
 }
 
+/// The timelines a set-wise batch touches, as loaded and then changed write by write.
+#[derive(Default)]
+struct View {
+    rows: Keyed,
+    by_post: HashMap<Uuid, Vec<(Uuid, i64)>>,
+    lengths: HashMap<Uuid, Length>,
+    /// The positions present in the timelines loaded whole: those the batch may take past
+    /// their cap (to trim them) and the followers of its follows and unfollows.
+    whole: HashMap<Uuid, BTreeSet<i64>>,
+}
+
+impl View {
+    /// Adds `entry` to `user`'s timeline unless it holds it; whether it did.
+    fn add(&mut self, user: Uuid, entry: TimelineEntry) -> bool {
+        let key = (user, entry.position);
+        let by_post = &mut self.by_post;
+        let row = self.rows.entry(key).or_insert_with(|| {
+            by_post.entry(entry.post_id).or_default().push(key);
+            Row {
+                stored: false,
+                present: false,
+                post_id: entry.post_id,
+                author_id: entry.author_id,
+            }
+        });
+        if row.present {
+            return false;
+        }
+        row.present = true;
+        let length = self.lengths.entry(user).or_default();
+        length.entries += 1;
+        length.exists = true;
+        length.changed = true;
+        if let Some(positions) = self.whole.get_mut(&user) {
+            positions.insert(entry.position);
+        }
+        true
+    }
+
+    /// Past the cap by more than an eighth (`over`): back to the newest `cap`, as
+    /// [`PgTimelines::add_rows`] trims. Only a timeline loaded whole can be.
+    fn trim(&mut self, user: Uuid, cap: usize, over: i64) {
+        let (Some(positions), Some(length)) =
+            (self.whole.get_mut(&user), self.lengths.get_mut(&user))
+        else {
+            return;
+        };
+        if length.entries <= over || positions.len() < cap {
+            return;
+        }
+        let Some(&oldest_kept) = positions.iter().rev().nth(cap - 1) else {
+            return;
+        };
+        let doomed: Vec<i64> = positions.range(..oldest_kept).copied().collect();
+        for position in &doomed {
+            positions.remove(position);
+            if let Some(row) = self.rows.get_mut(&(user, *position)) {
+                row.present = false;
+            }
+        }
+        length.entries -= i64::try_from(doomed.len()).unwrap_or(i64::MAX);
+        length.changed = true;
+    }
+
+    /// Removes the row at `key` if it is present.
+    fn remove(&mut self, key: (Uuid, i64)) {
+        let Some(row) = self.rows.get_mut(&key) else {
+            return;
+        };
+        if !row.present {
+            return;
+        }
+        row.present = false;
+        if let Some(positions) = self.whole.get_mut(&key.0) {
+            positions.remove(&key.1);
+        }
+        if let Some(length) = self.lengths.get_mut(&key.0).filter(|l| l.exists) {
+            length.entries -= 1;
+            length.changed = true;
+        }
+    }
+
+    fn remove_post(&mut self, post_id: Uuid) {
+        let keys = self.by_post.get(&post_id).cloned().unwrap_or_default();
+        for key in keys {
+            self.remove(key);
+        }
+    }
+
+    /// Removes `author`'s entries from `user`'s timeline (loaded whole).
+    fn withdraw(&mut self, user: Uuid, author: Uuid) {
+        let keys: Vec<(Uuid, i64)> = self
+            .whole
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                self.rows
+                    .get(&(user, **p))
+                    .is_some_and(|row| row.author_id == author)
+            })
+            .map(|p| (user, *p))
+            .collect();
+        for key in keys {
+            self.remove(key);
+        }
+    }
+}
+
+/// A followee's list as a set-wise batch sees it: its newest stored posts, as many as a
+/// backfill may take after the batch's removals, changed by the batch's publications and
+/// removals.
+#[derive(Default)]
+struct AuthorList {
+    entries: BTreeMap<i64, TimelineEntry>,
+    /// Every position the batch knew of (loaded, published or removed).
+    known: HashSet<i64>,
+    /// The oldest position loaded, when the load stopped at its limit (older posts exist).
+    floor: Option<i64>,
+}
+
+impl AuthorList {
+    fn newest(&self, n: usize) -> Vec<TimelineEntry> {
+        self.entries.values().rev().take(n).copied().collect()
+    }
+
+    /// Whether `position`, listed now, was listed by a writer beside the batch.
+    fn unseen(&self, position: i64) -> bool {
+        !self.known.contains(&position) && self.floor.is_none_or(|floor| position > floor)
+    }
+}
+
+/// What a batch that is not mirrored checks again once committed, against what other
+/// writers committed meanwhile (see [`PgTimelines::recheck`]).
+#[derive(Default)]
+struct Recheck {
+    /// Posts fanned out and still listed: each with whom the batch knew to have it (the
+    /// users it went to and its author's followers as the batch left them), and whether
+    /// its author is fanned out still (not merged at read).
+    publications: Vec<(TimelineEntry, HashSet<Uuid>, bool)>,
+    /// Follows kept: follower, followee, the positions the backfill brought, and whether
+    /// the followee is fanned out still.
+    follows: Vec<(Uuid, Uuid, Vec<i64>, bool)>,
+    /// The followees' lists as the batch saw them.
+    lists: HashMap<Uuid, AuthorList>,
+    unfollows: Vec<(Uuid, Uuid)>,
+}
+
 impl PgTimelines {
     /// [`TimelineStore::write_all`], set-wise, in one transaction: loads the follower sets,
-    /// timeline rows and lengths the writes touch (all the rows of a timeline only when the
-    /// batch may pass its cap), applies the writes to them in memory with the semantics of
-    /// the single writes above — fan-out to the followers of the moment, the sticky
-    /// merged-at-read mark, trims to the cap — then stores what changed with a few
-    /// array-bound statements. The timeline lengths it loads stay locked until it commits,
-    /// so a single write beside it (`dlq retry` while the projection runs) waits instead of
-    /// being overwritten; a timeline row both insert fails the batch, which the runner then
-    /// applies event by event. Mirrored (a replay), its statements run at once, in their
-    /// own transactions ([`Self::store_at_once`]).
+    /// the followees' lists, the timeline rows and lengths the writes touch (all the rows
+    /// of a timeline only when the batch may pass its cap or follows or unfollows for it),
+    /// applies the writes to them in memory with the semantics of the single writes above
+    /// — fan-out to the followers of the moment, backfills, the sticky merged-at-read mark,
+    /// trims to the cap — then stores what changed with a few array-bound statements. The
+    /// timeline lengths it loads stay locked until it commits, so a single write beside it
+    /// (`dlq retry` while the projection runs) waits instead of being overwritten; a
+    /// timeline row both insert fails the batch, which the runner then applies event by
+    /// event. Mirrored (a replay), its statements run at once, in their own transactions
+    /// ([`Self::store_at_once`]).
+    ///
+    /// Not mirrored, other writers work beside it (the consumers of one Kafka group), and
+    /// what it reads is their state before it commits, while its own writes become visible
+    /// to them only when it commits. So it unlists the posts it removes before it reads
+    /// their rows (a backfill's check waits for it, as for a single removal), and once
+    /// committed it applies the rest of the "write, then read" steps again against the
+    /// committed state ([`Self::recheck`]).
     #[allow(clippy::too_many_lines)]
     async fn write_set_wise(
         &self,
@@ -498,23 +803,30 @@ impl PgTimelines {
         let cap = settings.cap.max(1);
         let over = limit(cap + cap / 8);
         let mut authors = Vec::new();
+        let mut followees = Vec::new();
         let mut follow_pairs = Vec::new();
+        let mut removals = Vec::new();
         for write in writes {
-            match write {
-                TimelineWrite::Follow { follower, followee }
-                | TimelineWrite::Unfollow { follower, followee } => {
-                    follow_pairs.push((*follower, *followee));
+            match *write {
+                TimelineWrite::Follow { follower, followee } => {
+                    follow_pairs.push((follower, followee));
+                    followees.push(followee);
+                }
+                TimelineWrite::Unfollow { follower, followee } => {
+                    follow_pairs.push((follower, followee));
                 }
                 TimelineWrite::Publish(entry) => authors.push(entry.author_id),
-                TimelineWrite::Remove { .. } => {}
+                TimelineWrite::Remove { author, post_id } => removals.push((author, post_id)),
             }
         }
         authors.sort_unstable();
         authors.dedup();
+        followees.sort_unstable();
+        followees.dedup();
         let mut tx = self.pool.begin().await?;
 
-        // 1. The follower sets of the authors and the follows changed (stored, now), then
-        //    the follows and fan-outs in order.
+        // 1. The follower sets of the authors and the follows changed (stored, now), the
+        //    merged marks, then the follows and fan-outs in order.
         let mut followers: HashMap<Uuid, HashSet<Uuid>> =
             authors.iter().map(|a| (*a, HashSet::new())).collect();
         if let Some(mirror) = &mirror {
@@ -524,15 +836,7 @@ impl PgTimelines {
                 }
             }
         } else if !authors.is_empty() {
-            let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
-                "SELECT followee_id, follower_id FROM {s}.follows WHERE followee_id = ANY($1)"
-            ))
-            .bind(&authors)
-            .fetch_all(&mut *tx)
-            .await?;
-            for (followee, follower) in rows {
-                followers.entry(followee).or_default().insert(follower);
-            }
+            followers.extend(followers_of(&mut *tx, s, &authors).await?);
         }
         // Whom the followers follow, of which the batch's pairs are kept.
         let mut follows = match &mirror {
@@ -558,14 +862,17 @@ impl PgTimelines {
                 .await?
             }
         };
+        let mut marked: Vec<Uuid> = authors.iter().chain(&followees).copied().collect();
+        marked.sort_unstable();
+        marked.dedup();
         let mut merged: HashSet<Uuid> = HashSet::new();
         if let Some(mirror) = &mirror {
-            merged.extend(authors.iter().filter(|a| mirror.merged.contains(a)));
-        } else if !authors.is_empty() {
+            merged.extend(marked.iter().filter(|a| mirror.merged.contains(a)));
+        } else if !marked.is_empty() {
             let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
                 "SELECT author_id FROM {s}.merged_authors WHERE author_id = ANY($1)"
             ))
-            .bind(&authors)
+            .bind(&marked)
             .fetch_all(&mut *tx)
             .await?;
             merged.extend(rows);
@@ -583,6 +890,12 @@ impl PgTimelines {
                     if let Some(set) = followers.get_mut(&followee) {
                         set.insert(follower);
                     }
+                    if !merged.contains(&followee) {
+                        steps.push(Step::Backfill {
+                            follower,
+                            author: followee,
+                        });
+                    }
                 }
                 TimelineWrite::Unfollow { follower, followee } => {
                     if let Some(follow) = follows.get_mut(&(follower, followee)) {
@@ -591,11 +904,16 @@ impl PgTimelines {
                     if let Some(set) = followers.get_mut(&followee) {
                         set.remove(&follower);
                     }
+                    steps.push(Step::Withdraw {
+                        follower,
+                        author: followee,
+                    });
                 }
                 TimelineWrite::Publish(entry) => {
                     author_posts.insert(entry.post_id, (entry.author_id, Some(entry.position)));
                     let of_author = followers.entry(entry.author_id).or_default();
-                    let mut users: Vec<Uuid> = if of_author.len() > settings.fanout_max_followers {
+                    let fanned_out = of_author.len() <= settings.fanout_max_followers;
+                    let mut users: Vec<Uuid> = if !fanned_out {
                         if merged.insert(entry.author_id) {
                             newly_merged.push(entry.author_id);
                         }
@@ -606,32 +924,61 @@ impl PgTimelines {
                     users.push(entry.author_id);
                     users.sort_unstable();
                     users.dedup();
-                    steps.push(Step::Deliver(users, entry));
+                    steps.push(Step::Deliver(users, entry, fanned_out));
                 }
                 TimelineWrite::Remove { author, post_id } => {
                     author_posts.insert(post_id, (author, None));
-                    steps.push(Step::Remove(post_id));
+                    steps.push(Step::Remove { author, post_id });
                 }
             }
         }
 
-        // 2. The timeline rows and lengths the fan-outs and removals touch.
+        // 2. The followees' lists, read before the batch unlists anything (a backfill
+        //    before a removal in the batch brings the post).
+        let mut lists = newest_posts(&mut *tx, s, &followees, |author| {
+            cap + removals.iter().filter(|(a, _)| *a == author).count()
+        })
+        .await?;
+        // The posts removed, unlisted first when others write beside the batch (then
+        // their timeline rows are read after: see `remove_post`).
+        let mut removed: Vec<Uuid> = removals.iter().map(|(_, post)| *post).collect();
+        let unlisted: Vec<i64> = if mirror.is_none() && !removals.is_empty() {
+            let (by, posts): (Vec<Uuid>, Vec<Uuid>) = removals.iter().copied().unzip();
+            sqlx::query_scalar(&format!(
+                "WITH listed AS (SELECT position FROM {s}.author_posts WHERE post_id = ANY($2)), \
+                 unlisted AS ( \
+                     DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
+                      WHERE a.author_id = u.a AND a.post_id = u.p) \
+                 SELECT position FROM listed"
+            ))
+            .bind(by)
+            .bind(posts)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            Vec::new()
+        };
+
+        // 3. The timeline rows and lengths the writes touch.
         let mut deliveries: HashMap<Uuid, i64> = HashMap::new();
-        // The posts published (with their positions) and removed.
-        let (mut published, mut removed) = (Vec::new(), Vec::new());
+        // The posts published (with their positions), and the followers of the follows.
+        let mut published = Vec::new();
+        let mut whole: Vec<Uuid> = Vec::new();
         for step in &steps {
             match step {
-                Step::Deliver(users, entry) => {
+                Step::Deliver(users, entry, _) => {
                     for user in users {
                         *deliveries.entry(*user).or_default() += 1;
                     }
                     published.push((entry.post_id, entry.position));
                 }
-                Step::Remove(post_id) => removed.push(*post_id),
+                Step::Backfill { follower, .. } | Step::Withdraw { follower, .. } => {
+                    whole.push(*follower);
+                }
+                Step::Remove { .. } => {}
             }
         }
-        let mut rows: Keyed = HashMap::new();
-        let mut by_post: HashMap<Uuid, Vec<(Uuid, i64)>> = HashMap::new();
+        let mut view = View::default();
         let columns = "t.user_id, t.position, t.post_id, t.author_id";
         // Every stored row of the posts published or removed, by position (a position is
         // one post's; a removed post's is in author_posts): a redelivered fan-out finds its
@@ -640,7 +987,7 @@ impl PgTimelines {
             published.retain(|(post, _)| mirror.fanned_out.contains(post));
             removed.retain(|post| mirror.fanned_out.contains(post));
         }
-        if !published.is_empty() || !removed.is_empty() {
+        if mirror.is_some() && (!published.is_empty() || !removed.is_empty()) {
             let positions: Vec<i64> = published.iter().map(|(_, position)| *position).collect();
             let found = sqlx::query_as(&format!(
                 "SELECT {columns} FROM {s}.timelines t WHERE t.position = ANY($1::bigint[] || \
@@ -650,13 +997,23 @@ impl PgTimelines {
             .bind(&removed)
             .fetch_all(&mut *tx)
             .await?;
-            loaded(&mut rows, &mut by_post, found);
+            loaded(&mut view.rows, &mut view.by_post, found);
+        } else if mirror.is_none() && (!published.is_empty() || !unlisted.is_empty()) {
+            let mut positions: Vec<i64> = published.iter().map(|(_, position)| *position).collect();
+            positions.extend(&unlisted);
+            let found = sqlx::query_as(&format!(
+                "SELECT {columns} FROM {s}.timelines t WHERE t.position = ANY($1)"
+            ))
+            .bind(&positions)
+            .fetch_all(&mut *tx)
+            .await?;
+            loaded(&mut view.rows, &mut view.by_post, found);
         }
         let mut users: Vec<Uuid> = deliveries.keys().copied().collect();
-        users.extend(rows.keys().map(|(user, _)| *user));
+        users.extend(view.rows.keys().map(|(user, _)| *user));
+        users.extend(&whole);
         users.sort_unstable();
         users.dedup();
-        let mut lengths: HashMap<Uuid, Length> = HashMap::new();
         if let Some(mirror) = &mirror {
             for user in &users {
                 if let Some(&entries) = mirror.lengths.get(user) {
@@ -666,7 +1023,7 @@ impl PgTimelines {
                         changed: false,
                         stored: true,
                     };
-                    lengths.insert(*user, length);
+                    view.lengths.insert(*user, length);
                 }
             }
         } else if !users.is_empty() {
@@ -684,104 +1041,123 @@ impl PgTimelines {
                     changed: false,
                     stored: true,
                 };
-                lengths.insert(user, length);
+                view.lengths.insert(user, length);
             }
         }
-        // The timelines this batch may take past the cap: all their rows, for the trims.
-        let trimmed: Vec<Uuid> = deliveries
-            .iter()
-            .filter(|(user, n)| lengths.get(user).map_or(0, |l| l.entries) + **n > over)
-            .map(|(user, _)| *user)
-            .collect();
-        let mut kept: HashMap<Uuid, BTreeSet<i64>> =
-            trimmed.iter().map(|u| (*u, BTreeSet::new())).collect();
-        if !trimmed.is_empty() {
+        // The timelines this batch may take past the cap, and the followers of its follows
+        // and unfollows: all their rows.
+        whole.extend(
+            deliveries
+                .iter()
+                .filter(|(user, n)| view.lengths.get(user).map_or(0, |l| l.entries) + **n > over)
+                .map(|(user, _)| *user),
+        );
+        whole.sort_unstable();
+        whole.dedup();
+        view.whole = whole.iter().map(|u| (*u, BTreeSet::new())).collect();
+        if !whole.is_empty() {
             let found: Vec<(Uuid, i64, Uuid, Uuid)> = sqlx::query_as(&format!(
                 "SELECT {columns} FROM {s}.timelines t WHERE t.user_id = ANY($1)"
             ))
-            .bind(&trimmed)
+            .bind(&whole)
             .fetch_all(&mut *tx)
             .await?;
             for (user, position, _, _) in &found {
-                kept.entry(*user).or_default().insert(*position);
+                view.whole.entry(*user).or_default().insert(*position);
             }
-            loaded(&mut rows, &mut by_post, found);
+            loaded(&mut view.rows, &mut view.by_post, found);
         }
 
-        // 3. The fan-outs and removals, in order.
+        // 4. The writes, in order.
+        let mut backfilled: HashMap<(Uuid, Uuid), Vec<i64>> = HashMap::new();
         for step in &steps {
             match step {
-                Step::Deliver(users, entry) => {
+                Step::Deliver(users, entry, _) => {
+                    if let Some(list) = lists.get_mut(&entry.author_id) {
+                        list.entries.insert(entry.position, *entry);
+                        list.known.insert(entry.position);
+                    }
                     for &user in users {
-                        let key = (user, entry.position);
-                        let row = rows.entry(key).or_insert_with(|| {
-                            by_post.entry(entry.post_id).or_default().push(key);
-                            Row {
-                                stored: false,
-                                present: false,
-                                post_id: entry.post_id,
-                                author_id: entry.author_id,
-                            }
-                        });
-                        if row.present {
-                            continue;
-                        }
-                        row.present = true;
-                        let length = lengths.entry(user).or_default();
-                        length.entries += 1;
-                        length.exists = true;
-                        length.changed = true;
-                        let Some(positions) = kept.get_mut(&user) else {
-                            continue;
-                        };
-                        positions.insert(entry.position);
-                        // Past the cap by more than an eighth: back to the newest `cap`.
-                        if length.entries > over && positions.len() >= cap {
-                            let Some(&oldest_kept) = positions.iter().rev().nth(cap - 1) else {
-                                continue;
-                            };
-                            let doomed: Vec<i64> =
-                                positions.range(..oldest_kept).copied().collect();
-                            for position in &doomed {
-                                positions.remove(position);
-                                if let Some(row) = rows.get_mut(&(user, *position)) {
-                                    row.present = false;
-                                }
-                            }
-                            length.entries -= i64::try_from(doomed.len()).unwrap_or(i64::MAX);
+                        if view.add(user, *entry) {
+                            view.trim(user, cap, over);
                         }
                     }
                 }
-                Step::Remove(post_id) => {
-                    for key in by_post.get(post_id).into_iter().flatten() {
-                        let Some(row) = rows.get_mut(key) else {
-                            continue;
-                        };
-                        if !row.present {
-                            continue;
-                        }
-                        row.present = false;
-                        if let Some(positions) = kept.get_mut(&key.0) {
-                            positions.remove(&key.1);
-                        }
-                        if let Some(length) = lengths.get_mut(&key.0).filter(|l| l.exists) {
-                            length.entries -= 1;
-                            length.changed = true;
-                        }
+                Step::Remove { author, post_id } => {
+                    if let Some(list) = lists.get_mut(author) {
+                        list.entries.retain(|_, e| e.post_id != *post_id);
                     }
+                    view.remove_post(*post_id);
                 }
+                Step::Backfill { follower, author } => {
+                    let entries = lists.get(author).map(|l| l.newest(cap)).unwrap_or_default();
+                    let mut added = false;
+                    for entry in &entries {
+                        added |= view.add(*follower, *entry);
+                    }
+                    if added {
+                        view.trim(*follower, cap, over);
+                    }
+                    let positions = entries.iter().map(|e| e.position).collect();
+                    backfilled.insert((*follower, *author), positions);
+                }
+                Step::Withdraw { follower, author } => view.withdraw(*follower, *author),
             }
         }
-        if lengths
+        if view
+            .lengths
             .iter()
-            .any(|(user, l)| l.changed && l.entries > over && !kept.contains_key(user))
+            .any(|(user, l)| l.changed && l.entries > over && !view.whole.contains_key(user))
         {
             return Err(ReadModelError::Rejected(
                 "a timeline passed its cap where the batch did not foresee it".into(),
             ));
         }
+        let recheck = if mirror.is_none() {
+            let mut recheck = Recheck::default();
+            for step in &steps {
+                let Step::Deliver(users, entry, true) = step else {
+                    continue;
+                };
+                let listed = author_posts
+                    .get(&entry.post_id)
+                    .is_some_and(|(_, position)| position.is_some());
+                if !listed {
+                    continue;
+                }
+                let mut known: HashSet<Uuid> = users.iter().copied().collect();
+                known.extend(followers.get(&entry.author_id).into_iter().flatten());
+                let fanned_out = !merged.contains(&entry.author_id);
+                recheck.publications.push((*entry, known, fanned_out));
+            }
+            for ((follower, followee), (_, now)) in &follows {
+                if *now && backfilled.contains_key(&(*follower, *followee)) {
+                    let positions = backfilled
+                        .remove(&(*follower, *followee))
+                        .unwrap_or_default();
+                    let fanned_out = !merged.contains(followee);
+                    recheck
+                        .follows
+                        .push((*follower, *followee, positions, fanned_out));
+                }
+            }
+            recheck.unfollows = writes
+                .iter()
+                .filter_map(|write| match *write {
+                    TimelineWrite::Unfollow { follower, followee } => Some((follower, followee)),
+                    _ => None,
+                })
+                .filter(|pair| follows.get(pair).is_some_and(|(_, now)| !now))
+                .collect();
+            recheck.unfollows.sort_unstable();
+            recheck.unfollows.dedup();
+            recheck.lists = std::mem::take(&mut lists);
+            Some(recheck)
+        } else {
+            None
+        };
 
-        // 4. What changed, stored.
+        // 5. What changed, stored.
         let follow_changes: Vec<((Uuid, Uuid), bool)> = if mirror.is_some() {
             follows
                 .iter()
@@ -861,7 +1237,8 @@ impl PgTimelines {
                 }
             }
         }
-        if !unlisted.0.is_empty() {
+        // Not mirrored, the removed posts were unlisted first (step 2).
+        if mirror.is_some() && !unlisted.0.is_empty() {
             statements.push((
                 format!(
                     "DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
@@ -881,10 +1258,10 @@ impl PgTimelines {
         }
         let (mut gone, mut added) = ((Vec::new(), Vec::new()), Rows::default());
         // In primary-key order: the index takes them page after page.
-        let mut keys: Vec<&(Uuid, i64)> = rows.keys().collect();
+        let mut keys: Vec<&(Uuid, i64)> = view.rows.keys().collect();
         keys.sort_unstable();
         for key @ (user, position) in keys {
-            let row = &rows[key];
+            let row = &view.rows[key];
             match (row.stored, row.present) {
                 (true, false) => {
                     gone.0.push(*user);
@@ -896,7 +1273,8 @@ impl PgTimelines {
                 _ => {}
             }
         }
-        let changed: Vec<(Uuid, i64)> = lengths
+        let changed: Vec<(Uuid, i64)> = view
+            .lengths
             .iter()
             .filter(|(_, l)| l.changed)
             .map(|(user, l)| (*user, l.entries))
@@ -907,7 +1285,7 @@ impl PgTimelines {
             changed
                 .iter()
                 .copied()
-                .partition(|(user, _)| !lengths.get(user).is_some_and(|l| l.stored))
+                .partition(|(user, _)| !view.lengths.get(user).is_some_and(|l| l.stored))
         } else {
             (changed.clone(), Vec::new())
         };
@@ -939,16 +1317,19 @@ impl PgTimelines {
             kept.merged.extend(merged_now);
             kept.lengths.extend(changed);
             for step in &steps {
-                if let Step::Deliver(_, entry) = step {
+                if let Step::Deliver(_, entry, _) = step {
                     kept.fanned_out.insert(entry.post_id);
                 }
             }
             let entries = kept.entries();
             self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
         }
+        if let Some(recheck) = recheck {
+            self.recheck(recheck, cap).await?;
+        }
         let mut fanned_out = steps.into_iter().filter_map(|step| match step {
-            Step::Deliver(users, _) => Some(users),
-            Step::Remove(_) => None,
+            Step::Deliver(users, ..) => Some(users),
+            _ => None,
         });
         Ok(writes
             .iter()
@@ -957,6 +1338,185 @@ impl PgTimelines {
                 _ => Vec::new(),
             })
             .collect())
+    }
+}
+
+/// The followers of each of `authors` that has any.
+async fn followers_of(
+    db: impl sqlx::PgExecutor<'_>,
+    s: &str,
+    authors: &[Uuid],
+) -> ReadResult<HashMap<Uuid, HashSet<Uuid>>> {
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+        "SELECT followee_id, follower_id FROM {s}.follows WHERE followee_id = ANY($1)"
+    ))
+    .bind(authors)
+    .fetch_all(db)
+    .await?;
+    let mut followers: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
+    for (followee, follower) in rows {
+        followers.entry(followee).or_default().insert(follower);
+    }
+    Ok(followers)
+}
+
+/// The newest posts of each of `authors`, at most `most(author)` of them.
+async fn newest_posts(
+    db: impl sqlx::PgExecutor<'_>,
+    s: &str,
+    authors: &[Uuid],
+    most: impl Fn(Uuid) -> usize,
+) -> ReadResult<HashMap<Uuid, AuthorList>> {
+    if authors.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let limits: Vec<i64> = authors.iter().map(|a| limit(most(*a))).collect();
+    let rows: Vec<(Uuid, i64, Uuid)> = sqlx::query_as(&format!(
+        "SELECT p.author_id, p.position, p.post_id \
+           FROM unnest($1::uuid[], $2::bigint[]) AS w(author, n) \
+          CROSS JOIN LATERAL ( \
+              SELECT a.author_id, a.position, a.post_id FROM {s}.author_posts a \
+               WHERE a.author_id = w.author ORDER BY a.position DESC LIMIT w.n) p"
+    ))
+    .bind(authors)
+    .bind(&limits)
+    .fetch_all(db)
+    .await?;
+    let mut lists: HashMap<Uuid, AuthorList> = authors
+        .iter()
+        .map(|a| (*a, AuthorList::default()))
+        .collect();
+    for (author_id, position, post_id) in rows {
+        let list = lists.entry(author_id).or_default();
+        let entry = TimelineEntry {
+            position,
+            post_id,
+            author_id,
+        };
+        list.entries.insert(position, entry);
+        list.known.insert(position);
+    }
+    for (author, most) in authors.iter().zip(limits) {
+        if let Some(list) = lists.get_mut(author) {
+            if limit(list.entries.len()) >= most {
+                list.floor = list.entries.keys().next().copied();
+            }
+        }
+    }
+    Ok(lists)
+}
+
+impl PgTimelines {
+    /// A committed batch's "write, then read" steps applied again, against the committed
+    /// state: while the batch ran, it read the state of the writers beside it before they
+    /// committed, and they read its state from before it committed. So
+    /// - its unfollows take the followees' entries back again (a delivery may have come);
+    /// - its publications go to the followers it did not know (a follow may have missed
+    ///   the post), and are taken back from those it knew who no longer follow;
+    /// - its follows bring the posts listed that it did not see, then take back what they
+    ///   brought that is no longer listed (a removal may have missed the rows).
+    ///
+    /// With no writer beside the batch each finds nothing to do, so the batch leaves what
+    /// its writes leave one at a time. A batch applied again (after a crash before its
+    /// checkpoint) checks again.
+    async fn recheck(&self, recheck: Recheck, cap: usize) -> ReadResult<()> {
+        let s = &self.schema;
+        self.withdraw_all(recheck.unfollows).await?;
+        let none = HashSet::new();
+
+        if !recheck.publications.is_empty() {
+            let mut authors: Vec<Uuid> = recheck
+                .publications
+                .iter()
+                .map(|(entry, ..)| entry.author_id)
+                .collect();
+            authors.sort_unstable();
+            authors.dedup();
+            let now = followers_of(&self.pool, s, &authors).await?;
+            let added: Vec<Vec<Uuid>> = recheck
+                .publications
+                .iter()
+                .map(
+                    |(entry, known, fanned_out)| match now.get(&entry.author_id) {
+                        Some(following) if *fanned_out => {
+                            following.difference(known).copied().collect()
+                        }
+                        _ => Vec::new(),
+                    },
+                )
+                .collect();
+            let rows = recheck
+                .publications
+                .iter()
+                .zip(&added)
+                .flat_map(|((entry, ..), users)| users.iter().map(|user| (*user, *entry)))
+                .collect();
+            self.add_rows(Rows::of(rows), cap).await?;
+            let again = followers_of(&self.pool, s, &authors).await?;
+            let mut gone = Vec::new();
+            for ((entry, known, _), added) in recheck.publications.iter().zip(&added) {
+                let following = again.get(&entry.author_id).unwrap_or(&none);
+                gone.extend(
+                    known
+                        .iter()
+                        .chain(added)
+                        .filter(|user| **user != entry.author_id && !following.contains(user))
+                        .map(|user| (*user, entry.position)),
+                );
+            }
+            self.remove_rows(gone).await?;
+        }
+
+        if !recheck.follows.is_empty() {
+            let mut authors: Vec<Uuid> = recheck
+                .follows
+                .iter()
+                .filter(|(.., fanned_out)| *fanned_out)
+                .map(|(_, followee, ..)| *followee)
+                .collect();
+            authors.sort_unstable();
+            authors.dedup();
+            let now = newest_posts(&self.pool, s, &authors, |_| cap).await?;
+            let unseen: HashMap<Uuid, Vec<TimelineEntry>> = now
+                .into_iter()
+                .map(|(author, list)| {
+                    let seen = recheck.lists.get(&author);
+                    let entries = list
+                        .newest(cap)
+                        .into_iter()
+                        .filter(|e| seen.is_none_or(|seen| seen.unseen(e.position)))
+                        .collect();
+                    (author, entries)
+                })
+                .collect();
+            let (mut rows, mut checked) = (Vec::new(), Vec::new());
+            for (follower, followee, positions, fanned_out) in &recheck.follows {
+                let brought = unseen
+                    .get(followee)
+                    .filter(|_| *fanned_out)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                rows.extend(brought.iter().map(|entry| (*follower, *entry)));
+                checked.extend(
+                    positions
+                        .iter()
+                        .copied()
+                        .chain(brought.iter().map(|entry| entry.position))
+                        .map(|position| (*follower, *followee, position)),
+                );
+            }
+            self.add_rows(Rows::of(rows), cap).await?;
+            let entries = checked.iter().map(|(_, a, p)| (*a, *p)).collect();
+            let listed: HashSet<(Uuid, i64)> =
+                self.listed_among(entries).await?.into_iter().collect();
+            let gone = checked
+                .into_iter()
+                .filter(|(_, author, position)| !listed.contains(&(*author, *position)))
+                .map(|(follower, _, position)| (follower, position))
+                .collect();
+            self.remove_rows(gone).await?;
+        }
+        Ok(())
     }
 }
 
@@ -974,10 +1534,10 @@ impl PgTimelines {
     ///   rows; they are recounted before the next write (after a crash, by the resumed
     ///   replay: [`PgTimelines::resumed`]);
     /// - the batch applied again then (event by event, or resumed) finds the follower sets
-    ///   of before the batch, so it fans out as the first time, finds the rows stored, and
-    ///   stores the rest. Stored the other way round, the follows would send a post to a
-    ///   follower whose follow came later in the batch, and a removal would not find the
-    ///   rows of a post no longer listed.
+    ///   and author lists of before the batch, so it fans out and backfills as the first
+    ///   time, finds the rows stored, and stores the rest. Stored the other way round, a
+    ///   removal would not find the rows of a post no longer listed, and a follow applied
+    ///   again would backfill from the list of the batch's end, not of its moment.
     ///
     /// As after a crash between a batch's commit and its checkpoint, a row the batch both
     /// delivered and trimmed is delivered again.
@@ -1129,6 +1689,18 @@ struct Rows {
 }
 
 impl Rows {
+    /// The rows `(user, entry)`, each once, in primary-key order (writers lock the rows of
+    /// `timeline_lengths` in the same order).
+    fn of(mut rows: Vec<(Uuid, TimelineEntry)>) -> Self {
+        rows.sort_unstable_by_key(|(user, entry)| (*user, entry.position));
+        rows.dedup_by_key(|(user, entry)| (*user, entry.position));
+        let mut columns = Self::default();
+        for (user, entry) in rows {
+            columns.push(user, entry.position, entry.post_id, entry.author_id);
+        }
+        columns
+    }
+
     fn push(&mut self, user: Uuid, position: i64, post: Uuid, author: Uuid) {
         self.users.push(user);
         self.positions.push(position);

@@ -70,6 +70,22 @@
 //! [`TimelineStore::remove_post`] leaves it alone (it cannot know cheaply whether the entry
 //! it deletes was still there or already trimmed).
 //!
+//! A follow's backfill ([`TimelineStore::backfill`]) writes the `post_recipients` row and
+//! then the `home_timeline` row of each entry, at most [`PARALLELISM`] at a time, then adds
+//! the number of entries to `entry_count` in one update and trims as a delivery does. An
+//! entry already there is counted again, which only brings a trim early. An unfollow
+//! ([`TimelineStore::withdraw`]) reads the follower's timeline partition (at most about
+//! `cap + cap / 8` rows) and deletes the followee's entries, and a take-back
+//! ([`TimelineStore::retract`]) deletes one entry per user; like a post's removal, neither
+//! touches the counter.
+//!
+//! The order-independence of the model (see the parent module) rests on a write being
+//! visible to any read that starts after it returned. That holds under the same condition
+//! as the trimming bound: reads and writes at levels that overlap (`QUORUM`, `LOCAL_QUORUM`
+//! in one data centre, `ALL`, or a replication factor of 1), and, as Cassandra always
+//! assumes, clocks in sync (a deletion must carry a later timestamp than the insert it
+//! follows).
+//!
 //! # Deleting a post
 //!
 //! [`TimelineStore::remove_post`] reads the post's position from `posts_by_id` (written by
@@ -78,7 +94,8 @@
 //! have unfollowed since, and users whose copy was already trimmed: deleting a missing row
 //! is harmless), then the `post_recipients` partition and the `posts_by_id` row, last, so
 //! a retry after a partial failure finds the post again. It costs one request per
-//! recipient, run like a delivery. An unknown post is a no-op.
+//! recipient, run like a delivery. An unknown post is a no-op. A backfill writes its
+//! recipient rows too, so the entries it brings are found here.
 
 use std::collections::HashSet;
 
@@ -145,6 +162,7 @@ struct Statements {
     insert_recipient: PreparedStatement,
     insert_timeline_entry: PreparedStatement,
     increment_length: PreparedStatement,
+    add_to_length: PreparedStatement,
     select_length: PreparedStatement,
     select_newest_positions: PreparedStatement,
     delete_older_entries: PreparedStatement,
@@ -152,6 +170,9 @@ struct Statements {
     insert_merged_author: PreparedStatement,
     select_merged_authors: PreparedStatement,
     select_followed_among: PreparedStatement,
+    select_merged_author: PreparedStatement,
+    select_listed_among: PreparedStatement,
+    select_timeline_authors: PreparedStatement,
     acquire_trim: PreparedStatement,
     release_trim: PreparedStatement,
     select_post_position: PreparedStatement,
@@ -252,6 +273,11 @@ impl Statements {
                     "UPDATE {ks}.timeline_lengths SET entry_count = entry_count + 1 WHERE user_id = ?"
                 ))
                 .await?,
+            add_to_length: p
+                .once(format!(
+                    "UPDATE {ks}.timeline_lengths SET entry_count = entry_count + ? WHERE user_id = ?"
+                ))
+                .await?,
             select_length: p
                 .idempotent(format!(
                     "SELECT entry_count FROM {ks}.timeline_lengths WHERE user_id = ?"
@@ -286,6 +312,21 @@ impl Statements {
                 .idempotent(format!(
                     "SELECT followee_id FROM {ks}.follows_by_follower \
                      WHERE follower_id = ? AND followee_id IN ?"
+                ))
+                .await?,
+            select_merged_author: p
+                .idempotent(format!(
+                    "SELECT author_id FROM {ks}.merged_authors WHERE bucket = 0 AND author_id = ?"
+                ))
+                .await?,
+            select_listed_among: p
+                .idempotent(format!(
+                    "SELECT position FROM {ks}.author_posts WHERE author_id = ? AND position IN ?"
+                ))
+                .await?,
+            select_timeline_authors: p
+                .idempotent(format!(
+                    "SELECT position, author_id FROM {ks}.home_timeline WHERE user_id = ?"
                 ))
                 .await?,
             acquire_trim: p
@@ -852,6 +893,92 @@ impl TimelineStore for ScyllaTimelines {
             .execute_unpaged(&self.statements.insert_merged_author, (author,))
             .await?;
         Ok(())
+    }
+
+    async fn merged_at_read(&self, author: Uuid) -> ReadResult<bool> {
+        let found = self
+            .ids(&self.statements.select_merged_author, (author,))
+            .await?;
+        Ok(!found.is_empty())
+    }
+
+    #[tracing::instrument(skip_all, fields(entries = entries.len()))]
+    async fn backfill(&self, user: Uuid, entries: &[TimelineEntry], cap: usize) -> ReadResult<()> {
+        let s = &self.statements;
+        let cap = cap.max(1);
+        for_each_concurrently(entries.to_vec(), |entry| async move {
+            // The recipient before the row, as in a delivery: a removal finds every row.
+            self.session
+                .execute_unpaged(&s.insert_recipient, (entry.post_id, user))
+                .await?;
+            self.session
+                .execute_unpaged(
+                    &s.insert_timeline_entry,
+                    (user, entry.position, entry.post_id, entry.author_id),
+                )
+                .await?;
+            Ok(())
+        })
+        .await?;
+        let added = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+        self.session
+            .execute_unpaged(&s.add_to_length, (Counter(added), user))
+            .await?;
+        if self.length(user).await? > allowed_length(cap) {
+            self.trim(user, cap).await?;
+        }
+        Ok(())
+    }
+
+    async fn retract(&self, users: &[Uuid], entry: TimelineEntry) -> ReadResult<()> {
+        let s = &self.statements;
+        for_each_concurrently(users.to_vec(), |user| async move {
+            self.session
+                .execute_unpaged(&s.delete_timeline_entry, (user, entry.position))
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn withdraw(&self, user: Uuid, author: Uuid) -> ReadResult<()> {
+        let s = &self.statements;
+        let rows: Vec<(i64, Uuid)> = self
+            .session
+            .execute_iter(s.select_timeline_authors.clone(), (user,))
+            .await?
+            .rows_stream::<(i64, Uuid)>()?
+            .try_collect()
+            .await?;
+        let positions: Vec<i64> = rows
+            .into_iter()
+            .filter(|(_, of)| *of == author)
+            .map(|(position, _)| position)
+            .collect();
+        for_each_concurrently(positions, |position| async move {
+            self.session
+                .execute_unpaged(&s.delete_timeline_entry, (user, position))
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn still_listed(&self, author: Uuid, positions: &[i64]) -> ReadResult<Vec<i64>> {
+        let s = &self.statements;
+        let chunks: Vec<Vec<i64>> = positions.chunks(IN_CHUNK).map(<[i64]>::to_vec).collect();
+        let found: Vec<Vec<(i64,)>> = stream::iter(chunks)
+            .map(|chunk| async move {
+                rows::<(i64,)>(
+                    self.session
+                        .execute_unpaged(&s.select_listed_among, (author, chunk))
+                        .await?,
+                )
+            })
+            .buffer_unordered(PARALLELISM / IN_CHUNK + 1)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().map(|(p,)| p).collect())
     }
 
     /// Every feed read asks this, so it costs one read of the (small) list of merged
