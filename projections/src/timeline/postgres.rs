@@ -437,51 +437,48 @@ impl PgTimelines {
     }
 
     /// Removes the timeline rows `(user, position)` that are there, and counts them off.
-    async fn remove_rows(&self, mut rows: Vec<(Uuid, i64)>) -> ReadResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        self.trust_lengths().await?;
-        rows.sort_unstable();
-        rows.dedup();
-        let s = &self.schema;
-        let (users, positions): (Vec<Uuid>, Vec<i64>) = rows.into_iter().unzip();
-        sqlx::query(&format!(
-            "WITH removed AS ( \
-                 DELETE FROM {s}.timelines t USING unnest($1::uuid[], $2::bigint[]) AS r(u, p) \
-                  WHERE t.user_id = r.u AND t.position = r.p RETURNING t.user_id) \
-             UPDATE {s}.timeline_lengths l SET entries = l.entries - d.n \
-               FROM (SELECT user_id, count(*) AS n FROM removed GROUP BY user_id) d \
-              WHERE l.user_id = d.user_id"
-        ))
-        .bind(users)
-        .bind(positions)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn remove_rows(&self, rows: Vec<(Uuid, i64)>) -> ReadResult<()> {
+        self.delete_counted(rows, "$2::bigint[]", "position").await
     }
 
     /// Removes every entry of each author from the timeline of its follower (`pairs` of
     /// follower and author), and counts them off. Reads each timeline's rows (its primary
     /// key's prefix), at most about `cap + cap / 8` of them.
-    async fn withdraw_all(&self, mut pairs: Vec<(Uuid, Uuid)>) -> ReadResult<()> {
-        if pairs.is_empty() {
+    async fn withdraw_all(&self, pairs: Vec<(Uuid, Uuid)>) -> ReadResult<()> {
+        self.delete_counted(pairs, "$2::uuid[]", "author_id").await
+    }
+
+    /// Deletes the timeline rows of each `(user, value)` of `keys` whose `column` is that
+    /// value (`array` is the type of the bound values), and counts them off the users'
+    /// lengths, in one statement.
+    async fn delete_counted<T>(
+        &self,
+        mut keys: Vec<(Uuid, T)>,
+        array: &str,
+        column: &str,
+    ) -> ReadResult<()>
+    where
+        T: Ord + Send + sqlx::Type<sqlx::Postgres> + for<'q> sqlx::Encode<'q, sqlx::Postgres>,
+        Vec<T>: sqlx::Type<sqlx::Postgres> + for<'q> sqlx::Encode<'q, sqlx::Postgres> + Send,
+    {
+        if keys.is_empty() {
             return Ok(());
         }
         self.trust_lengths().await?;
-        pairs.sort_unstable();
+        keys.sort_unstable();
+        keys.dedup();
         let s = &self.schema;
-        let (users, authors): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
+        let (users, values): (Vec<Uuid>, Vec<T>) = keys.into_iter().unzip();
         sqlx::query(&format!(
             "WITH removed AS ( \
-                 DELETE FROM {s}.timelines t USING unnest($1::uuid[], $2::uuid[]) AS w(u, a) \
-                  WHERE t.user_id = w.u AND t.author_id = w.a RETURNING t.user_id) \
+                 DELETE FROM {s}.timelines t USING unnest($1::uuid[], {array}) AS k(u, v) \
+                  WHERE t.user_id = k.u AND t.{column} = k.v RETURNING t.user_id) \
              UPDATE {s}.timeline_lengths l SET entries = l.entries - d.n \
                FROM (SELECT user_id, count(*) AS n FROM removed GROUP BY user_id) d \
               WHERE l.user_id = d.user_id"
         ))
         .bind(users)
-        .bind(authors)
+        .bind(values)
         .execute(&self.pool)
         .await?;
         Ok(())

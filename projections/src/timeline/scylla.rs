@@ -624,6 +624,35 @@ impl ScyllaTimelines {
     }
 
     /// Every id in the one-column result of `statement` for `values`, page by page.
+    /// Those of `values` that `statement` (`… WHERE <key> = ? AND <column> IN ?`, selecting
+    /// that column) finds in `key`'s partition: one read per [`IN_CHUNK`] of them, at most
+    /// [`PARALLELISM`] values in flight.
+    async fn among<T>(
+        &self,
+        statement: &PreparedStatement,
+        key: Uuid,
+        values: &[T],
+    ) -> ReadResult<Vec<T>>
+    where
+        T: Clone + Send + Sync + scylla::serialize::value::SerializeValue,
+        (T,): for<'frame> scylla::deserialize::row::DeserializeRow<'frame, 'frame>,
+    {
+        // Owned chunks: a closure over borrowed slices is not `Send` enough for async-trait.
+        let chunks: Vec<Vec<T>> = values.chunks(IN_CHUNK).map(<[T]>::to_vec).collect();
+        let found: Vec<Vec<(T,)>> = stream::iter(chunks)
+            .map(|chunk| async move {
+                rows::<(T,)>(
+                    self.session
+                        .execute_unpaged(statement, (key, chunk))
+                        .await?,
+                )
+            })
+            .buffer_unordered(PARALLELISM / IN_CHUNK + 1)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().map(|(value,)| value).collect())
+    }
+
     async fn ids(
         &self,
         statement: &PreparedStatement,
@@ -965,20 +994,8 @@ impl TimelineStore for ScyllaTimelines {
     }
 
     async fn still_listed(&self, author: Uuid, positions: &[i64]) -> ReadResult<Vec<i64>> {
-        let s = &self.statements;
-        let chunks: Vec<Vec<i64>> = positions.chunks(IN_CHUNK).map(<[i64]>::to_vec).collect();
-        let found: Vec<Vec<(i64,)>> = stream::iter(chunks)
-            .map(|chunk| async move {
-                rows::<(i64,)>(
-                    self.session
-                        .execute_unpaged(&s.select_listed_among, (author, chunk))
-                        .await?,
-                )
-            })
-            .buffer_unordered(PARALLELISM / IN_CHUNK + 1)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().map(|(p,)| p).collect())
+        self.among(&self.statements.select_listed_among, author, positions)
+            .await
     }
 
     /// Every feed read asks this, so it costs one read of the (small) list of merged
@@ -987,20 +1004,7 @@ impl TimelineStore for ScyllaTimelines {
     async fn merged_authors_followed_by(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         let s = &self.statements;
         let merged = self.ids(&s.select_merged_authors, ()).await?;
-        // Owned chunks: a closure over borrowed slices is not `Send` enough for async-trait.
-        let chunks: Vec<Vec<Uuid>> = merged.chunks(IN_CHUNK).map(<[Uuid]>::to_vec).collect();
-        let found: Vec<Vec<(Uuid,)>> = stream::iter(chunks)
-            .map(|chunk| async move {
-                rows::<(Uuid,)>(
-                    self.session
-                        .execute_unpaged(&s.select_followed_among, (user, chunk))
-                        .await?,
-                )
-            })
-            .buffer_unordered(PARALLELISM / IN_CHUNK + 1)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().map(|(id,)| id).collect())
+        self.among(&s.select_followed_among, user, &merged).await
     }
 
     #[tracing::instrument(skip_all, fields(%post_id))]
