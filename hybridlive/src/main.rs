@@ -103,6 +103,14 @@ enum Command {
         /// The longest a consumer's fetch waits at the broker for records, in ms.
         #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 100)]
         kafka_fetch_wait_ms: u64,
+        /// The name of the relay publishing the topics (its RELAY_NAME): its checkpoint
+        /// bounds the projections' checkpoints, what X-Min-Position waits on.
+        #[arg(long, env = "RELAY_NAME", default_value = "relay")]
+        relay_name: String,
+        /// Prepended to each projection's name to make its consumer group id (empty: the
+        /// group is the projection's name).
+        #[arg(long, env = "KAFKA_GROUP_PREFIX", default_value = "")]
+        kafka_group_prefix: String,
         #[command(flatten)]
         kafka: KafkaTopicArgs,
         #[command(flatten)]
@@ -453,6 +461,8 @@ async fn main() -> anyhow::Result<()> {
             stores,
             kafka_brokers,
             kafka_fetch_wait_ms,
+            relay_name,
+            kafka_group_prefix,
             kafka,
             metrics,
             realtime,
@@ -468,6 +478,8 @@ async fn main() -> anyhow::Result<()> {
                     topic_prefix: kafka.kafka_topic_prefix,
                     replication: kafka.kafka_replication_factor,
                     fetch_wait: Duration::from_millis(kafka_fetch_wait_ms),
+                    relay: relay_name,
+                    group_prefix: kafka_group_prefix,
                 },
                 None => Source::Log,
             };

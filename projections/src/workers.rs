@@ -35,6 +35,11 @@ pub enum Source {
         replication: i32,
         /// The consumers' `fetch.wait.max.ms` ([`crate::kafka::KafkaSource::fetch_wait`]).
         fetch_wait: Duration,
+        /// The relay publishing the topics ([`crate::kafka::KafkaSource::relay`]).
+        relay: String,
+        /// Prepended to each projection's name for its consumer group
+        /// ([`crate::kafka::KafkaSource::group_prefix`]).
+        group_prefix: String,
     },
 }
 
@@ -216,6 +221,8 @@ async fn run_one<P: Projection + 'static>(
                 topic_prefix,
                 replication,
                 fetch_wait,
+                relay,
+                group_prefix,
             } => {
                 let kafka = crate::kafka::KafkaSource {
                     brokers: brokers.clone(),
@@ -223,6 +230,8 @@ async fn run_one<P: Projection + 'static>(
                     stream_types: stream_types(runner.projection()),
                     dlq_replication: *replication,
                     fetch_wait: *fetch_wait,
+                    relay: relay.clone(),
+                    group_prefix: group_prefix.clone(),
                 };
                 runner
                     .run_kafka(&kafka, &stop)

@@ -13,6 +13,16 @@
 //! original headers. A message that is not an event at all cannot go to the table (it has no
 //! event id): it goes to the topic only. The dead letter is acknowledged by the broker before
 //! the message's offset is stored.
+//!
+//! Read-your-writes: after each batch, and every [`watermark::TICK`] while idle, the
+//! source raises the group's progress per partition and moves the projection's checkpoint
+//! row (`projection:<name>`, what `X-Min-Position` waits on) to the highest read-order key
+//! below which every event of its topics is applied ([`watermark`] has the argument).
+//!
+//! Layout: this module, the consumer loop and the dead-letter topic; [`watermark`], the
+//! checkpoint.
+
+pub mod watermark;
 
 use std::time::Duration;
 
@@ -28,6 +38,7 @@ use store::{RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::{swap_lock_key, Outcome, Projection, Runner};
+use watermark::Watermark;
 
 /// Where the relay's topics are.
 #[derive(Debug, Clone)]
@@ -44,7 +55,25 @@ pub struct KafkaSource {
     /// Kafka answers as soon as records arrive, so there a shorter wait only means more
     /// fetches while idle. [`DEFAULT_FETCH_WAIT`] unless set.
     pub fetch_wait: Duration,
+    /// The name of the relay that publishes the topics (`RELAY_NAME`, the relay's
+    /// `RelaySettings::name`): its checkpoint and partition heads bound the projection's
+    /// watermark. [`DEFAULT_RELAY`] unless set.
+    pub relay: String,
+    /// Prepended to the projection's name to make its consumer group id (empty: the group
+    /// is the projection's name, DESIGN §5). Deployments (or tests) that share a Kafka
+    /// cluster under different topic prefixes keep their groups apart with it.
+    pub group_prefix: String,
 }
+
+impl KafkaSource {
+    /// The consumer group of `projection`.
+    pub fn group_id(&self, projection: &str) -> String {
+        format!("{}{projection}", self.group_prefix)
+    }
+}
+
+/// The default of [`KafkaSource::relay`], the relay's default name.
+pub const DEFAULT_RELAY: &str = "relay";
 
 /// The default of [`KafkaSource::fetch_wait`] (`KAFKA_FETCH_WAIT_MS`): 100 ms, not
 /// librdkafka's 500 ms (see the README's projection-lag figures).
@@ -70,9 +99,10 @@ impl<P: Projection> Runner<P> {
         source: &KafkaSource,
         stop: &CancellationToken,
     ) -> Result<(), KafkaSourceError> {
+        let group = source.group_id(self.projection().name());
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &source.brokers)
-            .set("group.id", self.projection().name())
+            .set("group.id", &group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
@@ -88,15 +118,28 @@ impl<P: Projection> Runner<P> {
             .iter()
             .map(|t| format!("{}{t}", source.topic_prefix))
             .collect();
+        let mut watermark = Watermark::new(
+            self.pool().clone(),
+            &source.relay,
+            &group,
+            self.checkpoint_name(),
+            topics.clone(),
+        );
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         let dlq = DeadLetterTopic::open(source, self.projection().name()).await?;
         consumer.subscribe(&topics)?;
+        let mut tick = tokio::time::interval(watermark::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
         loop {
             // What has arrived, up to a batch: the first message awaited, the rest taken
-            // only while they are already there.
+            // only while they are already there. Idle, the watermark follows the relay.
             let first = tokio::select! {
                 message = consumer.recv() => message,
+                _ = tick.tick() => {
+                    self.advance_watermark(&mut watermark).await;
+                    continue;
+                }
                 () = stop.cancelled() => break,
             };
             let mut trouble = None;
@@ -141,12 +184,24 @@ impl<P: Projection> Runner<P> {
             // Offsets are stored in order, up to the first event not done.
             let stopped = outcomes.iter().position(|o| matches!(o, Outcome::Stopped));
             let done = stopped.map_or(batch.len(), |event| of_event[event]);
+            let progress: Vec<(&str, i32, i64)> = batch[..done]
+                .iter()
+                .map(|m| (m.topic(), m.partition(), m.offset()))
+                .collect();
+            // Applied, so the progress may say so (before the offsets are stored, or after:
+            // either way it never claims a message not applied).
+            if let Err(error) = watermark.record_progress(&progress).await {
+                tracing::warn!(projection = self.projection().name(), %error, "Recording the consumer's progress failed; the watermark waits for the next batch.");
+            }
+            drop(progress);
             for message in batch.drain(..).take(done) {
                 consumer.store_offset_from_message(&message)?;
             }
             if stopped.is_some() {
                 break;
             }
+            self.advance_watermark(&mut watermark).await;
+            tick.reset();
             if let Some(error) = trouble {
                 // Broker or group trouble: librdkafka reconnects and rejoins by itself.
                 tracing::warn!(%error, "Kafka consumer error; continuing.");
@@ -162,6 +217,14 @@ impl<P: Projection> Runner<P> {
 }
 
 impl<P: Projection> Runner<P> {
+    /// Moves the projection's checkpoint to the watermark if it moved; a failure only
+    /// delays it (the next batch or tick tries again).
+    async fn advance_watermark(&self, watermark: &mut Watermark) {
+        if let Err(error) = watermark.advance().await {
+            tracing::warn!(projection = self.projection().name(), %error, "Advancing the watermark failed; retrying on the next tick.");
+        }
+    }
+
     /// Applies `events` holding the swap lock shared ([`swap_lock_key`]), as the log source
     /// does for each batch: a replay's swap happens between two batches, and the batch
     /// after it writes to the model swapped in. The lock is a transaction's, which writes
