@@ -403,6 +403,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = metrics.metrics_addr {
                 serve_metrics(addr, stop.clone()).await?;
             }
+            spawn_holdback_gauge(pool.clone());
             relay::Relay::new(pool, settings).run(stop).await;
             Ok(())
         }
@@ -488,6 +489,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = metrics.metrics_addr {
                 serve_metrics(addr, stop.clone()).await?;
             }
+            spawn_holdback_gauge(pool.clone());
             realtime
                 .workers(
                     &pool,
@@ -645,6 +647,7 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result
             ..commands::Settings::default()
         },
     };
+    spawn_holdback_gauge(pool.clone());
     let sealer = CancellationToken::new();
     if args.seal_interval_secs > 0 {
         let interval = Duration::from_secs(args.seal_interval_secs);
@@ -706,6 +709,21 @@ async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> anyhow::Res
         }
     });
     Ok(())
+}
+
+/// Keeps `eventstore_reader_holdback_seconds` current (every 5 s): how long the oldest
+/// open write transaction has held every log reader back (DESIGN §3).
+fn spawn_holdback_gauge(pool: sqlx::PgPool) {
+    tokio::spawn(async move {
+        let reader = store::LogReader::new(pool);
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            if let Err(error) = reader.holdback().await {
+                tracing::debug!(%error, "Reading the log readers' holdback failed.");
+            }
+        }
+    });
 }
 
 async fn cancel_on_signal(stop: CancellationToken) {

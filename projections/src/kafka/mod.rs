@@ -28,12 +28,13 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use store::{RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -100,8 +101,12 @@ impl<P: Projection> Runner<P> {
         stop: &CancellationToken,
     ) -> Result<(), KafkaSourceError> {
         let group = source.group_id(self.projection().name());
-        let consumer: StreamConsumer = ClientConfig::new()
+        let lag = LagReporter {
+            projection: self.projection().name().to_owned(),
+        };
+        let consumer: StreamConsumer<LagReporter> = ClientConfig::new()
             .set("bootstrap.servers", &source.brokers)
+            .set("statistics.interval.ms", "1000")
             .set("group.id", &group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -112,7 +117,7 @@ impl<P: Projection> Runner<P> {
                 "fetch.wait.max.ms",
                 source.fetch_wait.as_millis().clamp(1, 300_000).to_string(),
             )
-            .create()?;
+            .create_with_context(lag)?;
         let topics: Vec<String> = source
             .stream_types
             .iter()
@@ -244,6 +249,34 @@ impl<P: Projection> Runner<P> {
         Ok(outcomes)
     }
 }
+
+/// Sets `projection_lag_events` from librdkafka's statistics (every second): over the
+/// partitions assigned to this instance, the high watermark less the offset after the last
+/// applied message (stored; else committed; else the fetch position).
+struct LagReporter {
+    projection: String,
+}
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|p| p.partition >= 0 && (p.desired || p.fetch_state == "active"))
+            .filter_map(|p| {
+                let at = [p.stored_offset, p.committed_offset, p.app_offset]
+                    .into_iter()
+                    .find(|offset| *offset >= 0)?;
+                (p.hi_offset >= 0).then(|| (p.hi_offset - at).max(0))
+            })
+            .sum();
+        metrics::gauge!("projection_lag_events", "projection" => self.projection.clone())
+            .set(lag as f64);
+    }
+}
+
+impl ConsumerContext for LagReporter {}
 
 /// The projection's dead-letter topic and a producer for it.
 struct DeadLetterTopic {
