@@ -230,7 +230,7 @@ async fn measure(
             dlq_replication: 1,
             fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
             relay: projections::kafka::DEFAULT_RELAY.to_owned(),
-            }),
+        }),
     };
 
     let stop = CancellationToken::new();
