@@ -229,6 +229,7 @@ async fn measure(
             stream_types: Vec::new(),
             dlq_replication: 1,
             fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
+            relay: projections::kafka::DEFAULT_RELAY.to_owned(),
         }),
     };
 

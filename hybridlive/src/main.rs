@@ -109,6 +109,10 @@ enum Command {
         /// adversarial order).
         #[arg(long, env = "KAFKA_STREAM_TYPES", value_delimiter = ',')]
         kafka_stream_types: Vec<String>,
+        /// The name of the relay publishing the topics (its RELAY_NAME): its checkpoint
+        /// bounds the projections' checkpoints, what X-Min-Position waits on.
+        #[arg(long, env = "RELAY_NAME", default_value = "relay")]
+        relay_name: String,
         #[command(flatten)]
         kafka: KafkaTopicArgs,
         #[command(flatten)]
@@ -401,6 +405,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = metrics.metrics_addr {
                 serve_metrics(addr, stop.clone()).await?;
             }
+            spawn_holdback_gauge(pool.clone());
             relay::Relay::new(pool, settings).run(stop).await;
             Ok(())
         }
@@ -460,6 +465,7 @@ async fn main() -> anyhow::Result<()> {
             kafka_brokers,
             kafka_fetch_wait_ms,
             kafka_stream_types,
+            relay_name,
             kafka,
             metrics,
             realtime,
@@ -476,6 +482,7 @@ async fn main() -> anyhow::Result<()> {
                     replication: kafka.kafka_replication_factor,
                     fetch_wait: Duration::from_millis(kafka_fetch_wait_ms),
                     only: kafka_stream_types,
+                    relay: relay_name,
                 },
                 None => Source::Log,
             };
@@ -484,6 +491,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = metrics.metrics_addr {
                 serve_metrics(addr, stop.clone()).await?;
             }
+            spawn_holdback_gauge(pool.clone());
             realtime
                 .workers(
                     &pool,
@@ -641,6 +649,7 @@ async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result
             ..commands::Settings::default()
         },
     };
+    spawn_holdback_gauge(pool.clone());
     let sealer = CancellationToken::new();
     if args.seal_interval_secs > 0 {
         let interval = Duration::from_secs(args.seal_interval_secs);
@@ -702,6 +711,21 @@ async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> anyhow::Res
         }
     });
     Ok(())
+}
+
+/// Keeps `eventstore_reader_holdback_seconds` current (every 5 s): how long the oldest
+/// open write transaction has held every log reader back (DESIGN §3).
+fn spawn_holdback_gauge(pool: sqlx::PgPool) {
+    tokio::spawn(async move {
+        let reader = store::LogReader::new(pool);
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            if let Err(error) = reader.holdback().await {
+                tracing::debug!(%error, "Reading the log readers' holdback failed.");
+            }
+        }
+    });
 }
 
 async fn cancel_on_signal(stop: CancellationToken) {

@@ -38,6 +38,8 @@ pub enum Source {
         /// Consume only the topics of these stream types (empty: every topic a projection
         /// reads); a projection left with none idles.
         only: Vec<String>,
+        /// The relay publishing the topics ([`crate::kafka::KafkaSource::relay`]).
+        relay: String,
     },
 }
 
@@ -220,6 +222,7 @@ async fn run_one<P: Projection + 'static>(
                 replication,
                 fetch_wait,
                 only,
+                relay,
             } => {
                 let mut types = stream_types(runner.projection());
                 types.retain(|t| only.is_empty() || only.contains(t));
@@ -229,6 +232,7 @@ async fn run_one<P: Projection + 'static>(
                     stream_types: types,
                     dlq_replication: *replication,
                     fetch_wait: *fetch_wait,
+                    relay: relay.clone(),
                 };
                 if kafka.stream_types.is_empty() {
                     tracing::info!(projection = %name, ?only, "None of the projection's topics is to be consumed here; idle.");

@@ -30,6 +30,8 @@ struct Recorder {
     batch_attempts: AtomicU32,
     /// Events applied in batches that succeeded.
     batched: AtomicU32,
+    /// How long applying one event takes.
+    pace: Duration,
 }
 
 impl Recorder {
@@ -48,6 +50,7 @@ impl Recorder {
             batches: AtomicBool::new(false),
             batch_attempts: AtomicU32::new(0),
             batched: AtomicU32::new(0),
+            pace: Duration::ZERO,
         }
     }
 }
@@ -86,6 +89,9 @@ impl Projection for Recorder {
 
     async fn apply(&self, event: &EventEnvelope) -> Result<(), ApplyError> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
+        if !self.pace.is_zero() {
+            tokio::time::sleep(self.pace).await;
+        }
         if self.down.load(Ordering::Relaxed) {
             return Err(ApplyError::Transient("the store is down".into()));
         }
@@ -261,7 +267,7 @@ async fn a_store_outage_is_waited_out_with_backoff_and_nothing_is_lost() {
 }
 
 fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    testkit::kafka_brokers()
 }
 
 /// A relay publishing the test's log under `prefix`, until the token is cancelled.
@@ -270,15 +276,22 @@ fn spawn_relay(
     prefix: &str,
     partitions: i32,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let relay = relay::Relay::new(
-        db.pool.clone(),
+    spawn_relay_with(
+        db,
         relay::RelaySettings {
             brokers: brokers(),
             topic_prefix: prefix.to_owned(),
             topic_partitions: partitions,
             ..relay::RelaySettings::default()
         },
-    );
+    )
+}
+
+fn spawn_relay_with(
+    db: &TestDb,
+    settings: relay::RelaySettings,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let relay = relay::Relay::new(db.pool.clone(), settings);
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();
@@ -330,6 +343,7 @@ async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart(
         stream_types: vec!["social".into()],
         dlq_replication: 1,
         fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
+        relay: projections::kafka::DEFAULT_RELAY.to_owned(),
     };
     let group = format!("recorder-{}", Uuid::new_v4().simple());
     let runner = |recorder: Recorder| {
@@ -462,6 +476,7 @@ async fn a_poison_event_on_the_kafka_source_goes_to_the_dead_letter_topic_with_i
         stream_types: vec!["social".into()],
         dlq_replication: 1,
         fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
+        relay: projections::kafka::DEFAULT_RELAY.to_owned(),
     };
     consume_until(
         &db,
@@ -509,6 +524,214 @@ async fn a_poison_event_on_the_kafka_source_goes_to_the_dead_letter_topic_with_i
         Some(poison.to_string()),
         "the original headers are kept"
     );
+    relay_stop.cancel();
+    relay.await.unwrap();
+}
+
+/// Appends `n` events of a type the recorder does not handle, each its own stream.
+async fn others(store: &PgEventStore, stream_type: &str, event_type: &str, n: usize) {
+    for _ in 0..n {
+        store
+            .append(&AppendRequest {
+                stream_type: stream_type.into(),
+                stream_id: Uuid::new_v4().to_string(),
+                expected_version: 0,
+                events: vec![NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: event_type.into(),
+                    schema_version: 1,
+                    payload: json!({}),
+                }],
+                metadata: Metadata::default(),
+                claims: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// From now on, each time the checkpoint row `name` is written, records (in
+/// `checkpoint_moves`, by a trigger in the writer's transaction) where it went and which
+/// `social.followed` events at or before it the recorder had not applied at that moment.
+async fn watch_checkpoint(pool: &PgPool, name: &str) {
+    sqlx::raw_sql(&format!(
+        r#"
+        CREATE TABLE IF NOT EXISTS applied (event_id uuid PRIMARY KEY);
+        CREATE TABLE checkpoint_moves (
+            transaction_id xid8, global_position bigint, missing uuid[], at timestamptz
+        );
+        CREATE FUNCTION check_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO checkpoint_moves
+            SELECT NEW.transaction_id, NEW.global_position,
+                   coalesce(array_agg(e.event_id), '{{}}'), clock_timestamp()
+              FROM events e
+             WHERE e.event_type = 'social.followed'
+               AND (e.transaction_id, e.global_position)
+                   <= (NEW.transaction_id, NEW.global_position)
+               AND NOT EXISTS (SELECT 1 FROM applied a WHERE a.event_id = e.event_id);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER check_checkpoint AFTER INSERT OR UPDATE ON checkpoints
+            FOR EACH ROW WHEN (NEW.name = '{name}') EXECUTE FUNCTION check_checkpoint();
+        "#
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Runs a recorder of consumer group `group` on the Kafka source until cancelled (or
+/// aborted: a crash, nothing stored or committed after the last batch).
+fn spawn_consumer(
+    db: &TestDb,
+    group: &str,
+    source: &KafkaSource,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (pool, group, source, stop) = (
+        db.pool.clone(),
+        group.to_owned(),
+        source.clone(),
+        stop.clone(),
+    );
+    tokio::spawn(async move {
+        // Slow enough for the kill to come midway.
+        let recorder = Recorder {
+            name: group,
+            pace: Duration::from_millis(5),
+            ..Recorder::new(pool.clone()).await
+        };
+        let runner = Runner::new(pool, recorder, policy()).batch_size(25);
+        runner.run_kafka(&source, &stop).await.unwrap();
+    })
+}
+
+async fn checkpoint(pool: &PgPool, name: &str) -> store::LogPosition {
+    store::Checkpoints::new(pool.clone())
+        .load(name)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_consumer_and_reaches_the_relay(
+) {
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let group = format!("recorder-{}", Uuid::new_v4().simple());
+    let checkpoint_name = format!("projection:{group}");
+    watch_checkpoint(&db.pool, &checkpoint_name).await;
+    // Small batches: many relay checkpoints, so many watermarks to check.
+    let (relay_stop, relay) = spawn_relay_with(
+        &db,
+        relay::RelaySettings {
+            brokers: brokers(),
+            topic_prefix: prefix.clone(),
+            topic_partitions: 4,
+            batch_size: 20,
+            ..relay::RelaySettings::default()
+        },
+    );
+    // A backlog before the consumers start, and more appended while they run: the relay is
+    // ahead of them, the watermark must wait for both of their partitions.
+    let mut ids = follows(&store, 100).await;
+    others(&store, "post", "post.published", 10).await;
+    let source = KafkaSource {
+        brokers: brokers(),
+        topic_prefix: prefix,
+        stream_types: vec!["post".into(), "social".into()],
+        dlq_replication: 1,
+        fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
+        relay: projections::kafka::DEFAULT_RELAY.to_owned(),
+    };
+    let stop = CancellationToken::new();
+    let first = spawn_consumer(&db, &group, &source, &stop);
+    let second = spawn_consumer(&db, &group, &source, &stop);
+    let start = Instant::now();
+    while applied(&db.pool).await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60), "stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The group has joined: the writer goes on while they consume.
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            for _ in 0..25 {
+                ids.extend(follows(&store, 20).await);
+                others(&store, "post", "post.published", 2).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ids
+        }
+    });
+
+    // One instance dies midway (its task dropped between two awaits: what it applied but
+    // did not store is re-delivered), and a new one joins.
+    while applied(&db.pool).await.len() < 150 {
+        assert!(start.elapsed() < Duration::from_secs(60), "stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let killed_at = applied(&db.pool).await.len();
+    let third = spawn_consumer(&db, &group, &source, &stop);
+    ids.extend(writer.await.unwrap());
+    assert!(killed_at < ids.len(), "the kill came after the end");
+    while applied(&db.pool).await.len() < ids.len() {
+        assert!(start.elapsed() < Duration::from_secs(120), "stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(applied(&db.pool).await, ids.iter().copied().collect());
+
+    // Events of a topic the projection does not read: its checkpoint follows the relay's
+    // all the same, to the end of the log.
+    others(&store, "comment", "comment.added", 10).await;
+    let end = store::LogReader::new(db.pool.clone())
+        .last_up_to(i64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint(&db.pool, &checkpoint_name).await < end {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint stayed at {:?}; the relay is at {:?}, the log ends at {end:?}",
+            checkpoint(&db.pool, &checkpoint_name).await,
+            checkpoint(&db.pool, "relay").await,
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(checkpoint(&db.pool, &checkpoint_name).await, end);
+    assert_eq!(checkpoint(&db.pool, "relay").await, end);
+
+    let moves: Vec<(i64, Vec<Uuid>)> =
+        sqlx::query_as("SELECT global_position, missing FROM checkpoint_moves ORDER BY at")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let early: Vec<_> = moves
+        .iter()
+        .filter(|(_, missing)| !missing.is_empty())
+        .collect();
+    assert!(
+        early.is_empty(),
+        "the checkpoint passed events not applied yet: {} of {} moves, first {:?}",
+        early.len(),
+        moves.len(),
+        early.first()
+    );
+    assert!(
+        moves.len() >= 5,
+        "the checkpoint moved only {} times",
+        moves.len()
+    );
+    println!("the checkpoint moved {} times", moves.len());
+    stop.cancel();
+    second.await.unwrap();
+    third.await.unwrap();
     relay_stop.cancel();
     relay.await.unwrap();
 }

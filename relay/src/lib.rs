@@ -12,6 +12,11 @@
 //!   the unacknowledged batch: duplicates only at a restart boundary, which consumers drop
 //!   by `(stream, version)`. Any failure drops the producer and the lease and starts over
 //!   from the checkpoint.
+//! - **Partition heads.** With each checkpoint, in its transaction, the relay records per
+//!   topic-partition the offset of the last message the batch put there, from the delivery
+//!   reports (`kafka_partition_heads`): every event up to the checkpoint has a copy at or
+//!   below its partition's head. Projections fed by Kafka bound their checkpoints with it
+//!   (read-your-writes; `projections::kafka::watermark`).
 //! - **Fast.** Woken by `NOTIFY` after each append ([`store::LogWaiter`]), with
 //!   [`RelaySettings::poll_interval`] as the fallback.
 //!
@@ -24,7 +29,7 @@
 //! `relay_publish_failures_total`, `relay_backlog_events`, `relay_lag_seconds` (age of the
 //! last published event when it was acknowledged).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -204,7 +209,7 @@ impl Relay {
                 }
             };
             topics.ensure(&batch).await?;
-            publish(&producer, &self.settings.topic_prefix, &batch).await?;
+            let heads = publish(&producer, &self.settings.topic_prefix, &batch).await?;
             if let Some(hook) = &self.on_published {
                 hook(&batch);
             }
@@ -212,7 +217,12 @@ impl Relay {
             let lag = chrono::Utc::now() - last.recorded_at;
             metrics::gauge!("relay_lag_seconds").set(lag.as_seconds_f64().max(0.0));
             position = LogPosition::of(last);
-            Checkpoints::save_with(&mut *lease, &self.settings.name, position).await?;
+            // The heads and the checkpoint in one transaction: a projection fed by Kafka
+            // reads them together for its watermark (`projections::kafka`).
+            let mut checkpoint = sqlx::Connection::begin(&mut *lease).await?;
+            save_heads(&mut checkpoint, &self.settings.name, &heads).await?;
+            Checkpoints::save_with(&mut *checkpoint, &self.settings.name, position).await?;
+            checkpoint.commit().await?;
             if stop.is_cancelled() {
                 return Ok(());
             }
@@ -252,12 +262,17 @@ impl Relay {
     }
 }
 
-/// Produces every event of `batch` and waits until Kafka acknowledged all of them.
+/// The last message a batch put in each topic-partition: its offset and its event's
+/// read-order key, by `(topic, partition)`.
+type Heads = HashMap<(String, i32), (i64, LogPosition)>;
+
+/// Produces every event of `batch` and waits until Kafka acknowledged all of them; returns
+/// the batch's [`Heads`], from the delivery reports.
 async fn publish(
     producer: &FutureProducer,
     prefix: &str,
     batch: &[RecordedEvent],
-) -> Result<(), RelayError> {
+) -> Result<Heads, RelayError> {
     let mut deliveries = Vec::with_capacity(batch.len());
     for event in batch {
         let topic = format!("{prefix}{}", event.stream_type);
@@ -289,7 +304,7 @@ async fn publish(
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    deliveries.push((event.global_position, delivery));
+                    deliveries.push((event, delivery));
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -307,9 +322,20 @@ async fn publish(
             }
         }
     }
-    for (position, delivery) in deliveries {
+    let mut heads = Heads::new();
+    for (event, delivery) in deliveries {
+        let position = event.global_position;
         match delivery.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(delivery)) => {
+                // Per partition, the idempotent producer writes in the order produced:
+                // the greatest offset is the batch's last event there.
+                let topic = format!("{prefix}{}", event.stream_type);
+                let head = (delivery.offset, LogPosition::of(event));
+                heads
+                    .entry((topic, delivery.partition))
+                    .and_modify(|h| *h = (*h).max(head))
+                    .or_insert(head);
+            }
             Ok(Err((error, _message))) => return Err(RelayError::Delivery { position, error }),
             Err(_canceled) => {
                 return Err(RelayError::Delivery {
@@ -319,6 +345,46 @@ async fn publish(
             }
         }
     }
+    Ok(heads)
+}
+
+/// Records `heads` as the relay's partition heads (`kafka_partition_heads`), in the
+/// transaction that saves its checkpoint. Offsets of a partition only grow, so a head
+/// replaces the one before; a partition the batch did not touch keeps its head.
+async fn save_heads(tx: &mut PgConnection, relay: &str, heads: &Heads) -> Result<(), sqlx::Error> {
+    if heads.is_empty() {
+        return Ok(());
+    }
+    let mut topics = Vec::with_capacity(heads.len());
+    let mut partitions = Vec::with_capacity(heads.len());
+    let mut offsets = Vec::with_capacity(heads.len());
+    let mut transactions = Vec::with_capacity(heads.len());
+    let mut positions = Vec::with_capacity(heads.len());
+    for ((topic, partition), (offset, key)) in heads {
+        topics.push(topic.as_str());
+        partitions.push(*partition);
+        offsets.push(*offset);
+        transactions.push(key.transaction_id.to_string());
+        positions.push(key.global_position);
+    }
+    sqlx::query(
+        "INSERT INTO kafka_partition_heads \
+                (relay, topic, \"partition\", \"offset\", transaction_id, global_position) \
+         SELECT $1, h.topic, h.part, h.off, h.xid::xid8, h.position \
+           FROM unnest($2::text[], $3::int[], $4::bigint[], $5::text[], $6::bigint[]) \
+                AS h(topic, part, off, xid, position) \
+         ON CONFLICT (relay, topic, \"partition\") DO UPDATE \
+            SET \"offset\" = EXCLUDED.\"offset\", transaction_id = EXCLUDED.transaction_id, \
+                global_position = EXCLUDED.global_position, updated_at = now()",
+    )
+    .bind(relay)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .bind(&transactions)
+    .bind(&positions)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -49,6 +49,24 @@ pub fn production_server(variable: &str) -> Option<String> {
     }
 }
 
+/// The Kafka brokers a test runs against: `KAFKA_BROKERS`, else `127.0.0.1:9092` — never a
+/// skip: without a broker the test fails.
+///
+/// # Panics
+/// When the variable is unset in CI (`CI` set) or under `scripts/test.sh`
+/// (`HYBRIDLIVE_REQUIRE_SERVERS` set): the run was meant to name every server.
+pub fn kafka_brokers() -> String {
+    match std::env::var("KAFKA_BROKERS") {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ if std::env::var_os("CI").is_some()
+            || std::env::var_os("HYBRIDLIVE_REQUIRE_SERVERS").is_some() =>
+        {
+            panic!("KAFKA_BROKERS is not set, and this run requires every server: run the tests with scripts/test.sh")
+        }
+        _ => "127.0.0.1:9092".to_owned(),
+    }
+}
+
 /// The variables that put the read models on production stores (and `project` on Kafka):
 /// a test that runs the binary for the lite profile removes them from the child's
 /// environment, since `scripts/test.sh` sets them all.

@@ -111,10 +111,31 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut api::Settings)) -> TestApp 
 ///
 /// # Panics
 /// When PostgreSQL or Redis is unreachable.
-#[allow(clippy::expect_used)]
 pub async fn spawn_app_configured(
     adjust: impl FnOnce(&mut api::Settings),
     options: WorkerOptions,
+) -> TestApp {
+    spawn_app_fed(adjust, options, false).await
+}
+
+/// [`spawn_app`] with the production transport: the relay (`relay::Relay`, as `hybridlive
+/// relay` runs it) publishes the log to Kafka (`KAFKA_BROKERS`, topics under a prefix of
+/// the test's own), and every projection consumes its topics (as `hybridlive project all`
+/// does with `KAFKA_BROKERS` set; consumer groups under a prefix of the test's own). The
+/// read models are the lite ones: the transport is what differs.
+///
+/// # Panics
+/// When PostgreSQL or Redis is unreachable, or `KAFKA_BROKERS` is unset where every server
+/// is required ([`testkit::kafka_brokers`]).
+pub async fn spawn_app_on_kafka() -> TestApp {
+    spawn_app_fed(|_| {}, WorkerOptions::default(), true).await
+}
+
+#[allow(clippy::expect_used)]
+async fn spawn_app_fed(
+    adjust: impl FnOnce(&mut api::Settings),
+    options: WorkerOptions,
+    on_kafka: bool,
 ) -> TestApp {
     let db = TestDb::new().await;
     let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
@@ -161,12 +182,32 @@ pub async fn spawn_app_configured(
         options.onboarding.clone(),
     );
     projections.retry = options.retry;
+    let source = if on_kafka {
+        let brokers = testkit::kafka_brokers();
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let settings = relay::RelaySettings {
+            brokers: brokers.clone(),
+            topic_prefix: format!("e2e{run}."),
+            topic_partitions: 3,
+            ..relay::RelaySettings::default()
+        };
+        let source = projections::Source::Kafka {
+            brokers,
+            topic_prefix: settings.topic_prefix.clone(),
+            replication: 1,
+            fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
+            relay: settings.name.clone(),
+            only: Vec::new(),
+        };
+        let relay = relay::Relay::new(db.pool.clone(), settings);
+        let stop = workers.clone();
+        tokio::spawn(async move { relay.run(stop).await });
+        source
+    } else {
+        projections::Source::Log
+    };
     let stop = workers.clone();
-    tokio::spawn(async move {
-        projections
-            .run(&["all".to_owned()], &projections::Source::Log, &stop)
-            .await
-    });
+    tokio::spawn(async move { projections.run(&["all".to_owned()], &source, &stop).await });
     let addr = app.local_addr().expect("bound address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {

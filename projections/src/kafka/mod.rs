@@ -15,21 +15,33 @@
 //! original headers. A message that is not an event at all cannot go to the table (it has no
 //! event id): it goes to the topic only. The dead letter is acknowledged by the broker before
 //! the message's offset is stored.
+//!
+//! Read-your-writes: after each batch, and every [`watermark::TICK`] while idle, the
+//! source raises the group's progress per partition and moves the projection's checkpoint
+//! row (`projection:<name>`, what `X-Min-Position` waits on) to the highest read-order key
+//! below which every event of its topics is applied ([`watermark`] has the argument).
+//!
+//! Layout: this module, the consumer loop and the dead-letter topic; [`watermark`], the
+//! checkpoint.
+
+pub mod watermark;
 
 use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use store::{RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::{swap_lock_key, Outcome, Projection, Runner};
+use watermark::Watermark;
 
 /// Where the relay's topics are.
 #[derive(Debug, Clone)]
@@ -46,7 +58,22 @@ pub struct KafkaSource {
     /// Kafka answers as soon as records arrive, so there a shorter wait only means more
     /// fetches while idle. [`DEFAULT_FETCH_WAIT`] unless set.
     pub fetch_wait: Duration,
+    /// The name of the relay that publishes the topics (`RELAY_NAME`, the relay's
+    /// `RelaySettings::name`): its checkpoint and partition heads bound the projection's
+    /// watermark. [`DEFAULT_RELAY`] unless set.
+    pub relay: String,
 }
+
+impl KafkaSource {
+    /// The consumer group of `projection`: `<topic_prefix><projection>` (e.g. `hl.content`),
+    /// so deployments or tests sharing a cluster under different prefixes never share one.
+    pub fn group_id(&self, projection: &str) -> String {
+        format!("{}{projection}", self.topic_prefix)
+    }
+}
+
+/// The default of [`KafkaSource::relay`], the relay's default name.
+pub const DEFAULT_RELAY: &str = "relay";
 
 /// The default of [`KafkaSource::fetch_wait`] (`KAFKA_FETCH_WAIT_MS`): 100 ms, not
 /// librdkafka's 500 ms (see the README's projection-lag figures).
@@ -72,12 +99,14 @@ impl<P: Projection> Runner<P> {
         source: &KafkaSource,
         stop: &CancellationToken,
     ) -> Result<(), KafkaSourceError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let group = source.group_id(self.projection().name());
+        let lag = LagReporter {
+            projection: self.projection().name().to_owned(),
+        };
+        let consumer: StreamConsumer<LagReporter> = ClientConfig::new()
             .set("bootstrap.servers", &source.brokers)
-            .set(
-                "group.id",
-                format!("{}{}", source.topic_prefix, self.projection().name()),
-            )
+            .set("statistics.interval.ms", "1000")
+            .set("group.id", &group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
@@ -87,21 +116,34 @@ impl<P: Projection> Runner<P> {
                 "fetch.wait.max.ms",
                 source.fetch_wait.as_millis().clamp(1, 300_000).to_string(),
             )
-            .create()?;
+            .create_with_context(lag)?;
         let topics: Vec<String> = source
             .stream_types
             .iter()
             .map(|t| format!("{}{t}", source.topic_prefix))
             .collect();
+        let mut watermark = Watermark::new(
+            self.pool().clone(),
+            &source.relay,
+            &group,
+            self.checkpoint_name(),
+            topics.clone(),
+        );
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         let dlq = DeadLetterTopic::open(source, self.projection().name()).await?;
         consumer.subscribe(&topics)?;
+        let mut tick = tokio::time::interval(watermark::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
         loop {
             // What has arrived, up to a batch: the first message awaited, the rest taken
-            // only while they are already there.
+            // only while they are already there. Idle, the watermark follows the relay.
             let first = tokio::select! {
                 message = consumer.recv() => message,
+                _ = tick.tick() => {
+                    self.advance_watermark(&mut watermark).await;
+                    continue;
+                }
                 () = stop.cancelled() => break,
             };
             let mut trouble = None;
@@ -146,12 +188,24 @@ impl<P: Projection> Runner<P> {
             // Offsets are stored in order, up to the first event not done.
             let stopped = outcomes.iter().position(|o| matches!(o, Outcome::Stopped));
             let done = stopped.map_or(batch.len(), |event| of_event[event]);
+            let progress: Vec<(&str, i32, i64)> = batch[..done]
+                .iter()
+                .map(|m| (m.topic(), m.partition(), m.offset()))
+                .collect();
+            // Applied, so the progress may say so (before the offsets are stored, or after:
+            // either way it never claims a message not applied).
+            if let Err(error) = watermark.record_progress(&progress).await {
+                tracing::warn!(projection = self.projection().name(), %error, "Recording the consumer's progress failed; the watermark waits for the next batch.");
+            }
+            drop(progress);
             for message in batch.drain(..).take(done) {
                 consumer.store_offset_from_message(&message)?;
             }
             if stopped.is_some() {
                 break;
             }
+            self.advance_watermark(&mut watermark).await;
+            tick.reset();
             if let Some(error) = trouble {
                 // Broker or group trouble: librdkafka reconnects and rejoins by itself.
                 tracing::warn!(%error, "Kafka consumer error; continuing.");
@@ -167,6 +221,14 @@ impl<P: Projection> Runner<P> {
 }
 
 impl<P: Projection> Runner<P> {
+    /// Moves the projection's checkpoint to the watermark if it moved; a failure only
+    /// delays it (the next batch or tick tries again).
+    async fn advance_watermark(&self, watermark: &mut Watermark) {
+        if let Err(error) = watermark.advance().await {
+            tracing::warn!(projection = self.projection().name(), %error, "Advancing the watermark failed; retrying on the next tick.");
+        }
+    }
+
     /// Applies `events` holding the swap lock shared ([`swap_lock_key`]), as the log source
     /// does for each batch: a replay's swap happens between two batches, and the batch
     /// after it writes to the model swapped in. The lock is a transaction's, which writes
@@ -186,6 +248,34 @@ impl<P: Projection> Runner<P> {
         Ok(outcomes)
     }
 }
+
+/// Sets `projection_lag_events` from librdkafka's statistics (every second): over the
+/// partitions assigned to this instance, the high watermark less the offset after the last
+/// applied message (stored; else committed; else the fetch position).
+struct LagReporter {
+    projection: String,
+}
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|p| p.partition >= 0 && (p.desired || p.fetch_state == "active"))
+            .filter_map(|p| {
+                let at = [p.stored_offset, p.committed_offset, p.app_offset]
+                    .into_iter()
+                    .find(|offset| *offset >= 0)?;
+                (p.hi_offset >= 0).then(|| (p.hi_offset - at).max(0))
+            })
+            .sum();
+        metrics::gauge!("projection_lag_events", "projection" => self.projection.clone())
+            .set(lag as f64);
+    }
+}
+
+impl ConsumerContext for LagReporter {}
 
 /// The projection's dead-letter topic and a producer for it.
 struct DeadLetterTopic {
