@@ -12,7 +12,8 @@
 //! writes the count the store returned rather than an increment (the seed's
 //! incr-if-exists), and pushes a comment only onto a list whose newest entry is older: a
 //! reader may fill a key between the store write and the cache write, and must not see
-//! that write twice. A fill takes a
+//! that write twice. A comment older than the list's newest entry (applied after later
+//! comments: on Kafka, comments of one post come from several partitions) drops the list. A fill takes a
 //! per-post lease (`post:<id>:lease`, `SET NX`) *before* it reads the store and writes
 //! only if the lease is still its own; every projection write deletes the lease. So a
 //! reader that read the store before a write cannot overwrite the cache with what it read
@@ -103,15 +104,23 @@ return 0
 
 /// A new comment. KEYS: list, count, lease. ARGV: comment JSON, cap, list ttl, count ttl,
 /// the comment's position, the stored comment count. The comment goes onto a cached list
-/// unless its newest entry is as new (a fill that read the comment from the store; `~end`
-/// is [`END`]).
+/// whose newest entry is older (`~end` is [`END`]: an empty list). A newest entry at its
+/// position is the comment itself (a fill read it from the store). One that is newer means
+/// the comment comes after later ones — Kafka orders no two partitions — so the list, which
+/// may lack it, is dropped and the next reader fills it from the store.
 const COMMENT_ADDED: &str = r"
 redis.call('DEL', KEYS[3])
 local newest = redis.call('LINDEX', KEYS[1], 0)
-if newest and (newest == '~end' or cjson.decode(newest).position < tonumber(ARGV[5])) then
-  redis.call('LPUSH', KEYS[1], ARGV[1])
-  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+if newest then
+  local position = tonumber(ARGV[5])
+  local at = newest ~= '~end' and cjson.decode(newest).position or nil
+  if at == nil or at < position then
+    redis.call('LPUSH', KEYS[1], ARGV[1])
+    redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+  elseif at > position then
+    redis.call('DEL', KEYS[1])
+  end
 end
 redis.call('SET', KEYS[2], ARGV[6], 'XX', 'EX', ARGV[4])
 return 1

@@ -97,3 +97,44 @@ async fn a_fill_between_the_store_write_and_the_cache_write_is_not_counted_twice
     assert_eq!(cache.feed_items(&[id]).await.unwrap(), vec![None]);
     cache.clear().await.unwrap();
 }
+
+/// On Kafka, two comments of one post may be applied in either order (different
+/// partitions): an older comment applied after a newer one was listed must not be missing
+/// from the cached list, which ends as complete.
+#[tokio::test]
+async fn a_comment_applied_after_a_newer_one_is_not_missing_from_the_cached_list() {
+    let db = TestDb::new().await;
+    let store = PgContent::lite(db.pool.clone());
+    let cache = cache().await;
+    let post = post();
+    store.insert_post(&post).await.unwrap();
+    let id = post.post_id;
+    let comment = |position: i64| CommentDoc {
+        comment_id: Uuid::now_v7(),
+        post_id: id,
+        author_id: Uuid::new_v4(),
+        position,
+        body: format!("at {position}"),
+        created_at: Utc::now().trunc_subsecs(3),
+    };
+    let (older, newer) = (comment(2), comment(3));
+    let page = |cap| store.comments(id, None, cap);
+
+    // The newer one first: stored, listed by a reader, pushed.
+    let change = store.add_comment(&newer).await.unwrap();
+    cache.fill_first_comments(id, 10, page).await.unwrap();
+    cache.comment_added(&newer, change.count).await.unwrap();
+    // Then the older one.
+    let change = store.add_comment(&older).await.unwrap();
+    cache.comment_added(&older, change.count).await.unwrap();
+
+    let listed = match cache.first_comments(id, 10).await.unwrap() {
+        Some(listed) => listed,
+        None => {
+            cache.fill_first_comments(id, 10, page).await.unwrap();
+            cache.first_comments(id, 10).await.unwrap().unwrap()
+        }
+    };
+    assert_eq!(listed, vec![newer, older]);
+    cache.clear().await.unwrap();
+}
