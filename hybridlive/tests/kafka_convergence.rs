@@ -466,13 +466,50 @@ async fn answers(base: &str, http: &reqwest::Client, work: &Workload) -> BTreeMa
         .expect("the API answers")
 }
 
-/// The first differences between two sets of answers.
+/// The first differences between two sets of answers, each at the first place it differs.
 fn differences(lite: &BTreeMap<String, Value>, kafka: &BTreeMap<String, Value>) -> Vec<String> {
     lite.iter()
-        .filter(|(key, answer)| kafka.get(*key) != Some(answer))
+        .filter_map(|(key, answer)| {
+            let other = kafka.get(key).unwrap_or(&Value::Null);
+            first_difference(answer, other, key.clone())
+        })
         .take(5)
-        .map(|(key, answer)| format!("{key}:\n  log:   {answer}\n  kafka: {:?}", kafka.get(key)))
         .collect()
+}
+
+/// Where `log` and `kafka` first differ, with both values there (arrays element by
+/// element, then by length; objects field by field).
+fn first_difference(log: &Value, kafka: &Value, at: String) -> Option<String> {
+    match (log, kafka) {
+        (Value::Array(a), Value::Array(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, format!("{at}[{i}]")))
+            .or_else(|| {
+                (a.len() != b.len()).then(|| {
+                    let n = a.len().min(b.len());
+                    format!(
+                        "{at}: {} items from the log, {} from Kafka; next: log {:?}, kafka {:?}",
+                        a.len(),
+                        b.len(),
+                        a.get(n),
+                        b.get(n)
+                    )
+                })
+            }),
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .find_map(|(k, x)| {
+                first_difference(x, b.get(k).unwrap_or(&Value::Null), format!("{at}.{k}"))
+            })
+            .or_else(|| {
+                b.keys()
+                    .find(|k| !a.contains_key(*k))
+                    .map(|k| format!("{at}.{k}: only from Kafka"))
+            }),
+        _ => (log != kafka).then(|| format!("{at}: log {log}, kafka {kafka}")),
+    }
 }
 
 /// Waits until the Kafka-fed answers equal the log-fed ones (the log-fed ones first

@@ -122,8 +122,10 @@ if newest then
     redis.call('DEL', KEYS[1])
   end
 end
-redis.call('SET', KEYS[2], ARGV[6], 'XX', 'EX', ARGV[4])
-return 1
+if redis.call('SET', KEYS[2], ARGV[6], 'XX', 'EX', ARGV[4]) then
+  return 1
+end
+return 0
 ";
 
 /// Feed read: the values of all KEYS (preview, likes, comment count per post) in one round
@@ -220,12 +222,13 @@ impl PostCache {
         format!("{}post:{}:{part}", self.prefix, post.simple())
     }
 
-    /// A like or unlike changed the stored count to `count`.
+    /// A like or unlike changed the stored count to `count`; true when the count was
+    /// cached (and is now `count`).
     ///
     /// # Errors
     /// When Redis is unreachable.
-    pub async fn like_count_is(&self, post: Uuid, count: i64) -> ReadResult<()> {
-        let _: i64 = SCRIPTS
+    pub async fn like_count_is(&self, post: Uuid, count: i64) -> ReadResult<bool> {
+        let held: i64 = SCRIPTS
             .set_if_exists
             .key(self.key(post, "likes"))
             .key(self.key(post, "lease"))
@@ -233,17 +236,18 @@ impl PostCache {
             .arg(self.settings.count_ttl.as_secs())
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(())
+        Ok(held == 1)
     }
 
     /// A comment was stored and the post's comment count is now `count`: pushed onto a
-    /// cached list that does not hold it yet, `count` written onto a cached count.
+    /// cached list that does not hold it yet, `count` written onto a cached count; true
+    /// when the count was cached (and is now `count`).
     ///
     /// # Errors
     /// When Redis is unreachable.
-    pub async fn comment_added(&self, comment: &CommentDoc, count: i64) -> ReadResult<()> {
+    pub async fn comment_added(&self, comment: &CommentDoc, count: i64) -> ReadResult<bool> {
         let post = comment.post_id;
-        let _: i64 = SCRIPTS
+        let held: i64 = SCRIPTS
             .comment_added
             .key(self.key(post, "comments"))
             .key(self.key(post, "comment_count"))
@@ -256,7 +260,7 @@ impl PostCache {
             .arg(count)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(())
+        Ok(held == 1)
     }
 
     /// Drops every cached key of `post` (deleted, or a redelivered write).

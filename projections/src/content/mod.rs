@@ -42,6 +42,7 @@ pub mod markdown;
 pub mod mongo;
 pub mod postgres;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -330,19 +331,90 @@ impl ContentProjection {
     }
 
     /// Applies a counted change to the cache, or drops the post's cached keys when the
-    /// store had it already (see the module docs).
-    async fn counted(&self, post: Uuid, change: Change, apply: CacheWrite<'_>) -> ReadResult<()> {
+    /// store had it already (see the module docs). Returns the count written when one was
+    /// cached, for [`Self::check_cached`].
+    async fn counted(
+        &self,
+        post: Uuid,
+        change: Change,
+        apply: CacheWrite<'_>,
+    ) -> ReadResult<Option<CachedCount>> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        if !change.changed {
+            cache.invalidate(post).await?;
+            return Ok(None);
+        }
+        let (held, likes) = match apply {
+            CacheWrite::Likes => (cache.like_count_is(post, change.count).await?, true),
+            CacheWrite::Comment(comment) => {
+                (cache.comment_added(comment, change.count).await?, false)
+            }
+        };
+        Ok(held.then_some(CachedCount {
+            post,
+            likes,
+            count: change.count,
+        }))
+    }
+
+    /// Checks counts written onto cached ones against the store, and drops a post's keys
+    /// where they differ. Two consumers of a Kafka group apply likes and comments of one
+    /// post at once (their streams are spread over partitions), so their cache writes can
+    /// land in the other order than their store writes. The last cache write reads the
+    /// store after every store write before it, so a stale last write is seen and dropped.
+    /// A cold count stays cold and costs no read; a batch is checked once, by its last
+    /// write of each count.
+    async fn check_cached(&self, written: &[CachedCount]) -> ReadResult<()> {
         let Some(cache) = &self.cache else {
             return Ok(());
         };
-        if !change.changed {
-            return cache.invalidate(post).await;
+        let mut last: HashMap<(Uuid, bool), i64> = HashMap::new();
+        for w in written {
+            last.insert((w.post, w.likes), w.count);
         }
-        match apply {
-            CacheWrite::Likes => cache.like_count_is(post, change.count).await,
-            CacheWrite::Comment(comment) => cache.comment_added(comment, change.count).await,
+        if last.is_empty() {
+            return Ok(());
         }
+        let mut ids: Vec<Uuid> = last.keys().map(|(post, _)| *post).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let stored: HashMap<Uuid, PostDoc> = self
+            .store
+            .posts(&ids)
+            .await?
+            .into_iter()
+            .map(|post| (post.post_id, post))
+            .collect();
+        for post in ids {
+            let differs =
+                [true, false].iter().any(|&likes| {
+                    last.get(&(post, likes)).is_some_and(|&count| {
+                        let now = stored.get(&post).map(|p| {
+                            if likes {
+                                p.like_count
+                            } else {
+                                p.comment_count
+                            }
+                        });
+                        now != Some(count)
+                    })
+                });
+            if differs {
+                cache.invalidate(post).await?;
+            }
+        }
+        Ok(())
     }
+}
+
+/// A count written onto a cached one ([`ContentProjection::counted`]).
+struct CachedCount {
+    post: Uuid,
+    /// The like count; else the comment count.
+    likes: bool,
+    count: i64,
 }
 
 enum CacheWrite<'a> {
@@ -389,10 +461,11 @@ impl Projection for ContentProjection {
             .filter_map(|e| Some((e, ContentWrite::of(e)?)))
             .unzip();
         let changes = self.store.write_all(&writes).await?;
+        let mut cached = Vec::new();
         for ((envelope, write), change) in envelopes.into_iter().zip(&writes).zip(changes) {
-            self.written(envelope, write, change).await?;
+            cached.extend(self.written(envelope, write, change).await?);
         }
-        Ok(())
+        Ok(self.check_cached(&cached).await?)
     }
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
@@ -400,18 +473,21 @@ impl Projection for ContentProjection {
             return Ok(());
         };
         let change = write.apply_to(&*self.store).await?;
-        self.written(envelope, &write, change).await
+        let cached = self.written(envelope, &write, change).await?;
+        Ok(self.check_cached(cached.as_slice()).await?)
     }
 }
 
 impl ContentProjection {
-    /// What follows a stored write: the caches, live updates and the saga.
+    /// What follows a stored write: the caches, live updates and the saga. Returns the
+    /// count it wrote onto a cached one, to be checked ([`Self::check_cached`]).
     async fn written(
         &self,
         envelope: &EventEnvelope,
         write: &ContentWrite,
         change: Option<Change>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<Option<CachedCount>, ApplyError> {
+        let mut cached = None;
         match (write, change) {
             (ContentWrite::PutProfile(_), _) => {
                 report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await?;
@@ -429,16 +505,17 @@ impl ContentProjection {
                 }
             }
             (ContentWrite::AddComment(comment), Some(change)) => {
-                self.counted(comment.post_id, change, CacheWrite::Comment(comment))
+                cached = self
+                    .counted(comment.post_id, change, CacheWrite::Comment(comment))
                     .await?;
                 self.comment_pushed(envelope, comment).await?;
             }
             (ContentWrite::SetLike { post, .. }, Some(change)) => {
-                self.counted(*post, change, CacheWrite::Likes).await?;
+                cached = self.counted(*post, change, CacheWrite::Likes).await?;
                 self.likes_pushed(*post, change).await?;
             }
             _ => {}
         }
-        Ok(())
+        Ok(cached)
     }
 }
