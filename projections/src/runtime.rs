@@ -306,14 +306,9 @@ impl<P: Projection> Runner<P> {
         let position = Checkpoints::new(self.pool.clone())
             .load(&self.checkpoint_name())
             .await?;
-        let lag: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM events \
-              WHERE (transaction_id, global_position) > ($1::text::xid8, $2) LIMIT 1000000) e",
-        )
-        .bind(position.transaction_id.to_string())
-        .bind(position.global_position)
-        .fetch_one(&self.pool)
-        .await?;
+        let lag = LogReader::new(self.pool.clone())
+            .count_after(position)
+            .await?;
         metrics::gauge!("projection_lag_events", "projection" => self.projection.name().to_owned())
             .set(lag as f64);
         Ok(())

@@ -248,15 +248,10 @@ impl Relay {
     }
 
     /// Events not yet relayed (capped at one million, to keep the count cheap).
-    async fn measure_backlog(&self, position: LogPosition) -> Result<(), sqlx::Error> {
-        let backlog: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM events \
-              WHERE (transaction_id, global_position) > ($1::text::xid8, $2) LIMIT 1000000) e",
-        )
-        .bind(position.transaction_id.to_string())
-        .bind(position.global_position)
-        .fetch_one(&self.pool)
-        .await?;
+    async fn measure_backlog(&self, position: LogPosition) -> Result<(), StoreError> {
+        let backlog = LogReader::new(self.pool.clone())
+            .count_after(position)
+            .await?;
         metrics::gauge!("relay_backlog_events").set(backlog as f64);
         Ok(())
     }

@@ -120,6 +120,22 @@ impl LogReader {
     /// smaller position can commit later.)
     ///
     /// # Errors
+    /// How many events were committed after `position`, counted up to a million (to keep
+    /// the count cheap): the backlog of a reader whose checkpoint is `position`.
+    ///
+    /// # Errors
+    /// [`StoreError`] on database failure.
+    pub async fn count_after(&self, position: LogPosition) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM events \
+              WHERE (transaction_id, global_position) > ($1::text::xid8, $2) LIMIT 1000000) e",
+        )
+        .bind(position.transaction_id.to_string())
+        .bind(position.global_position)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// [`StoreError`] on database failure or a corrupt row.
     pub async fn last_up_to(&self, position: i64) -> Result<Option<LogPosition>, StoreError> {
         let row: Option<(String, i64)> = sqlx::query_as(

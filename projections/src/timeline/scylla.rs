@@ -98,6 +98,7 @@
 //! recipient rows too, so the entries it brings are found here.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
@@ -716,17 +717,28 @@ impl ScyllaTimelines {
             .map_or(0, |(Counter(entries),)| *entries))
     }
 
-    /// Trims `user`'s timeline under its trim lease, unless another writer holds it (that
-    /// writer's trim is under way; a later delivery checks the length again).
+    /// Trims `user`'s timeline under its trim lease. While another writer holds it, waits
+    /// and looks at the length again: that writer's trim may have read the length before
+    /// this delivery's increment, so leaving it the work could leave the timeline over its
+    /// bound after every delivery returned. A crashed holder's lease expires
+    /// ([`TRIM_LEASE_SECS`]).
     async fn trim(&self, user: Uuid, cap: usize) -> ReadResult<()> {
         let s = &self.statements;
         let holder = Uuid::new_v4();
-        let acquired = self
-            .session
-            .execute_unpaged(&s.acquire_trim, (user, holder))
-            .await?;
-        if !applied(acquired)? {
-            return Ok(());
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let acquired = self
+                .session
+                .execute_unpaged(&s.acquire_trim, (user, holder))
+                .await?;
+            if applied(acquired)? {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+            if self.length(user).await? <= allowed_length(cap) {
+                return Ok(());
+            }
         }
         let trimmed = self.trim_held(user, cap).await;
         let released = self
