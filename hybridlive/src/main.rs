@@ -701,9 +701,13 @@ async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> anyhow::Res
     let addr = listener
         .local_addr()
         .context("reading the metrics address")?;
+    // Built here, not in the task: it installs the process's recorder, and a metric
+    // recorded before that is lost (the relay's `relay_active`, a projection's first
+    // applied events).
+    let router = api::metrics_router();
     tracing::info!(%addr, "Serving /metrics.");
     tokio::spawn(async move {
-        let served = axum::serve(listener, api::metrics_router())
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         if let Err(error) = served {
