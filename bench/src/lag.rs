@@ -10,9 +10,10 @@
 //!   (`store::LogWaiter`), batches read in commit order, a checkpoint per batch;
 //! - **Kafka source** (`--kafka`, `Runner::run_kafka`): the outbox relay runs in this process
 //!   too (`relay::Relay`, as `hybridlive relay` runs it) and each projection is a consumer
-//!   group of the relay's topics — append → relay → broker → consumer → apply. The groups
-//!   are named `bench<run>_<projection>` so that they share nothing with other users of the
-//!   broker; nothing else differs.
+//!   group of the relay's topics — append → relay → broker → consumer → apply. The topics
+//!   are `bench<run>.<stream type>` and the groups `bench<run>.bench<run>_<projection>` (the
+//!   topic prefix, then the projection's name), so that they share nothing with other users
+//!   of the broker; nothing else differs.
 //!
 //! Setup, untimed, on a fresh database: `--users` users register (`user.registered`), each
 //! follows `--follows-per-user` others (the first of them one of five popular users, so
