@@ -2,8 +2,9 @@
 //! and never share state (STYLE: "a fresh database per test").
 //!
 //! `DATABASE_URL` names the server (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`);
-//! each [`TestDb`] creates `hl_test_<uuid>` on it, runs the project's migrations, and drops
-//! the database again when dropped. [`social`] writes a synthetic social log; [`tables`]
+//! each [`TestDb`] creates `hl_test_<pid>_<uuid>` on it, runs the project's migrations, and
+//! drops the database again when dropped (or, when the test process exited first, the next
+//! test process drops it). [`social`] writes a synthetic social log; [`tables`]
 //! copies and compares read-model tables.
 
 pub mod social;
@@ -103,7 +104,8 @@ impl TestDb {
     #[allow(clippy::expect_used)]
     pub async fn empty() -> Self {
         let admin: PgConnectOptions = server_url().parse().expect("DATABASE_URL is a valid URL");
-        let name = format!("hl_test_{}", Uuid::new_v4().simple());
+        sweep_left_behind(&admin);
+        let name = format!("hl_test_{}_{}", std::process::id(), Uuid::new_v4().simple());
         let mut conn = PgConnection::connect_with(&admin)
             .await
             .expect("PostgreSQL is reachable at DATABASE_URL (run scripts/services.sh)");
@@ -140,30 +142,87 @@ impl TestDb {
 }
 
 impl Drop for TestDb {
+    /// Drops the database from a thread of its own, without waiting for it. This thread runs
+    /// the test's runtime, whose tasks may be opening a connection right now: a backend
+    /// authenticating a client that is never polled again does not answer DROP DATABASE's
+    /// barrier until `authentication_timeout` (60 s), and the waiting DROP holds a
+    /// transaction id that holds back every log reader on the server — every other test's
+    /// projections stood still for that minute.
     fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; drop the database from a thread of its own.
-        let dropper = std::thread::spawn(move || {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        std::thread::spawn(move || drop_databases(&admin, &[name]));
+    }
+}
+
+/// Drops the databases `names` (their connections terminated), ignoring failures: a
+/// database left behind is dropped by a later test process ([`sweep_left_behind`]).
+fn drop_databases(admin: &PgConnectOptions, names: &[String]) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async move {
+        if let Ok(mut conn) = PgConnection::connect_with(admin).await {
+            for name in names {
+                let _ = conn
+                    .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+                    .await;
+            }
+            let _ = conn.close().await;
+        }
+    });
+}
+
+/// Once per test process, drops (in the background) the test databases of processes that
+/// exited before their last databases were dropped. A name's second part is its creator's
+/// pid; names without one are older than this scheme. Only where `/proc` tells which
+/// processes live.
+fn sweep_left_behind(admin: &PgConnectOptions) {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    SWEPT.call_once(|| {
+        let admin = admin.clone();
+        std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             else {
                 return;
             };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
-                    let _ = conn
-                        .execute(
-                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
-                        )
-                        .await;
-                    let _ = conn.close().await;
-                }
+            let names: Vec<String> = runtime.block_on(async {
+                let Ok(mut conn) = PgConnection::connect_with(&admin).await else {
+                    return Vec::new();
+                };
+                let names = sqlx::query_scalar(
+                    r"SELECT datname FROM pg_database WHERE datname LIKE 'hl\_test\_%'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+                let _ = conn.close().await;
+                names
             });
+            let left: Vec<String> = names
+                .into_iter()
+                .filter(|name: &String| match creator(name) {
+                    Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                    None => true,
+                })
+                .collect();
+            drop(runtime);
+            drop_databases(&admin, &left);
         });
-        let _ = dropper.join();
-    }
+    });
+}
+
+/// The pid in a test database's name `hl_test_<pid>_<uuid>`.
+fn creator(name: &str) -> Option<u32> {
+    let (pid, _) = name.strip_prefix("hl_test_")?.split_once('_')?;
+    pid.parse().ok()
 }
 
 /// Reads the log from `from` until `expected` events were read, waiting (up to 30 s) while

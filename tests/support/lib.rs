@@ -137,6 +137,7 @@ async fn spawn_app_fed(
     options: WorkerOptions,
     on_kafka: bool,
 ) -> TestApp {
+    log_to_the_test();
     let db = TestDb::new().await;
     let redis_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let jwt_secret = format!(
@@ -152,11 +153,9 @@ async fn spawn_app_fed(
         // Every test client is 127.0.0.1; the rate-limit tests switch limits on themselves.
         rate_limits: api::rate_limit::RateLimits::OFF,
         // Tests share one PostgreSQL server, and the CREATE/DROP DATABASE of parallel tests
-        // hold every log reader on the server back for a second or two (they take a
-        // transaction id): the projections then lag more than in production. Under the
-        // full test run (Kafka, Cassandra and FerretDB beside it) a lite projection of a
-        // test app was seen not to catch up within 20 s, twice in three runs; the cause is
-        // not found yet. A deadline, not a sleep: a healthy test does not wait it out.
+        // hold every log reader on the server back while they run (they take a transaction
+        // id): the projections then lag more than in production. A deadline, not a sleep:
+        // a healthy test does not wait it out.
         min_position_wait: std::time::Duration::from_secs(60),
         redis_url: redis_url(),
         ..api::Settings::default()
@@ -223,6 +222,18 @@ async fn spawn_app_fed(
         shutdown: Some(stop),
         workers,
     }
+}
+
+/// The app's logs (`RUST_LOG`, else warnings and the workers' own lines) go to the test's
+/// captured output: a failing test shows what its API and workers said.
+fn log_to_the_test() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,projections=info,relay=info"));
+    // Once per test binary; later calls find the subscriber set.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// A registered user's tokens.
