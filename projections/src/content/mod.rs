@@ -19,8 +19,8 @@
 //!
 //! The runner offers what it read as one batch ([`Projection::apply_batch`]): the store
 //! applies the writes set-wise ([`ContentStore::write_all`], one transaction on
-//! PostgreSQL), then the caches, live updates and the saga follow write by write, in order,
-//! as after single writes.
+//! PostgreSQL), then the caches, live updates and the saga follow write by write, in order
+//! per post (per user for profiles), as after single writes; different posts' at once.
 //!
 //! A deleted post is a tombstone: reads skip it, and a replayed `post.published` cannot
 //! bring it back.
@@ -48,6 +48,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use event_schemas::{Event, EventEnvelope};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -56,6 +57,9 @@ use crate::error::ReadResult;
 use crate::live::{post_channel, LivePublisher, Push};
 use crate::onboarding::{report_lost, report_synced, Onboarding};
 use crate::runtime::{ApplyError, Projection};
+
+/// Keys of a batch whose side effects (caches, live pushes, the saga) run at once.
+const SIDE_EFFECTS_AT_ONCE: usize = 32;
 
 /// A user's public profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +177,19 @@ pub enum ContentWrite {
 }
 
 impl ContentWrite {
+    /// What its side effects are ordered by: the post it writes to, or the user.
+    fn key(&self) -> Uuid {
+        match self {
+            Self::PutProfile(Profile { user_id: key, .. })
+            | Self::Rename { user: key, .. }
+            | Self::RemoveProfile(key)
+            | Self::InsertPost(PostDoc { post_id: key, .. })
+            | Self::DeletePost(key)
+            | Self::AddComment(CommentDoc { post_id: key, .. })
+            | Self::SetLike { post: key, .. } => *key,
+        }
+    }
+
     /// The write `envelope` makes, if any.
     pub fn of(envelope: &EventEnvelope) -> Option<Self> {
         let at = envelope.recorded_at;
@@ -461,10 +478,31 @@ impl Projection for ContentProjection {
             .filter_map(|e| Some((e, ContentWrite::of(e)?)))
             .unzip();
         let changes = self.store.write_all(&writes).await?;
-        let mut cached = Vec::new();
-        for ((envelope, write), change) in envelopes.into_iter().zip(&writes).zip(changes) {
-            cached.extend(self.written(envelope, write, change).await?);
+        // The side effects of one key's writes (a post's, a user's) follow each other in
+        // order, as after single writes; different keys' go at once, so that their Redis
+        // commands share round trips instead of waiting for one another.
+        let mut keys: HashMap<Uuid, usize> = HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
+            let group = *keys.entry(write.key()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[group].push(i);
         }
+        let (envelopes, writes, changes) = (&envelopes, &writes, &changes);
+        let cached: Vec<Vec<CachedCount>> = futures::stream::iter(groups)
+            .map(|group| async move {
+                let mut cached = Vec::new();
+                for i in group {
+                    cached.extend(self.written(envelopes[i], &writes[i], changes[i]).await?);
+                }
+                Ok::<_, ApplyError>(cached)
+            })
+            .buffered(SIDE_EFFECTS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let cached: Vec<CachedCount> = cached.into_iter().flatten().collect();
         Ok(self.check_cached(&cached).await?)
     }
 
