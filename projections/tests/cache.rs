@@ -1,12 +1,16 @@
 //! The post caches against a reader that fills them between the projection's store write
 //! and its cache write: the reader already saw the write, so the cache write must not count
-//! it again (an increment would) nor list the comment twice.
+//! it again (an increment would) nor list the comment twice; and against two consumers
+//! whose cache writes land in the other order than their store writes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{SubsecRound, Utc};
+use event_schemas::like::PostLikedV1;
+use event_schemas::{Event, EventEnvelope, Metadata};
 use projections::cache::{CacheSettings, PostCache};
 use projections::content::postgres::PgContent;
-use projections::content::{CommentDoc, ContentStore, PostDoc};
+use projections::content::{Change, CommentDoc, ContentStore, PostDoc, Profile};
+use projections::{ContentProjection, Projection, ReadResult};
 use testkit::TestDb;
 use uuid::Uuid;
 
@@ -137,4 +141,123 @@ async fn a_comment_applied_after_a_newer_one_is_not_missing_from_the_cached_list
     };
     assert_eq!(listed, vec![newer, older]);
     cache.clear().await.unwrap();
+}
+
+/// A store whose `set_like` stays held, after storing, until released: the first consumer
+/// of a group stored its like and has not written the cache yet.
+#[derive(Debug)]
+struct HeldLikes {
+    inner: PgContent,
+    stored: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl ContentStore for HeldLikes {
+    async fn put_profile(&self, profile: &Profile) -> ReadResult<()> {
+        self.inner.put_profile(profile).await
+    }
+    async fn rename(&self, user: Uuid, display_name: &str) -> ReadResult<()> {
+        self.inner.rename(user, display_name).await
+    }
+    async fn remove_profile(&self, user: Uuid) -> ReadResult<()> {
+        self.inner.remove_profile(user).await
+    }
+    async fn profile(&self, user: Uuid) -> ReadResult<Option<Profile>> {
+        self.inner.profile(user).await
+    }
+    async fn insert_post(&self, post: &PostDoc) -> ReadResult<()> {
+        self.inner.insert_post(post).await
+    }
+    async fn delete_post(&self, post: Uuid) -> ReadResult<()> {
+        self.inner.delete_post(post).await
+    }
+    async fn post(&self, post: Uuid) -> ReadResult<Option<PostDoc>> {
+        self.inner.post(post).await
+    }
+    async fn posts(&self, ids: &[Uuid]) -> ReadResult<Vec<PostDoc>> {
+        self.inner.posts(ids).await
+    }
+    async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change> {
+        self.inner.add_comment(comment).await
+    }
+    async fn comments(
+        &self,
+        post: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Vec<CommentDoc>> {
+        self.inner.comments(post, before, limit).await
+    }
+    async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
+        let change = self.inner.set_like(post, user, liked).await?;
+        self.stored.notify_one();
+        self.release.notified().await;
+        Ok(change)
+    }
+}
+
+fn liked(post: Uuid, position: i64) -> EventEnvelope {
+    EventEnvelope {
+        global_position: position,
+        event_id: Uuid::new_v4(),
+        stream_type: "like".to_owned(),
+        stream_id: post.to_string(),
+        stream_version: 1,
+        stored_schema_version: 1,
+        event: Event::PostLiked(PostLikedV1 {
+            post_id: post,
+            user_id: Uuid::new_v4(),
+        }),
+        metadata: Metadata::default(),
+        recorded_at: Utc::now(),
+    }
+}
+
+/// Two consumers of one Kafka group like one post at once (its likes spread over
+/// partitions): the first stores its like (count 1), the second stores and caches its own
+/// (count 2), then the first writes its count, 1, onto the cache. The first one's check
+/// against the store drops the stale count, so a reader refills 2.
+#[tokio::test]
+async fn a_count_cached_out_of_order_by_another_consumer_is_dropped() {
+    let db = TestDb::new().await;
+    let store = PgContent::lite(db.pool.clone());
+    let cache = cache().await;
+    let post = post();
+    store.insert_post(&post).await.unwrap();
+    let id = post.post_id;
+    let ids = [id];
+    cache
+        .fill_feed_items(&[id], || store.posts(&ids))
+        .await
+        .unwrap();
+
+    let (stored, release) = (
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let first = ContentProjection::new(
+        std::sync::Arc::new(HeldLikes {
+            inner: PgContent::lite(db.pool.clone()),
+            stored: stored.clone(),
+            release: release.clone(),
+        }),
+        cache.clone(),
+    );
+    let second = ContentProjection::new(
+        std::sync::Arc::new(PgContent::lite(db.pool.clone())),
+        cache.clone(),
+    );
+    let held = tokio::spawn(async move { first.apply(&liked(id, 10)).await });
+    stored.notified().await;
+    second.apply(&liked(id, 11)).await.unwrap();
+    let item = cache.feed_items(&[id]).await.unwrap()[0].clone().unwrap();
+    assert_eq!(item.like_count, 2, "the second consumer cached its count");
+    release.notify_one();
+    held.await.unwrap().unwrap();
+
+    assert_eq!(store.post(id).await.unwrap().unwrap().like_count, 2);
+    if let Some(item) = cache.feed_items(&[id]).await.unwrap()[0].clone() {
+        assert_eq!(item.like_count, 2, "a stale count stayed cached");
+    }
 }
