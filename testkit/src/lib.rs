@@ -154,16 +154,19 @@ impl Drop for TestDb {
     }
 }
 
+/// Runs `work` to its end on a runtime of its own (on a thread that is not a test's).
+fn on_own_runtime<F: std::future::Future>(work: F) -> Option<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    Some(runtime.block_on(work))
+}
+
 /// Drops the databases `names` (their connections terminated), ignoring failures: a
 /// database left behind is dropped by a later test process ([`sweep_left_behind`]).
 fn drop_databases(admin: &PgConnectOptions, names: &[String]) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async move {
+    on_own_runtime(async move {
         if let Ok(mut conn) = PgConnection::connect_with(admin).await {
             for name in names {
                 let _ = conn
@@ -187,42 +190,36 @@ fn sweep_left_behind(admin: &PgConnectOptions) {
     SWEPT.call_once(|| {
         let admin = admin.clone();
         std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            let names: Vec<String> = runtime.block_on(async {
-                let Ok(mut conn) = PgConnection::connect_with(&admin).await else {
-                    return Vec::new();
-                };
+            let names: Vec<String> = on_own_runtime(async {
+                let mut conn = PgConnection::connect_with(&admin).await.ok()?;
                 let names = sqlx::query_scalar(
                     r"SELECT datname FROM pg_database WHERE datname LIKE 'hl\_test\_%'",
                 )
                 .fetch_all(&mut conn)
                 .await
-                .unwrap_or_default();
+                .ok();
                 let _ = conn.close().await;
                 names
-            });
-            let left: Vec<String> = names
-                .into_iter()
-                .filter(|name: &String| match creator(name) {
-                    Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-                    None => true,
-                })
-                .collect();
-            drop(runtime);
+            })
+            .flatten()
+            .unwrap_or_default();
+            let left: Vec<String> = names.into_iter().filter(|name| left_behind(name)).collect();
             drop_databases(&admin, &left);
         });
     });
 }
 
-/// The pid in a test database's name `hl_test_<pid>_<uuid>`.
-fn creator(name: &str) -> Option<u32> {
-    let (pid, _) = name.strip_prefix("hl_test_")?.split_once('_')?;
-    pid.parse().ok()
+/// Whether the test database `name` outlived its creator: the process whose pid its name
+/// carries (`hl_test_<pid>_<uuid>`) is gone, or it has none (an older name).
+fn left_behind(name: &str) -> bool {
+    let pid = name
+        .strip_prefix("hl_test_")
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok());
+    match pid {
+        Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        None => true,
+    }
 }
 
 /// Reads the log from `from` until `expected` events were read, waiting (up to 30 s) while
@@ -252,4 +249,24 @@ pub async fn read_log(
         read.extend(batch);
     }
     read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::left_behind;
+
+    #[test]
+    fn a_database_is_left_behind_once_its_creator_is_gone() {
+        let uuid = uuid::Uuid::new_v4().simple();
+        assert!(!left_behind(&format!(
+            "hl_test_{}_{uuid}",
+            std::process::id()
+        )));
+        // Above the kernel's largest pid (2^22): no such process.
+        assert!(left_behind(&format!("hl_test_4194305_{uuid}")));
+        assert!(
+            left_behind(&format!("hl_test_{uuid}")),
+            "a name older than the pid"
+        );
+    }
 }
