@@ -34,6 +34,8 @@ struct Production {
     database: String,
     redis_prefix: String,
     env: Vec<(&'static str, String)>,
+    /// The topics the relay publishes to, held to be deleted with the test.
+    _topics: testkit::kafka::TestTopics,
     /// The stderr of each process started, in a file: a failure shows their ends.
     logs: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
@@ -46,12 +48,13 @@ impl Production {
         let id = Uuid::new_v4().simple().to_string();
         let (keyspace, database) = (format!("conv_{id}"), format!("conv_{id}"));
         let redis_prefix = format!("conv:{id}:");
+        let topics = testkit::kafka::TestTopics::new();
         let env = vec![
             ("DATABASE_URL", app.db.url.clone()),
             ("REDIS_URL", e2e::redis_url()),
             ("REDIS_PREFIX", redis_prefix.clone()),
             ("KAFKA_BROKERS", brokers),
-            ("KAFKA_TOPIC_PREFIX", format!("conv_{id}.")),
+            ("KAFKA_TOPIC_PREFIX", topics.prefix.clone()),
             ("SCYLLA_NODES", scylla_nodes.clone()),
             ("SCYLLA_KEYSPACE", keyspace.clone()),
             ("MONGODB_URI", mongodb_uri.clone()),
@@ -65,6 +68,7 @@ impl Production {
             database,
             redis_prefix,
             env,
+            _topics: topics,
             logs: std::sync::Mutex::default(),
         }
     }

@@ -109,7 +109,8 @@ async fn serve_relay_and_a_kafka_fed_project_export_the_holdback_and_the_lag_in_
 {
     let db = TestDb::new().await;
     let run = Uuid::new_v4().simple().to_string();
-    let topics = format!("t{run}.");
+    let test_topics = testkit::kafka::TestTopics::new();
+    let topics = test_topics.prefix.clone();
     follows(&db, 5).await;
     let (_relay, relay) = spawn_at(
         hybridlive(&db, &["relay"])

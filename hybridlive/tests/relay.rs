@@ -196,7 +196,8 @@ fn apply_exactly_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_event_reaches_kafka_in_stream_order_across_two_relay_kills() {
     let db = TestDb::new().await;
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let topics = testkit::kafka::TestTopics::new();
+    let prefix = topics.prefix.clone();
     let store = PgEventStore::new(db.pool.clone());
     let mut relay = spawn_relay(&db, &prefix);
 
@@ -291,7 +292,8 @@ async fn active_relay(db: &TestDb) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_relays_exactly_one_publishes_and_the_other_takes_over_within_5s_of_a_kill() {
     let db = TestDb::new().await;
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let topics = testkit::kafka::TestTopics::new();
+    let prefix = topics.prefix.clone();
     let store = PgEventStore::new(db.pool.clone());
     let mut relays = [spawn_relay(&db, &prefix), spawn_relay(&db, &prefix)];
 
@@ -344,7 +346,8 @@ async fn of_two_relays_exactly_one_publishes_and_the_other_takes_over_within_5s_
 #[tokio::test]
 async fn a_relay_serves_its_metrics_on_metrics_addr() {
     let db = TestDb::new().await;
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let topics = testkit::kafka::TestTopics::new();
+    let prefix = topics.prefix.clone();
     // Port 0: the relay binds a free port and logs it (a port picked here and passed on
     // could be taken by another process in between).
     let mut relay = relay_command(&db, &prefix)

@@ -334,7 +334,8 @@ async fn consume_until(
 async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart() {
     let db = TestDb::new().await;
     let store = PgEventStore::new(db.pool.clone());
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let topics = testkit::kafka::TestTopics::new();
+    let prefix = topics.prefix.clone();
     let (relay_stop, relay) = spawn_relay(&db, &prefix, 3);
     let ids = follows(&store, 1000).await;
     let source = KafkaSource {
@@ -458,7 +459,8 @@ async fn a_poison_event_on_the_kafka_source_goes_to_the_dead_letter_topic_with_i
 
     let db = TestDb::new().await;
     let store = PgEventStore::new(db.pool.clone());
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let topics = testkit::kafka::TestTopics::new();
+    let prefix = topics.prefix.clone();
     let (relay_stop, relay) = spawn_relay(&db, &prefix, 1);
     let ids = follows(&store, 20).await;
     let poison = ids[7];
@@ -619,7 +621,8 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
 ) {
     let db = TestDb::new().await;
     let store = PgEventStore::new(db.pool.clone());
-    let prefix = format!("t{}.", Uuid::new_v4().simple());
+    let topics = testkit::kafka::TestTopics::new();
+    let prefix = topics.prefix.clone();
     let group = format!("recorder-{}", Uuid::new_v4().simple());
     let checkpoint_name = format!("projection:{group}");
     watch_checkpoint(&db.pool, &checkpoint_name).await;

@@ -19,7 +19,9 @@ SCALA_BINARY=2.13
 # Pinned: Maven 3.8's default dependency plugin (2.8) works too, but a pinned one resolves
 # the same everywhere.
 DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+# How long to wait for an answer after the broker's log last grew, and at most.
 WAIT_SECONDS=120
+MAX_WAIT_SECONDS=900
 
 action=start
 for arg in "$@"; do
@@ -100,19 +102,25 @@ fail_with_log() {
 
 # Waits (bounded) until the broker answers Kafka requests; $1 is its pid, if it is ours.
 # Returns 1 if there is nothing left to wait for: that process has exited or, without one,
-# nothing listens any more (a broker that was killed a moment ago).
+# nothing listens any more (a broker that was killed a moment ago). A broker loads every
+# partition it holds before it answers — minutes for thousands of them on 2 cores — so the
+# wait goes on while its log grows, up to MAX_WAIT_SECONDS, and ends WAIT_SECONDS after
+# the log last grew.
 wait_ready() {
-  local pid="${1:-}" deadline=$((SECONDS + WAIT_SECONDS))
-  while [ "$SECONDS" -lt "$deadline" ]; do
+  local pid="${1:-}" start=$SECONDS size last_size=-1 last_growth=$SECONDS
+  while [ $((SECONDS - last_growth)) -lt "$WAIT_SECONDS" ] \
+    && [ $((SECONDS - start)) -lt "$MAX_WAIT_SECONDS" ]; do
     if kafka_answers; then return 0; fi
     if [ -n "$pid" ]; then
       kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; return 1; }
     else
       port_open || return 1
     fi
+    size=$(stat -c %s "$logfile" 2>/dev/null || echo 0)
+    if [ "$size" != "$last_size" ]; then last_size=$size last_growth=$SECONDS; fi
     sleep 0.5
   done
-  fail_with_log "Kafka did not answer on 127.0.0.1:9092 within $WAIT_SECONDS s"
+  fail_with_log "Kafka did not answer on 127.0.0.1:9092 after $((SECONDS - start)) s (its log still for $((SECONDS - last_growth)) s)"
 }
 
 # One run at a time (two at once would both start a broker on the same data directory);
@@ -314,6 +322,10 @@ fi
 # The previous run's log is kept once, for a look at why it stopped.
 [ -f "$logfile" ] && mv -f "$logfile" "$logfile.1"
 log "starting Kafka $KAFKA_VERSION on 127.0.0.1:9092 (data: $data, log: $logfile)"
+partitions=$(find "$data" -mindepth 1 -maxdepth 1 -type d -name '*-[0-9]*' 2>/dev/null | wc -l)
+if [ "$partitions" -gt 1000 ]; then
+  log "it holds $partitions partition directories and loads each before it answers: this start may take minutes"
+fi
 # setsid: a session of its own, so the broker outlives the shell (and a Ctrl-C) that started
 # it. The pid is written from inside, since setsid may fork ($! would be the wrong one).
 rm -f "$pidfile"

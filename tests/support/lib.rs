@@ -51,6 +51,8 @@ pub struct TestApp {
     pub read: projections::ReadModels,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     workers: tokio_util::sync::CancellationToken,
+    /// On Kafka, the topics the relay publishes to (deleted with the app).
+    pub topics: Option<testkit::kafka::TestTopics>,
 }
 
 impl Drop for TestApp {
@@ -181,12 +183,12 @@ async fn spawn_app_fed(
         options.onboarding.clone(),
     );
     projections.retry = options.retry;
-    let source = if on_kafka {
+    let topics = on_kafka.then(testkit::kafka::TestTopics::new);
+    let source = if let Some(topics) = &topics {
         let brokers = testkit::kafka_brokers();
-        let run = uuid::Uuid::new_v4().simple().to_string();
         let settings = relay::RelaySettings {
             brokers: brokers.clone(),
-            topic_prefix: format!("e2e{run}."),
+            topic_prefix: topics.prefix.clone(),
             topic_partitions: 3,
             ..relay::RelaySettings::default()
         };
@@ -221,6 +223,7 @@ async fn spawn_app_fed(
         read,
         shutdown: Some(stop),
         workers,
+        topics,
     }
 }
 
