@@ -34,8 +34,8 @@ struct Production {
     database: String,
     redis_prefix: String,
     env: Vec<(&'static str, String)>,
-    /// The topics the relay publishes to, held to be deleted with the test.
-    _topics: testkit::kafka::TestTopics,
+    /// The topics the relay publishes to (deleted with the test).
+    topics: testkit::kafka::TestTopics,
     /// The stderr of each process started, in a file: a failure shows their ends.
     logs: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
@@ -68,9 +68,25 @@ impl Production {
             database,
             redis_prefix,
             env,
-            _topics: topics,
+            topics,
             logs: std::sync::Mutex::default(),
         }
+    }
+
+    /// For each user among `differences` (`user <id>: …`), where that user's events are in
+    /// the `user` topic and what the consumer groups committed there: whether an event the
+    /// read models lack was published, and whether its offset was committed.
+    fn where_users_are(&self, differences: &[String]) -> String {
+        let users: Vec<&str> = differences
+            .iter()
+            .filter_map(|d| d.strip_prefix("user ")?.split(['.', ':']).next())
+            .collect();
+        if users.is_empty() {
+            return String::new();
+        }
+        let topic = format!("{}user", self.topics.prefix);
+        let groups = ["timeline", "content"].map(|g| format!("{}{g}", self.topics.prefix));
+        keyed_messages(&topic, &users, &groups)
     }
 
     /// The last lines of every process's stderr.
@@ -536,8 +552,9 @@ async fn assert_converges(app: &TestApp, production: &Production, work: &Workloa
         }
         assert!(
             Instant::now() < deadline,
-            "the Kafka-fed read models differ from the log-fed ones:\n{}\nthe processes' logs:\n{}",
+            "the Kafka-fed read models differ from the log-fed ones:\n{}\n{}\nthe processes' logs:\n{}",
             different.join("\n"),
+            production.where_users_are(&different),
             production.log_tails()
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -606,4 +623,93 @@ async fn kafka_fed_read_models_equal_the_log_fed_ones_in_an_adversarial_order() 
 
     assert_converges(&app, &production, &work).await;
     production.drop_stores().await;
+}
+
+/// The messages of `topic` whose key is one of `keys` (partition, offset, event type and
+/// global position), and the offsets `groups` committed on it.
+fn keyed_messages(topic: &str, keys: &[&str], groups: &[String]) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let brokers = testkit::kafka_brokers();
+    let timeout = Duration::from_secs(10);
+    let mut report = format!("the messages of {keys:?} in {topic}:\n");
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{topic}.diagnosis"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = match reader.fetch_metadata(Some(topic), timeout) {
+        Ok(metadata) => metadata,
+        Err(error) => return report + &format!("(no metadata: {error})\n"),
+    };
+    let mut all = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        all.add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
+    }
+    for group in groups {
+        let member: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let committed: Vec<String> = match member.committed_offsets(all.clone(), timeout) {
+            Ok(offsets) => offsets
+                .elements()
+                .iter()
+                .map(|e| format!("{}:{:?}", e.partition(), e.offset()))
+                .collect(),
+            Err(error) => vec![error.to_string()],
+        };
+        report.push_str(&format!("  {group} committed {}\n", committed.join(" ")));
+    }
+    let mut left: HashMap<i32, i64> = all
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let (_, high) = reader
+                .fetch_watermarks(topic, e.partition(), timeout)
+                .ok()?;
+            (high > 0).then_some((e.partition(), high))
+        })
+        .collect();
+    let total: i64 = left.values().sum();
+    reader.assign(&all).unwrap();
+    let (mut scanned, deadline) = (0, Instant::now() + Duration::from_secs(30));
+    while !left.is_empty() && Instant::now() < deadline {
+        let message = match reader.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                report.push_str(&format!("  ({error})\n"));
+                continue;
+            }
+            None => continue,
+        };
+        scanned += 1;
+        let key = message
+            .key()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        if keys.iter().any(|k| key == *k) {
+            let event: Value = message
+                .payload()
+                .and_then(|p| serde_json::from_slice(p).ok())
+                .unwrap_or(Value::Null);
+            report.push_str(&format!(
+                "  {key}: partition {} offset {}: {} at {}\n",
+                message.partition(),
+                message.offset(),
+                event["event_type"],
+                event["global_position"]
+            ));
+        }
+        if left
+            .get(&message.partition())
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
+            left.remove(&message.partition());
+        }
+    }
+    report + &format!("  ({scanned} of {total} messages read)\n")
 }
