@@ -246,18 +246,26 @@ async fn append(
     Ok(ids)
 }
 
+/// Waits until every one of `ids` was acknowledged. Acknowledgements only accumulate, so
+/// each check goes on from the first id still missing: a check costs the ids acknowledged
+/// since the last one, not all of them (200k lookups every 5 ms under the lock the relay's
+/// hook takes cost the relay a third of its throughput).
 async fn wait_for(acks: &Acks, ids: &[Uuid], limit: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
+    let mut confirmed = 0;
     loop {
-        let missing = {
+        {
             let acks = acks.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            ids.iter().filter(|id| !acks.contains_key(id)).count()
-        };
-        if missing == 0 {
+            while ids.get(confirmed).is_some_and(|id| acks.contains_key(id)) {
+                confirmed += 1;
+            }
+        }
+        if confirmed == ids.len() {
             return Ok(());
         }
         if start.elapsed() > limit {
-            bail!("{missing} events not acknowledged by Kafka within {limit:?}");
+            let (first, of) = (confirmed + 1, ids.len());
+            bail!("event {first} of {of} (and maybe later ones) not acknowledged by Kafka within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
