@@ -2,12 +2,31 @@
 //! the same rules and the same audit trail) as the API.
 
 use anyhow::Context;
+use clap::Subcommand;
 use commands::{CommandContext, WriteSide};
 use domain::user::{UserCommand, USERNAME_CLAIM};
 use event_schemas::Metadata;
 
+use crate::process::DatabaseArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Grants a role (admin, auditor, analyst) to a user, by id or username.
+    GrantRole { user: String, role: String },
+}
+
+impl AdminCommand {
+    pub async fn run(self, database: &DatabaseArgs) -> anyhow::Result<()> {
+        match self {
+            Self::GrantRole { user, role } => {
+                grant_role(database.connect().await?, &user, &role).await
+            }
+        }
+    }
+}
+
 /// Grants `role` to `user` (a user id or a username).
-pub async fn grant_role(pool: sqlx::PgPool, user: &str, role: &str) -> anyhow::Result<()> {
+async fn grant_role(pool: sqlx::PgPool, user: &str, role: &str) -> anyhow::Result<()> {
     let user_id = match uuid::Uuid::parse_str(user) {
         Ok(id) => id.to_string(),
         Err(_) => sqlx::query_scalar::<_, String>(

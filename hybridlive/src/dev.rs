@@ -1,10 +1,91 @@
-//! `hybridlive dev --print-events`: the committed log as JSON lines.
+//! `hybridlive dev`: everything in one process for local development, and
+//! `--print-events`, the committed log as JSON lines.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::Args;
+use projections::Source;
 use serde_json::json;
 use store::{LogPosition, LogReader};
+use tokio_util::sync::CancellationToken;
+
+use crate::process::DatabaseArgs;
+use crate::relay::{KafkaTopicArgs, RelayArgs};
+use crate::serve::{serve, ServeArgs};
+use crate::workers::RealTimeArgs;
+
+/// Everything in one process for local development: the HTTP API (the development JWT
+/// secret is allowed), every projection (fed by the PostgreSQL log), the relay when
+/// KAFKA_BROKERS is set and, with --print-events, the committed log as JSON lines.
+#[derive(Debug, Args)]
+pub struct DevCommand {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Kafka for the relay, which `dev` runs only when this is set.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaTopicArgs,
+    #[command(flatten)]
+    relay: RelayArgs,
+    /// Print every committed event, in the order projections read them, to stdout.
+    #[arg(long)]
+    print_events: bool,
+    #[command(flatten)]
+    realtime: RealTimeArgs,
+}
+
+impl DevCommand {
+    pub async fn run(self, database: &DatabaseArgs) -> anyhow::Result<()> {
+        let Self {
+            serve: args,
+            kafka_brokers,
+            kafka,
+            relay,
+            print_events: printing,
+            realtime,
+        } = self;
+        let pool = database.connect().await?;
+        let stop = CancellationToken::new();
+        let redis = args.redis.connect().await?;
+        let models = args
+            .stores
+            .read_models(&pool, redis.clone(), &args.redis.redis_prefix)
+            .await?;
+        let workers = {
+            let workers = realtime.workers(
+                &pool,
+                models,
+                args.stores.timeline_settings(),
+                redis,
+                &args.redis.redis_prefix,
+            )?;
+            let stop = stop.clone();
+            tokio::spawn(async move { workers.run(&["all".to_owned()], &Source::Log, &stop).await })
+        };
+        let relay = kafka_brokers.map(|brokers| {
+            let relay = relay::Relay::new(pool.clone(), relay.settings(brokers, &kafka));
+            let stop = stop.clone();
+            tokio::spawn(async move { relay.run(stop).await })
+        });
+        if printing {
+            let follower = pool.clone();
+            tokio::spawn(async move {
+                if let Err(error) = print_events(follower).await {
+                    tracing::error!(error = format!("{error:#}"), "Event printer stopped.");
+                }
+            });
+        }
+        let served = serve(args, pool, true).await;
+        stop.cancel();
+        if let Some(relay) = relay {
+            relay.await.context("the relay task panicked")?;
+        }
+        workers.await.context("the projection workers panicked")??;
+        served
+    }
+}
 
 /// Follows the committed log from its current end, printing one JSON line per new event.
 pub async fn print_events(pool: sqlx::PgPool) -> anyhow::Result<()> {

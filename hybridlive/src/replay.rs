@@ -6,12 +6,12 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use replay::{Model, Progress, Replay, ReplayOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::process::{self, DatabaseArgs, RedisArgs};
 use crate::workers::ReadStoreArgs;
-use crate::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -46,21 +46,120 @@ pub struct ReplayArgs {
     stores: ReadStoreArgs,
 }
 
-pub async fn run(args: ReplayArgs, database_url: &str) -> anyhow::Result<()> {
+/// For analysts: `replay <model>` rebuilds a read model (timeline, content, analytics)
+/// from the log into fresh tables and swaps them in, resumably; `replay export` writes
+/// the log for use in other tools.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ReplayCommandArgs {
+    #[command(subcommand)]
+    command: Option<ReplayCommand>,
+    #[command(flatten)]
+    rebuild: ReplayArgs,
+}
+
+impl ReplayCommandArgs {
+    pub async fn run(self, database: &DatabaseArgs) -> anyhow::Result<()> {
+        match self.command {
+            None => run(self.rebuild, database).await,
+            Some(ReplayCommand::Export {
+                format: ExportFormat::Ndjson,
+                stream_type,
+                stream_id,
+                event_type,
+                correlation_id,
+                actor,
+                from,
+                to,
+                after_position,
+            }) => {
+                let filter = store::audit::AuditFilter {
+                    stream_type,
+                    stream_id,
+                    event_type,
+                    correlation_id,
+                    actor,
+                    from,
+                    to,
+                };
+                export(database, &filter, after_position).await
+            }
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplayCommand {
+    /// Writes the events matching the audit filters to stdout, one JSON object per line, in
+    /// log order, as stored (payloads at their recorded `schema_version`, hash in hex):
+    /// those settled when it starts. Ends with the cursor a later export continues from, on
+    /// stderr.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+        format: ExportFormat,
+        #[arg(long)]
+        stream_type: Option<String>,
+        /// Only together with --stream-type.
+        #[arg(long, requires = "stream_type")]
+        stream_id: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// e.g. `user:<uuid>`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Recorded at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Recorded before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Where to continue: the cursor an earlier export printed (or the API's
+        /// `next_cursor`), or an integer N for only the events after global position N.
+        #[arg(long, default_value = "0")]
+        after_position: store::AuditCursor,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Newline-delimited JSON.
+    Ndjson,
+}
+
+/// Pages through the audit listing (one page in memory at a time) to stdout, up to the
+/// watermark read at the start, so the export ends under any write load.
+async fn export(
+    database: &DatabaseArgs,
+    filter: &store::audit::AuditFilter,
+    after: store::AuditCursor,
+) -> anyhow::Result<()> {
+    let pool = database.connect().await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (exported, after) = replay::export::export(&pool, filter, after, &mut out)
+        .await
+        .context("exporting the log")?;
+    eprintln!("Exported {exported} events. Continue with --after-position {after}");
+    Ok(())
+}
+
+async fn run(args: ReplayArgs, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let database_url = database.database_url.as_str();
     let name = args.model.clone().unwrap_or_default();
     let model = Model::named(&name)?;
     let options: sqlx::postgres::PgConnectOptions =
         database_url.parse().context("parsing DATABASE_URL")?;
     // The lock, the next batch's read, and a content batch's statements at once.
     let pool = replay::pool()
-        .max_connections(10)
+        .max_connections(database.database_max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(replay::pool_options(options))
         .await
         .context("connecting to DATABASE_URL")?;
     let production = args.stores.production(model.name);
     let stop = CancellationToken::new();
-    tokio::spawn(crate::cancel_on_signal(stop.clone()));
+    tokio::spawn(process::cancel_on_signal(stop.clone()));
     let swap = !args.no_swap && args.from.is_none() && args.to.is_none();
     let cache = if swap && model.name == projections::ContentProjection::NAME {
         match args.redis.connect().await {

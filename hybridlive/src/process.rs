@@ -1,0 +1,144 @@
+//! What every subcommand shares: the PostgreSQL and Redis connections, the signals that
+//! stop a process, and a worker's `/metrics` endpoint.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+/// The event store's PostgreSQL, for every subcommand.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL holding the event store.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/hybridlive",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+    /// Most connections in the process's PostgreSQL pool (opened as needed).
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 32,
+        global = true
+    )]
+    pub database_max_connections: u32,
+}
+
+impl DatabaseArgs {
+    /// A pool of at most `DATABASE_MAX_CONNECTIONS` connections.
+    pub async fn connect(&self) -> anyhow::Result<sqlx::PgPool> {
+        PgPoolOptions::new()
+            .max_connections(self.database_max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&self.database_url)
+            .await
+            .context("connecting to DATABASE_URL")
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis (refresh tokens, rate limits, read-model caches).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key this deployment writes.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "hl:")]
+    pub redis_prefix: String,
+    /// Longest wait for a Redis answer before the command fails, milliseconds.
+    #[arg(long, env = "REDIS_RESPONSE_TIMEOUT_MS", default_value_t = 2000)]
+    redis_response_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        api::connect_redis(
+            &self.redis_url,
+            Duration::from_millis(self.redis_response_timeout_ms),
+        )
+        .await
+        .context("connecting to REDIS_URL")
+    }
+}
+
+/// Where a worker process (`relay`) serves `/metrics` and `/healthz`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Address of the worker's `/metrics` and `/healthz`; none when unset.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, drain in-flight requests.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("Shutting down: draining in-flight work.");
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `stop`.
+pub async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
+    // The bound address: port 0 in METRICS_ADDR picks a free one.
+    let addr = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    // Built here, not in the task: it installs the process's recorder, and a metric
+    // recorded before that is lost (the relay's `relay_active`, a projection's first
+    // applied events).
+    let router = api::metrics_router();
+    tracing::info!(%addr, "Serving /metrics.");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "The metrics endpoint failed.");
+        }
+    });
+    Ok(())
+}
+
+/// Keeps `eventstore_reader_holdback_seconds` current (every 5 s): how long the oldest
+/// open write transaction has held every log reader back (DESIGN §3).
+pub fn spawn_holdback_gauge(pool: sqlx::PgPool) {
+    tokio::spawn(async move {
+        let reader = store::LogReader::new(pool);
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            if let Err(error) = reader.holdback().await {
+                tracing::debug!(%error, "Reading the log readers' holdback failed.");
+            }
+        }
+    });
+}
+
+pub async fn cancel_on_signal(stop: CancellationToken) {
+    shutdown_signal().await;
+    stop.cancel();
+}
