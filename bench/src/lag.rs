@@ -221,17 +221,22 @@ async fn measure(
             kinds(&|t| content.handles(t)),
         ),
     ];
-    let feed = match source {
-        LagSource::Log { .. } => Feed::Log,
-        LagSource::Kafka { brokers } => Feed::Kafka(projections::KafkaSource {
+    // On Kafka, the run's topics, deleted at its end (each run leaves some 100 MB otherwise).
+    let topics = match source {
+        LagSource::Log { .. } => None,
+        LagSource::Kafka { brokers } => Some(testkit::kafka::TestTopics::on(brokers)),
+    };
+    let feed = match (source, &topics) {
+        (LagSource::Kafka { brokers }, Some(topics)) => Feed::Kafka(projections::KafkaSource {
             brokers: brokers.clone(),
-            topic_prefix: format!("bench{run_id}."),
+            topic_prefix: topics.prefix.clone(),
             // Set per projection by `spawn_runner`.
             stream_types: Vec::new(),
             dlq_replication: 1,
             fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
             relay: projections::kafka::DEFAULT_RELAY.to_owned(),
         }),
+        _ => Feed::Log,
     };
 
     let stop = CancellationToken::new();
@@ -452,6 +457,9 @@ async fn measure(
     ensure!(dead == 0, "{dead} events were dead-lettered");
     writer_pool.close().await;
     projection_pool.close().await;
+    if let Some(topics) = topics {
+        topics.delete_now();
+    }
     Ok(result)
 }
 

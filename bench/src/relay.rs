@@ -61,9 +61,11 @@ type Acks = Arc<Mutex<HashMap<Uuid, Instant>>>;
 pub async fn run(db: &BenchDatabase, load: &RelayLoad) -> anyhow::Result<RelayResult> {
     let pool = db.pool(16, None).await?;
     let store = PgEventStore::new(pool.clone());
+    // Deleted at the end: each run leaves some 100 MB of messages on the broker otherwise.
+    let topics = testkit::kafka::TestTopics::on(&load.brokers);
     let settings = RelaySettings {
         brokers: load.brokers.clone(),
-        topic_prefix: format!("bench{}.", Uuid::new_v4().simple()),
+        topic_prefix: topics.prefix.clone(),
         batch_size: load.batch_size,
         ..RelaySettings::default()
     };
@@ -150,6 +152,7 @@ pub async fn run(db: &BenchDatabase, load: &RelayLoad) -> anyhow::Result<RelayRe
         None
     };
     pool.close().await;
+    topics.delete_now();
     Ok(RelayResult {
         latency,
         achieved_rate,

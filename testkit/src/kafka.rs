@@ -29,16 +29,27 @@ impl TestTopics {
     /// A fresh prefix on [`kafka_brokers`]; the first one of a process also deletes, in the
     /// background, the test topics of processes that exited before deleting theirs.
     pub fn new() -> Self {
-        let brokers = kafka_brokers();
-        sweep_left_behind(&brokers);
+        Self::on(&kafka_brokers())
+    }
+
+    /// [`Self::new`] on `brokers`.
+    pub fn on(brokers: &str) -> Self {
+        sweep_left_behind(brokers);
+        let (pid, id) = (std::process::id(), Uuid::new_v4().simple());
         Self {
-            prefix: format!(
-                "hl_test_{}_{}.",
-                std::process::id(),
-                Uuid::new_v4().simple()
-            ),
-            brokers,
+            prefix: format!("hl_test_{pid}_{id}."),
+            brokers: brokers.to_owned(),
         }
+    }
+
+    /// Deletes the topics now and waits for it: for a process about to exit (a benchmark),
+    /// where the deletion on drop may not finish.
+    pub fn delete_now(self) {
+        let (brokers, prefix) = (self.brokers.clone(), self.prefix.clone());
+        std::mem::forget(self);
+        let deleting =
+            std::thread::spawn(move || delete_topics(&brokers, |topic| topic.starts_with(&prefix)));
+        let _ = deleting.join();
     }
 }
 
