@@ -42,6 +42,7 @@ pub mod routes;
 pub mod saga;
 pub mod state;
 
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -59,8 +60,8 @@ pub use state::AppState;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub http_addr: SocketAddr,
-    /// HS256 secret of access tokens.
-    pub jwt_secret: Vec<u8>,
+    /// HS256 secret of access tokens (never printed).
+    pub jwt_secret: SecretSlice<u8>,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     /// Largest accepted request body, in bytes.
@@ -71,8 +72,9 @@ pub struct Settings {
     pub commands: commands::Settings,
     /// Longest wait of a query for `X-Min-Position` (`MIN_POSITION_WAIT_MS`).
     pub min_position_wait: Duration,
-    /// Redis for the SSE fan-out's Pub/Sub connection (`REDIS_URL`).
-    pub redis_url: String,
+    /// Redis for the SSE fan-out's Pub/Sub connection (`REDIS_URL`; it may hold a
+    /// password: never printed).
+    pub redis_url: SecretString,
     pub hub: live::HubSettings,
 }
 
@@ -80,7 +82,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            jwt_secret: auth::jwt::DEV_SECRET.to_vec(),
+            jwt_secret: auth::jwt::DEV_SECRET.to_vec().into(),
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(7 * 24 * 3600),
             body_limit: 64 * 1024,
@@ -88,7 +90,7 @@ impl Default for Settings {
             rate_limits: rate_limit::RateLimits::default(),
             commands: commands::Settings::default(),
             min_position_wait: Duration::from_secs(2),
-            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_url: "redis://127.0.0.1:6379".into(),
             hub: live::HubSettings::default(),
         }
     }
@@ -181,7 +183,7 @@ impl App {
         redis: redis::aio::ConnectionManager,
         read: projections::ReadModels,
     ) -> std::io::Result<App> {
-        let client = redis::Client::open(settings.redis_url.as_str())
+        let client = redis::Client::open(settings.redis_url.expose_secret())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let hub = live::Hub::start(client, redis.clone(), &settings.redis_prefix, settings.hub);
         let state = AppState {
@@ -190,7 +192,7 @@ impl App {
             min_position_wait: settings.min_position_wait,
             write: Arc::new(commands::WriteSide::new(pool.clone(), settings.commands)),
             jwt: Arc::new(auth::jwt::JwtKeys::new(
-                &settings.jwt_secret,
+                settings.jwt_secret.expose_secret(),
                 settings.access_ttl,
                 "hybridlive",
             )),
@@ -277,4 +279,25 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .layer(CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(error::envelope))
         .layer(axum::middleware::from_fn(request_id::assign))
+}
+
+#[cfg(test)]
+mod settings_tests {
+    /// Settings are printed at startup or while debugging: the JWT secret and the Redis
+    /// URL (which may hold a password) show as `[REDACTED]`.
+    #[test]
+    fn settings_never_print_their_secrets() {
+        let secret = b"jwt-secret-1-jwt-secret-1-jwt-secret-1".to_vec();
+        let settings = super::Settings {
+            jwt_secret: secret.clone().into(),
+            redis_url: "redis://:redis-password-2@cache:6379".into(),
+            ..super::Settings::default()
+        };
+        let printed = format!("{settings:?}");
+        // Neither as text nor as the list of its bytes (how a `Vec<u8>` prints).
+        let bytes = format!("{secret:?}");
+        assert!(!printed.contains(&bytes[..bytes.len() - 1]), "{printed}");
+        assert!(!printed.contains("jwt-secret-1"), "{printed}");
+        assert!(!printed.contains("redis-password-2"), "{printed}");
+    }
 }

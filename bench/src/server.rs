@@ -123,13 +123,15 @@ async fn build(
         .context("connecting to Redis")?;
     let settings = api::Settings {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        jwt_secret: format!("bench-{}-{}", Uuid::new_v4(), Uuid::new_v4()).into_bytes(),
+        jwt_secret: format!("bench-{}-{}", Uuid::new_v4(), Uuid::new_v4())
+            .into_bytes()
+            .into(),
         redis_prefix: redis_prefix.to_owned(),
         // The benchmark's clients are a few users on one IP, far above any sane limit.
         rate_limits: api::rate_limit::RateLimits::OFF,
         // The setup may take long on a loaded machine; the tokens must outlive the run.
         access_ttl: Duration::from_secs(3600),
-        redis_url: options.redis_url.clone(),
+        redis_url: options.redis_url.clone().into(),
         ..api::Settings::default()
     };
     let read = projections::ReadModels::lite(pool.clone(), redis.clone(), redis_prefix);

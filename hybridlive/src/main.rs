@@ -70,3 +70,39 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay(command) => command.run(&database).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// A parsed command line may be logged or printed while debugging: the database and
+    /// Redis passwords, the MongoDB URI and the JWT secret show as `[REDACTED]`.
+    #[test]
+    fn secrets_on_the_command_line_never_print() {
+        let cli = Cli::try_parse_from([
+            "hybridlive",
+            "--database-url",
+            "postgres://hl:db-password-1@db/hybridlive",
+            "serve",
+            "--redis-url",
+            "redis://:redis-password-2@cache:6379",
+            "--mongodb-uri",
+            "mongodb://hl:mongo-password-3@docs/",
+            "--jwt-secret",
+            "jwt-secret-4-jwt-secret-4-jwt-secret-4",
+        ])
+        .expect("a valid command line");
+        let printed = format!("{cli:?}");
+        for secret in [
+            "db-password-1",
+            "redis-password-2",
+            "mongo-password-3",
+            "jwt-secret-4",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+        assert!(printed.contains("REDACTED"), "{printed}");
+    }
+}

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::Args;
+use secrecy::ExposeSecret;
 
 use crate::process::DatabaseArgs;
 use crate::workers::ReadStoreArgs;
@@ -28,7 +29,7 @@ impl MigrateCommand {
 }
 
 async fn migrate_schema(database: &DatabaseArgs, create_database: bool) -> anyhow::Result<()> {
-    let database_url = database.database_url.as_str();
+    let database_url = database.database_url.expose_secret();
     use sqlx::migrate::MigrateDatabase;
     if create_database
         && !sqlx::Postgres::database_exists(database_url)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -18,9 +19,10 @@ pub struct DatabaseArgs {
         env = "DATABASE_URL",
         default_value = "postgres://postgres:postgres@127.0.0.1:5432/hybridlive",
         hide_env_values = true,
+        value_parser = secret,
         global = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Most connections in the process's PostgreSQL pool (opened as needed).
     #[arg(
         long,
@@ -37,7 +39,7 @@ impl DatabaseArgs {
         PgPoolOptions::new()
             .max_connections(self.database_max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&self.database_url)
+            .connect(self.database_url.expose_secret())
             .await
             .context("connecting to DATABASE_URL")
     }
@@ -46,8 +48,14 @@ impl DatabaseArgs {
 #[derive(Debug, Args)]
 pub struct RedisArgs {
     /// Redis (refresh tokens, rate limits, read-model caches).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true,
+        value_parser = secret
+    )]
+    pub redis_url: SecretString,
     /// Prefix of every Redis key this deployment writes.
     #[arg(long, env = "REDIS_PREFIX", default_value = "hl:")]
     pub redis_prefix: String,
@@ -59,7 +67,7 @@ pub struct RedisArgs {
 impl RedisArgs {
     pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
         api::connect_redis(
-            &self.redis_url,
+            self.redis_url.expose_secret(),
             Duration::from_millis(self.redis_response_timeout_ms),
         )
         .await
@@ -141,4 +149,11 @@ pub fn spawn_holdback_gauge(pool: sqlx::PgPool) {
 pub async fn cancel_on_signal(stop: CancellationToken) {
     shutdown_signal().await;
     stop.cancel();
+}
+
+/// A flag or variable that may hold a password or a key, for clap: kept in a type that
+/// never prints (`Debug` shows `[REDACTED]`).
+#[allow(clippy::unnecessary_wraps)]
+pub fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(value.into())
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use replay::{Model, Progress, Replay, ReplayOptions};
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{self, DatabaseArgs, RedisArgs};
@@ -145,7 +146,7 @@ async fn export(
 }
 
 async fn run(args: ReplayArgs, database: &DatabaseArgs) -> anyhow::Result<()> {
-    let database_url = database.database_url.as_str();
+    let database_url = database.database_url.expose_secret();
     let name = args.model.clone().unwrap_or_default();
     let model = Model::named(&name)?;
     let options: sqlx::postgres::PgConnectOptions =

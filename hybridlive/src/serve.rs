@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{self, DatabaseArgs, RedisArgs};
@@ -28,8 +29,8 @@ pub struct ServeArgs {
     #[arg(long, env = "MIN_POSITION_WAIT_MS", default_value_t = 2000)]
     min_position_wait_ms: u64,
     /// HS256 secret of access tokens, at least 32 bytes. Required by `serve`.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = process::secret)]
+    jwt_secret: Option<SecretString>,
     /// Access token lifetime, seconds.
     #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
     access_token_ttl_secs: u64,
@@ -58,13 +59,14 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Result<()> {
-    let jwt_secret = match args.jwt_secret {
-        Some(secret) => secret.into_bytes(),
-        None if dev => auth::jwt::DEV_SECRET.to_vec(),
+    let jwt_secret: SecretSlice<u8> = match args.jwt_secret {
+        Some(secret) => secret.expose_secret().as_bytes().to_vec().into(),
+        None if dev => auth::jwt::DEV_SECRET.to_vec().into(),
         None => anyhow::bail!("JWT_SECRET is required (at least 32 random bytes); only `hybridlive dev` may run without it"),
     };
     if !dev {
-        auth::jwt::check_secret(&jwt_secret).context("JWT_SECRET is not safe to use")?;
+        auth::jwt::check_secret(jwt_secret.expose_secret())
+            .context("JWT_SECRET is not safe to use")?;
     }
     let redis = args.redis.connect().await?;
     let read = args

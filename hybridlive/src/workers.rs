@@ -16,6 +16,7 @@ use projections::{
     CacheSettings, ContentProjection, ContentStore, LiveSettings, OnboardingSettings, PostCache,
     ReadModels, TimelineProjection, TimelineSettings, TimelineStore, Workers,
 };
+use secrecy::{ExposeSecret, SecretString};
 
 /// The read-model stores: ScyllaDB and MongoDB when their URLs are set, else PostgreSQL.
 #[derive(Debug, Clone, Args)]
@@ -34,8 +35,8 @@ pub struct ReadStoreArgs {
     #[arg(long, env = "SCYLLA_REPLICATION", default_value_t = 1)]
     pub scylla_replication: u32,
     /// MongoDB for posts, comments and profiles; PostgreSQL (jsonb) when unset (lite).
-    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
-    pub mongodb_uri: Option<String>,
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true, value_parser = crate::process::secret)]
+    pub mongodb_uri: Option<SecretString>,
     /// MongoDB database name.
     #[arg(long, env = "MONGODB_DATABASE", default_value = "hybridlive")]
     pub mongodb_database: String,
@@ -64,9 +65,9 @@ impl ReadStoreArgs {
             TimelineProjection::NAME => self.scylla().map(replay::Production::Scylla),
             ContentProjection::NAME => {
                 self.mongodb_uri
-                    .clone()
+                    .as_ref()
                     .map(|uri| replay::Production::Mongo {
-                        uri,
+                        uri: uri.expose_secret().to_owned(),
                         database: self.mongodb_database.clone(),
                     })
             }
@@ -94,7 +95,7 @@ impl ReadStoreArgs {
                 .live(ContentProjection::NAME, &self.mongodb_database)
                 .await?
                 .name;
-            projections::content::mongo::migrate(uri, &database)
+            projections::content::mongo::migrate(uri.expose_secret(), &database)
                 .await
                 .context("creating the MongoDB indexes")?;
             tracing::info!(%database, "MongoDB indexes are up to date.");
@@ -117,7 +118,11 @@ impl ReadStoreArgs {
 
     /// The content: on MongoDB, the live generation's database, followed across replays.
     async fn content(&self, pool: &sqlx::PgPool) -> anyhow::Result<Arc<dyn ContentStore>> {
-        let Some(uri) = self.mongodb_uri.clone() else {
+        let Some(uri) = self
+            .mongodb_uri
+            .as_ref()
+            .map(|uri| uri.expose_secret().to_owned())
+        else {
             return Ok(Arc::new(PgContent::lite(pool.clone())));
         };
         let open = MongoContent::opener(uri);

@@ -629,7 +629,7 @@ async fn connections_survive_a_lost_pubsub_connection_and_a_redis_restart() {
     private.ready().await;
     let url = private.url();
     let app = spawn_app_configured(
-        |settings| settings.redis_url = url,
+        |settings| settings.redis_url = url.into(),
         WorkerOptions::default(),
     )
     .await;

@@ -3,6 +3,7 @@
 
 use commands::{CommandContext, Settings, WriteSide};
 use event_schemas::Metadata;
+use secrecy::ExposeSecret;
 use testkit::TestDb;
 
 /// The write side on its own fresh, migrated database.
@@ -150,7 +151,7 @@ async fn spawn_app_fed(
     .into_bytes();
     let mut settings = api::Settings {
         http_addr: ([127, 0, 0, 1], 0).into(),
-        jwt_secret: jwt_secret.clone(),
+        jwt_secret: jwt_secret.clone().into(),
         redis_prefix: redis_prefix.clone(),
         // Every test client is 127.0.0.1; the rate-limit tests switch limits on themselves.
         rate_limits: api::rate_limit::RateLimits::OFF,
@@ -159,12 +160,13 @@ async fn spawn_app_fed(
         // id): the projections then lag more than in production. A deadline, not a sleep:
         // a healthy test does not wait it out.
         min_position_wait: std::time::Duration::from_secs(60),
-        redis_url: redis_url(),
+        redis_url: redis_url().into(),
         ..api::Settings::default()
     };
     adjust(&mut settings);
     // The whole app uses the Redis the settings name (a test may point it at its own).
-    let redis = redis::Client::open(settings.redis_url.as_str()).expect("REDIS_URL is valid");
+    let redis =
+        redis::Client::open(settings.redis_url.expose_secret()).expect("REDIS_URL is valid");
     let redis = redis::aio::ConnectionManager::new(redis)
         .await
         .expect("Redis is reachable at REDIS_URL (run scripts/services.sh)");
@@ -547,11 +549,11 @@ impl TestApp {
             .expect("Redis is reachable");
         let settings = api::Settings {
             http_addr: ([127, 0, 0, 1], 0).into(),
-            jwt_secret: self.jwt_secret.clone(),
+            jwt_secret: self.jwt_secret.clone().into(),
             redis_prefix: redis_prefix.to_owned(),
             rate_limits: api::rate_limit::RateLimits::OFF,
             min_position_wait: std::time::Duration::from_secs(60),
-            redis_url: redis_url(),
+            redis_url: redis_url().into(),
             ..api::Settings::default()
         };
         let app = api::App::build_with(settings, self.db.pool.clone(), redis, read)
