@@ -48,19 +48,10 @@ impl DevCommand {
         } = self;
         let pool = database.connect().await?;
         let stop = CancellationToken::new();
-        let redis = args.redis.connect().await?;
-        let models = args
-            .stores
-            .read_models(&pool, redis.clone(), &args.redis.redis_prefix)
-            .await?;
         let workers = {
-            let workers = realtime.workers(
-                &pool,
-                models,
-                args.stores.timeline_settings(),
-                redis,
-                &args.redis.redis_prefix,
-            )?;
+            let workers = realtime
+                .connected_workers(&pool, &args.redis, &args.stores)
+                .await?;
             let stop = stop.clone();
             tokio::spawn(async move { workers.run(&["all".to_owned()], &Source::Log, &stop).await })
         };

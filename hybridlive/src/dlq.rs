@@ -59,18 +59,9 @@ impl DlqCommand {
                 realtime,
             } => {
                 let pool = database.connect().await?;
-                let connection = redis.connect().await?;
-                let models = stores
-                    .read_models(&pool, connection.clone(), &redis.redis_prefix)
-                    .await?;
                 let (retried, still_dead) = realtime
-                    .workers(
-                        &pool,
-                        models,
-                        stores.timeline_settings(),
-                        connection,
-                        &redis.redis_prefix,
-                    )?
+                    .connected_workers(&pool, &redis, &stores)
+                    .await?
                     .retry_dead_letters(&projection)
                     .await?;
                 println!(

@@ -61,10 +61,6 @@ impl ProjectCommand {
             realtime,
         } = self;
         let pool = database.connect().await?;
-        let connection = redis.connect().await?;
-        let models = stores
-            .read_models(&pool, connection.clone(), &redis.redis_prefix)
-            .await?;
         let source = match kafka_brokers {
             Some(brokers) => Source::Kafka {
                 brokers,
@@ -83,13 +79,8 @@ impl ProjectCommand {
         }
         process::spawn_holdback_gauge(pool.clone());
         realtime
-            .workers(
-                &pool,
-                models,
-                stores.timeline_settings(),
-                connection,
-                &redis.redis_prefix,
-            )?
+            .connected_workers(&pool, &redis, &stores)
+            .await?
             .run(&names, &source, &stop)
             .await?;
         Ok(())

@@ -65,26 +65,9 @@ impl ReplayCommandArgs {
             None => run(self.rebuild, database).await,
             Some(ReplayCommand::Export {
                 format: ExportFormat::Ndjson,
-                stream_type,
-                stream_id,
-                event_type,
-                correlation_id,
-                actor,
-                from,
-                to,
+                filter,
                 after_position,
-            }) => {
-                let filter = store::audit::AuditFilter {
-                    stream_type,
-                    stream_id,
-                    event_type,
-                    correlation_id,
-                    actor,
-                    from,
-                    to,
-                };
-                export(database, &filter, after_position).await
-            }
+            }) => export(database, &filter.into(), after_position).await,
         }
     }
 }
@@ -98,29 +81,50 @@ pub enum ReplayCommand {
     Export {
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
-        #[arg(long)]
-        stream_type: Option<String>,
-        /// Only together with --stream-type.
-        #[arg(long, requires = "stream_type")]
-        stream_id: Option<String>,
-        #[arg(long)]
-        event_type: Option<String>,
-        #[arg(long)]
-        correlation_id: Option<String>,
-        /// e.g. `user:<uuid>`.
-        #[arg(long)]
-        actor: Option<String>,
-        /// Recorded at or after this time (RFC 3339).
-        #[arg(long)]
-        from: Option<chrono::DateTime<chrono::Utc>>,
-        /// Recorded before this time (RFC 3339).
-        #[arg(long)]
-        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        filter: ExportFilter,
         /// Where to continue: the cursor an earlier export printed (or the API's
         /// `next_cursor`), or an integer N for only the events after global position N.
         #[arg(long, default_value = "0")]
         after_position: store::AuditCursor,
     },
+}
+
+/// The audit filters of `replay export` (`store::audit::AuditFilter`).
+#[derive(Debug, Args)]
+pub struct ExportFilter {
+    #[arg(long)]
+    stream_type: Option<String>,
+    /// Only together with --stream-type.
+    #[arg(long, requires = "stream_type")]
+    stream_id: Option<String>,
+    #[arg(long)]
+    event_type: Option<String>,
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// e.g. `user:<uuid>`.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Recorded at or after this time (RFC 3339).
+    #[arg(long)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Recorded before this time (RFC 3339).
+    #[arg(long)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<ExportFilter> for store::audit::AuditFilter {
+    fn from(filter: ExportFilter) -> Self {
+        Self {
+            stream_type: filter.stream_type,
+            stream_id: filter.stream_id,
+            event_type: filter.event_type,
+            correlation_id: filter.correlation_id,
+            actor: filter.actor,
+            from: filter.from,
+            to: filter.to,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

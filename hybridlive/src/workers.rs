@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+
+use crate::process::RedisArgs;
 use projections::content::mongo::MongoContent;
 use projections::content::postgres::PgContent;
 use projections::generation::{Following, Generations};
@@ -189,6 +191,30 @@ pub struct RealTimeArgs {
 }
 
 impl RealTimeArgs {
+    /// The workers over the stores `stores` configures, with a Redis connection of their
+    /// own: what `project` runs and `dlq retry` applies dead letters with.
+    ///
+    /// # Errors
+    /// Redis or a store unreachable; an unknown projection in `ONBOARDING_REQUIRED`.
+    pub async fn connected_workers(
+        &self,
+        pool: &sqlx::PgPool,
+        redis: &RedisArgs,
+        stores: &ReadStoreArgs,
+    ) -> anyhow::Result<Workers> {
+        let connection = redis.connect().await?;
+        let models = stores
+            .read_models(pool, connection.clone(), &redis.redis_prefix)
+            .await?;
+        self.workers(
+            pool,
+            models,
+            stores.timeline_settings(),
+            connection,
+            &redis.redis_prefix,
+        )
+    }
+
     /// The projection workers over `models`, pushing live updates and running the
     /// registration saga through the write side on `pool`.
     ///
