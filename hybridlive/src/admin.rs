@@ -29,15 +29,10 @@ impl AdminCommand {
 async fn grant_role(pool: sqlx::PgPool, user: &str, role: &str) -> anyhow::Result<()> {
     let user_id = match uuid::Uuid::parse_str(user) {
         Ok(id) => id.to_string(),
-        Err(_) => sqlx::query_scalar::<_, String>(
-            "SELECT stream_id FROM unique_claims WHERE scope = $1 AND value = $2",
-        )
-        .bind(USERNAME_CLAIM)
-        .bind(user)
-        .fetch_optional(&pool)
-        .await
-        .context("looking the username up")?
-        .with_context(|| format!("no user named {user}"))?,
+        Err(_) => store::claims::holder(&pool, &[(USERNAME_CLAIM, user)])
+            .await
+            .context("looking the username up")?
+            .with_context(|| format!("no user named {user}"))?,
     };
     let write = WriteSide::new(pool, commands::Settings::default());
     let context = CommandContext {

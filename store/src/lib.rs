@@ -32,6 +32,7 @@ pub mod aggregate;
 pub mod append;
 pub mod audit;
 pub mod checkpoint;
+pub mod claims;
 pub mod lease;
 pub mod log;
 pub mod seal;

@@ -179,3 +179,30 @@ impl LogReader {
         Ok(holdback)
     }
 }
+
+/// When the stream `stream_type`/`stream_id` began: the time its first event was recorded.
+///
+/// # Errors
+/// On database failure.
+pub async fn stream_started_at(
+    pool: &PgPool,
+    stream_type: &str,
+    stream_id: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT recorded_at FROM events \
+          WHERE stream_type = $1 AND stream_id = $2 AND stream_version = 1",
+    )
+    .bind(stream_type)
+    .bind(stream_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Whether the database answers a query.
+pub async fn reachable(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await
+        .is_ok()
+}

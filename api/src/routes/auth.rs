@@ -127,16 +127,12 @@ pub async fn register(
 
 /// Early, friendly refusal of a taken name; the claim in the append stays the real guard.
 async fn ensure_available(state: &AppState, username: &str, email: &str) -> Result<(), ApiError> {
-    let taken: Vec<String> = sqlx::query_scalar(
-        "SELECT scope FROM unique_claims WHERE (scope = $1 AND value = $2) OR (scope = $3 AND value = $4)",
+    let taken = store::claims::taken(
+        &state.pool,
+        &[(USERNAME_CLAIM, username), (EMAIL_CLAIM, email)],
     )
-    .bind(USERNAME_CLAIM)
-    .bind(username)
-    .bind(EMAIL_CLAIM)
-    .bind(email)
-    .fetch_all(&state.pool)
     .await
-    .map_err(|e| crate::error::domain_errors::store(e.into()))?;
+    .map_err(crate::error::domain_errors::store)?;
     if taken.iter().any(|s| s == USERNAME_CLAIM) {
         return Err(ApiError::UsernameTaken);
     }
@@ -178,15 +174,14 @@ fn refresh_unavailable(error: auth::refresh::RefreshError) -> ApiError {
 
 /// The registered, active user a login names, if any.
 async fn find_user(state: &AppState, login: &str) -> Result<Option<User>, ApiError> {
-    let stream_id: Option<String> = sqlx::query_scalar(
-        "SELECT stream_id FROM unique_claims WHERE (scope = $1 AND value = $2) OR (scope = $3 AND value = lower($2)) LIMIT 1",
+    // Email claims hold the address lowercased (`domain::user`).
+    let email = login.to_lowercase();
+    let stream_id = store::claims::holder(
+        &state.pool,
+        &[(USERNAME_CLAIM, login), (EMAIL_CLAIM, &email)],
     )
-    .bind(USERNAME_CLAIM)
-    .bind(login)
-    .bind(EMAIL_CLAIM)
-    .fetch_optional(&state.pool)
     .await
-    .map_err(|e| crate::error::domain_errors::store(e.into()))?;
+    .map_err(crate::error::domain_errors::store)?;
     let Some(stream_id) = stream_id else {
         return Ok(None);
     };
@@ -291,13 +286,10 @@ pub async fn me(
         return Err(ApiError::NotFound("user"));
     }
     let onboarding = state.write.onboarding.store().load(&id).await?.aggregate;
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "SELECT recorded_at FROM events WHERE stream_type = 'user' AND stream_id = $1 AND stream_version = 1",
-    )
-    .bind(&id)
-    .fetch_one(&state.pool)
-    .await
-    .map_err(|e| crate::error::domain_errors::store(e.into()))?;
+    let created_at: DateTime<Utc> = store::log::stream_started_at(&state.pool, "user", &id)
+        .await
+        .map_err(crate::error::domain_errors::store)?
+        .ok_or(ApiError::NotFound("user"))?;
     let mut headers = HeaderMap::new();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", loaded.version)) {
         headers.insert(header::ETAG, etag);

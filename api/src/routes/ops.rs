@@ -28,10 +28,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// PostgreSQL and Redis answer.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200), (status = 503)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let postgres = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.pool)
-        .await
-        .is_ok();
+    let postgres = store::log::reachable(&state.pool).await;
     let mut redis = state.redis.clone();
     let redis = redis::cmd("PING")
         .query_async::<String>(&mut redis)
