@@ -1,4 +1,4 @@
-//! `bench feed`: the read side of issue #5 over real HTTP, lite profile (PostgreSQL read
+//! `bench feed`: the read side over real HTTP, lite profile (PostgreSQL read
 //! models, Redis caches) — the API exactly as `hybridlive dev` builds it (`api::App` over
 //! `projections::ReadModels::lite`) with every projection worker running next to it
 //! (`projections::Workers`, fed by the PostgreSQL log).

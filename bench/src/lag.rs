@@ -1,4 +1,4 @@
-//! `bench lag`: projection lag (issue #4) — how long after a writer was told its event is
+//! `bench lag`: projection lag — how long after a writer was told its event is
 //! committed the read models have applied it.
 //!
 //! The `timeline` and `content` projections run in this process exactly as

@@ -1,4 +1,4 @@
-//! `bench live`: real time, lite profile (issue #6), in three phases against the API with
+//! `bench live`: real time, lite profile, in three phases against the API with
 //! every projection running (the in-process server of `server`, as `hybridlive dev`):
 //!
 //! 1. **register → `onboarding_completed`**: `--registrations` users register over HTTP,

@@ -48,7 +48,7 @@
 //! `timeline` and `content` projections — at a fixed append rate; see `lag`.
 //! `bench replay` rebuilds read models from a 1M-event log; see `rebuild`.
 //!
-//! `bench feed` measures the read side over real HTTP, lite profile (issue #5): the API with
+//! `bench feed` measures the read side over real HTTP, lite profile: the API with
 //! every projection running next to it, on a runtime of their own; C closed-loop clients
 //! read home feeds of 50 items (`GET /v1/feed?limit=50`) with a warm cache, then again right
 //! after the post cache was flushed; and the time from a post's `201` until the timeline

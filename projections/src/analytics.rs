@@ -1,4 +1,4 @@
-//! The analytics read model (issue #7): signups, posts and likes per day, and the most liked
+//! The analytics read model: signups, posts and likes per day, and the most liked
 //! posts, in PostgreSQL tables of one schema (`analytics` live; migration 7).
 //!
 //! Built only by replay: no worker follows the log with it. The contract with `hybridlive

@@ -1,4 +1,4 @@
-//! The analytics model (issue #7): exact figures from a known history, the same figures
+//! The analytics model: exact figures from a known history, the same figures
 //! whatever is applied again or out of order, and a model built in a fresh schema that
 //! swaps into the live one as the replay does it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

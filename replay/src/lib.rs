@@ -1,4 +1,4 @@
-//! Replay for analysts (DESIGN §1, issue #7): rebuilds a read model from the PostgreSQL log
+//! Replay for analysts (DESIGN §1): rebuilds a read model from the PostgreSQL log
 //! (never Kafka) into a fresh copy of its tables, then swaps the copy in.
 //!
 //! A replay of model `m` ([`models::MODELS`]):

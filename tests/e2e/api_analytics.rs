@@ -1,4 +1,4 @@
-//! The analytics API (issue #7): signups and activity per day and the most liked posts,
+//! The analytics API: signups and activity per day and the most liked posts,
 //! from the model built by replaying the log, for role `analyst` (or `admin`) only.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! The audit API (issue #7): filters and cursors over the immutable log (a client that keeps
+//! The audit API: filters and cursors over the immutable log (a client that keeps
 //! polling with `next_cursor` gets each later event once), one stream's history, the NDJSON
 //! export, and verification that names the first altered or removed event, for role
 //! `auditor` only.

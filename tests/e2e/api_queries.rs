@@ -1,4 +1,4 @@
-//! The query routes over the read models (issue #5): feed, post, comments, profile, the
+//! The query routes over the read models: feed, post, comments, profile, the
 //! Redis caches, and `X-Min-Position`. The projections run next to the API, fed by the log.
 
 use std::time::Duration;

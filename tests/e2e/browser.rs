@@ -1,4 +1,4 @@
-//! The demo page (issue #6) in real headless Chromium, driven over WebDriver: what a person
+//! The demo page in real headless Chromium, driven over WebDriver: what a person
 //! sees after registering, and a like made elsewhere reaching a post they have open.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/services.sh --browser`). Without

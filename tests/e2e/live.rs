@@ -1,4 +1,4 @@
-//! Real time (issue #6): SSE through two API instances sharing Redis, `Last-Event-ID`
+//! Real time: SSE through two API instances sharing Redis, `Last-Event-ID`
 //! resume, the registration saga with its compensation, aggregated likes.
 
 use std::time::{Duration, Instant};

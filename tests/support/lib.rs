@@ -1,5 +1,6 @@
-//! End-to-end test support. The HTTP `spawn_app()` helper joins with the API (issue #3);
-//! until then the write side is driven through [`commands::WriteSide`] on a fresh database.
+//! End-to-end test support: [`spawn_app`] starts the real API on port 0 over a fresh
+//! database with the projection workers (on Kafka, with its own topics), and helpers drive
+//! the write side directly through [`commands::WriteSide`].
 
 use commands::{CommandContext, Settings, WriteSide};
 use event_schemas::Metadata;

@@ -1,4 +1,4 @@
-//! The demo page at `GET /` (issue #6): register, watch the onboarding saga finish over
+//! The demo page at `GET /`: register, watch the onboarding saga finish over
 //! SSE, then a live feed and post view. Plain HTML, CSS and JavaScript embedded in the
 //! binary with `include_str!` — no build step, no CDN — and served with a Content Security
 //! Policy that allows nothing but this origin (the page's scripts and styles live in their
