@@ -526,12 +526,12 @@ impl<P: Projection> Runner<P> {
                 }
             }
         }
-        self.skip(&passed_over);
+        self.remember_skipped(&passed_over);
         if self.batches && self.projection.applies_batches() && envelopes.len() > 1 {
             match self.projection.apply_batch(&envelopes).await {
                 Ok(()) => {
                     if let Some(&last) = indices.last() {
-                        self.applied(envelopes.len() as u64, &events[last]);
+                        self.report_applied(envelopes.len() as u64, &events[last]);
                     }
                     return Ok(outcomes);
                 }
@@ -575,7 +575,7 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Remembers that the projection passes the `passed_over` types over (one lock a batch).
-    fn skip(&self, passed_over: &[&str]) {
+    fn remember_skipped(&self, passed_over: &[&str]) {
         if passed_over.is_empty() {
             return;
         }
@@ -589,7 +589,7 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Counts `n` events applied, `last` the latest.
-    fn applied(&self, n: u64, last: &RecordedEvent) {
+    fn report_applied(&self, n: u64, last: &RecordedEvent) {
         let projection = self.projection.name().to_owned();
         metrics::counter!("projection_applied_total", "projection" => projection.clone())
             .increment(n);
@@ -613,7 +613,7 @@ impl<P: Projection> Runner<P> {
                         metrics::gauge!("projection_store_unavailable", "projection" => projection.clone())
                             .set(0.0);
                     }
-                    self.applied(1, event);
+                    self.report_applied(1, event);
                     return Ok(Outcome::Applied);
                 }
                 Err(error) => error,

@@ -313,11 +313,7 @@ impl ContentProjection {
         self
     }
 
-    async fn comment_pushed(
-        &self,
-        envelope: &EventEnvelope,
-        comment: &CommentDoc,
-    ) -> ReadResult<()> {
+    async fn push_comment(&self, envelope: &EventEnvelope, comment: &CommentDoc) -> ReadResult<()> {
         let Some(live) = &self.live else {
             return Ok(());
         };
@@ -340,7 +336,7 @@ impl ContentProjection {
     /// Records the stored like count for the aggregated `likes` push — also when this
     /// delivery changed nothing: it may be a redelivery whose first delivery died before
     /// its push, and the push carries the count, not a change, so a repeat is harmless.
-    async fn likes_pushed(&self, post: Uuid, change: Change) -> ReadResult<()> {
+    async fn push_likes(&self, post: Uuid, change: Change) -> ReadResult<()> {
         match &self.live {
             Some(live) => live.likes_changed(post, change.count).await,
             None => Ok(()),
@@ -350,7 +346,7 @@ impl ContentProjection {
     /// Applies a counted change to the cache, or drops the post's cached keys when the
     /// store had it already (see the module docs). Returns the count written when one was
     /// cached, for [`Self::check_cached`].
-    async fn counted(
+    async fn write_cached_count(
         &self,
         post: Uuid,
         change: Change,
@@ -495,7 +491,10 @@ impl Projection for ContentProjection {
             .map(|group| async move {
                 let mut cached = Vec::new();
                 for i in group {
-                    cached.extend(self.written(envelopes[i], &writes[i], changes[i]).await?);
+                    cached.extend(
+                        self.after_write(envelopes[i], &writes[i], changes[i])
+                            .await?,
+                    );
                 }
                 Ok::<_, ApplyError>(cached)
             })
@@ -511,7 +510,7 @@ impl Projection for ContentProjection {
             return Ok(());
         };
         let change = write.apply_to(&*self.store).await?;
-        let cached = self.written(envelope, &write, change).await?;
+        let cached = self.after_write(envelope, &write, change).await?;
         Ok(self.check_cached(cached.as_slice()).await?)
     }
 }
@@ -519,7 +518,7 @@ impl Projection for ContentProjection {
 impl ContentProjection {
     /// What follows a stored write: the caches, live updates and the saga. Returns the
     /// count it wrote onto a cached one, to be checked ([`Self::check_cached`]).
-    async fn written(
+    async fn after_write(
         &self,
         envelope: &EventEnvelope,
         write: &ContentWrite,
@@ -544,13 +543,15 @@ impl ContentProjection {
             }
             (ContentWrite::AddComment(comment), Some(change)) => {
                 cached = self
-                    .counted(comment.post_id, change, CacheWrite::Comment(comment))
+                    .write_cached_count(comment.post_id, change, CacheWrite::Comment(comment))
                     .await?;
-                self.comment_pushed(envelope, comment).await?;
+                self.push_comment(envelope, comment).await?;
             }
             (ContentWrite::SetLike { post, .. }, Some(change)) => {
-                cached = self.counted(*post, change, CacheWrite::Likes).await?;
-                self.likes_pushed(*post, change).await?;
+                cached = self
+                    .write_cached_count(*post, change, CacheWrite::Likes)
+                    .await?;
+                self.push_likes(*post, change).await?;
             }
             _ => {}
         }

@@ -346,7 +346,7 @@ impl TimelineProjection {
 
     /// A new user has an empty timeline and follows nobody: nothing to store, only the saga
     /// to tell.
-    async fn registered(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
+    async fn report_registered_synced(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
         if matches!(envelope.event, Event::UserRegistered(_)) {
             report_synced(self.onboarding.as_ref(), envelope, Self::NAME).await?;
         }
@@ -354,7 +354,11 @@ impl TimelineProjection {
     }
 
     /// Pushes `feed_item` to the timelines `users` that received a post.
-    async fn pushed(&self, users: Vec<Uuid>, envelope: &EventEnvelope) -> Result<(), ApplyError> {
+    async fn push_feed_item(
+        &self,
+        users: Vec<Uuid>,
+        envelope: &EventEnvelope,
+    ) -> Result<(), ApplyError> {
         if let (Some(live), Event::PostPublished(e)) = (&self.live, &envelope.event) {
             let item = serde_json::json!({
                 "post_id": e.post_id,
@@ -411,10 +415,10 @@ impl Projection for TimelineProjection {
         for (envelope, write) in events.iter().zip(&writes) {
             match write {
                 Some(_) => {
-                    self.pushed(delivered.next().unwrap_or_default(), envelope)
+                    self.push_feed_item(delivered.next().unwrap_or_default(), envelope)
                         .await?;
                 }
-                None => self.registered(envelope).await?,
+                None => self.report_registered_synced(envelope).await?,
             }
         }
         Ok(())
@@ -424,9 +428,9 @@ impl Projection for TimelineProjection {
         match TimelineWrite::of(envelope) {
             Some(write) => {
                 let delivered = write.apply_to(&*self.store, self.settings).await?;
-                self.pushed(delivered, envelope).await
+                self.push_feed_item(delivered, envelope).await
             }
-            None => self.registered(envelope).await,
+            None => self.report_registered_synced(envelope).await,
         }
     }
 }
