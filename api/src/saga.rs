@@ -104,6 +104,15 @@ impl projections::Saga for CommandSaga {
     }
 }
 
+/// The settings of the workers' real time: live pushes, the registration saga, and the
+/// write side the saga's commands go through (`SNAPSHOT_EVERY`, as for the API's).
+#[derive(Debug, Clone, Default)]
+pub struct RealTimeSettings {
+    pub live: projections::LiveSettings,
+    pub onboarding: projections::OnboardingSettings,
+    pub commands: commands::Settings,
+}
+
 /// Everything the projection workers need for real time: live updates into Redis and the
 /// registration saga through a write side on `pool` (what `hybridlive dev` and `project`
 /// run; replays use plain [`projections::Workers::new`]).
@@ -113,11 +122,15 @@ pub fn real_time_workers(
     timeline: projections::TimelineSettings,
     redis: redis::aio::ConnectionManager,
     redis_prefix: &str,
-    live: projections::LiveSettings,
-    onboarding: projections::OnboardingSettings,
+    settings: RealTimeSettings,
 ) -> projections::Workers {
+    let RealTimeSettings {
+        live,
+        onboarding,
+        commands,
+    } = settings;
     let publisher = projections::LivePublisher::new(redis.clone(), redis_prefix, live);
-    let write = Arc::new(WriteSide::new(pool.clone(), commands::Settings::default()));
+    let write = Arc::new(WriteSide::new(pool.clone(), commands));
     let saga = Arc::new(CommandSaga::new(write, onboarding.required.clone()));
     let onboarding = projections::Onboarding::new(redis, redis_prefix, onboarding, saga);
     projections::Workers::new(pool.clone(), models, timeline).with_real_time(publisher, onboarding)

@@ -49,8 +49,8 @@ use event_schemas::{stream_type, Event, EventEnvelope, Metadata};
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use projections::{
-    ApplyError, ContentProjection, LiveSettings, OnboardingSettings, Projection, ReadModels,
-    RetryPolicy, Runner, TimelineProjection, TimelineSettings,
+    ApplyError, ContentProjection, Projection, ReadModels, RetryPolicy, Runner, TimelineProjection,
+    TimelineSettings,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -180,8 +180,7 @@ async fn measure(
         TimelineSettings::default(),
         redis,
         prefix,
-        LiveSettings::default(),
-        OnboardingSettings::default(),
+        api::saga::RealTimeSettings::default(),
     );
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let name = |projection: &str| match source {

@@ -142,8 +142,7 @@ async fn build(
             projections::TimelineSettings::default(),
             redis.clone(),
             redis_prefix,
-            projections::LiveSettings::default(),
-            projections::OnboardingSettings::default(),
+            api::saga::RealTimeSettings::default(),
         )
     });
     let app = api::App::build_with(settings, pool, redis, read)

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Subcommand;
 
-use crate::process::{DatabaseArgs, RedisArgs};
+use crate::process::{DatabaseArgs, RedisArgs, WriteArgs};
 use crate::workers::{ReadStoreArgs, RealTimeArgs};
 
 // Parsed once per process: the size of the larger variant does not matter.
@@ -28,6 +28,8 @@ pub enum DlqCommand {
         stores: ReadStoreArgs,
         #[command(flatten)]
         realtime: RealTimeArgs,
+        #[command(flatten)]
+        write: WriteArgs,
     },
 }
 
@@ -57,10 +59,11 @@ impl DlqCommand {
                 redis,
                 stores,
                 realtime,
+                write,
             } => {
                 let pool = database.connect().await?;
                 let (retried, still_dead) = realtime
-                    .connected_workers(&pool, &redis, &stores)
+                    .connected_workers(&pool, &redis, &stores, &write)
                     .await?
                     .retry_dead_letters(&projection)
                     .await?;

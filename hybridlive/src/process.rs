@@ -151,6 +151,24 @@ pub async fn cancel_on_signal(stop: CancellationToken) {
     stop.cancel();
 }
 
+/// The write side's settings, for every process that appends (the API, and the
+/// registration saga in the projection workers).
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// Snapshot aggregates every this many versions (0 = never).
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    snapshot_every: u64,
+}
+
+impl WriteArgs {
+    pub fn settings(&self) -> commands::Settings {
+        commands::Settings {
+            snapshot_every: self.snapshot_every,
+            ..commands::Settings::default()
+        }
+    }
+}
+
 /// A flag or variable that may hold a password or a key, for clap: kept in a type that
 /// never prints (`Debug` shows `[REDACTED]`).
 #[allow(clippy::unnecessary_wraps)]

@@ -7,7 +7,7 @@ use clap::Args;
 use projections::Source;
 use tokio_util::sync::CancellationToken;
 
-use crate::process::{self, DatabaseArgs, MetricsArgs, RedisArgs};
+use crate::process::{self, DatabaseArgs, MetricsArgs, RedisArgs, WriteArgs};
 use crate::relay::KafkaTopicArgs;
 use crate::workers::{ReadStoreArgs, RealTimeArgs};
 
@@ -44,6 +44,8 @@ pub struct ProjectCommand {
     metrics: MetricsArgs,
     #[command(flatten)]
     realtime: RealTimeArgs,
+    #[command(flatten)]
+    write: WriteArgs,
 }
 
 impl ProjectCommand {
@@ -59,6 +61,7 @@ impl ProjectCommand {
             kafka,
             metrics,
             realtime,
+            write,
         } = self;
         let pool = database.connect().await?;
         let source = match kafka_brokers {
@@ -79,7 +82,7 @@ impl ProjectCommand {
         }
         process::spawn_holdback_gauge(pool.clone());
         realtime
-            .connected_workers(&pool, &redis, &stores)
+            .connected_workers(&pool, &redis, &stores, &write)
             .await?
             .run(&names, &source, &stop)
             .await?;

@@ -8,7 +8,7 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use crate::process::{self, DatabaseArgs, RedisArgs};
+use crate::process::{self, DatabaseArgs, RedisArgs, WriteArgs};
 use crate::workers::ReadStoreArgs;
 
 /// Serves the HTTP API; refuses to start with the development JWT secret.
@@ -40,9 +40,8 @@ pub struct ServeArgs {
     /// Largest accepted request body, bytes.
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     body_limit_bytes: usize,
-    /// Snapshot aggregates every this many versions (0 = never).
-    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
-    snapshot_every: u64,
+    #[command(flatten)]
+    pub write: WriteArgs,
     /// Requests per minute per client IP on /v1 (0 = no limit).
     #[arg(long, env = "RATE_LIMIT_PER_IP", default_value_t = 1200)]
     rate_limit_per_ip: u32,
@@ -88,10 +87,7 @@ pub async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Re
             per_user: args.rate_limit_per_user,
             auth_per_ip: args.rate_limit_auth_per_ip,
         },
-        commands: commands::Settings {
-            snapshot_every: args.snapshot_every,
-            ..commands::Settings::default()
-        },
+        commands: args.write.settings(),
     };
     process::spawn_holdback_gauge(pool.clone());
     let sealer = CancellationToken::new();

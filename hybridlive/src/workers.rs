@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::process::RedisArgs;
+use crate::process::{RedisArgs, WriteArgs};
 use projections::content::mongo::MongoContent;
 use projections::content::postgres::PgContent;
 use projections::generation::{Following, Generations};
@@ -201,6 +201,7 @@ impl RealTimeArgs {
         pool: &sqlx::PgPool,
         redis: &RedisArgs,
         stores: &ReadStoreArgs,
+        write: &WriteArgs,
     ) -> anyhow::Result<Workers> {
         let connection = redis.connect().await?;
         let models = stores
@@ -212,6 +213,7 @@ impl RealTimeArgs {
             stores.timeline_settings(),
             connection,
             &redis.redis_prefix,
+            write.settings(),
         )
     }
 
@@ -227,6 +229,7 @@ impl RealTimeArgs {
         timeline: TimelineSettings,
         redis: redis::aio::ConnectionManager,
         redis_prefix: &str,
+        commands: commands::Settings,
     ) -> anyhow::Result<Workers> {
         let required: BTreeSet<String> = self.onboarding_required.iter().cloned().collect();
         if let Some(unknown) = required.iter().find(|name| {
@@ -242,14 +245,17 @@ impl RealTimeArgs {
             timeline,
             redis,
             redis_prefix,
-            LiveSettings {
-                retention_entries: self.live_retention_entries,
-                retention: Duration::from_secs(self.live_retention_secs),
-                likes_interval: Duration::from_millis(self.likes_push_interval_ms),
-            },
-            OnboardingSettings {
-                required,
-                deadline: Duration::from_secs(self.onboarding_deadline_secs),
+            api::saga::RealTimeSettings {
+                live: LiveSettings {
+                    retention_entries: self.live_retention_entries,
+                    retention: Duration::from_secs(self.live_retention_secs),
+                    likes_interval: Duration::from_millis(self.likes_push_interval_ms),
+                },
+                onboarding: OnboardingSettings {
+                    required,
+                    deadline: Duration::from_secs(self.onboarding_deadline_secs),
+                },
+                commands,
             },
         ))
     }

@@ -182,8 +182,11 @@ async fn spawn_app_fed(
         projections::TimelineSettings::default(),
         redis.clone(),
         &redis_prefix,
-        options.live,
-        options.onboarding.clone(),
+        api::saga::RealTimeSettings {
+            live: options.live,
+            onboarding: options.onboarding.clone(),
+            ..api::saga::RealTimeSettings::default()
+        },
     );
     projections.retry = options.retry;
     let topics = on_kafka.then(testkit::kafka::TestTopics::new);
