@@ -1,4 +1,4 @@
-//! The results as a markdown table (for the README) and as JSON.
+//! The results as a markdown table (for the README and docs/performance.md) and as JSON.
 
 use std::fmt::Write as _;
 

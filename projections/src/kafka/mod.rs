@@ -76,7 +76,7 @@ impl KafkaSource {
 pub const DEFAULT_RELAY: &str = "relay";
 
 /// The default of [`KafkaSource::fetch_wait`] (`KAFKA_FETCH_WAIT_MS`): 100 ms, not
-/// librdkafka's 500 ms (see the README's projection-lag figures).
+/// librdkafka's 500 ms (see the projection-lag figures in docs/performance.md).
 pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(100);
 
 /// Why the Kafka source stopped.
