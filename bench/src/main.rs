@@ -1,4 +1,6 @@
-//! `bench`: the write side's append benchmark.
+//! `bench`: Hybrid Live's benchmarks, each against a named peer in the same run (the
+//! commands and the figures: the README's "Performance" and `docs/performance.md`). A binary
+//! beside the workspace's crates: it may use all of them, and nothing uses it.
 //!
 //! `bench appends` measures, in one run against one fresh database:
 //!
