@@ -73,6 +73,51 @@ impl Production {
         }
     }
 
+    /// For `comments`: the comments of the log missing from the Kafka-fed store, where they
+    /// are in the `comment` topic and what the groups committed there.
+    async fn where_missing_comments_are(&self, collection: &str) -> String {
+        if collection != "comments" {
+            return String::new();
+        }
+        let url = self
+            .env
+            .iter()
+            .find(|(k, _)| *k == "DATABASE_URL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let Ok(pool) = sqlx::PgPool::connect(&url).await else {
+            return "(cannot read the log)".to_owned();
+        };
+        let logged: Vec<String> = sqlx::query_scalar(
+            "SELECT stream_id FROM events WHERE stream_type = 'comment' AND stream_version = 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        let client = mongodb::Client::with_uri_str(&self.mongodb_uri)
+            .await
+            .unwrap();
+        let stored: Vec<mongodb::bson::Bson> = client
+            .database(&self.database)
+            .collection::<mongodb::bson::Document>("comments")
+            .distinct("_id", mongodb::bson::doc! {})
+            .await
+            .unwrap_or_default();
+        let stored: std::collections::HashSet<String> = stored
+            .iter()
+            .filter_map(|id| id.as_str().map(str::to_owned))
+            .collect();
+        let missing: Vec<&str> = logged
+            .iter()
+            .filter(|id| !stored.contains(*id))
+            .take(10)
+            .map(String::as_str)
+            .collect();
+        let topic = format!("{}comment", self.topics.prefix);
+        let groups = ["timeline", "content"].map(|g| format!("{}{g}", self.topics.prefix));
+        keyed_messages(&topic, &missing, &groups)
+    }
+
     /// For each user among `differences` (`user <id>: …`), where that user's events are in
     /// the `user` topic and what the consumer groups committed there: whether an event the
     /// read models lack was published, and whether its offset was committed.
@@ -195,11 +240,13 @@ impl Production {
                 assert_eq!(stored, expected, "{collection}");
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{collection}: {stored} of {expected} stored\n{}",
-                self.log_tails()
-            );
+            if Instant::now() >= deadline {
+                let missing = self.where_missing_comments_are(collection).await;
+                panic!(
+                    "{collection}: {stored} of {expected} stored\n{missing}\n{}",
+                    self.log_tails()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
