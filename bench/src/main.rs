@@ -10,7 +10,7 @@
 //!   `--seconds`. Four scenarios:
 //!   1. `hybridlive (commands::CommandHandler)`: our command path (load snapshot + later
 //!      events → decide → one-statement append);
-//!   2. `hybridlive via cqrs_es::CqrsFramework`: our `store::AggregateStore` under cqrs-es's
+//!   2. `hybridlive via cqrs_es::CqrsFramework`: our `commands::AggregateStore` under cqrs-es's
 //!      own framework;
 //!   3. `postgres-es via cqrs_es::CqrsFramework`: cqrs-es's reference PostgreSQL store, set
 //!      up with its own `postgres_snapshot_cqrs` and its own table DDL;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use commands::AggregateStore;
 use commands::{CommandContext, CommandError, CommandHandler};
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, DomainEvent, EventStore};
@@ -21,7 +22,7 @@ use futures::StreamExt;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
-use store::{AggregateStore, AppendError, AppendRequest, NewEvent, PgEventStore};
+use store::{AppendError, AppendRequest, NewEvent, PgEventStore};
 use uuid::Uuid;
 
 use crate::runner::{self, Client, Measurement, Outcome};

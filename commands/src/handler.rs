@@ -6,7 +6,9 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use domain::claims::Claims;
 use event_schemas::{Event, Metadata, UnexpectedEvent};
-use store::{AggregateStore, AppendError, LoadedAggregate, StoreError};
+use store::{AppendError, StoreError};
+
+use crate::aggregate::{domain_claim_taken, AggregateStore, LoadedAggregate};
 use uuid::Uuid;
 
 /// Who issues a command and under which conditions.
@@ -167,7 +169,7 @@ where
                     tokio::time::sleep(jitter(attempt)).await;
                 }
                 Err(AppendError::Taken(taken)) => {
-                    return Err(match A::claim_rejected(taken.clone()) {
+                    return Err(match A::claim_rejected(domain_claim_taken(&taken)) {
                         Some(rejection) => CommandError::Rejected(rejection),
                         None => CommandError::Store(StoreError::Corrupt(format!(
                             "{} claims nothing, yet: {taken}",

@@ -12,11 +12,15 @@
 //!   already committed appends nothing.
 //!
 //! Layout:
+//! - [`aggregate`]: [`AggregateStore`], cqrs-es aggregates on the event store: the fold from
+//!   snapshot and events, the claims of each append, snapshots;
 //! - [`handler`]: [`CommandHandler`], [`CommandContext`], [`Executed`], [`CommandError`];
 //! - [`write_side`]: [`WriteSide`], a handler per aggregate over one pool.
 
+pub mod aggregate;
 pub mod handler;
 pub mod write_side;
 
+pub use aggregate::{AggregateStore, LoadedAggregate};
 pub use handler::{CommandContext, CommandError, CommandHandler, Executed};
 pub use write_side::{Settings, WriteSide};

@@ -7,7 +7,9 @@ use domain::post::Post;
 use domain::social_graph::SocialGraph;
 use domain::user::User;
 use sqlx::PgPool;
-use store::{AggregateStore, PgEventStore};
+use store::PgEventStore;
+
+use crate::AggregateStore;
 
 use crate::CommandHandler;
 

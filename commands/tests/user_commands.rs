@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 
+use commands::AggregateStore;
 use commands::{CommandContext, CommandError, CommandHandler};
 use cqrs_es::{AggregateError, CqrsFramework, EventStore};
 use domain::user::{User, UserCommand, UserError, UserEvent};
 use event_schemas::Metadata;
 use serde_json::json;
-use store::{AggregateStore, AppendRequest, NewEvent, PgEventStore};
+use store::{AppendRequest, NewEvent, PgEventStore};
 use testkit::TestDb;
 use uuid::Uuid;
 

@@ -134,13 +134,17 @@ impl Production {
         keyed_messages(&topic, &users, &groups)
     }
 
-    /// The last lines of every process's stderr.
+    /// The last lines of every process's stderr, after its first errors (a dead letter, a
+    /// failed write) wherever they are.
     fn log_tails(&self) -> String {
         let mut tails = String::new();
         for path in self.logs.lock().unwrap().iter() {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             tails.push_str(&format!("--- {}\n", path.display()));
+            for line in lines.iter().filter(|l| l.contains("ERROR")).take(10) {
+                tails.push_str(&format!("error: {line}\n"));
+            }
             for line in &lines[lines.len().saturating_sub(15)..] {
                 tails.push_str(line);
                 tails.push('\n');

@@ -1,13 +1,13 @@
 //! Appending to streams and reading them back.
 
 use chrono::{DateTime, Utc};
-use domain::claims::{Claim, ClaimTaken};
 use event_schemas::{DecodeError, Event, EventEnvelope, Metadata};
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgExecutor, PgPool};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::claims::{Claim, ClaimTaken};
 use crate::wakeup::Waker;
 
 /// One event to append, already encoded in its current schema version.

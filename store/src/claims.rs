@@ -1,10 +1,31 @@
 //! Unique claims (`unique_claims`): values one stream holds — a username, an email address —
 //! taken in the transaction of the append that claims them ([`crate::append`]). Lookups
 //! for the API (is a name free, whose is a login) and for operators.
+//!
+//! The domain decides what an event claims (`domain::claims`); the write side hands it to
+//! the store as a [`Claim`] of an [`crate::AppendRequest`].
 
 use sqlx::PgPool;
 
 use crate::StoreError;
+
+/// What an append does to `unique_claims`, in its transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Take `value` in `scope` (`"username"`, `"email"`) for the appended stream: held by
+    /// another stream, it refuses the whole append ([`crate::AppendError::Taken`]).
+    Reserve { scope: &'static str, value: String },
+    /// Give back every value the appended stream holds.
+    ReleaseAll,
+}
+
+/// A claimed value is held by another stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{scope} `{value}` is already taken")]
+pub struct ClaimTaken {
+    pub scope: String,
+    pub value: String,
+}
 
 /// The stream holding the first of `claims` (`(scope, value)`, in their order) that is held.
 ///

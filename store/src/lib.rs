@@ -1,7 +1,9 @@
 //! The PostgreSQL event store (DESIGN §3), the source of truth of Hybrid Live.
 //!
-//! Sits under `commands` in the layering: it knows `event-schemas` (the wire contract) and
-//! `domain::claims`, and no HTTP, Kafka or read-model crate.
+//! Sits under `commands` (the write side) and under the read side's `relay`, `projections`
+//! and `replay`: it knows `event-schemas` (the wire contract) and no domain, HTTP, Kafka or
+//! read-model crate. Aggregates are the write side's: the store loads a stream's snapshot and
+//! events ([`snapshot`]) and appends events with their unique claims ([`claims`]).
 //!
 //! Invariants, enforced by the database where it can:
 //! - one append is one statement, so one transaction, whose first write locks the stream's
@@ -19,7 +21,10 @@
 //! - [`append`]: [`PgEventStore`], appends and stream reads;
 //! - [`audit`]: [`AuditLog`], filtered listings of the log for auditors, paged in the
 //!   reader's order with an [`AuditCursor`];
-//! - [`aggregate`]: [`AggregateStore`], the `cqrs_es::EventStore` with snapshots;
+//! - [`snapshot`]: a stream's latest snapshot and later events in one round trip, and
+//!   saving snapshots;
+//! - [`claims`]: the unique values (usernames, emails) an append reserves or releases, and
+//!   lookups of who holds one;
 //! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
 //! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
 //! - [`lease`]: one active instance per reader name (an advisory lock on its own connection);
@@ -28,7 +33,6 @@
 //! - [`verify`]: verification of the hash chain and the seals;
 //! - [`wakeup`]: `NOTIFY` after commits and [`LogWaiter`], what readers wait on.
 
-pub mod aggregate;
 pub mod append;
 pub mod audit;
 pub mod checkpoint;
@@ -36,10 +40,10 @@ pub mod claims;
 pub mod lease;
 pub mod log;
 pub mod seal;
+pub mod snapshot;
 pub mod verify;
 pub mod wakeup;
 
-pub use aggregate::{AggregateStore, LoadedAggregate};
 pub use append::{
     AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent, StoreError,
 };
@@ -47,6 +51,7 @@ pub use audit::{AuditCursor, AuditEvent, AuditFilter, AuditLog, AuditPage, Inval
 pub use checkpoint::Checkpoints;
 pub use log::{LogPosition, LogReader};
 pub use seal::{Seal, SealOutcome, Sealer};
+pub use snapshot::{Snapshot, StreamTail};
 pub use verify::Verification;
 pub use wakeup::{LogWaiter, EVENTS_CHANNEL};
 

@@ -1,9 +1,9 @@
 //! Appends against a real PostgreSQL: versions, conflicts, idempotency, claims, metadata.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use domain::claims::{Claim, ClaimTaken};
 use event_schemas::Metadata;
 use serde_json::json;
+use store::claims::{Claim, ClaimTaken};
 use store::{AppendError, AppendRequest, NewEvent, PgEventStore};
 use testkit::TestDb;
 use uuid::Uuid;

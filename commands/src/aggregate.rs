@@ -1,19 +1,17 @@
-//! [`AggregateStore`]: cqrs-es aggregates on the event store, with snapshots.
+//! [`AggregateStore`]: cqrs-es aggregates on the event store, with snapshots. The fold and
+//! the claims are the write side's; what it reads and writes is the store's
+//! ([`PgEventStore::load_tail`], [`PgEventStore::save_snapshot`], [`PgEventStore::append`]).
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
-use domain::claims::Claims;
+use domain::claims::{Claim, ClaimTaken, Claims};
 use event_schemas::{Event, Metadata, UnexpectedEvent};
-use sqlx::postgres::PgRow;
-use sqlx::Row;
-use uuid::Uuid;
-
-use crate::append::{
-    to_i64, to_u64, AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent,
-    StoreError,
+use store::{
+    AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent, StoreError,
 };
+use uuid::Uuid;
 
 /// Metadata key whose value makes event ids deterministic: the same command id always
 /// produces the same event ids, so a retried command cannot append twice.
@@ -72,31 +70,25 @@ where
     }
 
     /// The aggregate's current state: the latest snapshot (if readable) plus later events,
-    /// read in one round trip ([`LOAD_SQL`]) of only the columns a fold needs.
+    /// read in one round trip ([`PgEventStore::load_tail`]).
     ///
     /// # Errors
     /// [`StoreError`] on database failure or an event that cannot be decoded.
     pub async fn load(&self, stream_id: &str) -> Result<LoadedAggregate<A>, StoreError> {
-        let rows = sqlx::query(LOAD_SQL)
-            .bind(A::TYPE)
-            .bind(stream_id)
-            .bind(self.snapshot_every > 0)
-            .fetch_all(self.store.pool())
+        let tail = self
+            .store
+            .load_tail(A::TYPE, stream_id, self.snapshot_every > 0)
             .await?;
         let mut loaded = LoadedAggregate {
             aggregate: A::default(),
             stream_id: stream_id.to_owned(),
             version: 0,
         };
-        let mut rows = rows.iter().peekable();
-        let is_snapshot =
-            |row: &&PgRow| matches!(row.try_get::<Option<&str>, _>("event_type"), Ok(None));
-        if let Some(snapshot) = rows.next_if(is_snapshot) {
-            let version = to_u64(snapshot.try_get("stream_version")?)?;
-            match serde_json::from_value::<A>(snapshot.try_get("payload")?) {
+        if let Some(snapshot) = tail.snapshot {
+            match serde_json::from_value::<A>(snapshot.state) {
                 Ok(aggregate) => {
                     loaded.aggregate = aggregate;
-                    loaded.version = version;
+                    loaded.version = snapshot.version;
                 }
                 Err(error) => {
                     // The aggregate's shape changed since the snapshot: replay from the start.
@@ -109,15 +101,7 @@ where
                 }
             }
         }
-        for row in rows {
-            let version = to_u64(row.try_get("stream_version")?)?;
-            let schema_version = u32::try_from(row.try_get::<i32, _>("schema_version")?)
-                .map_err(|_| StoreError::Corrupt("negative schema_version".into()))?;
-            let event = Event::decode(
-                row.try_get("event_type")?,
-                schema_version,
-                row.try_get("payload")?,
-            )?;
+        for (version, event) in tail.events {
             let event = A::Event::try_from(event).map_err(|e| {
                 StoreError::Corrupt(format!("{}/{stream_id} version {version}: {e}", A::TYPE))
             })?;
@@ -144,7 +128,7 @@ where
         let mut claims = Vec::new();
         let mut encoded = Vec::with_capacity(events.len());
         for (index, event) in events.into_iter().enumerate() {
-            claims.extend(A::claims(&event));
+            claims.extend(A::claims(&event).into_iter().map(to_store_claim));
             let event: Event = event.into();
             let event_id = match command_id {
                 Some(command) => derived_event_id(command, index),
@@ -178,50 +162,35 @@ where
 
     /// Best effort: a failed snapshot only costs a longer load later.
     async fn save_snapshot(&self, loaded: &LoadedAggregate<A>, version: u64) {
-        let result = async {
-            let state = serde_json::to_value(&loaded.aggregate)
-                .map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))?;
-            sqlx::query(
-                "INSERT INTO snapshots (stream_type, stream_id, version, state) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (stream_type, stream_id) DO UPDATE \
-                    SET version = EXCLUDED.version, state = EXCLUDED.state, taken_at = now() \
-                  WHERE snapshots.version < EXCLUDED.version",
-            )
-            .bind(A::TYPE)
-            .bind(&loaded.stream_id)
-            .bind(to_i64(version)?)
-            .bind(state)
-            .execute(self.store.pool())
-            .await?;
-            Ok::<(), StoreError>(())
-        }
-        .await;
-        if let Err(error) = result {
+        let saved = match serde_json::to_value(&loaded.aggregate) {
+            Ok(state) => {
+                self.store
+                    .save_snapshot(A::TYPE, &loaded.stream_id, version, &state)
+                    .await
+            }
+            Err(error) => Err(StoreError::Corrupt(format!("snapshot: {error}"))),
+        };
+        if let Err(error) = saved {
             tracing::warn!(stream_type = A::TYPE, stream_id = %loaded.stream_id, %error, "Snapshot not saved.");
         }
     }
 }
 
-/// Snapshot (when `$3`) and later events in one statement: the snapshot first, as a row
-/// with a NULL `event_type` and the state as `payload`, then the events after it in version
-/// order, with only the columns a fold needs. (The snapshot's version is below every event's
-/// it is followed by, so ordering by version puts it first.)
-const LOAD_SQL: &str = r"
-WITH snapshot AS (
-    SELECT version, state FROM snapshots
-     WHERE $3 AND stream_type = $1 AND stream_id = $2
-)
-SELECT version AS stream_version, NULL::text AS event_type, NULL::integer AS schema_version,
-       state AS payload
-  FROM snapshot
-UNION ALL
-SELECT stream_version, event_type, schema_version, payload
-  FROM events
- WHERE stream_type = $1 AND stream_id = $2
-   AND stream_version > COALESCE((SELECT version FROM snapshot), 0)
-ORDER BY stream_version
-";
+/// The domain's word for a value the store found held by another stream.
+pub(crate) fn domain_claim_taken(taken: &store::claims::ClaimTaken) -> ClaimTaken {
+    ClaimTaken {
+        scope: taken.scope.clone(),
+        value: taken.value.clone(),
+    }
+}
+
+/// What the store does for a claim of the domain.
+fn to_store_claim(claim: Claim) -> store::claims::Claim {
+    match claim {
+        Claim::Reserve { scope, value } => store::claims::Claim::Reserve { scope, value },
+        Claim::ReleaseAll => store::claims::Claim::ReleaseAll,
+    }
+}
 
 /// The id of the `index`-th event of command `command_id`.
 pub fn derived_event_id(command_id: &str, index: usize) -> Uuid {
@@ -270,7 +239,7 @@ fn metadata_to_map(value: &serde_json::Value) -> HashMap<String, String> {
 fn to_aggregate_error<A: Claims>(error: AppendError) -> AggregateError<A::Error> {
     match error {
         AppendError::Conflict { .. } => AggregateError::AggregateConflict,
-        AppendError::Taken(taken) => match A::claim_rejected(taken.clone()) {
+        AppendError::Taken(taken) => match A::claim_rejected(domain_claim_taken(&taken)) {
             Some(rejection) => AggregateError::UserError(rejection),
             None => AggregateError::UnexpectedError(Box::new(AppendError::Taken(taken))),
         },
