@@ -26,8 +26,6 @@
 //!   `projections::analytics` model;
 //! - `live`: the SSE fan-out ([`live::Hub`]: Redis Pub/Sub to this instance's connections,
 //!   resume from the channel streams); the SSE routes are `routes::stream`;
-//! - `saga`: the registration saga's steps as commands ([`saga::CommandSaga`]), for the
-//!   projection workers;
 //! - `openapi`: the OpenAPI document;
 //! - `state`: [`state::AppState`].
 
@@ -39,7 +37,6 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
-pub mod saga;
 pub mod state;
 
 use secrecy::{ExposeSecret, SecretSlice, SecretString};

@@ -4,7 +4,7 @@
 //! The `timeline` and `content` projections run in this process exactly as
 //! `hybridlive project timeline content` runs them on the lite stores: the read models of
 //! `projections::ReadModels::lite` (PostgreSQL, the Redis caches under a prefix of this run's
-//! own), live pushes and the registration saga wired as `api::saga::real_time_workers` wires
+//! own), live pushes and the registration saga wired as `workers::real_time` wires
 //! them (the likes pusher too), each projection fed by its own `projections::Runner`:
 //! - **log source** (`Runner::run`): the projection's lease, `LISTEN`/`NOTIFY` wake-ups
 //!   (`store::LogWaiter`), batches read in commit order, a checkpoint per batch;
@@ -174,13 +174,13 @@ async fn measure(
     // `hybridlive project` runs on a pool of 8.
     let projection_pool = db.pool(8, None).await?;
     let store = PgEventStore::new(writer_pool.clone());
-    let workers = api::saga::real_time_workers(
+    let workers = workers::real_time(
         &projection_pool,
         ReadModels::lite(projection_pool.clone(), redis.clone(), prefix),
         TimelineSettings::default(),
         redis,
         prefix,
-        api::saga::RealTimeSettings::default(),
+        workers::RealTimeSettings::default(),
     );
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let name = |projection: &str| match source {

@@ -136,13 +136,13 @@ async fn build(
     };
     let read = projections::ReadModels::lite(pool.clone(), redis.clone(), redis_prefix);
     let workers = options.projections.then(|| {
-        api::saga::real_time_workers(
+        workers::real_time(
             &pool,
             read.clone(),
             projections::TimelineSettings::default(),
             redis.clone(),
             redis_prefix,
-            api::saga::RealTimeSettings::default(),
+            workers::RealTimeSettings::default(),
         )
     });
     let app = api::App::build_with(settings, pool, redis, read)

@@ -239,13 +239,13 @@ impl RealTimeArgs {
                 "ONBOARDING_REQUIRED names `{unknown}`; only timeline and content sync users"
             );
         }
-        Ok(api::saga::real_time_workers(
+        Ok(workers::real_time(
             pool,
             models,
             timeline,
             redis,
             redis_prefix,
-            api::saga::RealTimeSettings {
+            workers::RealTimeSettings {
                 live: LiveSettings {
                     retention_entries: self.live_retention_entries,
                     retention: Duration::from_secs(self.live_retention_secs),

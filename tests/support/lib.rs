@@ -176,16 +176,16 @@ async fn spawn_app_fed(
         .await
         .expect("the API binds 127.0.0.1:0");
     let workers = tokio_util::sync::CancellationToken::new();
-    let mut projections = api::saga::real_time_workers(
+    let mut projections = workers::real_time(
         &db.pool,
         read.clone(),
         projections::TimelineSettings::default(),
         redis.clone(),
         &redis_prefix,
-        api::saga::RealTimeSettings {
+        workers::RealTimeSettings {
             live: options.live,
             onboarding: options.onboarding.clone(),
-            ..api::saga::RealTimeSettings::default()
+            ..workers::RealTimeSettings::default()
         },
     );
     projections.retry = options.retry;

@@ -1,5 +1,11 @@
-//! The registration saga's steps on the write side ([`projections::Saga`]), as commands on
-//! the `onboarding` and `user` aggregates.
+//! The projection workers as `hybridlive dev` and `project` run them (and the tests and
+//! benchmarks that run the same): the read models' projections with live pushes into Redis
+//! and the registration saga ([`real_time`]).
+//!
+//! Its room: the one place where the read side's workers meet the write side. The saga's
+//! steps ([`projections::Saga`]) are commands on the `onboarding` and `user` aggregates
+//! ([`CommandSaga`]), so this crate uses `commands` and `domain` besides `projections`;
+//! nothing on the read side uses it, and `api` serves without it.
 //!
 //! Each step has a deterministic command id, so its events have deterministic ids and a
 //! step repeated after a crash appends nothing new. A rejection means the saga already
@@ -116,7 +122,7 @@ pub struct RealTimeSettings {
 /// Everything the projection workers need for real time: live updates into Redis and the
 /// registration saga through a write side on `pool` (what `hybridlive dev` and `project`
 /// run; replays use plain [`projections::Workers::new`]).
-pub fn real_time_workers(
+pub fn real_time(
     pool: &sqlx::PgPool,
     models: projections::ReadModels,
     timeline: projections::TimelineSettings,
