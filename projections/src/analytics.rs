@@ -40,8 +40,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::{ReadModelError, ReadResult};
-use crate::runtime::{ApplyError, Projection};
 use crate::timeline::postgres::checked_schema;
+use projection_runtime::runner::{ApplyError, Projection};
 
 /// The schema the API reads.
 pub const LIVE_SCHEMA: &str = "analytics";

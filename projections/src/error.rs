@@ -1,6 +1,6 @@
 //! [`ReadModelError`]: how every read-model adapter fails, and how the runtime treats it.
 
-use crate::runtime::ApplyError;
+use projection_runtime::ApplyError;
 
 /// A read-model store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -8,7 +8,7 @@
 //!
 //! The stores follow the pointer ([`Following`]):
 //! - a projection's writes switch generation only between two batches, under the swap lock
-//!   ([`crate::runtime::swap_lock_key`]), which the swap takes exclusively: the runner calls
+//!   ([`projection_runtime::runner::swap_lock_key`]), which the swap takes exclusively: the runner calls
 //!   [`Projection::before_batch`](crate::Projection::before_batch) there, and a projection
 //!   over a following store re-reads the pointer. No write reaches a generation after it
 //!   was swapped out;

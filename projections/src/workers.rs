@@ -8,11 +8,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::content::ContentProjection;
-use crate::live::LivePublisher;
-use crate::onboarding::{Onboarding, OnboardingProjection};
 use crate::query::ReadModels;
-use crate::runtime::{DeadLetters, Projection, RetryPolicy, Runner};
 use crate::timeline::{TimelineProjection, TimelineSettings};
+use projection_runtime::runner::{DeadLetters, Projection, RetryPolicy, Runner};
+use real_time::live::LivePublisher;
+use real_time::onboarding::{Onboarding, OnboardingProjection};
 
 /// Every projection, by name.
 pub const PROJECTIONS: &[&str] = &[
@@ -33,12 +33,12 @@ pub enum Source {
         topic_prefix: String,
         /// Replication factor of the dead-letter topics.
         replication: i32,
-        /// The consumers' `fetch.wait.max.ms` ([`crate::kafka::KafkaSource::fetch_wait`]).
+        /// The consumers' `fetch.wait.max.ms` ([`projection_runtime::kafka::KafkaSource::fetch_wait`]).
         fetch_wait: Duration,
         /// Consume only the topics of these stream types (empty: every topic a projection
         /// reads); a projection left with none idles.
         only: Vec<String>,
-        /// The relay publishing the topics ([`crate::kafka::KafkaSource::relay`]).
+        /// The relay publishing the topics ([`projection_runtime::kafka::KafkaSource::relay`]).
         relay: String,
     },
 }
@@ -226,7 +226,7 @@ async fn run_one<P: Projection + 'static>(
             } => {
                 let mut types = stream_types(runner.projection());
                 types.retain(|t| only.is_empty() || only.contains(t));
-                let kafka = crate::kafka::KafkaSource {
+                let kafka = projection_runtime::kafka::KafkaSource {
                     brokers: brokers.clone(),
                     topic_prefix: topic_prefix.clone(),
                     stream_types: types,

@@ -16,7 +16,7 @@
 //!   topic-partition the offset of the last message the batch put there, from the delivery
 //!   reports (`kafka_partition_heads`): every event up to the checkpoint has a copy at or
 //!   below its partition's head. Projections fed by Kafka bound their checkpoints with it
-//!   (read-your-writes; `projections::kafka::watermark`).
+//!   (read-your-writes; `projection_runtime::kafka::watermark`).
 //! - **Fast.** Woken by `NOTIFY` after each append ([`store::LogWaiter`]), with
 //!   [`RelaySettings::poll_interval`] as the fallback.
 //!

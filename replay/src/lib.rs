@@ -16,7 +16,7 @@
 //!    counts from the stored likes and comments in one statement, instead of rewriting a
 //!    post row for nearly every like and comment);
 //! 3. when it has read the whole log (no `--from` / `--to`), swaps: in one transaction,
-//!    under the lock the live projection takes for each batch ([`projections::runtime::swap_lock_key`]),
+//!    under the lock the live projection takes for each batch ([`projection_runtime::runner::swap_lock_key`]),
 //!    it catches up to the head of the log (at least the live projection's checkpoint), moves the live tables to
 //!    `retired_<m>` and the rebuilt ones into the live schema, and sets the live checkpoint
 //!    to where the rebuilt model is. Readers see the old model or the new one, never a mix;
@@ -630,7 +630,7 @@ impl Replay {
         // write yet: this transaction must not hold the log readers' watermark back while
         // it catches up below.)
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(projections::runtime::swap_lock_key(self.model.name))
+            .bind(projection_runtime::runner::swap_lock_key(self.model.name))
             .execute(&mut *tx)
             .await
             .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {

@@ -54,9 +54,10 @@ use uuid::Uuid;
 
 use crate::cache::PostCache;
 use crate::error::ReadResult;
-use crate::live::{post_channel, LivePublisher, Push};
-use crate::onboarding::{report_lost, report_synced, Onboarding};
-use crate::runtime::{ApplyError, Projection};
+use projection_runtime::runner::{ApplyError, Projection};
+use real_time::live::{post_channel, LivePublisher, Push};
+use real_time::onboarding::{report_lost, report_synced, Onboarding};
+use real_time::LiveResult;
 
 /// Keys of a batch whose side effects (caches, live pushes, the saga) run at once.
 const SIDE_EFFECTS_AT_ONCE: usize = 32;
@@ -313,7 +314,7 @@ impl ContentProjection {
         self
     }
 
-    async fn push_comment(&self, envelope: &EventEnvelope, comment: &CommentDoc) -> ReadResult<()> {
+    async fn push_comment(&self, envelope: &EventEnvelope, comment: &CommentDoc) -> LiveResult<()> {
         let Some(live) = &self.live else {
             return Ok(());
         };
@@ -336,7 +337,7 @@ impl ContentProjection {
     /// Records the stored like count for the aggregated `likes` push — also when this
     /// delivery changed nothing: it may be a redelivery whose first delivery died before
     /// its push, and the push carries the count, not a change, so a repeat is harmless.
-    async fn push_likes(&self, post: Uuid, change: Change) -> ReadResult<()> {
+    async fn push_likes(&self, post: Uuid, change: Change) -> LiveResult<()> {
         match &self.live {
             Some(live) => live.likes_changed(post, change.count).await,
             None => Ok(()),

@@ -61,9 +61,9 @@ use event_schemas::{Event, EventEnvelope};
 use uuid::Uuid;
 
 use crate::error::ReadResult;
-use crate::live::{user_channel, LivePublisher};
-use crate::onboarding::{report_lost, report_synced, Onboarding};
-use crate::runtime::{ApplyError, Projection};
+use projection_runtime::runner::{ApplyError, Projection};
+use real_time::live::{user_channel, LivePublisher};
+use real_time::onboarding::{report_lost, report_synced, Onboarding};
 
 /// One post in a timeline or an author's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

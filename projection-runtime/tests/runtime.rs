@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_schemas::{EventEnvelope, Metadata};
-use projections::{ApplyError, DeadLetters, KafkaSource, Projection, RetryPolicy, Runner};
+use projection_runtime::{ApplyError, DeadLetters, KafkaSource, Projection, RetryPolicy, Runner};
 use serde_json::json;
 use sqlx::PgPool;
 use store::{AppendRequest, NewEvent, PgEventStore};
@@ -343,8 +343,8 @@ async fn the_kafka_source_applies_every_relayed_event_across_a_consumer_restart(
         topic_prefix: prefix,
         stream_types: vec!["social".into()],
         dlq_replication: 1,
-        fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
-        relay: projections::kafka::DEFAULT_RELAY.to_owned(),
+        fetch_wait: projection_runtime::kafka::DEFAULT_FETCH_WAIT,
+        relay: projection_runtime::kafka::DEFAULT_RELAY.to_owned(),
     };
     let group = format!("recorder-{}", Uuid::new_v4().simple());
     let runner = |recorder: Recorder| {
@@ -477,8 +477,8 @@ async fn a_poison_event_on_the_kafka_source_goes_to_the_dead_letter_topic_with_i
         topic_prefix: prefix.clone(),
         stream_types: vec!["social".into()],
         dlq_replication: 1,
-        fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
-        relay: projections::kafka::DEFAULT_RELAY.to_owned(),
+        fetch_wait: projection_runtime::kafka::DEFAULT_FETCH_WAIT,
+        relay: projection_runtime::kafka::DEFAULT_RELAY.to_owned(),
     };
     consume_until(
         &db,
@@ -646,8 +646,8 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
         topic_prefix: prefix,
         stream_types: vec!["post".into(), "social".into()],
         dlq_replication: 1,
-        fetch_wait: projections::kafka::DEFAULT_FETCH_WAIT,
-        relay: projections::kafka::DEFAULT_RELAY.to_owned(),
+        fetch_wait: projection_runtime::kafka::DEFAULT_FETCH_WAIT,
+        relay: projection_runtime::kafka::DEFAULT_RELAY.to_owned(),
     };
     let stop = CancellationToken::new();
     let first = spawn_consumer(&db, &group, &source, &stop);

@@ -40,7 +40,7 @@ use rdkafka::statistics::Statistics;
 use store::{RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{swap_lock_key, Outcome, Projection, Runner};
+use crate::runner::{swap_lock_key, Outcome, Projection, Runner};
 use watermark::Watermark;
 
 /// Where the relay's topics are.

@@ -3,7 +3,7 @@
 //!
 //! A query with `X-Min-Position` waits until the `projection:<name>` row of `checkpoints` is
 //! at or past the event's read-order key `(transaction_id, global_position)`
-//! ([`crate::query::caught_up`]). On the log source the runner writes it after each batch.
+//! (`projections::query::caught_up`). On the log source the runner writes it after each batch.
 //! Kafka orders partitions, not the log, and a consumer group splits them between
 //! instances, so here the row is a *watermark*: a key W such that every event of the
 //! projection's topics at or before W in read order has been applied (or dead-lettered).

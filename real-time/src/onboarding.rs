@@ -34,9 +34,10 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use uuid::Uuid;
 
-use crate::error::ReadResult;
 use crate::live::{user_channel, LivePublisher, Push};
-use crate::runtime::{ApplyError, Projection};
+use projection_runtime::{ApplyError, Projection};
+
+use crate::{unavailable, LiveResult};
 
 /// The saga's configuration.
 #[derive(Debug, Clone)]
@@ -140,7 +141,7 @@ impl Onboarding {
         let complete: i64 = invocation
             .invoke_async(&mut self.redis.clone())
             .await
-            .map_err(crate::ReadModelError::from)?;
+            .map_err(unavailable)?;
         if complete == 1 {
             self.saga.complete(user).await?;
         }
@@ -165,7 +166,7 @@ impl Onboarding {
 }
 
 /// Calls `onboarding.synced` for a `user.registered` event, when there is a saga.
-pub(crate) async fn report_synced(
+pub async fn report_synced(
     onboarding: Option<&Onboarding>,
     envelope: &EventEnvelope,
     projection: &str,
@@ -180,7 +181,7 @@ pub(crate) async fn report_synced(
 
 /// Calls `onboarding.lost` for a dead-lettered `user.registered` event, when there is a
 /// saga.
-pub(crate) async fn report_lost(
+pub async fn report_lost(
     onboarding: Option<&Onboarding>,
     envelope: &EventEnvelope,
     projection: &str,
@@ -218,7 +219,7 @@ impl OnboardingProjection {
         user: Uuid,
         event: &str,
         data: serde_json::Value,
-    ) -> ReadResult<()> {
+    ) -> LiveResult<()> {
         if let Some(live) = &self.live {
             let push = Push {
                 once_for: Some(envelope.event_id),
@@ -229,12 +230,13 @@ impl OnboardingProjection {
         Ok(())
     }
 
-    async fn forget(&self, user: Uuid) -> ReadResult<()> {
+    async fn forget(&self, user: Uuid) -> LiveResult<()> {
         let _: () = redis::cmd("ZREM")
             .arg(self.pending_key())
             .arg(user.to_string())
             .query_async(&mut self.onboarding.redis.clone())
-            .await?;
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -254,7 +256,7 @@ impl OnboardingProjection {
             .arg(100)
             .query_async(&mut self.onboarding.redis.clone())
             .await
-            .map_err(crate::ReadModelError::from)?;
+            .map_err(unavailable)?;
         for user in &due {
             let Ok(id) = user.parse::<Uuid>() else {
                 continue;
@@ -311,7 +313,7 @@ impl Projection for OnboardingProjection {
                         .arg(e.user_id.to_string())
                         .query_async(&mut self.onboarding.redis.clone())
                         .await
-                        .map_err(crate::ReadModelError::from)?;
+                        .map_err(unavailable)?;
                 }
             }
             Event::OnboardingCompleted(e) => {

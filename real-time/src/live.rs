@@ -26,7 +26,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::ReadResult;
+use crate::{unavailable, undeliverable, LiveResult};
 
 /// `user:<id>`.
 pub fn user_channel(user: Uuid) -> String {
@@ -170,7 +170,7 @@ impl LivePublisher {
         event: &str,
         data: &impl Serialize,
         push: Push,
-    ) -> ReadResult<Option<String>> {
+    ) -> LiveResult<Option<String>> {
         let stream = stream_key(&self.prefix, channel);
         let sent = match push.once_for {
             Some(id) => format!("{stream}:sent:{id}"),
@@ -187,13 +187,14 @@ impl LivePublisher {
             .key(sent)
             .key(outcome)
             .arg(event)
-            .arg(serde_json::to_string(data)?)
+            .arg(serde_json::to_string(data).map_err(undeliverable)?)
             .arg(self.settings.retention_entries)
             .arg(self.settings.retention.as_secs().max(1))
             .arg(if push.once_for.is_some() { "1" } else { "0" })
             .arg(if push.outcome { "1" } else { "0" })
             .invoke_async(&mut self.redis.clone())
-            .await?;
+            .await
+            .map_err(unavailable)?;
         if id.is_some() {
             metrics::counter!("live_published_total", "event" => event.to_owned()).increment(1);
         }
@@ -210,8 +211,8 @@ impl LivePublisher {
         channels: impl IntoIterator<Item = String>,
         event: &str,
         data: &impl Serialize,
-    ) -> ReadResult<()> {
-        let data = serde_json::to_string(data)?;
+    ) -> LiveResult<()> {
+        let data = serde_json::to_string(data).map_err(undeliverable)?;
         let keys: Vec<String> = channels
             .into_iter()
             .map(|channel| stream_key(&self.prefix, &channel))
@@ -227,7 +228,8 @@ impl LivePublisher {
                 .arg(self.settings.retention_entries)
                 .arg(self.settings.retention.as_secs().max(1))
                 .invoke_async(&mut self.redis.clone())
-                .await?;
+                .await
+                .map_err(unavailable)?;
             metrics::counter!("live_published_total", "event" => event.to_owned())
                 .increment(chunk.len() as u64);
         }
@@ -239,13 +241,14 @@ impl LivePublisher {
     ///
     /// # Errors
     /// Redis unreachable (transient).
-    pub async fn likes_changed(&self, post: Uuid, like_count: i64) -> ReadResult<()> {
+    pub async fn likes_changed(&self, post: Uuid, like_count: i64) -> LiveResult<()> {
         let _: () = redis::cmd("HSET")
             .arg(likes_key(&self.prefix))
             .arg(post.to_string())
             .arg(like_count)
             .query_async(&mut self.redis.clone())
-            .await?;
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -254,12 +257,13 @@ impl LivePublisher {
     ///
     /// # Errors
     /// Redis unreachable (transient).
-    pub async fn flush_likes(&self) -> ReadResult<usize> {
+    pub async fn flush_likes(&self) -> LiveResult<usize> {
         let pending: Vec<(String, i64)> = self
             .take_likes
             .key(likes_key(&self.prefix))
             .invoke_async(&mut self.redis.clone())
-            .await?;
+            .await
+            .map_err(unavailable)?;
         let mut pushed = 0;
         for (post, like_count) in pending {
             let Ok(post) = post.parse::<Uuid>() else {
