@@ -22,7 +22,9 @@
 //! - [`error`]: [`ReadModelError`], how every read-model store fails (transient or not),
 //!   and how it becomes the runtime's `ApplyError`.
 //!
-//! The feature `kafka` turns on `projection-runtime`'s Kafka source.
+//! Features: `scylla` and `mongodb`, the production stores (`timeline::scylla`,
+//! `content::mongo`; the lite PostgreSQL ones are always built); `kafka`, the runtime's
+//! Kafka source. `api` builds with none of them.
 
 pub mod analytics;
 pub mod cache;

@@ -36,9 +36,10 @@
 //! before it is stored and counted on a post that is then deleted — out of reach of every
 //! query either way.
 //!
-//! Implementations: [`postgres::PgContent`] (lite, jsonb) and [`mongo::MongoContent`].
+//! Implementations: [`postgres::PgContent`] (lite, jsonb) and `mongo::MongoContent` (feature `mongodb`).
 
 pub mod markdown;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
 pub mod postgres;
 

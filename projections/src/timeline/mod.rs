@@ -48,9 +48,10 @@
 //! A store makes each step visible to the other writers before the next step reads (see
 //! [`postgres::PgTimelines`] for batches in one transaction).
 //!
-//! Implementations: [`postgres::PgTimelines`] (lite) and [`scylla::ScyllaTimelines`].
+//! Implementations: [`postgres::PgTimelines`] (lite) and `scylla::ScyllaTimelines` (feature `scylla`).
 
 pub mod postgres;
+#[cfg(feature = "scylla")]
 pub mod scylla;
 
 use std::collections::HashSet;
