@@ -9,11 +9,10 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::process::{RedisArgs, WriteArgs};
-use projections::content::mongo::MongoContent;
 use projections::content::postgres::PgContent;
 use projections::generation::{Following, Generations};
 use projections::timeline::postgres::PgTimelines;
-use projections::timeline::scylla::{ScyllaSettings, ScyllaTimelines};
+use projections::timeline::scylla::ScyllaSettings;
 use projections::{
     CacheSettings, ContentProjection, ContentStore, LiveSettings, OnboardingSettings, PostCache,
     ReadModels, TimelineProjection, TimelineSettings, TimelineStore, Workers,
@@ -111,7 +110,7 @@ impl ReadStoreArgs {
             return Ok(Arc::new(PgTimelines::lite(pool.clone())));
         };
         let base = scylla.keyspace.clone();
-        let open = ScyllaTimelines::opener(scylla);
+        let open = projections::generation::timelines_on_scylla(scylla);
         let store = Following::open(pool.clone(), TimelineProjection::NAME, &base, open)
             .await
             .context("connecting to SCYLLA_NODES")?;
@@ -127,7 +126,7 @@ impl ReadStoreArgs {
         else {
             return Ok(Arc::new(PgContent::lite(pool.clone())));
         };
-        let open = MongoContent::opener(uri);
+        let open = projections::generation::content_on_mongo(uri);
         let store = Following::open(
             pool.clone(),
             ContentProjection::NAME,

@@ -56,7 +56,7 @@ async fn timeline_replay_into_cassandra_resumes_after_sigkill_and_swaps_in_the_l
         ("SCYLLA_KEYSPACE", settings.keyspace.clone()),
         ("SCYLLA_CONSISTENCY", "ONE".to_owned()),
     ];
-    let open = ScyllaTimelines::opener(settings.clone());
+    let open = projections::generation::timelines_on_scylla(settings.clone());
     scenario(
         Production::Scylla(settings.clone()),
         env,
@@ -84,7 +84,7 @@ async fn content_replay_into_mongodb_resumes_after_sigkill_and_swaps_in_the_live
         ("MONGODB_URI", uri.clone()),
         ("MONGODB_DATABASE", database.clone()),
     ];
-    let open = MongoContent::opener(uri.clone());
+    let open = projections::generation::content_on_mongo(uri.clone());
     scenario(
         Production::Mongo {
             uri: uri.clone(),

@@ -40,7 +40,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::{ReadModelError, ReadResult};
-use crate::timeline::postgres::checked_schema;
+use crate::lite::checked_schema;
 use projection_runtime::runner::{ApplyError, Projection};
 
 /// The schema the API reads.

@@ -31,7 +31,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::content::{CommentDoc, PostDoc};
+use crate::documents::{CommentDoc, PostDoc};
 use crate::error::ReadResult;
 
 /// Tail marker of a comment list that holds every comment of its post.

@@ -142,6 +142,38 @@ impl Generations {
 /// Opens the store of one generation, by keyspace or database name.
 pub type Open<S> = Box<dyn Fn(String) -> BoxFuture<'static, ReadResult<Arc<S>>> + Send + Sync>;
 
+/// Opens the content of one generation by its database, on MongoDB at `uri`.
+#[cfg(feature = "mongodb")]
+pub fn content_on_mongo(uri: String) -> Open<dyn ContentStore> {
+    Box::new(move |database| {
+        let uri = uri.clone();
+        Box::pin(async move {
+            let store: Arc<dyn ContentStore> =
+                Arc::new(crate::content::mongo::MongoContent::connect(&uri, &database).await?);
+            Ok(store)
+        })
+    })
+}
+
+/// Opens the timelines of one generation by its keyspace, on the ScyllaDB/Cassandra of
+/// `settings`.
+#[cfg(feature = "scylla")]
+pub fn timelines_on_scylla(
+    settings: crate::timeline::scylla::ScyllaSettings,
+) -> Open<dyn TimelineStore> {
+    Box::new(move |keyspace| {
+        let settings = crate::timeline::scylla::ScyllaSettings {
+            keyspace,
+            ..settings.clone()
+        };
+        Box::pin(async move {
+            let store: Arc<dyn TimelineStore> =
+                Arc::new(crate::timeline::scylla::ScyllaTimelines::connect(&settings).await?);
+            Ok(store)
+        })
+    })
+}
+
 /// A store that follows its model's generation pointer (see the module docs).
 pub struct Following<S: ?Sized> {
     generations: Generations,

@@ -11,6 +11,8 @@
 //!   lite, ScyllaDB) and the `timeline` projection (hybrid fan-out on write);
 //! - [`content`]: posts, comments, likes, profiles — [`ContentStore`] (PostgreSQL jsonb for
 //!   lite, MongoDB) and the `content` projection, which also keeps the Redis caches;
+//! - [`documents`]: the content model's documents (profile, post, comment), shared by its
+//!   stores, the caches and the queries;
 //! - [`cache`]: the Redis caches (previews, counts, comment lists) with lease-guarded fills;
 //! - [`analytics`]: signups, posts and likes per day and the most liked posts —
 //!   [`AnalyticsProjection`] (PostgreSQL tables of one schema), built only by replay;
@@ -19,6 +21,7 @@
 //!   run them;
 //! - [`generation`]: which keyspace or database of a production model is live, after a
 //!   replay swapped a rebuilt one in ([`generation::Following`] stores follow it);
+//! - [`lite`]: what the lite PostgreSQL stores share (their schema, pair helpers);
 //! - [`error`]: [`ReadModelError`], how every read-model store fails (transient or not),
 //!   and how it becomes the runtime's `ApplyError`.
 //!
@@ -29,8 +32,10 @@
 pub mod analytics;
 pub mod cache;
 pub mod content;
+pub mod documents;
 pub mod error;
 pub mod generation;
+pub mod lite;
 mod mirror;
 pub mod query;
 pub mod timeline;

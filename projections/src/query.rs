@@ -46,11 +46,8 @@ pub struct ReadModels {
     pub cache: PostCache,
 }
 
-/// The PostgreSQL schema of the live lite read models (migration 4).
-pub const LITE_SCHEMA: &str = "read_model";
-
 impl ReadModels {
-    /// The lite read models: PostgreSQL (schema [`LITE_SCHEMA`]) and the Redis caches under
+    /// The lite read models: PostgreSQL (schema [`LITE_SCHEMA`](crate::lite::LITE_SCHEMA)) and the Redis caches under
     /// `<redis_prefix>rm:`.
     pub fn lite(pool: PgPool, redis: redis::aio::ConnectionManager, redis_prefix: &str) -> Self {
         Self {

@@ -13,7 +13,7 @@ use event_schemas::EventEnvelope;
 use projections::analytics::{self, AnalyticsProjection};
 use projections::content::mongo::{self, MongoContent};
 use projections::content::postgres::PgContent;
-use projections::query::LITE_SCHEMA;
+use projections::lite::LITE_SCHEMA;
 use projections::timeline::postgres::PgTimelines;
 use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
 use projections::{

@@ -107,18 +107,6 @@ impl Counted {
 }
 
 impl MongoContent {
-    /// Opens the content of one generation by its database, for a store that follows the
-    /// generation pointer ([`crate::generation::Following`]).
-    pub fn opener(uri: String) -> crate::generation::Open<dyn ContentStore> {
-        Box::new(move |database| {
-            let uri = uri.clone();
-            Box::pin(async move {
-                let store: Arc<dyn ContentStore> = Arc::new(Self::connect(&uri, &database).await?);
-                Ok(store)
-            })
-        })
-    }
-
     /// The content in `database` of the deployment at `uri`.
     ///
     /// The driver connects lazily: an unreachable server shows up as

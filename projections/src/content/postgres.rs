@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
+use crate::lite::{changed_pairs, checked_schema, stored_pairs};
 use crate::mirror::{Deferral, MirrorSlot};
-use crate::timeline::postgres::{changed_pairs, checked_schema, stored_pairs};
 
 /// Content in the tables of one schema (`read_model` by default; replay builds others).
 #[derive(Debug, Clone)]
@@ -112,11 +112,11 @@ impl PgContent {
     /// Its tables, in every schema that holds a copy (replay copies and swaps them).
     pub const TABLES: &'static [&'static str] = &["profiles", "posts", "comments", "likes"];
 
-    /// The live lite model, in [`crate::query::LITE_SCHEMA`].
+    /// The live lite model, in [`crate::lite::LITE_SCHEMA`].
     pub fn lite(pool: PgPool) -> Self {
         Self {
             pool,
-            schema: crate::query::LITE_SCHEMA.to_owned(),
+            schema: crate::lite::LITE_SCHEMA.to_owned(),
             mirror: MirrorSlot::default(),
             deferred: Deferral::default(),
         }

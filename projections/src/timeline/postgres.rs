@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::{FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite};
 use crate::error::{ReadModelError, ReadResult};
+use crate::lite::{changed_pairs, checked_schema, stored_pairs};
 use crate::mirror::{Deferral, MirrorSlot};
 
 /// Timelines in the tables of one schema (`read_model` by default; replay builds others).
@@ -50,23 +51,6 @@ impl Mirror {
     }
 }
 
-/// Checks that `schema` is a plain identifier, since it is spliced into SQL.
-pub fn checked_schema(schema: &str) -> ReadResult<String> {
-    let plain = !schema.is_empty()
-        && schema.len() <= 63
-        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        Ok(schema.to_owned())
-    } else {
-        Err(ReadModelError::Rejected(format!(
-            "`{schema}` is not a plain schema name"
-        )))
-    }
-}
-
 impl PgTimelines {
     /// Its tables, in every schema that holds a copy (replay copies and swaps them).
     pub const TABLES: &'static [&'static str] = &[
@@ -77,11 +61,11 @@ impl PgTimelines {
         "merged_authors",
     ];
 
-    /// The live lite model, in [`crate::query::LITE_SCHEMA`].
+    /// The live lite model, in [`crate::lite::LITE_SCHEMA`].
     pub fn lite(pool: PgPool) -> Self {
         Self {
             pool,
-            schema: crate::query::LITE_SCHEMA.to_owned(),
+            schema: crate::lite::LITE_SCHEMA.to_owned(),
             mirror: MirrorSlot::default(),
             recount: Deferral::default(),
         }
@@ -516,54 +500,6 @@ struct Row {
     present: bool,
     post_id: Uuid,
     author_id: Uuid,
-}
-
-/// `(stored, now)` of each of `pairs` — `(true, true)` where stored, else `(false, false)`:
-/// `select` reads the stored pairs whose first member is in `$1` (a primary key's prefix),
-/// of which those in `pairs` are kept. For the set-wise batches (follows, likes).
-pub(crate) async fn stored_pairs(
-    tx: &mut sqlx::PgConnection,
-    select: &str,
-    pairs: &[(Uuid, Uuid)],
-) -> ReadResult<HashMap<(Uuid, Uuid), (bool, bool)>> {
-    let mut found: HashMap<(Uuid, Uuid), (bool, bool)> =
-        pairs.iter().map(|pair| (*pair, (false, false))).collect();
-    if pairs.is_empty() {
-        return Ok(found);
-    }
-    let mut firsts: Vec<Uuid> = pairs.iter().map(|(first, _)| *first).collect();
-    firsts.sort_unstable();
-    firsts.dedup();
-    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(select)
-        .bind(&firsts)
-        .fetch_all(&mut *tx)
-        .await?;
-    for pair in rows {
-        if let Some(state) = found.get_mut(&pair) {
-            *state = (true, true);
-        }
-    }
-    Ok(found)
-}
-
-/// Pairs as two column arrays (bound to `unnest($1::uuid[], $2::uuid[])`).
-pub(crate) type PairColumns = (Vec<Uuid>, Vec<Uuid>);
-
-/// The pairs of [`stored_pairs`] whose state the batch changed: (to insert, to delete).
-pub(crate) fn changed_pairs(
-    pairs: HashMap<(Uuid, Uuid), (bool, bool)>,
-) -> (PairColumns, PairColumns) {
-    let (mut added, mut removed) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-    for ((first, second), (stored, now)) in pairs {
-        let list = match (stored, now) {
-            (false, true) => &mut added,
-            (true, false) => &mut removed,
-            _ => continue,
-        };
-        list.0.push(first);
-        list.1.push(second);
-    }
-    (added, removed)
 }
 
 /// A row of `timeline_lengths` as a set-wise batch sees it.

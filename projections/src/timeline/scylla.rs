@@ -582,22 +582,6 @@ pub async fn keyspace_exists(settings: &ScyllaSettings) -> Result<bool, ReadMode
 }
 
 impl ScyllaTimelines {
-    /// Opens the timelines of one generation by its keyspace, for a store that follows
-    /// the generation pointer ([`crate::generation::Following`]).
-    pub fn opener(settings: ScyllaSettings) -> crate::generation::Open<dyn TimelineStore> {
-        Box::new(move |keyspace| {
-            let settings = ScyllaSettings {
-                keyspace,
-                ..settings.clone()
-            };
-            Box::pin(async move {
-                let store: std::sync::Arc<dyn TimelineStore> =
-                    std::sync::Arc::new(Self::connect(&settings).await?);
-                Ok(store)
-            })
-        })
-    }
-
     /// Connects to `settings.nodes` and prepares every statement against the tables of
     /// `settings.keyspace`, which [`migrate`] must have created.
     ///
