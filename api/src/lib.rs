@@ -2,7 +2,11 @@
 //! commands on `commands::WriteSide`, authentication, and the operations endpoints.
 //!
 //! Layering (DESIGN §2): thin — parse, authorise, call the command layer, map the result;
-//! every business rule stays in `domain`. Never depends on Kafka.
+//! every business rule stays in `domain`. Uses `commands` and `auth` for the write side, the
+//! read models' queries (`projections`, built without Kafka or the production drivers) and
+//! `store`'s functions (claims, the audit listing), never SQL of its own in its routes.
+//! Never depends on Kafka. Used by the binary (`serve`, `dev`), the end-to-end tests and
+//! `bench`.
 //!
 //! Invariants:
 //! - every error response has the body `{"error": {"code", "message", "request_id"}}` with a

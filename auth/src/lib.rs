@@ -3,7 +3,8 @@
 //!
 //! A library under `api` in the layering (DESIGN §2): it knows no HTTP framework, no event
 //! store and no domain type; the `api` crate maps its errors to responses and the binary
-//! checks its configuration. Its only IO is Redis, for refresh tokens.
+//! checks its configuration. Its only IO is Redis, for refresh tokens. Used by `api`, the
+//! binary and the end-to-end tests.
 //!
 //! Invariants:
 //! - passwords are stored only as Argon2id PHC strings (m=19456 KiB, t=2, p=1); an unknown

@@ -2,7 +2,8 @@
 //! appends the resulting events.
 //!
 //! Sits between `api` (which turns HTTP into commands) and `store` (which persists events);
-//! knows `domain`, and nothing of HTTP, Kafka or read models.
+//! knows `domain`, and nothing of HTTP, Kafka or read models. Used by `api`, `workers` (the
+//! saga's steps), the binary (`admin`), the end-to-end tests and `bench`.
 //!
 //! Invariants:
 //! - every rule is decided by the aggregate's `handle`; this layer only loads, runs, appends;

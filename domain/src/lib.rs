@@ -10,7 +10,8 @@
 //! transport crates. It depends on `event-schemas` only for the wire payloads: every
 //! aggregate's event enum wraps the *current* payload type of each of its event types, so an
 //! event converts to and from [`event_schemas::Event`] by a move (see `wire`). The read side
-//! never sees this crate.
+//! never sees this crate: `commands`, `api`, `workers` (the saga's commands), the binary,
+//! the end-to-end tests and `bench` use it; `store` does not.
 //!
 //! Invariants:
 //! - `Aggregate::TYPE` is the stream type ([`event_schemas::stream_type`]) and every event of

@@ -3,7 +3,8 @@
 //! Everything that leaves the write side — rows of the `events` table, Kafka records, replay
 //! input, audit exports — is described here and only here. The read side (projections,
 //! replay, audit) depends on these types and never on `domain`, so the domain can be
-//! refactored without changing what is on the wire (DESIGN §2).
+//! refactored without changing what is on the wire (DESIGN §2). It uses no other crate of
+//! the workspace; every other crate may use it.
 //!
 //! Invariants:
 //! - every event has a stable `event_type` string (`post.published`) and an integer

@@ -1,6 +1,8 @@
 //! `hybridlive`: the one binary of Hybrid Live (DESIGN §9). `main` reads the command line
 //! and the environment, installs tracing, and hands over to the subcommand's module; each
-//! module turns its flags into the libraries' settings and runs them.
+//! module turns its flags into the libraries' settings and runs them. It may use every
+//! library crate (the workers through `workers`); nothing uses it but the tests that run
+//! it as a process.
 
 mod admin;
 mod audit;

@@ -1,5 +1,7 @@
 //! The outbox relay (DESIGN §4): publishes every committed event of the PostgreSQL log to
-//! Kafka, in the log's gap-free read order ([`store::LogReader`]), never skipping one.
+//! Kafka, in the log's gap-free read order ([`store::LogReader`]), never skipping one. On
+//! the read side: uses `store` and Kafka only; used by the binary (`relay`, `dev --full`),
+//! the tests that need topics filled, and `bench relay`.
 //!
 //! - **One active instance.** Every instance competes for a session advisory lock on its own
 //!   connection (the *lease*); the holder publishes, the others retry every

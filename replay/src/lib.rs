@@ -1,5 +1,8 @@
 //! Replay for analysts (DESIGN §1): rebuilds a read model from the PostgreSQL log
-//! (never Kafka) into a fresh copy of its tables, then swaps the copy in.
+//! (never Kafka) into a fresh copy of its tables, then swaps the copy in. On the read side:
+//! uses `projections` (the models' own projection code and stores, production drivers on),
+//! `projection-runtime` and `store`, never `domain`; used by the binary (`replay`), the
+//! tests and `bench replay`.
 //!
 //! A replay of model `m` ([`models::MODELS`]):
 //! 1. creates schema `replay_<m>` with empty copies of the model's tables (`LIKE … INCLUDING

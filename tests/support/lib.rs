@@ -1,6 +1,7 @@
 //! End-to-end test support: [`spawn_app`] starts the real API on port 0 over a fresh
 //! database with the projection workers (on Kafka, with its own topics), and helpers drive
-//! the write side directly through [`commands::WriteSide`].
+//! the write side directly through [`commands::WriteSide`]. A test crate: it may use every
+//! library crate, and nothing uses it.
 
 use commands::{CommandContext, Settings, WriteSide};
 use event_schemas::Metadata;
