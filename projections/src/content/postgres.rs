@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
-use crate::lite::{changed_pairs, checked_schema, stored_pairs};
+use crate::lite::{changed_pairs, checked_schema, stored_pairs, PairColumns};
 use crate::mirror::{Deferral, MirrorSlot};
 
 /// Content in the tables of one schema (`read_model` by default; replay builds others).
@@ -485,6 +485,150 @@ impl ContentStore for PgContent {
     }
 }
 
+/// What a set-wise batch found stored for the rows its writes touch ([`PgContent::load`]).
+struct Loaded<'a> {
+    /// By user: the profile (none: not stored, or removed by the batch) and whether the
+    /// batch changed it.
+    profiles: HashMap<Uuid, (Option<Profile>, bool)>,
+    posts: HashMap<Uuid, PostState<'a>>,
+    /// The comments stored, of those the batch adds.
+    comments: HashSet<Uuid>,
+    /// `(stored, liked now)` of each (post, user) pair the batch likes or unlikes.
+    likes: HashMap<(Uuid, Uuid), (bool, bool)>,
+}
+
+/// The plan step of [`PgContent::write_set_wise`]: the batch's writes applied in order to
+/// the loaded rows, in memory, as the single writes do them.
+struct Plan<'a> {
+    /// Comments to insert.
+    new_comments: Vec<&'a CommentDoc>,
+    /// Posts to recount once committed (see [`PgContent::recount`]): those inserted, and
+    /// those a comment or like found missing.
+    recount: Vec<Uuid>,
+    /// The indices of those comments and likes.
+    early_writes: Vec<usize>,
+    /// What each write reports, in the order of the writes.
+    changes: Vec<Option<Change>>,
+}
+
+impl<'a> Plan<'a> {
+    /// Applies `writes` to `loaded`. Pure: no IO.
+    fn of(writes: &'a [ContentWrite], loaded: &mut Loaded<'a>) -> Self {
+        let mut new_comments = Vec::new();
+        // Posts to recount once committed (see `recount`): those inserted, and those a
+        // comment or like found missing.
+        let mut recount = Vec::new();
+        // The indices of those comments and likes.
+        let mut early_writes = Vec::new();
+        let mut changes = Vec::with_capacity(writes.len());
+        for write in writes {
+            let mut counted = None;
+            match write {
+                ContentWrite::PutProfile(p) => {
+                    let entry = loaded.profiles.entry(p.user_id).or_insert((None, false));
+                    if entry.0.is_none() {
+                        *entry = (Some(p.clone()), true);
+                    }
+                }
+                ContentWrite::Rename { user, display_name } => {
+                    if let Some((Some(profile), changed)) = loaded.profiles.get_mut(user) {
+                        profile.display_name.clone_from(display_name);
+                        *changed = true;
+                    }
+                }
+                ContentWrite::RemoveProfile(user) => {
+                    loaded.profiles.insert(*user, (None, true));
+                }
+                ContentWrite::InsertPost(p) => {
+                    recount.push(p.post_id);
+                    loaded.posts.entry(p.post_id).or_insert(PostState {
+                        stored: false,
+                        deleted: false,
+                        like_count: 0,
+                        comment_count: 0,
+                        new: Some(p),
+                        changed: true,
+                        tombstoned: false,
+                    });
+                }
+                ContentWrite::DeletePost(post) => {
+                    if let Some(state) = loaded.posts.get_mut(post) {
+                        state.deleted = true;
+                        state.changed = true;
+                        state.tombstoned = true;
+                    }
+                }
+                ContentWrite::AddComment(c) => {
+                    let mut change = early(None);
+                    if let Some(state) = loaded.posts.get_mut(&c.post_id) {
+                        change.changed = !state.deleted && loaded.comments.insert(c.comment_id);
+                        if change.changed {
+                            state.comment_count += 1;
+                            state.changed = true;
+                            new_comments.push(c);
+                        }
+                        change.count = state.comment_count;
+                    } else {
+                        // Before its post (Kafka): stored, counted when the post is.
+                        if loaded.comments.insert(c.comment_id) {
+                            new_comments.push(c);
+                        }
+                        recount.push(c.post_id);
+                        early_writes.push(changes.len());
+                    }
+                    counted = Some(change);
+                }
+                ContentWrite::SetLike { post, user, liked } => {
+                    let mut change = early(None);
+                    if let Some(like) = loaded.likes.get_mut(&(*post, *user)) {
+                        if let Some(state) = loaded.posts.get_mut(post) {
+                            change.changed = !state.deleted && like.1 != *liked;
+                            if change.changed {
+                                like.1 = *liked;
+                                state.like_count += if *liked { 1 } else { -1 };
+                                state.changed = true;
+                            }
+                            change.count = state.like_count;
+                        } else {
+                            // Before its post (Kafka): stored, counted when the post is.
+                            like.1 = *liked;
+                            recount.push(*post);
+                            early_writes.push(changes.len());
+                        }
+                    }
+                    counted = Some(change);
+                }
+            }
+            changes.push(counted);
+        }
+        Self {
+            new_comments,
+            recount,
+            early_writes,
+            changes,
+        }
+    }
+}
+
+impl Mirror {
+    /// Takes in what a batch stored: the posts' counts and the likes it changed.
+    fn remember(
+        &mut self,
+        posts: &HashMap<Uuid, PostState<'_>>,
+        (liked, unliked): &(PairColumns, PairColumns),
+    ) {
+        for (post_id, state) in posts {
+            let counts = (state.deleted, state.like_count, state.comment_count);
+            self.posts.insert(*post_id, counts);
+        }
+        self.likes
+            .extend(liked.0.iter().copied().zip(liked.1.iter().copied()));
+        for pair in unliked.0.iter().copied().zip(unliked.1.iter().copied()) {
+            self.likes.remove(&pair);
+        }
+    }
+}
+
 /// One field of `rows`, as an array to bind.
 fn column<T, U>(rows: &[T], field: impl Fn(&T) -> U) -> Vec<U> {
     rows.iter().map(field).collect()
@@ -541,9 +685,11 @@ impl PostState<'_> {
 }
 
 impl PgContent {
-    /// [`ContentStore::write_all`], set-wise, in one transaction: loads the rows the writes
-    /// touch, applies the writes to them in memory with the semantics of the single writes
-    /// above, then stores what changed with a few array-bound statements. The profiles and
+    /// [`ContentStore::write_all`], set-wise, in one transaction, in three steps: loads the
+    /// rows the writes touch ([`Self::load`]), applies the writes to them in memory with the
+    /// semantics of the single writes above ([`Plan::of`]), then stores what changed with a
+    /// few array-bound statements ([`Self::store`]); a batch that was not mirrored then
+    /// recounts the posts whose comments or likes came before them ([`Self::recount_after`]). The profiles and
     /// posts it loads stay locked until it commits, so a single write beside it (`dlq
     /// retry` while the projection runs) waits instead of being overwritten; at worst the
     /// two deadlock and one of them is retried. A [`PgContent::mirrored`] store takes the
@@ -552,10 +698,37 @@ impl PgContent {
     /// posts it tombstones; mirrored and deferred (a replay), its statements run at once,
     /// each in its own transaction.
     async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
-        let s = &self.schema;
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
-        let mut mirror = self.mirror.take();
-        let mirrored = mirror.is_some();
+        let mirror = self.mirror.take();
+        let mut tx = self.pool.begin().await?;
+        let mut loaded = self.load(&mut tx, writes, mirror.as_ref()).await?;
+        let mut plan = Plan::of(writes, &mut loaded);
+        let likes = changed_pairs(std::mem::take(&mut loaded.likes));
+        self.store(tx, &loaded, &plan, &likes, mirror.is_some())
+            .await?;
+        match mirror {
+            Some(mut kept) => {
+                kept.remember(&loaded.posts, &likes);
+                let entries = kept.entries();
+                self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
+            }
+            // A mirrored store (a replay) is the one writer, in log order: no comment or
+            // like arrives before its post there; other stores recount.
+            None => self.recount_after(writes, &mut plan).await?,
+        }
+        Ok(plan.changes)
+    }
+
+    /// The load step of [`Self::write_set_wise`]: what is stored now of the rows `writes`
+    /// touch — profiles and posts locked (`FOR UPDATE`), the posts' counts and the likes
+    /// from `mirror` when there is one.
+    async fn load<'a>(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        writes: &'a [ContentWrite],
+        mirror: Option<&Mirror>,
+    ) -> ReadResult<Loaded<'a>> {
+        let s = &self.schema;
         let (mut users, mut post_ids, mut comment_ids) = (Vec::new(), Vec::new(), Vec::new());
         let mut like_keys = HashSet::new();
         for write in writes {
@@ -576,9 +749,6 @@ impl PgContent {
                 }
             }
         }
-        let mut tx = self.pool.begin().await?;
-
-        // What is stored now.
         let mut profiles: HashMap<Uuid, (Option<Profile>, bool)> = HashMap::new();
         if !users.is_empty() {
             let rows: Vec<(Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
@@ -599,7 +769,7 @@ impl PgContent {
             }
         }
         let mut posts: HashMap<Uuid, PostState> = HashMap::new();
-        if let Some(mirror) = &mirror {
+        if let Some(mirror) = mirror {
             for post_id in &post_ids {
                 if let Some(&counts) = mirror.posts.get(post_id) {
                     posts.insert(*post_id, PostState::stored(counts));
@@ -631,7 +801,7 @@ impl PgContent {
         // (stored, liked now) of each (post, user) pair: the likes of the posts liked or
         // unliked, of which the batch's pairs are kept.
         let like_pairs: Vec<(Uuid, Uuid)> = like_keys.into_iter().collect();
-        let mut likes = match &mirror {
+        let likes = match mirror {
             Some(mirror) => like_pairs
                 .iter()
                 .map(|pair| {
@@ -641,115 +811,45 @@ impl PgContent {
                 .collect(),
             None => {
                 stored_pairs(
-                    &mut tx,
+                    tx,
                     &format!("SELECT post_id, user_id FROM {s}.likes WHERE post_id = ANY($1)"),
                     &like_pairs,
                 )
                 .await?
             }
         };
-        // The writes, in order, as the single writes do them.
-        let mut new_comments = Vec::new();
-        // Posts to recount once committed (see `recount`): those inserted, and those a
-        // comment or like found missing.
-        let mut recount = Vec::new();
-        // The indices of those comments and likes.
-        let mut early_writes = Vec::new();
-        let mut changes = Vec::with_capacity(writes.len());
-        for write in writes {
-            let mut counted = None;
-            match write {
-                ContentWrite::PutProfile(p) => {
-                    let entry = profiles.entry(p.user_id).or_insert((None, false));
-                    if entry.0.is_none() {
-                        *entry = (Some(p.clone()), true);
-                    }
-                }
-                ContentWrite::Rename { user, display_name } => {
-                    if let Some((Some(profile), changed)) = profiles.get_mut(user) {
-                        profile.display_name.clone_from(display_name);
-                        *changed = true;
-                    }
-                }
-                ContentWrite::RemoveProfile(user) => {
-                    profiles.insert(*user, (None, true));
-                }
-                ContentWrite::InsertPost(p) => {
-                    recount.push(p.post_id);
-                    posts.entry(p.post_id).or_insert(PostState {
-                        stored: false,
-                        deleted: false,
-                        like_count: 0,
-                        comment_count: 0,
-                        new: Some(p),
-                        changed: true,
-                        tombstoned: false,
-                    });
-                }
-                ContentWrite::DeletePost(post) => {
-                    if let Some(state) = posts.get_mut(post) {
-                        state.deleted = true;
-                        state.changed = true;
-                        state.tombstoned = true;
-                    }
-                }
-                ContentWrite::AddComment(c) => {
-                    let mut change = early(None);
-                    if let Some(state) = posts.get_mut(&c.post_id) {
-                        change.changed = !state.deleted && comments.insert(c.comment_id);
-                        if change.changed {
-                            state.comment_count += 1;
-                            state.changed = true;
-                            new_comments.push(c);
-                        }
-                        change.count = state.comment_count;
-                    } else {
-                        // Before its post (Kafka): stored, counted when the post is.
-                        if comments.insert(c.comment_id) {
-                            new_comments.push(c);
-                        }
-                        recount.push(c.post_id);
-                        early_writes.push(changes.len());
-                    }
-                    counted = Some(change);
-                }
-                ContentWrite::SetLike { post, user, liked } => {
-                    let mut change = early(None);
-                    if let Some(like) = likes.get_mut(&(*post, *user)) {
-                        if let Some(state) = posts.get_mut(post) {
-                            change.changed = !state.deleted && like.1 != *liked;
-                            if change.changed {
-                                like.1 = *liked;
-                                state.like_count += if *liked { 1 } else { -1 };
-                                state.changed = true;
-                            }
-                            change.count = state.like_count;
-                        } else {
-                            // Before its post (Kafka): stored, counted when the post is.
-                            like.1 = *liked;
-                            recount.push(*post);
-                            early_writes.push(changes.len());
-                        }
-                    }
-                    counted = Some(change);
-                }
-            }
-            changes.push(counted);
-        }
+        Ok(Loaded {
+            profiles,
+            posts,
+            comments,
+            likes,
+        })
+    }
 
-        // What changed, stored.
+    /// The store step of [`Self::write_set_wise`]: what changed, with a few array-bound
+    /// statements, in `tx` — or, for a replay's batch (`mirrored` and deferred counts), at
+    /// once on connections of their own (see below).
+    async fn store(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        loaded: &Loaded<'_>,
+        plan: &Plan<'_>,
+        (liked, unliked): &(PairColumns, PairColumns),
+        mirrored: bool,
+    ) -> ReadResult<()> {
+        let s = &self.schema;
         let (mut gone, mut put) = (Vec::new(), Vec::new());
-        for (user, (profile, changed)) in profiles {
+        for (user, (profile, changed)) in &loaded.profiles {
             match profile {
-                Some(profile) if changed => put.push(profile),
-                None if changed => gone.push(user),
+                Some(profile) if *changed => put.push(profile),
+                None if *changed => gone.push(*user),
                 _ => {}
             }
         }
         let mut inserted = Vec::new();
         let mut updated = Vec::new();
         let deferred = self.deferred.pending();
-        for (post_id, state) in &posts {
+        for (post_id, state) in &loaded.posts {
             match state.new {
                 Some(doc) if !state.stored => inserted.push((doc, state)),
                 _ if state.tombstoned || (state.changed && !deferred) => {
@@ -762,12 +862,10 @@ impl PgContent {
         for (doc, _) in &inserted {
             post_bodies.push(serde_json::to_string(&PostBody::of(doc))?);
         }
-        let mut comment_bodies = Vec::with_capacity(new_comments.len());
-        for c in &new_comments {
+        let mut comment_bodies = Vec::with_capacity(plan.new_comments.len());
+        for c in &plan.new_comments {
             comment_bodies.push(serde_json::to_string(&CommentBody::of(c))?);
         }
-        let (liked, unliked) = changed_pairs(likes);
-
         let sql = [
             format!("DELETE FROM {s}.profiles WHERE user_id = ANY($1)"),
             format!(
@@ -827,12 +925,12 @@ impl PgContent {
                     .bind(column(&inserted, |(_, s)| s.deleted)),
             );
         }
-        if !new_comments.is_empty() {
+        if !plan.new_comments.is_empty() {
             statements.push(
                 sqlx::query(insert_comments)
-                    .bind(column(&new_comments, |c| c.comment_id))
-                    .bind(column(&new_comments, |c| c.post_id))
-                    .bind(column(&new_comments, |c| c.position))
+                    .bind(column(&plan.new_comments, |c| c.comment_id))
+                    .bind(column(&plan.new_comments, |c| c.post_id))
+                    .bind(column(&plan.new_comments, |c| c.position))
                     .bind(comment_bodies),
             );
         }
@@ -858,7 +956,7 @@ impl PgContent {
                 .bind(column(&updated, |(_, s)| s.like_count))
                 .bind(column(&updated, |(_, s)| s.comment_count))
         });
-        if mirror.is_some() && deferred {
+        if mirrored && deferred {
             // A replay's batch: no statement reads what another writes (the mirror holds
             // the state), so they run at once, each on its own connection, once the reads
             // are done. Not atomic: a crash or failure between them leaves part of the
@@ -884,49 +982,48 @@ impl PgContent {
             }
             tx.commit().await?;
         }
-        if let Some(mut kept) = mirror.take() {
-            for (post_id, state) in &posts {
-                let counts = (state.deleted, state.like_count, state.comment_count);
-                kept.posts.insert(*post_id, counts);
-            }
-            kept.likes
-                .extend(liked.0.iter().copied().zip(liked.1.iter().copied()));
-            for pair in unliked.0.iter().copied().zip(unliked.1.iter().copied()) {
-                kept.likes.remove(&pair);
-            }
-            let entries = kept.entries();
-            self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
+        Ok(())
+    }
+
+    /// After a batch that was not mirrored: recounts the posts it inserted and those a
+    /// comment or like found missing (see [`Self::recount`]), and corrects what it reports
+    /// for their comments and likes.
+    async fn recount_after(&self, writes: &[ContentWrite], plan: &mut Plan<'_>) -> ReadResult<()> {
+        let Plan {
+            recount,
+            early_writes,
+            changes,
+            ..
+        } = plan;
+        if recount.is_empty() {
+            return Ok(());
         }
-        // A mirrored store (a replay) is the one writer, in log order: no comment or like
-        // arrives before its post there.
-        if !mirrored && !recount.is_empty() {
-            recount.sort_unstable();
-            recount.dedup();
-            let recounted = self.recount(&recount).await?;
-            // The batch's counts of a post whose recount corrected them are not the stored
-            // ones: the caches drop its keys instead (as for a write that found no post),
-            // which also get the post's count now.
-            for (index, (write, change)) in writes.iter().zip(&mut changes).enumerate() {
-                let (post, comments) = match write {
-                    ContentWrite::AddComment(c) => (c.post_id, true),
-                    ContentWrite::SetLike { post, .. } => (*post, false),
-                    _ => continue,
-                };
-                let (Some(change), Some(r)) = (
-                    change.as_mut(),
-                    recounted.iter().find(|r| r.post_id == post),
-                ) else {
-                    continue;
-                };
-                if r.changed || early_writes.contains(&index) {
-                    *change = early(Some(if comments {
-                        r.comment_count
-                    } else {
-                        r.like_count
-                    }));
-                }
+        recount.sort_unstable();
+        recount.dedup();
+        let recounted = self.recount(recount).await?;
+        // The batch's counts of a post whose recount corrected them are not the stored
+        // ones: the caches drop its keys instead (as for a write that found no post),
+        // which also get the post's count now.
+        for (index, (write, change)) in writes.iter().zip(changes.iter_mut()).enumerate() {
+            let (post, comments) = match write {
+                ContentWrite::AddComment(c) => (c.post_id, true),
+                ContentWrite::SetLike { post, .. } => (*post, false),
+                _ => continue,
+            };
+            let (Some(change), Some(r)) = (
+                change.as_mut(),
+                recounted.iter().find(|r| r.post_id == post),
+            ) else {
+                continue;
+            };
+            if r.changed || early_writes.contains(&index) {
+                *change = early(Some(if comments {
+                    r.comment_count
+                } else {
+                    r.like_count
+                }));
             }
         }
-        Ok(changes)
+        Ok(())
     }
 }
