@@ -38,6 +38,8 @@ struct Production {
     topics: testkit::kafka::TestTopics,
     /// The stderr of each process started, in a file: a failure shows their ends.
     logs: std::sync::Mutex<Vec<std::path::PathBuf>>,
+    /// The pid of each process started, by its log's index: a failure says which exited.
+    pids: std::sync::Mutex<HashMap<usize, u32>>,
 }
 
 impl Production {
@@ -70,6 +72,7 @@ impl Production {
             env,
             topics,
             logs: std::sync::Mutex::default(),
+            pids: std::sync::Mutex::default(),
         }
     }
 
@@ -138,10 +141,23 @@ impl Production {
     /// failed write) wherever they are.
     fn log_tails(&self) -> String {
         let mut tails = String::new();
-        for path in self.logs.lock().unwrap().iter() {
+        let pids = self.pids.lock().unwrap();
+        for (index, path) in self.logs.lock().unwrap().iter().enumerate() {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            tails.push_str(&format!("--- {}\n", path.display()));
+            let state = pids.get(&index).map_or("not started".to_owned(), |pid| {
+                // The third field of /proc/<pid>/stat; Z (or no entry) once it exited.
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                match stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().next())
+                {
+                    Some("Z") | None => format!("pid {pid}, exited"),
+                    Some(state) => format!("pid {pid}, running ({state})"),
+                }
+            });
+            tails.push_str(&format!("--- {} ({state})\n", path.display()));
             for line in lines.iter().filter(|l| l.contains("ERROR")).take(10) {
                 tails.push_str(&format!("error: {line}\n"));
             }
@@ -173,9 +189,19 @@ impl Production {
         command
     }
 
+    /// Starts `command` (the last one [`Self::hybridlive`] made) and records its pid.
+    fn spawn(&self, mut command: tokio::process::Command) -> tokio::process::Child {
+        let child = command.spawn().unwrap();
+        let index = self.logs.lock().unwrap().len() - 1;
+        if let Some(pid) = child.id() {
+            self.pids.lock().unwrap().insert(index, pid);
+        }
+        child
+    }
+
     /// The relay, publishing the test's log to its topics.
     fn relay(&self) -> tokio::process::Child {
-        self.hybridlive(&["relay"]).spawn().unwrap()
+        self.spawn(self.hybridlive(&["relay"]))
     }
 
     /// An instance of the Kafka-fed timeline and content workers, consuming the topics of
@@ -185,7 +211,7 @@ impl Production {
         if !only.is_empty() {
             command.env("KAFKA_STREAM_TYPES", only);
         }
-        command.spawn().unwrap()
+        self.spawn(command)
     }
 
     async fn migrate(&self) {
