@@ -705,74 +705,31 @@ struct Recheck {
 }
 
 impl PgTimelines {
-    /// [`TimelineStore::write_all`], set-wise, in one transaction: loads the follower sets,
-    /// the followees' lists, the timeline rows and lengths the writes touch (all the rows
-    /// of a timeline only when the batch may pass its cap or follows or unfollows for it),
-    /// applies the writes to them in memory with the semantics of the single writes above
-    /// — fan-out to the followers of the moment, backfills, the sticky merged-at-read mark,
-    /// trims to the cap — then stores what changed with a few array-bound statements. The
-    /// timeline lengths it loads stay locked until it commits, so a single write beside it
-    /// (`dlq retry` while the projection runs) waits instead of being overwritten; a
-    /// timeline row both insert fails the batch, which the runner then applies event by
-    /// event. Mirrored (a replay), its statements run at once, in their own transactions
-    /// ([`Self::store_at_once`]).
-    ///
-    /// Not mirrored, other writers work beside it (the consumers of one Kafka group), and
-    /// what it reads is their state before it commits, while its own writes become visible
-    /// to them only when it commits. So it unlists the posts it removes before it reads
-    /// their rows (a backfill's check waits for it, as for a single removal), and once
-    /// committed it applies the rest of the "write, then read" steps again against the
-    /// committed state ([`Self::recheck`]).
-    #[allow(clippy::too_many_lines)]
-    async fn write_set_wise(
+    /// The load step of a set-wise batch's follow state: the follower sets of the
+    /// `authors` who publish, the stored state of the `follow_pairs` (stored, now), and the
+    /// merged-at-read marks of the authors and `followees`. From `mirror` when there is one.
+    async fn load_graph(
         &self,
-        writes: &[TimelineWrite],
-        settings: TimelineSettings,
-    ) -> ReadResult<Vec<Vec<Uuid>>> {
+        tx: &mut sqlx::PgConnection,
+        authors: &[Uuid],
+        followees: &[Uuid],
+        follow_pairs: &[(Uuid, Uuid)],
+        mirror: Option<&Mirror>,
+    ) -> ReadResult<Graph> {
         let s = &self.schema;
-        self.trust_lengths().await?;
-        // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
-        let mut mirror = self.mirror.take();
-        let cap = settings.cap.max(1);
-        let over = limit(cap + cap / 8);
-        let mut authors = Vec::new();
-        let mut followees = Vec::new();
-        let mut follow_pairs = Vec::new();
-        let mut removals = Vec::new();
-        for write in writes {
-            match *write {
-                TimelineWrite::Follow { follower, followee } => {
-                    follow_pairs.push((follower, followee));
-                    followees.push(followee);
-                }
-                TimelineWrite::Unfollow { follower, followee } => {
-                    follow_pairs.push((follower, followee));
-                }
-                TimelineWrite::Publish(entry) => authors.push(entry.author_id),
-                TimelineWrite::Remove { author, post_id } => removals.push((author, post_id)),
-            }
-        }
-        authors.sort_unstable();
-        authors.dedup();
-        followees.sort_unstable();
-        followees.dedup();
-        let mut tx = self.pool.begin().await?;
-
-        // 1. The follower sets of the authors and the follows changed (stored, now), the
-        //    merged marks, then the follows and fan-outs in order.
         let mut followers: HashMap<Uuid, HashSet<Uuid>> =
             authors.iter().map(|a| (*a, HashSet::new())).collect();
-        if let Some(mirror) = &mirror {
+        if let Some(mirror) = mirror {
             for (author, set) in &mut followers {
                 if let Some(stored) = mirror.followers.get(author) {
                     set.clone_from(stored);
                 }
             }
         } else if !authors.is_empty() {
-            followers.extend(followers_of(&mut *tx, s, &authors).await?);
+            followers.extend(followers_of(&mut *tx, s, authors).await?);
         }
         // Whom the followers follow, of which the batch's pairs are kept.
-        let mut follows = match &mirror {
+        let follows = match mirror {
             Some(mirror) => follow_pairs
                 .iter()
                 .map(|&(follower, followee)| {
@@ -785,21 +742,21 @@ impl PgTimelines {
                 .collect(),
             None => {
                 stored_pairs(
-                    &mut tx,
+                    tx,
                     &format!(
                         "SELECT follower_id, followee_id FROM {s}.follows \
                           WHERE follower_id = ANY($1)"
                     ),
-                    &follow_pairs,
+                    follow_pairs,
                 )
                 .await?
             }
         };
-        let mut marked: Vec<Uuid> = authors.iter().chain(&followees).copied().collect();
+        let mut marked: Vec<Uuid> = authors.iter().chain(followees).copied().collect();
         marked.sort_unstable();
         marked.dedup();
         let mut merged: HashSet<Uuid> = HashSet::new();
-        if let Some(mirror) = &mirror {
+        if let Some(mirror) = mirror {
             merged.extend(marked.iter().filter(|a| mirror.merged.contains(a)));
         } else if !marked.is_empty() {
             let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
@@ -810,94 +767,33 @@ impl PgTimelines {
             .await?;
             merged.extend(rows);
         }
-        let mut newly_merged = Vec::new();
-        // Per post: its author, and its position while it is in the author's list.
-        let mut author_posts: HashMap<Uuid, (Uuid, Option<i64>)> = HashMap::new();
-        let mut steps = Vec::new();
-        for write in writes {
-            match *write {
-                TimelineWrite::Follow { follower, followee } => {
-                    if let Some(follow) = follows.get_mut(&(follower, followee)) {
-                        follow.1 = true;
-                    }
-                    if let Some(set) = followers.get_mut(&followee) {
-                        set.insert(follower);
-                    }
-                    if !merged.contains(&followee) {
-                        steps.push(Step::Backfill {
-                            follower,
-                            author: followee,
-                        });
-                    }
-                }
-                TimelineWrite::Unfollow { follower, followee } => {
-                    if let Some(follow) = follows.get_mut(&(follower, followee)) {
-                        follow.1 = false;
-                    }
-                    if let Some(set) = followers.get_mut(&followee) {
-                        set.remove(&follower);
-                    }
-                    steps.push(Step::Withdraw {
-                        follower,
-                        author: followee,
-                    });
-                }
-                TimelineWrite::Publish(entry) => {
-                    author_posts.insert(entry.post_id, (entry.author_id, Some(entry.position)));
-                    let of_author = followers.entry(entry.author_id).or_default();
-                    let fanned_out = of_author.len() <= settings.fanout_max_followers;
-                    let mut users: Vec<Uuid> = if !fanned_out {
-                        if merged.insert(entry.author_id) {
-                            newly_merged.push(entry.author_id);
-                        }
-                        Vec::new()
-                    } else {
-                        of_author.iter().copied().collect()
-                    };
-                    users.push(entry.author_id);
-                    users.sort_unstable();
-                    users.dedup();
-                    steps.push(Step::Deliver(users, entry, fanned_out));
-                }
-                TimelineWrite::Remove { author, post_id } => {
-                    author_posts.insert(post_id, (author, None));
-                    steps.push(Step::Remove { author, post_id });
-                }
-            }
-        }
-
-        // 2. The followees' lists, read before the batch unlists anything (a backfill
-        //    before a removal in the batch brings the post).
-        let mut lists = newest_posts(&mut *tx, s, &followees, |author| {
-            cap + removals.iter().filter(|(a, _)| *a == author).count()
+        Ok(Graph {
+            followers,
+            follows,
+            merged,
         })
-        .await?;
-        // The posts removed, unlisted first when others write beside the batch (then
-        // their timeline rows are read after: see `remove_post`).
-        let mut removed: Vec<Uuid> = removals.iter().map(|(_, post)| *post).collect();
-        let unlisted: Vec<i64> = if mirror.is_none() && !removals.is_empty() {
-            let (by, posts): (Vec<Uuid>, Vec<Uuid>) = removals.iter().copied().unzip();
-            sqlx::query_scalar(&format!(
-                "WITH listed AS (SELECT position FROM {s}.author_posts WHERE post_id = ANY($2)), \
-                 unlisted AS ( \
-                     DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
-                      WHERE a.author_id = u.a AND a.post_id = u.p) \
-                 SELECT position FROM listed"
-            ))
-            .bind(by)
-            .bind(posts)
-            .fetch_all(&mut *tx)
-            .await?
-        } else {
-            Vec::new()
-        };
+    }
 
-        // 3. The timeline rows and lengths the writes touch.
+    /// The load step of a set-wise batch's timelines: the rows and lengths its `steps`
+    /// touch — every stored row of the posts published or `removed` (`unlisted`: their
+    /// positions, when they were unlisted first), the lengths (locked), and all the rows of
+    /// the timelines it may take past `over` or follows or unfollows for. From `mirror`
+    /// what it knows.
+    async fn load_view(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        steps: &[Step],
+        mirror: Option<&Mirror>,
+        mut removed: Vec<Uuid>,
+        unlisted: &[i64],
+        over: i64,
+    ) -> ReadResult<View> {
+        let s = &self.schema;
         let mut deliveries: HashMap<Uuid, i64> = HashMap::new();
         // The posts published (with their positions), and the followers of the follows.
         let mut published = Vec::new();
         let mut whole: Vec<Uuid> = Vec::new();
-        for step in &steps {
+        for step in steps {
             match step {
                 Step::Deliver(users, entry, _) => {
                     for user in users {
@@ -916,7 +812,7 @@ impl PgTimelines {
         // Every stored row of the posts published or removed, by position (a position is
         // one post's; a removed post's is in author_posts): a redelivered fan-out finds its
         // rows there, a removal the rows it removes.
-        if let Some(mirror) = &mirror {
+        if let Some(mirror) = mirror {
             published.retain(|(post, _)| mirror.fanned_out.contains(post));
             removed.retain(|post| mirror.fanned_out.contains(post));
         }
@@ -933,7 +829,7 @@ impl PgTimelines {
             loaded(&mut view.rows, &mut view.by_post, found);
         } else if mirror.is_none() && (!published.is_empty() || !unlisted.is_empty()) {
             let mut positions: Vec<i64> = published.iter().map(|(_, position)| *position).collect();
-            positions.extend(&unlisted);
+            positions.extend(unlisted);
             let found = sqlx::query_as(&format!(
                 "SELECT {columns} FROM {s}.timelines t WHERE t.position = ANY($1)"
             ))
@@ -947,7 +843,7 @@ impl PgTimelines {
         users.extend(&whole);
         users.sort_unstable();
         users.dedup();
-        if let Some(mirror) = &mirror {
+        if let Some(mirror) = mirror {
             for user in &users {
                 if let Some(&entries) = mirror.lengths.get(user) {
                     let length = Length {
@@ -1000,43 +896,123 @@ impl PgTimelines {
             }
             loaded(&mut view.rows, &mut view.by_post, found);
         }
+        Ok(view)
+    }
 
-        // 4. The writes, in order.
-        let mut backfilled: HashMap<(Uuid, Uuid), Vec<i64>> = HashMap::new();
-        for step in &steps {
-            match step {
-                Step::Deliver(users, entry, _) => {
-                    if let Some(list) = lists.get_mut(&entry.author_id) {
-                        list.entries.insert(entry.position, *entry);
-                        list.known.insert(entry.position);
-                    }
-                    for &user in users {
-                        if view.add(user, *entry) {
-                            view.trim(user, cap, over);
-                        }
-                    }
+    /// [`TimelineStore::write_all`], set-wise, in one transaction: loads the follower sets
+    /// ([`Self::load_graph`]), plans the writes' steps ([`Planned::of`]), loads the
+    /// followees' lists and the timeline rows and lengths the steps touch
+    /// ([`Self::load_view`]; all the rows of a timeline only when the batch may pass its cap
+    /// or follows or unfollows for it), applies the steps to them in memory with the
+    /// semantics of the single writes above ([`apply_steps`]: fan-out to the followers of
+    /// the moment, backfills, the sticky merged-at-read mark, trims to the cap), then stores
+    /// what changed with a few array-bound statements ([`Stored::of`]). The
+    /// timeline lengths it loads stay locked until it commits, so a single write beside it
+    /// (`dlq retry` while the projection runs) waits instead of being overwritten; a
+    /// timeline row both insert fails the batch, which the runner then applies event by
+    /// event. Mirrored (a replay), its statements run at once, in their own transactions
+    /// ([`Self::store_at_once`]).
+    ///
+    /// Not mirrored, other writers work beside it (the consumers of one Kafka group), and
+    /// what it reads is their state before it commits, while its own writes become visible
+    /// to them only when it commits. So it unlists the posts it removes before it reads
+    /// their rows (a backfill's check waits for it, as for a single removal), and once
+    /// committed it applies the rest of the "write, then read" steps again against the
+    /// committed state ([`Self::recheck`]).
+    async fn write_set_wise(
+        &self,
+        writes: &[TimelineWrite],
+        settings: TimelineSettings,
+    ) -> ReadResult<Vec<Vec<Uuid>>> {
+        let s = &self.schema;
+        self.trust_lengths().await?;
+        // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
+        let mut mirror = self.mirror.take();
+        let cap = settings.cap.max(1);
+        let over = limit(cap + cap / 8);
+        let mut authors = Vec::new();
+        let mut followees = Vec::new();
+        let mut follow_pairs = Vec::new();
+        let mut removals = Vec::new();
+        for write in writes {
+            match *write {
+                TimelineWrite::Follow { follower, followee } => {
+                    follow_pairs.push((follower, followee));
+                    followees.push(followee);
                 }
-                Step::Remove { author, post_id } => {
-                    if let Some(list) = lists.get_mut(author) {
-                        list.entries.retain(|_, e| e.post_id != *post_id);
-                    }
-                    view.remove_post(*post_id);
+                TimelineWrite::Unfollow { follower, followee } => {
+                    follow_pairs.push((follower, followee));
                 }
-                Step::Backfill { follower, author } => {
-                    let entries = lists.get(author).map(|l| l.newest(cap)).unwrap_or_default();
-                    let mut added = false;
-                    for entry in &entries {
-                        added |= view.add(*follower, *entry);
-                    }
-                    if added {
-                        view.trim(*follower, cap, over);
-                    }
-                    let positions = entries.iter().map(|e| e.position).collect();
-                    backfilled.insert((*follower, *author), positions);
-                }
-                Step::Withdraw { follower, author } => view.withdraw(*follower, *author),
+                TimelineWrite::Publish(entry) => authors.push(entry.author_id),
+                TimelineWrite::Remove { author, post_id } => removals.push((author, post_id)),
             }
         }
+        authors.sort_unstable();
+        authors.dedup();
+        followees.sort_unstable();
+        followees.dedup();
+        let mut tx = self.pool.begin().await?;
+
+        // 1. The follower sets of the authors and the follows changed (stored, now), the
+        //    merged marks, then the follows and fan-outs in order.
+        let Graph {
+            mut followers,
+            mut follows,
+            mut merged,
+        } = self
+            .load_graph(
+                &mut tx,
+                &authors,
+                &followees,
+                &follow_pairs,
+                mirror.as_ref(),
+            )
+            .await?;
+        let Planned {
+            steps,
+            author_posts,
+            newly_merged,
+        } = Planned::of(
+            writes,
+            settings.fanout_max_followers,
+            &mut follows,
+            &mut followers,
+            &mut merged,
+        );
+
+        // 2. The followees' lists, read before the batch unlists anything (a backfill
+        //    before a removal in the batch brings the post).
+        let mut lists = newest_posts(&mut *tx, s, &followees, |author| {
+            cap + removals.iter().filter(|(a, _)| *a == author).count()
+        })
+        .await?;
+        // The posts removed, unlisted first when others write beside the batch (then
+        // their timeline rows are read after: see `remove_post`).
+        let removed: Vec<Uuid> = removals.iter().map(|(_, post)| *post).collect();
+        let unlisted: Vec<i64> = if mirror.is_none() && !removals.is_empty() {
+            let (by, posts): (Vec<Uuid>, Vec<Uuid>) = removals.iter().copied().unzip();
+            sqlx::query_scalar(&format!(
+                "WITH listed AS (SELECT position FROM {s}.author_posts WHERE post_id = ANY($2)), \
+                 unlisted AS ( \
+                     DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
+                      WHERE a.author_id = u.a AND a.post_id = u.p) \
+                 SELECT position FROM listed"
+            ))
+            .bind(by)
+            .bind(posts)
+            .fetch_all(&mut *tx)
+            .await?
+        } else {
+            Vec::new()
+        };
+
+        // 3. The timeline rows and lengths the writes touch.
+        let mut view = self
+            .load_view(&mut tx, &steps, mirror.as_ref(), removed, &unlisted, over)
+            .await?;
+
+        // 4. The writes, in order.
+        let backfilled = apply_steps(&steps, &mut lists, &mut view, cap, over);
         if view
             .lengths
             .iter()
@@ -1046,51 +1022,315 @@ impl PgTimelines {
                 "a timeline passed its cap where the batch did not foresee it".into(),
             ));
         }
-        let recheck = if mirror.is_none() {
-            let mut recheck = Recheck::default();
-            for step in &steps {
-                let Step::Deliver(users, entry, true) = step else {
-                    continue;
-                };
-                let listed = author_posts
-                    .get(&entry.post_id)
-                    .is_some_and(|(_, position)| position.is_some());
-                if !listed {
-                    continue;
-                }
-                let mut known: HashSet<Uuid> = users.iter().copied().collect();
-                known.extend(followers.get(&entry.author_id).into_iter().flatten());
-                let fanned_out = !merged.contains(&entry.author_id);
-                recheck.publications.push((*entry, known, fanned_out));
-            }
-            for ((follower, followee), (_, now)) in &follows {
-                if *now && backfilled.contains_key(&(*follower, *followee)) {
-                    let positions = backfilled
-                        .remove(&(*follower, *followee))
-                        .unwrap_or_default();
-                    let fanned_out = !merged.contains(followee);
-                    recheck
-                        .follows
-                        .push((*follower, *followee, positions, fanned_out));
-                }
-            }
-            recheck.unfollows = writes
-                .iter()
-                .filter_map(|write| match *write {
-                    TimelineWrite::Unfollow { follower, followee } => Some((follower, followee)),
-                    _ => None,
-                })
-                .filter(|pair| follows.get(pair).is_some_and(|(_, now)| !now))
-                .collect();
-            recheck.unfollows.sort_unstable();
-            recheck.unfollows.dedup();
-            recheck.lists = std::mem::take(&mut lists);
-            Some(recheck)
-        } else {
-            None
-        };
+        let recheck = mirror.is_none().then(|| {
+            let lists = std::mem::take(&mut lists);
+            Recheck::of(
+                writes,
+                &steps,
+                &author_posts,
+                &followers,
+                &merged,
+                &follows,
+                backfilled,
+                lists,
+            )
+        });
 
         // 5. What changed, stored.
+        let Stored {
+            statements,
+            timelines,
+            follow_changes,
+            merged_now,
+            changed,
+        } = Stored::of(
+            s,
+            mirror.as_ref(),
+            follows,
+            newly_merged,
+            author_posts,
+            &view,
+        );
+        if mirror.is_some() {
+            self.store_at_once(tx, timelines, statements).await?;
+        } else {
+            for (sql, arrays) in statements {
+                arrays.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
+            }
+            timelines.store(&mut tx, s).await?;
+            tx.commit().await?;
+        }
+        if let Some(mut kept) = mirror.take() {
+            kept.remember(follow_changes, merged_now, changed, &steps);
+            let entries = kept.entries();
+            self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
+        }
+        if let Some(recheck) = recheck {
+            self.recheck(recheck, cap).await?;
+        }
+        let mut fanned_out = steps.into_iter().filter_map(|step| match step {
+            Step::Deliver(users, ..) => Some(users),
+            _ => None,
+        });
+        Ok(writes
+            .iter()
+            .map(|write| match write {
+                TimelineWrite::Publish(_) => fanned_out.next().unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+}
+
+/// The follow state a set-wise batch loads ([`PgTimelines::load_graph`]).
+struct Graph {
+    /// By author who publishes: the followers.
+    followers: HashMap<Uuid, HashSet<Uuid>>,
+    /// By (follower, followee) the batch follows or unfollows: (stored, now).
+    follows: HashMap<(Uuid, Uuid), (bool, bool)>,
+    /// The authors (and followees) merged at read.
+    merged: HashSet<Uuid>,
+}
+
+/// The plan of a set-wise batch's follows and publications, from the follow state loaded:
+/// the [`Step`]s in the order of the writes, with the follows, followers and merged marks
+/// updated as the writes leave them.
+struct Planned {
+    steps: Vec<Step>,
+    /// Per post: its author, and its position while it is in the author's list.
+    author_posts: HashMap<Uuid, (Uuid, Option<i64>)>,
+    /// Authors the batch marks merged at read (too many followers to fan out).
+    newly_merged: Vec<Uuid>,
+}
+
+impl Planned {
+    /// Pure: no IO.
+    fn of(
+        writes: &[TimelineWrite],
+        fanout_max_followers: usize,
+        follows: &mut HashMap<(Uuid, Uuid), (bool, bool)>,
+        followers: &mut HashMap<Uuid, HashSet<Uuid>>,
+        merged: &mut HashSet<Uuid>,
+    ) -> Self {
+        let mut newly_merged = Vec::new();
+        // Per post: its author, and its position while it is in the author's list.
+        let mut author_posts: HashMap<Uuid, (Uuid, Option<i64>)> = HashMap::new();
+        let mut steps = Vec::new();
+        for write in writes {
+            match *write {
+                TimelineWrite::Follow { follower, followee } => {
+                    if let Some(follow) = follows.get_mut(&(follower, followee)) {
+                        follow.1 = true;
+                    }
+                    if let Some(set) = followers.get_mut(&followee) {
+                        set.insert(follower);
+                    }
+                    if !merged.contains(&followee) {
+                        steps.push(Step::Backfill {
+                            follower,
+                            author: followee,
+                        });
+                    }
+                }
+                TimelineWrite::Unfollow { follower, followee } => {
+                    if let Some(follow) = follows.get_mut(&(follower, followee)) {
+                        follow.1 = false;
+                    }
+                    if let Some(set) = followers.get_mut(&followee) {
+                        set.remove(&follower);
+                    }
+                    steps.push(Step::Withdraw {
+                        follower,
+                        author: followee,
+                    });
+                }
+                TimelineWrite::Publish(entry) => {
+                    author_posts.insert(entry.post_id, (entry.author_id, Some(entry.position)));
+                    let of_author = followers.entry(entry.author_id).or_default();
+                    let fanned_out = of_author.len() <= fanout_max_followers;
+                    let mut users: Vec<Uuid> = if !fanned_out {
+                        if merged.insert(entry.author_id) {
+                            newly_merged.push(entry.author_id);
+                        }
+                        Vec::new()
+                    } else {
+                        of_author.iter().copied().collect()
+                    };
+                    users.push(entry.author_id);
+                    users.sort_unstable();
+                    users.dedup();
+                    steps.push(Step::Deliver(users, entry, fanned_out));
+                }
+                TimelineWrite::Remove { author, post_id } => {
+                    author_posts.insert(post_id, (author, None));
+                    steps.push(Step::Remove { author, post_id });
+                }
+            }
+        }
+        Self {
+            steps,
+            author_posts,
+            newly_merged,
+        }
+    }
+}
+
+/// Applies `steps` to the followees' `lists` and the timelines' `view`, in order, trimming
+/// each timeline to `cap` once past `over`; returns the positions each follow backfilled.
+/// Pure: no IO.
+fn apply_steps(
+    steps: &[Step],
+    lists: &mut HashMap<Uuid, AuthorList>,
+    view: &mut View,
+    cap: usize,
+    over: i64,
+) -> HashMap<(Uuid, Uuid), Vec<i64>> {
+    let mut backfilled: HashMap<(Uuid, Uuid), Vec<i64>> = HashMap::new();
+    for step in steps {
+        match step {
+            Step::Deliver(users, entry, _) => {
+                if let Some(list) = lists.get_mut(&entry.author_id) {
+                    list.entries.insert(entry.position, *entry);
+                    list.known.insert(entry.position);
+                }
+                for &user in users {
+                    if view.add(user, *entry) {
+                        view.trim(user, cap, over);
+                    }
+                }
+            }
+            Step::Remove { author, post_id } => {
+                if let Some(list) = lists.get_mut(author) {
+                    list.entries.retain(|_, e| e.post_id != *post_id);
+                }
+                view.remove_post(*post_id);
+            }
+            Step::Backfill { follower, author } => {
+                let entries = lists.get(author).map(|l| l.newest(cap)).unwrap_or_default();
+                let mut added = false;
+                for entry in &entries {
+                    added |= view.add(*follower, *entry);
+                }
+                if added {
+                    view.trim(*follower, cap, over);
+                }
+                let positions = entries.iter().map(|e| e.position).collect();
+                backfilled.insert((*follower, *author), positions);
+            }
+            Step::Withdraw { follower, author } => view.withdraw(*follower, *author),
+        }
+    }
+    backfilled
+}
+
+impl Mirror {
+    /// Takes in what a batch stored: the follows it changed, the authors it marked merged,
+    /// the timeline lengths it changed and the posts it fanned out.
+    fn remember(
+        &mut self,
+        follow_changes: Vec<((Uuid, Uuid), bool)>,
+        merged: Vec<Uuid>,
+        lengths: Vec<(Uuid, i64)>,
+        steps: &[Step],
+    ) {
+        for ((follower, followee), now) in follow_changes {
+            let set = self.followers.entry(followee).or_default();
+            if now {
+                set.insert(follower);
+            } else {
+                set.remove(&follower);
+            }
+        }
+        self.merged.extend(merged);
+        self.lengths.extend(lengths);
+        for step in steps {
+            if let Step::Deliver(_, entry, _) = step {
+                self.fanned_out.insert(entry.post_id);
+            }
+        }
+    }
+}
+
+impl Recheck {
+    /// What a batch that is not mirrored checks again once committed. Pure: no IO.
+    #[allow(clippy::too_many_arguments)]
+    fn of(
+        writes: &[TimelineWrite],
+        steps: &[Step],
+        author_posts: &HashMap<Uuid, (Uuid, Option<i64>)>,
+        followers: &HashMap<Uuid, HashSet<Uuid>>,
+        merged: &HashSet<Uuid>,
+        follows: &HashMap<(Uuid, Uuid), (bool, bool)>,
+        mut backfilled: HashMap<(Uuid, Uuid), Vec<i64>>,
+        lists: HashMap<Uuid, AuthorList>,
+    ) -> Self {
+        let mut recheck = Recheck {
+            lists,
+            ..Recheck::default()
+        };
+        for step in steps {
+            let Step::Deliver(users, entry, true) = step else {
+                continue;
+            };
+            let listed = author_posts
+                .get(&entry.post_id)
+                .is_some_and(|(_, position)| position.is_some());
+            if !listed {
+                continue;
+            }
+            let mut known: HashSet<Uuid> = users.iter().copied().collect();
+            known.extend(followers.get(&entry.author_id).into_iter().flatten());
+            let fanned_out = !merged.contains(&entry.author_id);
+            recheck.publications.push((*entry, known, fanned_out));
+        }
+        for ((follower, followee), (_, now)) in follows {
+            if *now && backfilled.contains_key(&(*follower, *followee)) {
+                let positions = backfilled
+                    .remove(&(*follower, *followee))
+                    .unwrap_or_default();
+                let fanned_out = !merged.contains(followee);
+                recheck
+                    .follows
+                    .push((*follower, *followee, positions, fanned_out));
+            }
+        }
+        recheck.unfollows = writes
+            .iter()
+            .filter_map(|write| match *write {
+                TimelineWrite::Unfollow { follower, followee } => Some((follower, followee)),
+                _ => None,
+            })
+            .filter(|pair| follows.get(pair).is_some_and(|(_, now)| !now))
+            .collect();
+        recheck.unfollows.sort_unstable();
+        recheck.unfollows.dedup();
+        recheck
+    }
+}
+
+/// The store step of a set-wise batch, planned: the statements of its follows, merged
+/// marks and author lists, its timeline rows and lengths, and what a mirror takes in.
+struct Stored {
+    statements: Vec<(String, Arrays)>,
+    timelines: TimelineChanges,
+    /// With a mirror: the follows changed (pair, now).
+    follow_changes: Vec<((Uuid, Uuid), bool)>,
+    /// With a mirror: the authors newly merged at read.
+    merged_now: Vec<Uuid>,
+    /// The timeline lengths changed.
+    changed: Vec<(Uuid, i64)>,
+}
+
+impl Stored {
+    /// What the batch changed, as statements on the tables of schema `s`. Pure: no IO.
+    fn of(
+        s: &str,
+        mirror: Option<&Mirror>,
+        follows: HashMap<(Uuid, Uuid), (bool, bool)>,
+        newly_merged: Vec<Uuid>,
+        author_posts: HashMap<Uuid, (Uuid, Option<i64>)>,
+        view: &View,
+    ) -> Self {
         let follow_changes: Vec<((Uuid, Uuid), bool)> = if mirror.is_some() {
             follows
                 .iter()
@@ -1119,7 +1359,7 @@ impl PgTimelines {
             statements.push((
                 format!(
                     "DELETE FROM {s}.follows f USING unnest($1::uuid[], $2::uuid[]) AS u(a, b) \
-                      WHERE f.follower_id = u.a AND f.followee_id = u.b"
+                  WHERE f.follower_id = u.a AND f.followee_id = u.b"
                 ),
                 Arrays::Two(unfollow.0, unfollow.1),
             ));
@@ -1128,7 +1368,7 @@ impl PgTimelines {
             statements.push((
                 format!(
                     "INSERT INTO {s}.follows (follower_id, followee_id) \
-                     SELECT * FROM unnest($1::uuid[], $2::uuid[]){on_conflict}"
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[]){on_conflict}"
                 ),
                 Arrays::Two(follow.0, follow.1),
             ));
@@ -1137,7 +1377,7 @@ impl PgTimelines {
             statements.push((
                 format!(
                     "INSERT INTO {s}.merged_authors (author_id) \
-                     SELECT * FROM unnest($1::uuid[]){on_conflict}"
+                 SELECT * FROM unnest($1::uuid[]){on_conflict}"
                 ),
                 Arrays::One(newly_merged),
             ));
@@ -1147,7 +1387,7 @@ impl PgTimelines {
             (Vec::new(), Vec::new()),
         );
         // A post listed before (known to the mirror as fanned out) may be listed still.
-        let relisted = mirror.as_ref().is_some_and(|mirror| {
+        let relisted = mirror.is_some_and(|mirror| {
             author_posts
                 .iter()
                 .any(|(post, (_, position))| position.is_some() && mirror.fanned_out.contains(post))
@@ -1174,9 +1414,9 @@ impl PgTimelines {
         if mirror.is_some() && !unlisted.0.is_empty() {
             statements.push((
                 format!(
-                    "DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
-                      WHERE a.author_id = u.a AND a.post_id = u.p"
-                ),
+                "DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
+                  WHERE a.author_id = u.a AND a.post_id = u.p"
+            ),
                 Arrays::Two(unlisted.0, unlisted.1),
             ));
         }
@@ -1184,7 +1424,7 @@ impl PgTimelines {
             statements.push((
                 format!(
                     "INSERT INTO {s}.author_posts (author_id, position, post_id) \
-                     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[]){listing_conflict}"
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[]){listing_conflict}"
                 ),
                 Arrays::Entries(listed.0, listed.1, listed.2),
             ));
@@ -1229,48 +1469,13 @@ impl PgTimelines {
             updated,
             upsert: mirror.is_none(),
         };
-        if mirror.is_some() {
-            self.store_at_once(tx, timelines, statements).await?;
-        } else {
-            for (sql, arrays) in statements {
-                arrays.bind(sqlx::query(&sql)).execute(&mut *tx).await?;
-            }
-            timelines.store(&mut tx, s).await?;
-            tx.commit().await?;
+        Self {
+            statements,
+            timelines,
+            follow_changes,
+            merged_now,
+            changed,
         }
-        if let Some(mut kept) = mirror.take() {
-            for ((follower, followee), now) in follow_changes {
-                let set = kept.followers.entry(followee).or_default();
-                if now {
-                    set.insert(follower);
-                } else {
-                    set.remove(&follower);
-                }
-            }
-            kept.merged.extend(merged_now);
-            kept.lengths.extend(changed);
-            for step in &steps {
-                if let Step::Deliver(_, entry, _) = step {
-                    kept.fanned_out.insert(entry.post_id);
-                }
-            }
-            let entries = kept.entries();
-            self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
-        }
-        if let Some(recheck) = recheck {
-            self.recheck(recheck, cap).await?;
-        }
-        let mut fanned_out = steps.into_iter().filter_map(|step| match step {
-            Step::Deliver(users, ..) => Some(users),
-            _ => None,
-        });
-        Ok(writes
-            .iter()
-            .map(|write| match write {
-                TimelineWrite::Publish(_) => fanned_out.next().unwrap_or_default(),
-                _ => Vec::new(),
-            })
-            .collect())
     }
 }
 
