@@ -662,10 +662,12 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
         let store = store.clone();
         async move {
             let mut ids = Vec::new();
-            for _ in 0..25 {
-                ids.extend(follows(&store, 20).await);
-                others(&store, "post", "post.published", 2).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // Paced over about 4 s, so that the watermark has many chances to move while
+            // the consumers run, also on a loaded machine (the check below needs moves).
+            for _ in 0..40 {
+                ids.extend(follows(&store, 10).await);
+                others(&store, "post", "post.published", 1).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             ids
         }
