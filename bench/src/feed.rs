@@ -333,6 +333,7 @@ async fn fanout(
                         ..Metadata::default()
                     },
                     claims: Vec::new(),
+                    credentials: Vec::new(),
                 })
                 .await
                 .context("appending social.followed")?;

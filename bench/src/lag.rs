@@ -44,7 +44,7 @@ use event_schemas::comment::CommentAddedV1;
 use event_schemas::like::PostLikedV1;
 use event_schemas::post::PostPublishedV1;
 use event_schemas::social::FollowedV1;
-use event_schemas::user::UserRegisteredV2;
+use event_schemas::user::UserRegisteredV3;
 use event_schemas::{stream_type, Event, EventEnvelope, Metadata};
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
@@ -680,6 +680,7 @@ impl Append {
                     ..Metadata::default()
                 },
                 claims: Vec::new(),
+                credentials: Vec::new(),
             })
             .await
             .with_context(|| format!("appending to {} {}", self.stream_type, self.stream_id))?;
@@ -819,12 +820,11 @@ impl Social {
         let user = self.uuid();
         let i = self.registered;
         self.registered += 1;
-        let event = self.event(&Event::UserRegistered(UserRegisteredV2 {
+        let event = self.event(&Event::UserRegistered(UserRegisteredV3 {
             user_id: user,
             username: format!("u{i}"),
             email: format!("u{i}@example.com"),
             display_name: format!("User {i}"),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         }))?;
         Ok((
             user,

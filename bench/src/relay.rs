@@ -243,6 +243,7 @@ async fn append(
                 ..Metadata::default()
             },
             claims: Vec::new(),
+            credentials: Vec::new(),
         })
         .await
         .with_context(|| format!("appending to {stream}"))?;

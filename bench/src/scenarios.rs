@@ -343,7 +343,7 @@ fn registration(user_id: Uuid) -> UserCommand {
         email: format!("{username}@bench.example"),
         username,
         display_name: None,
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$bench$bench".to_owned(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$bench$bench".into(),
     }
 }
 
@@ -505,6 +505,7 @@ impl Client for OurBatchClient {
             events,
             metadata: Metadata::default(),
             claims: Vec::new(),
+            credentials: Vec::new(),
         };
         match self.store.append(&request).await {
             Ok(appended) => {

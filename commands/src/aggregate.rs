@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
-use domain::claims::{Claim, ClaimTaken, Claims};
+use domain::claims::{Claim, ClaimTaken, Claims, Credential};
 use event_schemas::{Event, Metadata, UnexpectedEvent};
 use store::{
     AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent, StoreError,
@@ -112,7 +112,7 @@ where
     }
 
     /// Appends `events`, decided on `loaded` (so expected version `loaded.version`), with
-    /// their unique claims, then snapshots `loaded.aggregate` if the append crossed a
+    /// their unique claims and the command's `credentials`, then snapshots `loaded.aggregate` if the append crossed a
     /// snapshot boundary. `loaded.aggregate` must already have the events applied (as
     /// cqrs-es's `EventSink` does).
     ///
@@ -124,6 +124,7 @@ where
         events: Vec<A::Event>,
         metadata: Metadata,
         command_id: Option<&str>,
+        credentials: Vec<Credential>,
     ) -> Result<Appended, AppendError> {
         let mut claims = Vec::new();
         let mut encoded = Vec::with_capacity(events.len());
@@ -148,6 +149,7 @@ where
                 events: encoded,
                 metadata,
                 claims,
+                credentials: credentials.into_iter().map(to_store_credential).collect(),
             })
             .await?;
         if !appended.duplicate && self.crosses_snapshot(loaded.version, appended.stream_version) {
@@ -189,6 +191,14 @@ fn to_store_claim(claim: Claim) -> store::claims::Claim {
     match claim {
         Claim::Reserve { scope, value } => store::claims::Claim::Reserve { scope, value },
         Claim::ReleaseAll => store::claims::Claim::ReleaseAll,
+    }
+}
+
+/// What the store keeps of a credential of the domain.
+fn to_store_credential(credential: Credential) -> store::credentials::Credential {
+    store::credentials::Credential {
+        kind: credential.kind,
+        secret: credential.secret,
     }
 }
 
@@ -309,6 +319,9 @@ where
                 events.clone(),
                 metadata_from_map(&metadata),
                 metadata.get(COMMAND_ID_KEY).map(String::as_str),
+                // cqrs-es hands over events only; commands that store credentials run
+                // through `CommandHandler`.
+                Vec::new(),
             )
             .await
             .map_err(to_aggregate_error::<A>)?;

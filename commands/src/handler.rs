@@ -146,6 +146,7 @@ where
                     events,
                     context.metadata.clone(),
                     context.command_id.as_deref(),
+                    A::credentials(&command),
                 )
                 .await;
             match outcome {

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use commands::AggregateStore;
 use commands::{CommandContext, CommandError, CommandHandler};
 use cqrs_es::{AggregateError, CqrsFramework, EventStore};
-use domain::user::{User, UserCommand, UserError, UserEvent};
+use domain::claims::Credential;
+use domain::user::{User, UserCommand, UserError, UserEvent, PASSWORD_CREDENTIAL};
 use event_schemas::Metadata;
+use secrecy::ExposeSecret;
 use serde_json::json;
 use store::{AppendRequest, NewEvent, PgEventStore};
 use testkit::TestDb;
@@ -275,38 +277,58 @@ async fn appending_a_decision_again_with_its_command_id_returns_the_first_result
         user_id,
         username,
         email,
-        password_hash,
         ..
     } = register(id, "gus", "gus@example.com")
     else {
         unreachable!()
     };
     let decided = vec![UserEvent::Registered(
-        event_schemas::user::UserRegisteredV2 {
+        event_schemas::user::UserRegisteredV3 {
             user_id,
             username: username.clone(),
             email,
             display_name: username,
-            password_hash,
         },
     )];
     let command_id = Uuid::new_v4().to_string();
+    let password = |secret: &str| {
+        vec![Credential {
+            kind: PASSWORD_CREDENTIAL,
+            secret: secret.into(),
+        }]
+    };
     let first = store
         .append(
             &loaded,
             decided.clone(),
             Metadata::default(),
             Some(&command_id),
+            password("first"),
         )
         .await
         .unwrap();
     // The same decision retried (say, after a timeout) from the same stale state.
     let retry = store
-        .append(&loaded, decided, Metadata::default(), Some(&command_id))
+        .append(
+            &loaded,
+            decided,
+            Metadata::default(),
+            Some(&command_id),
+            password("retried"),
+        )
         .await
         .unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.last_position, first.last_position);
+    let stored = store::credentials::secret(&db.pool, "user", &id.to_string(), "password")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.expose_secret(),
+        "first",
+        "a duplicate stores nothing"
+    );
     assert_eq!(
         store
             .events()
@@ -409,20 +431,26 @@ async fn a_stored_v1_registration_loads_upcast_to_the_current_version() {
             }],
             metadata: Metadata::default(),
             claims: Vec::new(),
+            credentials: Vec::new(),
         })
         .await
         .unwrap();
     let store = AggregateStore::<User>::new(events.clone(), 0);
     let loaded = store.load(&id.to_string()).await.unwrap();
     assert_eq!(loaded.aggregate.display_name(), "jan");
-    let envelope = events
+    let stored = &events
         .read_stream("user", &id.to_string(), 0)
         .await
-        .unwrap()[0]
-        .decode()
-        .unwrap();
+        .unwrap()[0];
+    assert_eq!(
+        stored.payload["password_hash"], "[redacted]",
+        "read back, the old hash is redacted"
+    );
+    let envelope = stored.decode().unwrap();
     assert_eq!(envelope.stored_schema_version, 1);
-    assert_eq!(envelope.event.schema_version(), 2);
+    assert_eq!(envelope.event.schema_version(), 3);
+    let current = envelope.event.encode().unwrap();
+    assert_eq!(current.get("password_hash"), None, "{current}");
 }
 
 #[tokio::test]

@@ -1,3 +1,5 @@
+//! What an append writes besides its events: unique claims and credentials.
+//!
 //! Unique claims: values (usernames, emails) that at most one stream may hold at a time.
 //!
 //! Uniqueness across aggregates cannot be decided inside one aggregate, so an aggregate
@@ -5,7 +7,13 @@
 //! claims in the same transaction as the append (DESIGN §3), and a value already held by
 //! another stream rejects the whole append with [`ClaimTaken`].
 
+//!
+//! Credentials: secrets (a password hash) that a command stores for its stream beside its
+//! events, never in them (DESIGN §8a): the log is immutable and published, so a secret in an
+//! event could never be taken back. The store writes them in the append's transaction.
+
 use cqrs_es::Aggregate;
+use secrecy::SecretString;
 
 /// What an event does to the unique values of its stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,10 +32,23 @@ pub struct ClaimTaken {
     pub value: String,
 }
 
-/// Implemented by every aggregate; the defaults fit aggregates that claim nothing.
+/// A secret of kind `kind` (`"password"`) a command stores for its stream.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub kind: &'static str,
+    pub secret: SecretString,
+}
+
+/// Implemented by every aggregate; the defaults fit aggregates that claim nothing and store
+/// no credential.
 pub trait Claims: Aggregate {
     /// The claims `event` makes; applied atomically with its append.
     fn claims(_event: &Self::Event) -> Vec<Claim> {
+        Vec::new()
+    }
+
+    /// The credentials `command` stores, in the transaction of its events, if it appends any.
+    fn credentials(_command: &Self::Command) -> Vec<Credential> {
         Vec::new()
     }
 

@@ -7,9 +7,10 @@
 //! aggregates ("does the post exist?") are its job, so `Services = ()` everywhere.
 //!
 //! Layering (DESIGN §2): this crate is pure — no IO, no async runtime, no database or
-//! transport crates. It depends on `event-schemas` only for the wire payloads: every
-//! aggregate's event enum wraps the *current* payload type of each of its event types, so an
-//! event converts to and from [`event_schemas::Event`] by a move (see `wire`). The read side
+//! transport crates (`secrecy` only wraps secrets). It depends on `event-schemas` only for
+//! the wire payloads: every aggregate's event enum wraps the *current* payload type of each
+//! of its event types, so an event converts to and from [`event_schemas::Event`] by a move
+//! (see `wire`). The read side
 //! never sees this crate: `commands`, `api`, `workers` (the saga's commands), the binary,
 //! the end-to-end tests and `bench` use it; `store` does not.
 //!
@@ -20,7 +21,9 @@
 //! - commands that would change nothing (follow twice, delete a deleted post) succeed with no
 //!   events, so retried requests are harmless; conflicting ones are typed errors;
 //! - values unique across streams (usernames, emails) are declared as [`claims`] by events
-//!   and enforced by the event store in the append transaction.
+//!   and enforced by the event store in the append transaction;
+//! - no secret is ever in an event: a command's secrets (a password hash) are
+//!   [`claims::Credential`]s the store keeps beside the events, in the same transaction.
 //!
 //! Layout:
 //! - [`user`]: [`user::User`] — registration, its rollback, the profile; username/email claims;
@@ -29,7 +32,8 @@
 //! - [`comment`]: [`comment::Comment`] — one comment on a post;
 //! - [`like`]: [`like::Like`] — one user's like of one post ([`like::like_stream_id`]);
 //! - [`onboarding`]: [`onboarding::Onboarding`] — the registration saga's progress;
-//! - [`claims`]: the unique-value claims an aggregate's events make;
+//! - [`claims`]: the unique-value claims an aggregate's events make, and the credentials its
+//!   commands store;
 //! - `wire`: the macro tying each event enum to the wire catalogue;
 //! - `text`: text-length rules shared by the aggregates.
 

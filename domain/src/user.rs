@@ -11,12 +11,13 @@ use event_schemas::stream_type;
 use std::collections::BTreeSet;
 
 use event_schemas::user::{
-    UserProfileUpdatedV1, UserRegisteredV2, UserRegistrationRolledBackV1, UserRoleGrantedV1,
+    UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1, UserRoleGrantedV1,
 };
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::claims::{Claim, ClaimTaken, Claims};
+use crate::claims::{Claim, ClaimTaken, Claims, Credential};
 use crate::text::trimmed_within;
 use crate::wire::domain_events;
 
@@ -24,6 +25,8 @@ use crate::wire::domain_events;
 pub const USERNAME_CLAIM: &str = "username";
 /// Claim scope of (lower-cased) email addresses.
 pub const EMAIL_CLAIM: &str = "email";
+/// Credential kind of the password hash.
+pub const PASSWORD_CREDENTIAL: &str = "password";
 
 const USERNAME_MIN: usize = 3;
 const USERNAME_MAX: usize = 30;
@@ -31,7 +34,7 @@ const EMAIL_MAX: usize = 254;
 const DISPLAY_NAME_MAX: usize = 50;
 
 /// Commands of a [`User`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum UserCommand {
     /// Registers a new user. `display_name` defaults to the username.
     RegisterUser {
@@ -42,8 +45,9 @@ pub enum UserCommand {
         email: String,
         /// Trimmed; 1–50 characters.
         display_name: Option<String>,
-        /// The PHC string of the password hash, computed by the application layer.
-        password_hash: String,
+        /// The PHC string of the password hash, computed by the application layer. Stored
+        /// as the user's [`PASSWORD_CREDENTIAL`], never in an event ([`Claims::credentials`]).
+        password_hash: SecretString,
     },
     /// Changes the display name (trimmed; 1–50 characters).
     UpdateProfile { display_name: String },
@@ -59,7 +63,7 @@ pub const ROLES: &[&str] = &["admin", "auditor", "analyst"];
 domain_events! {
     /// Events of a [`User`] stream.
     pub enum UserEvent for User {
-        Registered(UserRegisteredV2) = UserRegistered,
+        Registered(UserRegisteredV3) = UserRegistered,
         RegistrationRolledBack(UserRegistrationRolledBackV1) = UserRegistrationRolledBack,
         ProfileUpdated(UserProfileUpdatedV1) = UserProfileUpdated,
         RoleGranted(UserRoleGrantedV1) = UserRoleGranted,
@@ -110,8 +114,6 @@ pub struct User {
     username: String,
     display_name: String,
     email: String,
-    /// Needed by login, which reads the aggregate (strongly consistent, unlike a read model).
-    password_hash: String,
     roles: BTreeSet<String>,
 }
 
@@ -145,11 +147,6 @@ impl User {
         &self.email
     }
 
-    /// The PHC string of the password hash; empty before registration.
-    pub fn password_hash(&self) -> &str {
-        &self.password_hash
-    }
-
     pub fn roles(&self) -> &BTreeSet<String> {
         &self.roles
     }
@@ -174,15 +171,14 @@ impl User {
                     Some(name) => valid_display_name(&name)?,
                     None => username.clone(),
                 };
-                if password_hash.is_empty() {
+                if password_hash.expose_secret().is_empty() {
                     return Err(UserError::EmptyPasswordHash);
                 }
-                Ok(vec![UserEvent::Registered(UserRegisteredV2 {
+                Ok(vec![UserEvent::Registered(UserRegisteredV3 {
                     user_id,
                     username,
                     email,
                     display_name,
-                    password_hash,
                 })])
             }
             UserCommand::UpdateProfile { display_name } => {
@@ -258,7 +254,6 @@ impl Aggregate for User {
                 self.username = e.username;
                 self.display_name = e.display_name;
                 self.email = e.email;
-                self.password_hash = e.password_hash;
             }
             UserEvent::RegistrationRolledBack(_) => self.status = UserStatus::RolledBack,
             UserEvent::ProfileUpdated(e) => self.display_name = e.display_name,
@@ -286,6 +281,17 @@ impl Claims for User {
             ],
             UserEvent::RegistrationRolledBack(_) => vec![Claim::ReleaseAll],
             UserEvent::ProfileUpdated(_) | UserEvent::RoleGranted(_) => Vec::new(),
+        }
+    }
+
+    /// A registration stores its password hash.
+    fn credentials(command: &UserCommand) -> Vec<Credential> {
+        match command {
+            UserCommand::RegisterUser { password_hash, .. } => vec![Credential {
+                kind: PASSWORD_CREDENTIAL,
+                secret: password_hash.clone(),
+            }],
+            _ => Vec::new(),
         }
     }
 
@@ -353,17 +359,16 @@ mod tests {
             username: username.to_owned(),
             email: email.to_owned(),
             display_name: display_name.map(str::to_owned),
-            password_hash: HASH.to_owned(),
+            password_hash: HASH.into(),
         }
     }
 
     fn registered(username: &str, email: &str, display_name: &str) -> UserEvent {
-        UserEvent::Registered(UserRegisteredV2 {
+        UserEvent::Registered(UserRegisteredV3 {
             user_id: ada(),
             username: username.to_owned(),
             email: email.to_owned(),
             display_name: display_name.to_owned(),
-            password_hash: HASH.to_owned(),
         })
     }
 
@@ -616,7 +621,7 @@ mod tests {
                 username: "ada".to_owned(),
                 email: "ada@example.com".to_owned(),
                 display_name: None,
-                password_hash: String::new(),
+                password_hash: SecretString::default(),
             })
             .then_expect_error(UserError::EmptyPasswordHash);
     }
@@ -853,12 +858,27 @@ mod tests {
     }
 
     #[test]
+    fn a_registration_stores_its_hash_as_a_credential_and_never_in_an_event() {
+        let command = register("ada", "ada@example.com", None);
+        assert!(!format!("{command:?}").contains(HASH), "Debug hides it");
+        let credentials = User::credentials(&command);
+        assert_eq!(credentials.len(), 1);
+        assert_eq!(credentials[0].kind, PASSWORD_CREDENTIAL);
+        assert_eq!(credentials[0].secret.expose_secret(), HASH);
+        let events = User::default().decide(command).unwrap();
+        for event in events {
+            let wire = Event::from(event).encode().unwrap().to_string();
+            assert!(!wire.contains(HASH) && !wire.contains("password"), "{wire}");
+        }
+        assert!(User::credentials(&update_profile("Ada")).is_empty());
+    }
+
+    #[test]
     fn login_data_and_roles_are_kept_in_the_state() {
         let mut user = User::default();
         user.apply(ada_registered());
         user.apply(role_granted("auditor"));
         assert_eq!(user.email(), "ada@example.com");
-        assert_eq!(user.password_hash(), HASH);
         assert!(user.roles().contains("auditor"));
     }
 }

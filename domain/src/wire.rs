@@ -14,7 +14,7 @@
 ///     /// Docs.
 ///     pub enum UserEvent for User {
 ///         /// Docs.
-///         Registered(UserRegisteredV2) = UserRegistered,
+///         Registered(UserRegisteredV3) = UserRegistered,
 ///     }
 /// }
 /// ```

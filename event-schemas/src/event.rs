@@ -12,8 +12,8 @@ use crate::social::{FollowedV1, UnfollowedV1};
 use crate::stream_type;
 use crate::upcast;
 use crate::user::{
-    UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2, UserRegistrationRolledBackV1,
-    UserRoleGrantedV1,
+    UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2, UserRegisteredV3,
+    UserRegistrationRolledBackV1, UserRoleGrantedV1,
 };
 
 /// A stored payload could not be turned into an [`Event`].
@@ -145,7 +145,7 @@ macro_rules! catalogue {
 }
 
 catalogue! {
-    UserRegistered(UserRegisteredV2) = "user.registered", v 2, stream_type::USER;
+    UserRegistered(UserRegisteredV3) = "user.registered", v 3, stream_type::USER;
     UserRegistrationRolledBack(UserRegistrationRolledBackV1) = "user.registration_rolled_back", v 1, stream_type::USER;
     UserProfileUpdated(UserProfileUpdatedV1) = "user.profile_updated", v 1, stream_type::USER;
     UserRoleGranted(UserRoleGrantedV1) = "user.role_granted", v 1, stream_type::USER;
@@ -180,6 +180,7 @@ pub fn published_schemas() -> Vec<(&'static str, u32, Schema)> {
     vec![
         ("user.registered", 1, schema_for!(UserRegisteredV1)),
         ("user.registered", 2, schema_for!(UserRegisteredV2)),
+        ("user.registered", 3, schema_for!(UserRegisteredV3)),
         (
             "user.registration_rolled_back",
             1,

@@ -17,9 +17,10 @@
 //!
 //! Layout:
 //! - [`user`], [`social`], [`post`], [`comment`], [`like`], [`onboarding`]: the payload types,
-//!   one struct per type and version (`UserRegisteredV1`, `UserRegisteredV2`);
+//!   one struct per type and version (`UserRegisteredV1` … `UserRegisteredV3`);
 //! - [`event`]: [`Event`], the union of the current versions, with encode/decode;
 //! - [`upcast`]: the upcaster chain from old versions to current ones;
+//! - [`redact`]: the secrets old versions carried, and their redaction on every way out;
 //! - [`envelope`]: [`Metadata`] and the decoded [`EventEnvelope`] the read side consumes;
 //! - `schemas/` and `fixtures/` (files, next to `src/`): one JSON Schema and at least one
 //!   golden payload per published version; `tests/contract/` checks them.
@@ -37,6 +38,7 @@ pub mod event;
 pub mod like;
 pub mod onboarding;
 pub mod post;
+pub mod redact;
 pub mod social;
 pub mod upcast;
 pub mod user;

@@ -12,16 +12,23 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::event::{DecodeError, EventKind};
-use crate::user::{UserRegisteredV1, UserRegisteredV2};
+use crate::user::{UserRegisteredV1, UserRegisteredV2, UserRegisteredV3};
 
 type Step = fn(Value) -> Result<Value, serde_json::Error>;
 
 /// `(event type, from version, step to from version + 1)`.
-const UPCASTERS: &[(EventKind, u32, Step)] = &[(
-    EventKind::UserRegistered,
-    1,
-    typed::<UserRegisteredV1, UserRegisteredV2>,
-)];
+const UPCASTERS: &[(EventKind, u32, Step)] = &[
+    (
+        EventKind::UserRegistered,
+        1,
+        typed::<UserRegisteredV1, UserRegisteredV2>,
+    ),
+    (
+        EventKind::UserRegistered,
+        2,
+        typed::<UserRegisteredV2, UserRegisteredV3>,
+    ),
+];
 
 /// A typed step: parse the old version strictly, convert, serialise the new one.
 fn typed<Old, New>(payload: Value) -> Result<Value, serde_json::Error>

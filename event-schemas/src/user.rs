@@ -19,7 +19,7 @@ pub struct UserRegisteredV1 {
 }
 
 /// `user.registered` v2: the display name is always present (v1 events without one take the
-/// username, see [`crate::upcast`]).
+/// username, see [`crate::upcast`]). Still carries the password hash; v3 does not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserRegisteredV2 {
@@ -39,6 +39,29 @@ impl From<UserRegisteredV1> for UserRegisteredV2 {
             email: v1.email,
             display_name,
             password_hash: v1.password_hash,
+        }
+    }
+}
+
+/// `user.registered` v3: no secret. The password hash lives in the store's credentials,
+/// written in the same transaction as this event; older versions upcast to this one drop it
+/// (and every path that shows stored payloads redacts it, see [`crate::redact`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegisteredV3 {
+    pub user_id: Uuid,
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+}
+
+impl From<UserRegisteredV2> for UserRegisteredV3 {
+    fn from(v2: UserRegisteredV2) -> Self {
+        Self {
+            user_id: v2.user_id,
+            username: v2.username,
+            email: v2.email,
+            display_name: v2.display_name,
         }
     }
 }

@@ -278,12 +278,11 @@ async fn dlq_list_prints_dead_letters_as_json_lines_filtered_by_projection() {
 /// Appends `user.registered` for `username` directly to the log.
 async fn register_in_log(db: &TestDb, username: &str) -> uuid::Uuid {
     let user_id = uuid::Uuid::now_v7();
-    let event = event_schemas::Event::from(event_schemas::user::UserRegisteredV2 {
+    let event = event_schemas::Event::from(event_schemas::user::UserRegisteredV3 {
         user_id,
         username: username.to_owned(),
         email: format!("{username}@example.com"),
         display_name: username.to_owned(),
-        password_hash: "not-a-real-hash".to_owned(),
     });
     store::PgEventStore::new(db.pool.clone())
         .append(&store::AppendRequest {
@@ -298,6 +297,7 @@ async fn register_in_log(db: &TestDb, username: &str) -> uuid::Uuid {
             }],
             metadata: event_schemas::Metadata::default(),
             claims: Vec::new(),
+            credentials: Vec::new(),
         })
         .await
         .unwrap();

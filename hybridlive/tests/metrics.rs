@@ -98,6 +98,7 @@ async fn follows(db: &TestDb, n: usize) {
                 }],
                 metadata: Metadata::default(),
                 claims: Vec::new(),
+                credentials: Vec::new(),
             })
             .await
             .unwrap();

@@ -69,6 +69,7 @@ fn append(stream_type: &str, stream_id: &str, expected: u64, events: u64) -> App
             ..Metadata::default()
         },
         claims: Vec::new(),
+        credentials: Vec::new(),
     }
 }
 

@@ -137,6 +137,7 @@ async fn follows(store: &PgEventStore, n: usize) -> Vec<Uuid> {
                 }],
                 metadata: Metadata::default(),
                 claims: Vec::new(),
+                credentials: Vec::new(),
             })
             .await
             .unwrap();
@@ -546,6 +547,7 @@ async fn others(store: &PgEventStore, stream_type: &str, event_type: &str, n: us
                 }],
                 metadata: Metadata::default(),
                 claims: Vec::new(),
+                credentials: Vec::new(),
             })
             .await
             .unwrap();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use event_schemas::like::{PostLikedV1, PostUnlikedV1};
 use event_schemas::post::{PostDeletedV1, PostPublishedV1};
-use event_schemas::user::{UserRegisteredV2, UserRegistrationRolledBackV1};
+use event_schemas::user::{UserRegisteredV3, UserRegistrationRolledBackV1};
 use event_schemas::{stream_type, Event, EventEnvelope, Metadata};
 use projections::analytics::{
     self, Built, DailyActivity, DailySignups, TopPost, LIVE_SCHEMA, TABLES,
@@ -69,12 +69,11 @@ impl History {
             at,
             stream_type::USER,
             user.to_string(),
-            Event::UserRegistered(UserRegisteredV2 {
+            Event::UserRegistered(UserRegisteredV3 {
                 user_id: user,
                 username: username.to_owned(),
                 email: format!("{username}@example.com"),
                 display_name: username.to_owned(),
-                password_hash: "$argon2id$…".to_owned(),
             }),
         );
     }
@@ -363,6 +362,7 @@ async fn append(
             events: vec![NewEvent::encode(&event).unwrap()],
             metadata: Metadata::default(),
             claims: Vec::new(),
+            credentials: Vec::new(),
         })
         .await
         .unwrap();
@@ -377,12 +377,11 @@ async fn a_model_built_from_the_log_in_a_fresh_schema_swaps_into_the_live_one() 
     let (ada, bo) = (Uuid::new_v4(), Uuid::new_v4());
     let post = Uuid::now_v7();
     for (user, name) in [(ada, "ada"), (bo, "bo")] {
-        let event = Event::UserRegistered(UserRegisteredV2 {
+        let event = Event::UserRegistered(UserRegisteredV3 {
             user_id: user,
             username: name.to_owned(),
             email: format!("{name}@example.com"),
             display_name: name.to_owned(),
-            password_hash: "x".to_owned(),
         });
         append(
             &store,

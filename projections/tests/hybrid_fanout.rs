@@ -34,6 +34,7 @@ async fn append(
             }],
             metadata: Metadata::default(),
             claims: Vec::new(),
+            credentials: Vec::new(),
         })
         .await
         .unwrap();

@@ -8,6 +8,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::claims::{Claim, ClaimTaken};
+use crate::credentials::{self, Credential};
 use crate::wakeup::Waker;
 
 /// One event to append, already encoded in its current schema version.
@@ -57,6 +58,8 @@ pub struct AppendRequest {
     pub metadata: Metadata,
     /// Unique values claimed or released in the same transaction.
     pub claims: Vec<Claim>,
+    /// Secrets of the stream stored in the same transaction (never in an event).
+    pub credentials: Vec<Credential>,
 }
 
 /// The result of an append (or of the original append, for an idempotent retry).
@@ -149,7 +152,19 @@ impl RecordedEvent {
         })
     }
 
+    /// The event of `row`, its payload redacted (`event_schemas::redact`): old versions of
+    /// some events held a secret, and what is read here leaves the write side.
     pub(crate) fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, StoreError> {
+        let mut event = Self::stored(row)?;
+        event_schemas::redact::redact_secrets(
+            &event.event_type,
+            event.schema_version,
+            &mut event.payload,
+        );
+        Ok(event)
+    }
+
+    fn stored(row: &sqlx::postgres::PgRow) -> Result<Self, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
         Ok(Self {
             global_position: row.try_get("global_position")?,
@@ -211,6 +226,13 @@ WITH stream AS (
     INSERT INTO unique_claims (scope, value, stream_type, stream_id)
     SELECT n.scope, n.value, $1, $2
       FROM stream, unnest($8::text[], $9::text[]) AS n(scope, value)
+    RETURNING 1
+), secured AS (
+    INSERT INTO credentials AS k (stream_type, stream_id, kind, secret)
+    SELECT $1, $2, n.kind, n.secret
+      FROM stream, unnest($12::text[], $13::text[]) AS n(kind, secret)
+    ON CONFLICT (stream_type, stream_id, kind) DO UPDATE
+        SET secret = EXCLUDED.secret, set_at = now()
     RETURNING 1
 ), appended AS (
     INSERT INTO events (event_id, stream_type, stream_id, stream_version,
@@ -314,6 +336,7 @@ impl PgEventStore {
         let payloads: Vec<&Value> = request.events.iter().map(|e| &e.payload).collect();
         let metadata = serde_json::to_value(&request.metadata)
             .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
+        let (kinds, secrets) = credentials::columns(&request.credentials);
 
         let result = sqlx::query(APPEND_SQL)
             .bind(&request.stream_type)
@@ -327,6 +350,8 @@ impl PgEventStore {
             .bind(&reserve_values)
             .bind(release_all)
             .bind(&metadata)
+            .bind(&kinds)
+            .bind(&secrets)
             .fetch_one(executor)
             .await;
 

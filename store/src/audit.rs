@@ -65,10 +65,26 @@ pub struct AuditEvent {
     pub recorded_at: DateTime<Utc>,
     /// sha256(previous event's hash in its stream ‖ canonical form of this event), hex.
     pub hash: String,
+    /// Fields of `payload` whose stored value is withheld (`"[redacted]"`): secrets that an
+    /// old version of the event held. The hash covers the stored value; `audit verify`
+    /// checks it in the database.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<&'static str>,
 }
 
 impl AuditEvent {
     fn from_row(row: &PgRow) -> Result<Self, StoreError> {
+        let mut event = Self::stored(row)?;
+        let version = u32::try_from(event.schema_version).unwrap_or_default();
+        if event_schemas::redact::redact_secrets(&event.event_type, version, &mut event.payload) {
+            event.redacted = event_schemas::redact::secret_fields(&event.event_type, version)
+                .unwrap_or_default()
+                .to_vec();
+        }
+        Ok(event)
+    }
+
+    fn stored(row: &PgRow) -> Result<Self, StoreError> {
         Ok(Self {
             global_position: row.try_get("global_position")?,
             event_id: row.try_get("event_id")?,
@@ -81,6 +97,7 @@ impl AuditEvent {
             metadata: row.try_get("metadata")?,
             recorded_at: row.try_get("recorded_at")?,
             hash: row.try_get("hash_hex")?,
+            redacted: Vec::new(),
         })
     }
 }

@@ -3,13 +3,16 @@
 //! Sits under `commands` (the write side) and under the read side's `relay`, `projections`
 //! and `replay`: it knows `event-schemas` (the wire contract) and no domain, HTTP, Kafka or
 //! read-model crate. Aggregates are the write side's: the store loads a stream's snapshot and
-//! events ([`snapshot`]) and appends events with their unique claims ([`claims`]).
+//! events ([`snapshot`]) and appends events with their unique claims ([`claims`]) and
+//! credentials ([`credentials`]).
 //!
 //! Invariants, enforced by the database where it can:
 //! - one append is one statement, so one transaction, whose first write locks the stream's
 //!   row; a stale expected version is an [`AppendError::Conflict`], never a duplicate version;
 //! - an append whose event ids are already stored is an idempotent no-op that returns the
 //!   original [`Appended`];
+//! - no secret is stored in an event: secrets are [`credentials`], and every stored payload
+//!   read back passes through `event_schemas::redact` (old versions held a password hash);
 //! - the `events` table is append-only (trigger and privileges) and hash-chained per stream;
 //!   [`PgEventStore::verify_log`] recomputes the chain and checks the seals over the
 //!   stream heads;
@@ -25,6 +28,7 @@
 //!   saving snapshots;
 //! - [`claims`]: the unique values (usernames, emails) an append reserves or releases, and
 //!   lookups of who holds one;
+//! - [`credentials`]: the secrets (password hashes) an append stores beside its events;
 //! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
 //! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
 //! - [`lease`]: one active instance per reader name (an advisory lock on its own connection);
@@ -37,6 +41,7 @@ pub mod append;
 pub mod audit;
 pub mod checkpoint;
 pub mod claims;
+pub mod credentials;
 pub mod lease;
 pub mod log;
 pub mod seal;

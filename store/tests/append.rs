@@ -25,6 +25,7 @@ fn request(stream_id: &str, expected_version: u64, events: Vec<NewEvent>) -> App
         events,
         metadata: Metadata::default(),
         claims: Vec::new(),
+        credentials: Vec::new(),
     }
 }
 

@@ -51,6 +51,7 @@ fn append(
             causation_id: None,
         },
         claims: Vec::new(),
+        credentials: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ fn append(stream_id: &str, expected_version: u64, count: u64) -> AppendRequest {
             ..Metadata::default()
         },
         claims: Vec::new(),
+        credentials: Vec::new(),
     }
 }
 

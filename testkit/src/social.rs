@@ -17,7 +17,7 @@ use event_schemas::comment::CommentAddedV1;
 use event_schemas::like::{PostLikedV1, PostUnlikedV1};
 use event_schemas::post::{PostDeletedV1, PostPublishedV1};
 use event_schemas::social::{FollowedV1, UnfollowedV1};
-use event_schemas::user::{UserProfileUpdatedV1, UserRegisteredV2, UserRegistrationRolledBackV1};
+use event_schemas::user::{UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1};
 use event_schemas::{stream_type, Event, Metadata};
 
 /// The shape of the log: `users` sets the scale, the rest is per user. About 42 events per
@@ -109,6 +109,7 @@ impl SocialLog {
                         request_id: None,
                     },
                     claims: Vec::new(),
+                    credentials: Vec::new(),
                 };
                 store.append(&request).await.map(|_| ())
             })
@@ -139,12 +140,11 @@ impl SocialLog {
             } else {
                 encoded(
                     &mut rng,
-                    &Event::UserRegistered(UserRegisteredV2 {
+                    &Event::UserRegistered(UserRegisteredV3 {
                         user_id: user,
                         username: format!("u{i}"),
                         email: format!("u{i}@example.com"),
                         display_name: format!("User {i}"),
-                        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
                     }),
                 )
             };
@@ -351,12 +351,11 @@ impl SocialLog {
             let user = uuid(&mut rng);
             let registered = encoded(
                 &mut rng,
-                &Event::UserRegistered(UserRegisteredV2 {
+                &Event::UserRegistered(UserRegisteredV3 {
                     user_id: user,
                     username: format!("gone{i}"),
                     email: format!("gone{i}@example.com"),
                     display_name: format!("Gone {i}"),
-                    password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
                 }),
             );
             let rolled_back = encoded(
@@ -432,12 +431,11 @@ fn encoded(rng: &mut StdRng, event: &Event) -> NewEvent {
 #[allow(clippy::expect_used)]
 pub fn registration(username: &str) -> AppendRequest {
     let user = Uuid::new_v4();
-    let event = Event::UserRegistered(UserRegisteredV2 {
+    let event = Event::UserRegistered(UserRegisteredV3 {
         user_id: user,
         username: username.into(),
         email: format!("{username}@example.com"),
         display_name: username.into(),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
     });
     AppendRequest {
         stream_type: stream_type::USER.into(),
@@ -446,5 +444,6 @@ pub fn registration(username: &str) -> AppendRequest {
         events: vec![NewEvent::encode(&event).expect("a registration encodes")],
         metadata: Metadata::default(),
         claims: Vec::new(),
+        credentials: Vec::new(),
     }
 }

@@ -11,5 +11,6 @@ mod api_rate_limits;
 mod browser;
 mod kafka_read_your_writes;
 mod live;
+mod privacy;
 mod read_models;
 mod write_side;

@@ -15,6 +15,86 @@ pub struct TestWriteSide {
     pub commands: WriteSide,
 }
 
+impl Drop for TestWriteSide {
+    fn drop(&mut self) {
+        assert_no_secret_in_log(&self.db);
+    }
+}
+
+/// Fails the test (unless it is failing already) when an event of its log holds a secret:
+/// every end-to-end test checks the whole log it wrote this way. A secret is a stored
+/// credential (anywhere in an event's payload or metadata) or anything shaped like a
+/// password hash, except in the `user.registered` versions that held one before
+/// credentials existed (tests write such old events on purpose).
+pub fn assert_no_secret_in_log(db: &TestDb) {
+    if std::thread::panicking() {
+        return;
+    }
+    let url = db.url.clone();
+    let found = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the log check");
+        runtime.block_on(secrets_in_log(&url))
+    })
+    .join()
+    .expect("the log check ran");
+    if let Some(leak) = found {
+        panic!("a secret is in the log: {leak}");
+    }
+}
+
+async fn secrets_in_log(url: &str) -> Option<String> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(url)
+        .await
+        .expect("the test database is reachable");
+    sqlx::query_scalar(
+        "SELECT format('event %s (%s v%s)', e.global_position, e.event_type, e.schema_version) \
+           FROM events e \
+          WHERE (strpos(e.payload::text || e.metadata::text, '$argon2') > 0 \
+                 AND NOT (e.event_type = 'user.registered' AND e.schema_version < 3)) \
+             OR EXISTS (SELECT 1 FROM credentials c \
+                         WHERE strpos(e.payload::text || e.metadata::text, c.secret) > 0) \
+          LIMIT 1",
+    )
+    .fetch_optional(&mut connection)
+    .await
+    .expect("the log check's query runs")
+}
+
+/// Every row of every table of the database but those named in `except`, as text, with
+/// its table: what a dump of the database would show.
+///
+/// # Panics
+/// When the database cannot be read.
+#[allow(clippy::expect_used)]
+pub async fn database_rows(db: &TestDb, except: &[&str]) -> Vec<(String, String)> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_schema, table_name FROM information_schema.tables \
+          WHERE table_type = 'BASE TABLE' \
+            AND table_schema NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("the tables are listed");
+    let mut rows = Vec::new();
+    for (schema, table) in tables {
+        let name = format!("{schema}.{table}");
+        if except.contains(&name.as_str()) {
+            continue;
+        }
+        let texts: Vec<String> =
+            sqlx::query_scalar(&format!(r#"SELECT t::text FROM "{schema}"."{table}" t"#))
+                .fetch_all(&db.pool)
+                .await
+                .expect("a table is read");
+        rows.extend(texts.into_iter().map(|text| (name.clone(), text)));
+    }
+    rows
+}
+
 /// Starts the write side exactly as production builds it, with small snapshots so tests
 /// cross snapshot boundaries.
 pub async fn spawn_write_side() -> TestWriteSide {
@@ -64,6 +144,7 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
         self.workers.cancel();
+        assert_no_secret_in_log(&self.db);
     }
 }
 

@@ -164,6 +164,10 @@ pub struct AuditEventView {
     pub recorded_at: DateTime<Utc>,
     /// sha256(previous event's hash in its stream ‖ canonical form of this event), hex.
     pub hash: String,
+    /// Fields of `payload` shown as `"[redacted]"`: secrets an old version of the event held
+    /// (the password hash of `user.registered` v1 and v2). The hash covers the stored value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<&'static str>,
 }
 
 impl From<store::AuditEvent> for AuditEventView {
@@ -180,6 +184,7 @@ impl From<store::AuditEvent> for AuditEventView {
             metadata: e.metadata,
             recorded_at: e.recorded_at,
             hash: e.hash,
+            redacted: e.redacted,
         }
     }
 }

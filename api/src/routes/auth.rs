@@ -11,7 +11,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::onboarding::OnboardingStatus;
-use domain::user::{User, UserCommand, UserStatus, EMAIL_CLAIM, USERNAME_CLAIM};
+use domain::user::{
+    User, UserCommand, UserStatus, EMAIL_CLAIM, PASSWORD_CREDENTIAL, USERNAME_CLAIM,
+};
+use event_schemas::stream_type;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -102,7 +106,8 @@ pub async fn register(
 
     let password_hash = auth::password::hash_password_async(body.password)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)?
+        .into();
     let user_id = meta.mint_id("user");
     let command = UserCommand::RegisterUser {
         user_id,
@@ -172,8 +177,11 @@ fn refresh_unavailable(error: auth::refresh::RefreshError) -> ApiError {
     }
 }
 
-/// The registered, active user a login names, if any.
-async fn find_user(state: &AppState, login: &str) -> Result<Option<User>, ApiError> {
+/// The registered, active user a login names, with their password hash, if any.
+async fn find_user(
+    state: &AppState,
+    login: &str,
+) -> Result<Option<(User, SecretString)>, ApiError> {
     // Email claims hold the address lowercased (`domain::user`).
     let email = login.to_lowercase();
     let stream_id = store::claims::holder(
@@ -186,7 +194,18 @@ async fn find_user(state: &AppState, login: &str) -> Result<Option<User>, ApiErr
         return Ok(None);
     };
     let user = state.write.users.store().load(&stream_id).await?.aggregate;
-    Ok(user.is_active().then_some(user))
+    if !user.is_active() {
+        return Ok(None);
+    }
+    let hash = store::credentials::secret(
+        &state.pool,
+        stream_type::USER,
+        &stream_id,
+        PASSWORD_CREDENTIAL,
+    )
+    .await
+    .map_err(crate::error::domain_errors::store)?;
+    Ok(hash.map(|hash| (user, hash)))
 }
 
 /// Log in with username or email.
@@ -196,8 +215,9 @@ pub async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let user = find_user(&state, &body.login).await?;
-    let hash = user.as_ref().map(|u| u.password_hash().to_owned());
+    let found = find_user(&state, &body.login).await?;
+    let (user, hash) = found.unzip();
+    let hash = hash.map(|hash| hash.expose_secret().to_owned());
     // Unknown users get the same Argon2 work as wrong passwords.
     let valid = auth::password::verify_password_async(body.password, hash)
         .await

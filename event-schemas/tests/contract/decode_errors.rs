@@ -43,7 +43,7 @@ fn an_unknown_type_is_reported_before_the_payload_is_looked_at() {
 fn an_unknown_schema_version_is_an_unknown_version_error() {
     let cases = [
         ("user.registered", 0),
-        ("user.registered", 3),
+        ("user.registered", 4),
         ("user.registered", u32::MAX),
         ("post.published", 0),
         ("post.published", 2),

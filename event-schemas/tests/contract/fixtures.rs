@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use event_schemas::event::published_schemas;
-use event_schemas::user::{UserRegisteredV1, UserRegisteredV2};
+use event_schemas::user::{UserRegisteredV1, UserRegisteredV2, UserRegisteredV3};
 use event_schemas::{Event, EventKind};
 use jsonschema::Validator;
 use serde_json::Value;
@@ -212,7 +212,7 @@ fn user_registered_v1_fixtures_decode_to_what_the_upcaster_makes_of_them() {
         let decoded = Event::decode("user.registered", 1, fixture.payload).unwrap();
         assert_eq!(
             decoded,
-            Event::UserRegistered(UserRegisteredV2::from(v1)),
+            Event::UserRegistered(UserRegisteredV3::from(UserRegisteredV2::from(v1))),
             "{}",
             fixture.file
         );
@@ -228,15 +228,15 @@ fn user_registered_v1_without_display_name_takes_the_username() {
         "the fixture must lack a display name"
     );
 
-    let Event::UserRegistered(v2) = Event::decode("user.registered", 1, payload.clone()).unwrap()
+    let Event::UserRegistered(current) =
+        Event::decode("user.registered", 1, payload.clone()).unwrap()
     else {
         panic!("user.registered decodes to Event::UserRegistered");
     };
-    assert_eq!(v2.display_name, v2.username);
-    assert_eq!(v2.username, payload["username"]);
-    assert_eq!(v2.email, payload["email"]);
-    assert_eq!(v2.password_hash, payload["password_hash"]);
-    assert_eq!(v2.user_id.to_string(), payload["user_id"]);
+    assert_eq!(current.display_name, current.username);
+    assert_eq!(current.username, payload["username"]);
+    assert_eq!(current.email, payload["email"]);
+    assert_eq!(current.user_id.to_string(), payload["user_id"]);
 }
 
 #[test]
@@ -250,19 +250,31 @@ fn user_registered_v1_with_display_name_keeps_it() {
         "pick a fixture where they differ"
     );
 
-    let Event::UserRegistered(v2) = Event::decode("user.registered", 1, payload.clone()).unwrap()
+    let Event::UserRegistered(current) =
+        Event::decode("user.registered", 1, payload.clone()).unwrap()
     else {
         panic!("user.registered decodes to Event::UserRegistered");
     };
-    assert_eq!(v2.display_name, display_name);
+    assert_eq!(current.display_name, display_name);
 }
 
 #[test]
 fn a_v1_payload_without_the_display_name_key_is_upcast_like_a_null_one() {
     let mut payload = read_json(&fixtures_dir().join("user.registered.v1.no-display-name.json"));
     payload.as_object_mut().unwrap().remove("display_name");
-    let Event::UserRegistered(v2) = Event::decode("user.registered", 1, payload).unwrap() else {
+    let Event::UserRegistered(current) = Event::decode("user.registered", 1, payload).unwrap()
+    else {
         panic!("user.registered decodes to Event::UserRegistered");
     };
-    assert_eq!(v2.display_name, v2.username);
+    assert_eq!(current.display_name, current.username);
+}
+
+#[test]
+fn user_registered_v2_fixtures_lose_their_hash_when_upcast() {
+    let payload = read_json(&fixtures_dir().join("user.registered.v2.json"));
+    assert!(payload["password_hash"].is_string(), "v2 carried the hash");
+    let decoded = Event::decode("user.registered", 2, payload.clone()).unwrap();
+    let encoded = decoded.encode().unwrap();
+    assert_eq!(encoded.get("password_hash"), None);
+    assert_eq!(encoded["username"], payload["username"]);
 }

@@ -1,0 +1,157 @@
+//! No secret in the log: a password hash is a credential, stored beside the registration's
+//! event and nowhere else; the hashes old events hold are redacted in every listing and
+//! export. (Every end-to-end test also checks its whole log: `e2e::assert_no_secret_in_log`.)
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use e2e::{database_rows, spawn_app};
+
+const PASSWORD: &str = "cobalt lantern orchard 4711";
+
+#[tokio::test]
+async fn a_password_hash_is_a_credential_and_nowhere_else() {
+    let app = spawn_app().await;
+    let registered = app
+        .post(
+            "/v1/auth/register",
+            json!({"username": "pia", "email": "pia@example.org", "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(registered.status(), 201);
+    let login = |password: &str| {
+        app.post(
+            "/v1/auth/login",
+            json!({"login": "pia", "password": password}),
+            None,
+        )
+    };
+    assert_eq!(login(PASSWORD).await.status(), 200);
+    assert_eq!(login("cobalt lantern orchard 4712").await.status(), 401);
+
+    let hash: String = sqlx::query_scalar(
+        "SELECT secret FROM credentials WHERE stream_type = 'user' AND kind = 'password'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    // The saga's events follow the registration: wait for them before reading everything.
+    wait_for_event(&app.db.pool, "onboarding.completed").await;
+    let rows = database_rows(&app.db, &["public.credentials"]).await;
+    assert!(rows.iter().any(|(table, _)| table == "public.events"));
+    for (table, row) in rows {
+        assert!(!row.contains(&hash), "the hash is in {table}: {row}");
+        assert!(!row.contains(PASSWORD), "the password is in {table}: {row}");
+        assert!(!row.contains("$argon2"), "a hash is in {table}: {row}");
+    }
+}
+
+#[tokio::test]
+async fn the_hash_an_old_registration_holds_is_redacted_in_listings_and_exports() {
+    let app = spawn_app().await;
+    let auditor = app.register_with_role("audra", "auditor").await;
+    let old_hash = "$argon2id$v=19$m=19456,t=2,p=1$b2xkc2FsdA$b2xkIGhhc2ggb2YgYm9i";
+    let bob = Uuid::now_v7();
+    // As the release before credentials wrote it.
+    sqlx::query(
+        "WITH s AS (INSERT INTO streams (stream_type, stream_id, version) VALUES ('user', $1, 1)) \
+         INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
+                             schema_version, payload, metadata) \
+         VALUES ($2, 'user', $1, 1, 'user.registered', 2, $3, '{}')",
+    )
+    .bind(bob.to_string())
+    .bind(Uuid::now_v7())
+    .bind(
+        json!({"user_id": bob, "username": "bob", "email": "bob@example.org",
+        "display_name": "Bob", "password_hash": old_hash}),
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+
+    let path = format!("/v1/audit/streams/user/{bob}");
+    let mut history = Value::Null;
+    for _ in 0..100 {
+        let response = app
+            .call(reqwest::Method::GET, &path, &auditor.access_token)
+            .await;
+        history = response.json().await.unwrap();
+        if history["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = &history["items"][0];
+    assert_eq!(event["payload"]["password_hash"], "[redacted]", "{history}");
+    assert_eq!(event["payload"]["username"], "bob");
+    assert_eq!(event["redacted"], json!(["password_hash"]));
+
+    // The export shows events below the watermark, which other tests' transactions can hold
+    // back for a moment.
+    let mut export = String::new();
+    for _ in 0..300 {
+        let response = app
+            .call(
+                reqwest::Method::GET,
+                "/v1/audit/export",
+                &auditor.access_token,
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        export = response.text().await.unwrap();
+        if export.contains(&bob.to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        export.contains(&bob.to_string()),
+        "the export lists bob's registration"
+    );
+    assert!(!export.contains(old_hash), "{export}");
+    let listing = app
+        .call(
+            reqwest::Method::GET,
+            "/v1/audit/events?limit=1000",
+            &auditor.access_token,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!listing.contains(old_hash), "{listing}");
+
+    // The stored row still holds it, and the chain still verifies.
+    let verify = app
+        .call(
+            reqwest::Method::GET,
+            "/v1/audit/verify",
+            &auditor.access_token,
+        )
+        .await;
+    let verify: Value = verify.json().await.unwrap();
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+async fn wait_for_event(pool: &sqlx::PgPool, event_type: &str) {
+    for _ in 0..300 {
+        let found: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE event_type = $1)")
+                .bind(event_type)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if found {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {event_type} event");
+}
