@@ -26,6 +26,7 @@ impl Drop for TestWriteSide {
 /// credential (anywhere in an event's payload or metadata) or anything shaped like a
 /// password hash, except in the `user.registered` versions that held one before
 /// credentials existed (tests write such old events on purpose).
+#[allow(clippy::expect_used, clippy::panic)]
 pub fn assert_no_secret_in_log(db: &TestDb) {
     if std::thread::panicking() {
         return;
@@ -45,6 +46,7 @@ pub fn assert_no_secret_in_log(db: &TestDb) {
     }
 }
 
+#[allow(clippy::expect_used)]
 async fn secrets_in_log(url: &str) -> Option<String> {
     use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect(url)
