@@ -95,9 +95,16 @@ use crate::setup::BenchDatabase;
 #[derive(Debug, Parser)]
 #[command(name = "bench", about = "Benchmarks of the Hybrid Live write side.")]
 struct Cli {
+    /// Seal personal data with a key-encryption key of the benchmark's (as `serve` does
+    /// with KEY_ENCRYPTION_KEY); without it, events are stored in the clear.
+    #[arg(long, global = true)]
+    seal: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The benchmark's key-encryption key (`--seal`); its value does not matter.
+const BENCH_KEY_ENCRYPTION_KEY: &str = "aHlicmlkbGl2ZSBiZW5jaG1hcmsga2V5IDAwMDAwMDA=";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -427,7 +434,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if cli.seal {
+        store::keys::install(
+            store::keys::Kek::from_base64(&BENCH_KEY_ENCRYPTION_KEY.into())?,
+            None,
+        )?;
+    }
+    match cli.command {
         Command::Appends(args) => appends(args).await,
         Command::Http(args) => http_bench(args).await,
         Command::Relay(args) => relay_bench(args).await,

@@ -21,6 +21,7 @@
 //! - [`event`]: [`Event`], the union of the current versions, with encode/decode;
 //! - [`upcast`]: the upcaster chain from old versions to current ones;
 //! - [`redact`]: the secrets old versions carried, and their redaction on every way out;
+//! - [`personal`]: the personal fields of each event type, which the store seals;
 //! - [`envelope`]: [`Metadata`] and the decoded [`EventEnvelope`] the read side consumes;
 //! - `schemas/` and `fixtures/` (files, next to `src/`): one JSON Schema and at least one
 //!   golden payload per published version; `tests/contract/` checks them.
@@ -37,6 +38,7 @@ pub mod envelope;
 pub mod event;
 pub mod like;
 pub mod onboarding;
+pub mod personal;
 pub mod post;
 pub mod redact;
 pub mod social;

@@ -13,6 +13,9 @@ use crate::process::DatabaseArgs;
 pub enum AdminCommand {
     /// Grants a role (admin, auditor, analyst) to a user, by id or username.
     GrantRole { user: String, role: String },
+    /// Wraps every data key under KEY_ENCRYPTION_KEY: the last step of rotating the
+    /// key-encryption key (run it with the old key as KEY_ENCRYPTION_KEY_PREVIOUS).
+    RewrapKeys,
 }
 
 impl AdminCommand {
@@ -20,6 +23,15 @@ impl AdminCommand {
         match self {
             Self::GrantRole { user, role } => {
                 grant_role(database.connect().await?, &user, &role).await
+            }
+            Self::RewrapKeys => {
+                let keyring = store::Keyring::new(database.connect().await?);
+                let rewrapped = keyring.rewrap().await.context("rewrapping data keys")?;
+                println!(
+                    "rewrapped {rewrapped} data keys under key-encryption key {}",
+                    store::keys::installed().unwrap_or("?")
+                );
+                Ok(())
             }
         }
     }

@@ -50,6 +50,19 @@ enum Command {
     Replay(replay::ReplayCommandArgs),
 }
 
+impl Command {
+    /// What the subcommand needs of the key-encryption key.
+    fn keys(&self) -> process::Keys {
+        match self {
+            Self::Dev(_) => process::Keys::Development,
+            Self::Migrate(_) | Self::Relay(_) | Self::Audit(_) => process::Keys::Optional,
+            Self::Serve(_) | Self::Project(_) | Self::Dlq(_) | Self::Admin(_) | Self::Replay(_) => {
+                process::Keys::Required
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -60,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let Cli { database, command } = Cli::parse();
+    database.install_keys(command.keys())?;
     match command {
         Command::Migrate(command) => command.run(&database).await,
         Command::Serve(args) => serve::run(args, &database).await,

@@ -31,9 +31,68 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub database_max_connections: u32,
+    /// Key-encryption key (32 random bytes in base64, e.g. `openssl rand -base64 32`): wraps
+    /// the people's data keys, which seal their personal data in the log. Required by every
+    /// subcommand that writes or reads personal data; `dev` uses a published development key.
+    #[arg(
+        long,
+        env = "KEY_ENCRYPTION_KEY",
+        hide_env_values = true,
+        value_parser = secret,
+        global = true
+    )]
+    pub key_encryption_key: Option<SecretString>,
+    /// During a rotation of the key-encryption key: the previous one, which still unwraps
+    /// the data keys `admin rewrap-keys` has not yet wrapped under the new one.
+    #[arg(
+        long,
+        env = "KEY_ENCRYPTION_KEY_PREVIOUS",
+        hide_env_values = true,
+        value_parser = secret,
+        global = true
+    )]
+    pub key_encryption_key_previous: Option<SecretString>,
+}
+
+/// What a subcommand needs of the key-encryption key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// It seals or opens personal data: `KEY_ENCRYPTION_KEY` must be set, and not to the
+    /// development key.
+    Required,
+    /// `dev`: the development key when unset.
+    Development,
+    /// It never opens personal data (`migrate`, `relay`, `audit`): used when set.
+    Optional,
 }
 
 impl DatabaseArgs {
+    /// Installs the process's key-encryption keys (`store::keys`) as `keys` asks.
+    pub fn install_keys(&self, keys: Keys) -> anyhow::Result<()> {
+        let current = match (&self.key_encryption_key, keys) {
+            (Some(key), _) => store::keys::Kek::from_base64(key).context("KEY_ENCRYPTION_KEY")?,
+            (None, Keys::Development) => store::keys::Kek::from_base64(&SecretString::from(
+                store::keys::DEV_KEY_ENCRYPTION_KEY,
+            ))?,
+            (None, Keys::Optional) => return Ok(()),
+            (None, Keys::Required) => anyhow::bail!(
+                "KEY_ENCRYPTION_KEY is required (32 random bytes in base64, e.g. `openssl rand \
+                 -base64 32`); only `hybridlive dev` may run without it"
+            ),
+        };
+        if keys == Keys::Required && current.is_development_key() {
+            anyhow::bail!("KEY_ENCRYPTION_KEY is the published development key; only `hybridlive dev` may use it");
+        }
+        let previous = self
+            .key_encryption_key_previous
+            .as_ref()
+            .map(store::keys::Kek::from_base64)
+            .transpose()
+            .context("KEY_ENCRYPTION_KEY_PREVIOUS")?;
+        store::keys::install(current, previous)?;
+        Ok(())
+    }
+
     /// A pool of at most `DATABASE_MAX_CONNECTIONS` connections.
     pub async fn connect(&self) -> anyhow::Result<sqlx::PgPool> {
         PgPoolOptions::new()

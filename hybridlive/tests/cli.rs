@@ -11,6 +11,7 @@ fn lite_hybridlive() -> tokio::process::Command {
     for variable in testkit::PRODUCTION_STORE_VARIABLES {
         command.env_remove(variable);
     }
+    command.env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY);
     command
 }
 
@@ -499,4 +500,86 @@ async fn export_until(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// `hybridlive` on `db` with `key` as its key-encryption key (and `previous`, if any).
+async fn with_keys(db: &TestDb, key: &str, previous: Option<&str>, args: &[&str]) -> Output {
+    let mut command = lite_hybridlive();
+    command
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("KEY_ENCRYPTION_KEY", key)
+        .env_remove("KEY_ENCRYPTION_KEY_PREVIOUS");
+    if let Some(previous) = previous {
+        command.env("KEY_ENCRYPTION_KEY_PREVIOUS", previous);
+    }
+    command.output().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_key_encryption_key_rotates_by_rewrapping_every_data_key() {
+    let db = TestDb::new().await;
+    register_in_log(&db, "rosa").await;
+    let stored: String = sqlx::query_scalar("SELECT payload ->> 'username' FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("sealed:v1:"), "{stored}");
+    let old = testkit::TEST_KEY_ENCRYPTION_KEY;
+    let new = "bmV3IGtleS1lbmNyeXB0aW9uIGtleTogcm90YXRlZCE=";
+    let export = [
+        "replay",
+        "export",
+        "--format",
+        "ndjson",
+        "--event-type",
+        "user.registered",
+    ];
+
+    // The new key alone cannot unwrap a data key wrapped under the old one, and says so.
+    let refused = with_keys(&db, new, None, &export).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("KEY_ENCRYPTION_KEY_PREVIOUS"), "{stderr}");
+
+    let rewrapped = with_keys(&db, new, Some(old), &["admin", "rewrap-keys"]).await;
+    assert!(
+        rewrapped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rewrapped.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rewrapped.stdout).contains("rewrapped 1 data keys"));
+    let again = with_keys(&db, new, Some(old), &["admin", "rewrap-keys"]).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("rewrapped 0 data keys"));
+
+    // Rotated: the new key alone opens everything; the old one alone nothing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let opened = with_keys(&db, new, None, &export).await;
+        assert!(
+            opened.status.success(),
+            "{}",
+            String::from_utf8_lossy(&opened.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&opened.stdout);
+        if stdout.contains(r#""username":"rosa""#) {
+            assert!(
+                stdout.contains(r#""opened":["username","email","display_name"]"#),
+                "{stdout}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never exported: {stdout}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let stale = with_keys(&db, old, None, &export).await;
+    assert!(!stale.status.success(), "the old key no longer unwraps it");
+
+    // `serve` refuses the published development key.
+    let dev = with_keys(&db, store::keys::DEV_KEY_ENCRYPTION_KEY, None, &["serve"]).await;
+    assert!(!dev.status.success());
+    assert!(String::from_utf8_lossy(&dev.stderr).contains("development key"));
 }

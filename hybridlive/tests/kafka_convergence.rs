@@ -183,6 +183,7 @@ impl Production {
         command
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true);

@@ -22,6 +22,7 @@ fn hybridlive(db: &TestDb, args: &[&str]) -> Command {
     command
         .args(args)
         .env("DATABASE_URL", &db.url)
+        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
         .env("METRICS_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn,hybridlive=info,projections=info")
         .stdout(Stdio::null())

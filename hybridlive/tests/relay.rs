@@ -40,6 +40,7 @@ fn relay_command(db: &TestDb, prefix: &str) -> Command {
     command
         .arg("relay")
         .env("DATABASE_URL", &db.url)
+        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
         .env("KAFKA_BROKERS", brokers())
         .env("KAFKA_TOPIC_PREFIX", prefix)
         .env("KAFKA_TOPIC_PARTITIONS", PARTITIONS.to_string())

@@ -28,6 +28,7 @@ fn replay(db: &TestDb, model: &str) -> tokio::process::Command {
     command
         .args(["replay", model, "--batch-size", "100"])
         .env("DATABASE_URL", &db.url)
+        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
         .env("FANOUT_MAX_FOLLOWERS", FANOUT_MAX_FOLLOWERS.to_string())
         // The swap of `content` drops the caches under this deployment's prefix.
         .env(

@@ -212,6 +212,7 @@ fn replay(db: &TestDb, model: &str, env: &[(&'static str, String)]) -> tokio::pr
     command
         .args(["replay", model, "--batch-size", "100"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
         .env("DATABASE_URL", &db.url)
         .env("FANOUT_MAX_FOLLOWERS", FANOUT_MAX_FOLLOWERS.to_string())
         .env(

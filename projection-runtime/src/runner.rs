@@ -35,7 +35,7 @@ use std::time::Duration;
 use event_schemas::EventEnvelope;
 use rand::Rng;
 use sqlx::postgres::PgPool;
-use store::{Checkpoints, LogPosition, LogReader, LogWaiter, RecordedEvent, StoreError};
+use store::{Checkpoints, Keyring, LogPosition, LogReader, LogWaiter, RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -157,6 +157,8 @@ pub struct Runner<P> {
     /// The event types seen that the projection does not handle: the log reader leaves
     /// their payloads out.
     skipped: std::sync::Mutex<Vec<String>>,
+    /// Opens the personal fields of the events it reads (`store::keys`).
+    pub(crate) keyring: Keyring,
 }
 
 /// How often the log source counts its lag in events.
@@ -172,6 +174,7 @@ pub fn swap_lock_key(projection: &str) -> String {
 impl<P: Projection> Runner<P> {
     pub fn new(pool: PgPool, projection: P, policy: RetryPolicy) -> Self {
         Self {
+            keyring: Keyring::new(pool.clone()),
             pool,
             policy,
             batch_size: 500,
@@ -412,9 +415,10 @@ impl<P: Projection> Runner<P> {
     ) -> tokio_util::task::AbortOnDropHandle<Result<(Vec<RecordedEvent>, Decoded), StoreError>>
     {
         let (reader, skipped, limit) = (reader.clone(), self.skipped_types(), self.batch_size);
-        let range = self.range.clone();
+        let (range, keyring) = (self.range.clone(), self.keyring.clone());
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            let events = reader.read_batch_skipping(after, limit, &skipped).await?;
+            let mut events = reader.read_batch_skipping(after, limit, &skipped).await?;
+            keyring.open(&mut events).await?;
             let decoded = events
                 .iter()
                 .map(|event| {
@@ -439,15 +443,17 @@ impl<P: Projection> Runner<P> {
     }
 
     /// The next batch after `after`, without the payloads of the types the projection
-    /// passes over.
+    /// passes over, opened.
     async fn read(
         &self,
         reader: &LogReader,
         after: LogPosition,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        reader
+        let mut events = reader
             .read_batch_skipping(after, self.batch_size, &self.skipped_types())
-            .await
+            .await?;
+        self.keyring.open(&mut events).await?;
+        Ok(events)
     }
 
     /// The event types seen that the projection does not handle.

@@ -9,7 +9,10 @@ use uuid::Uuid;
 
 use crate::claims::{Claim, ClaimTaken};
 use crate::credentials::{self, Credential};
+use crate::keys::Keyring;
 use crate::wakeup::Waker;
+use event_schemas::personal::personal_fields;
+use std::borrow::Cow;
 
 /// One event to append, already encoded in its current schema version.
 #[derive(Debug, Clone, PartialEq)]
@@ -254,11 +257,13 @@ SELECT (SELECT version FROM stream) AS version,
 pub struct PgEventStore {
     pool: PgPool,
     waker: Waker,
+    keyring: Keyring,
 }
 
 impl PgEventStore {
     pub fn new(pool: PgPool) -> Self {
         Self {
+            keyring: Keyring::new(pool.clone()),
             pool,
             waker: Waker::default(),
         }
@@ -266,6 +271,11 @@ impl PgEventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The data keys its appends seal personal data with, and its reads open it with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// Appends `request.events` to the stream if it is at `request.expected_version`.
@@ -333,7 +343,16 @@ impl PgEventStore {
             .map(|e| i32::try_from(e.schema_version))
             .collect::<Result<Vec<i32>, _>>()
             .map_err(|_| StoreError::Corrupt("schema_version above i32::MAX".into()))?;
-        let payloads: Vec<&Value> = request.events.iter().map(|e| &e.payload).collect();
+        // Personal fields sealed with their subjects' keys (`crate::keys`).
+        let mut sealed = Cow::Borrowed(&request.events);
+        if request
+            .events
+            .iter()
+            .any(|e| personal_fields(&e.event_type).is_some())
+        {
+            self.keyring.seal(sealed.to_mut()).await?;
+        }
+        let payloads: Vec<&Value> = sealed.iter().map(|e| &e.payload).collect();
         let metadata = serde_json::to_value(&request.metadata)
             .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
         let (kinds, secrets) = credentials::columns(&request.credentials);
@@ -496,7 +515,7 @@ impl PgEventStore {
             .ok_or_else(|| StoreError::Corrupt("unique violation without a claim".into()))
     }
 
-    /// The stream's events after `after_version`, in version order.
+    /// The stream's events after `after_version`, in version order, opened (`crate::keys`).
     ///
     /// # Errors
     /// [`StoreError`] on database failure or a corrupt row.
@@ -517,10 +536,15 @@ impl PgEventStore {
             .bind(to_i64(after_version)?)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(RecordedEvent::from_row).collect()
+        let mut events = rows
+            .iter()
+            .map(RecordedEvent::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.keyring.open(&mut events).await?;
+        Ok(events)
     }
 
-    /// One event by its id, if it is stored.
+    /// One event by its id, if it is stored, opened (`crate::keys`).
     ///
     /// # Errors
     /// [`StoreError`] on database failure or a corrupt row.
@@ -530,7 +554,11 @@ impl PgEventStore {
             .bind(event_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(RecordedEvent::from_row).transpose()
+        let mut event = row.as_ref().map(RecordedEvent::from_row).transpose()?;
+        if let Some(event) = &mut event {
+            self.keyring.open(std::slice::from_mut(event)).await?;
+        }
+        Ok(event)
     }
 
     /// The stream's current version (0 when it does not exist).

@@ -26,6 +26,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::append::StoreError;
+use crate::keys::Keyring;
 use crate::log::LogPosition;
 
 /// Largest page of [`AuditLog::list`].
@@ -70,6 +71,10 @@ pub struct AuditEvent {
     /// checks it in the database.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redacted: Vec<&'static str>,
+    /// Personal fields of `payload` stored sealed (`crate::keys`), shown opened — or as
+    /// `"[erased]"` once their person is erased. The hash covers the sealed form.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub opened: Vec<&'static str>,
 }
 
 impl AuditEvent {
@@ -98,6 +103,7 @@ impl AuditEvent {
             recorded_at: row.try_get("recorded_at")?,
             hash: row.try_get("hash_hex")?,
             redacted: Vec::new(),
+            opened: Vec::new(),
         })
     }
 }
@@ -215,11 +221,31 @@ const COLUMNS: &str = "global_position, event_id, stream_type, stream_id, stream
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     pool: PgPool,
+    keyring: Keyring,
 }
 
 impl AuditLog {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            keyring: Keyring::new(pool.clone()),
+            pool,
+        }
+    }
+
+    /// Opens the sealed personal fields of `events`, naming them in `opened`.
+    async fn open(&self, events: &mut [AuditEvent]) -> Result<(), StoreError> {
+        for event in events.iter_mut() {
+            if let Some(personal) = event_schemas::personal::personal_fields(&event.event_type) {
+                if crate::keys::holds_sealed(&event.event_type, &event.payload) {
+                    event.opened = personal.fields.to_vec();
+                }
+            }
+        }
+        let mut payloads: Vec<(&str, &mut Value)> = events
+            .iter_mut()
+            .map(|e| (e.event_type.as_str(), &mut e.payload))
+            .collect();
+        self.keyring.open_payloads(&mut payloads).await
     }
 
     /// The oldest transaction id still running anywhere on the server (the transaction id
@@ -302,6 +328,7 @@ impl AuditLog {
             });
             items.push(event);
         }
+        self.open(&mut items).await?;
         let next_cursor = match last {
             Some(last) if has_more => AuditCursor {
                 after: last,
@@ -335,7 +362,12 @@ impl AuditLog {
             .bind(stream_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(AuditEvent::from_row).collect()
+        let mut events = rows
+            .iter()
+            .map(AuditEvent::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.open(&mut events).await?;
+        Ok(events)
     }
 }
 

@@ -11,6 +11,8 @@
 //!   row; a stale expected version is an [`AppendError::Conflict`], never a duplicate version;
 //! - an append whose event ids are already stored is an idempotent no-op that returns the
 //!   original [`Appended`];
+//! - personal data is stored sealed with its person's data key (when a key-encryption key is
+//!   installed): the raw log, the relay's records and a database dump hold ciphertext;
 //! - no secret is stored in an event: secrets are [`credentials`], and every stored payload
 //!   read back passes through `event_schemas::redact` (old versions held a password hash);
 //! - the `events` table is append-only (trigger and privileges) and hash-chained per stream;
@@ -29,6 +31,8 @@
 //! - [`claims`]: the unique values (usernames, emails) an append reserves or releases, and
 //!   lookups of who holds one;
 //! - [`credentials`]: the secrets (password hashes) an append stores beside its events;
+//! - [`keys`]: the people's data keys; an append seals the personal fields of its events,
+//!   readers that decode events open them ([`keys::Keyring`]);
 //! - [`log`]: [`LogReader`] and [`LogPosition`], the gap-free catch-up reader;
 //! - [`checkpoint`]: [`Checkpoints`], where readers persist their [`LogPosition`];
 //! - [`lease`]: one active instance per reader name (an advisory lock on its own connection);
@@ -42,6 +46,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod claims;
 pub mod credentials;
+pub mod keys;
 pub mod lease;
 pub mod log;
 pub mod seal;
@@ -54,6 +59,7 @@ pub use append::{
 };
 pub use audit::{AuditCursor, AuditEvent, AuditFilter, AuditLog, AuditPage, InvalidCursor};
 pub use checkpoint::Checkpoints;
+pub use keys::Keyring;
 pub use log::{LogPosition, LogReader};
 pub use seal::{Seal, SealOutcome, Sealer};
 pub use snapshot::{Snapshot, StreamTail};

@@ -43,9 +43,10 @@ impl PgEventStore {
             .fetch_all(self.pool())
             .await?;
         let mut tail = StreamTail::default();
+        let mut stored = Vec::with_capacity(rows.len());
         for row in rows {
             let version = to_u64(row.try_get("stream_version")?)?;
-            let Some(event_type) = row.try_get::<Option<&str>, _>("event_type")? else {
+            let Some(event_type) = row.try_get::<Option<String>, _>("event_type")? else {
                 tail.snapshot = Some(Snapshot {
                     version,
                     state: row.try_get("payload")?,
@@ -54,7 +55,16 @@ impl PgEventStore {
             };
             let schema_version = u32::try_from(row.try_get::<i32, _>("schema_version")?)
                 .map_err(|_| StoreError::Corrupt("negative schema_version".into()))?;
-            let event = Event::decode(event_type, schema_version, row.try_get("payload")?)?;
+            let payload: Value = row.try_get("payload")?;
+            stored.push((version, event_type, schema_version, payload));
+        }
+        let mut payloads: Vec<(&str, &mut Value)> = stored
+            .iter_mut()
+            .map(|(_, event_type, _, payload)| (event_type.as_str(), payload))
+            .collect();
+        self.keyring().open_payloads(&mut payloads).await?;
+        for (version, event_type, schema_version, payload) in stored {
+            let event = Event::decode(&event_type, schema_version, payload)?;
             tail.events.push((version, event));
         }
         Ok(tail)

@@ -77,6 +77,21 @@ pub fn kafka_brokers() -> String {
 /// environment, since `scripts/test.sh` sets them all.
 pub const PRODUCTION_STORE_VARIABLES: [&str; 3] = ["KAFKA_BROKERS", "SCYLLA_NODES", "MONGODB_URI"];
 
+/// The key-encryption key of the tests (`store::keys`): every [`TestDb`] installs it in the
+/// test process, and tests that run the binary pass it as `KEY_ENCRYPTION_KEY`.
+pub const TEST_KEY_ENCRYPTION_KEY: &str = "aHlicmlkbGl2ZSB0ZXN0IHN1aXRlIGtlayAwMDAwMDA=";
+
+/// Installs [`TEST_KEY_ENCRYPTION_KEY`] in this process (again: a no-op).
+///
+/// # Panics
+/// When other keys are installed.
+#[allow(clippy::expect_used)]
+pub fn install_test_keys() {
+    let kek = store::keys::Kek::from_base64(&TEST_KEY_ENCRYPTION_KEY.into())
+        .expect("the test key-encryption key is well formed");
+    store::keys::install(kek, None).expect("the tests' key-encryption key is the one installed");
+}
+
 /// A database that exists for one test.
 #[derive(Debug)]
 pub struct TestDb {
@@ -107,6 +122,7 @@ impl TestDb {
     /// When the server is unreachable.
     #[allow(clippy::expect_used)]
     pub async fn empty() -> Self {
+        install_test_keys();
         let admin: PgConnectOptions = server_url().parse().expect("DATABASE_URL is a valid URL");
         sweep_left_behind(&admin);
         let name = format!("hl_test_{}_{}", std::process::id(), Uuid::new_v4().simple());

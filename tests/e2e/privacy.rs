@@ -155,3 +155,102 @@ async fn wait_for_event(pool: &sqlx::PgPool, event_type: &str) {
     }
     panic!("no {event_type} event");
 }
+
+/// Strings no other test writes: wherever one shows up, it came from this test's person.
+const ZORA: [&str; 5] = [
+    "zoraquill",
+    "zora.quillfeather@example.org",
+    "Zora Quillfeather",
+    "Ultramarine kestrel lighthouse",
+    "Periwinkle anchor chowder",
+];
+
+#[tokio::test]
+async fn personal_data_is_sealed_in_the_log_and_open_to_every_reader() {
+    let app = spawn_app().await;
+    let [username, email, display_name, title, comment] = ZORA;
+    let registered = app
+        .post(
+            "/v1/auth/register",
+            json!({"username": username, "email": email, "password": "cobalt lantern orchard 4711",
+                   "display_name": display_name}),
+            None,
+        )
+        .await;
+    assert_eq!(registered.status(), 201);
+    let zora: Value = registered.json().await.unwrap();
+    let token = zora["access_token"].as_str().unwrap();
+    let post = app
+        .post(
+            "/v1/posts",
+            json!({"title": title, "body_markdown": title}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(post.status(), 201);
+    let post_id = post.json::<Value>().await.unwrap()["post_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let commented = app
+        .post(
+            &format!("/v1/posts/{post_id}/comments"),
+            json!({"body": comment}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(commented.status(), 201);
+
+    // The readers open it: the aggregate (/v1/me), the projections (post, comments).
+    let me: Value = app
+        .call(reqwest::Method::GET, "/v1/me", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (me["username"].as_str(), me["email"].as_str()),
+        (Some(username), Some(email))
+    );
+    let mut shown = (Value::Null, Value::Null);
+    for _ in 0..300 {
+        shown = (
+            get_json(&app, &format!("/v1/posts/{post_id}"), token).await,
+            get_json(&app, &format!("/v1/posts/{post_id}/comments"), token).await,
+        );
+        if shown.1["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shown.0["title"], title, "{shown:?}");
+    assert_eq!(shown.1["items"][0]["body"], comment, "{shown:?}");
+
+    // The log holds none of it in the clear; each event names its person's key.
+    let log: Vec<String> = sqlx::query_scalar("SELECT payload::text || metadata::text FROM events")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    for text in &log {
+        for personal in ZORA {
+            assert!(
+                !text.contains(personal),
+                "{personal} in the clear in the log: {text}"
+            );
+        }
+    }
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE subject = $1::uuid")
+        .bind(zora["user_id"].as_str().unwrap())
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, 1);
+}
+
+async fn get_json(app: &e2e::TestApp, path: &str, token: &str) -> Value {
+    let response = app.call(reqwest::Method::GET, path, token).await;
+    response.json().await.unwrap_or(Value::Null)
+}

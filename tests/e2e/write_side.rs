@@ -110,11 +110,19 @@ async fn a_social_session_lands_in_the_log_in_order_with_metadata_and_verifies()
         .fetch_one(&app.db.pool)
         .await
         .unwrap();
-    let log: Vec<_> = testkit::read_log(&reader, LogPosition::START, total as usize)
-        .await
+    let mut stored = testkit::read_log(&reader, LogPosition::START, total as usize).await;
+    let sealed = stored
         .iter()
-        .map(|e| e.decode().unwrap())
-        .collect();
+        .find(|e| e.event_type == "post.published")
+        .unwrap();
+    assert!(sealed.payload["title"]
+        .as_str()
+        .unwrap()
+        .starts_with("sealed:v1:"));
+    // Opened, as every reader that decodes events does.
+    let keyring = c.users.store().events().keyring();
+    keyring.open(&mut stored).await.unwrap();
+    let log: Vec<_> = stored.iter().map(|e| e.decode().unwrap()).collect();
     let kinds: Vec<EventKind> = log.iter().map(|e| e.event.kind()).collect();
     assert_eq!(
         kinds,

@@ -168,6 +168,10 @@ pub struct AuditEventView {
     /// (the password hash of `user.registered` v1 and v2). The hash covers the stored value.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redacted: Vec<&'static str>,
+    /// Personal fields stored sealed with their person's data key, shown opened — or as
+    /// `"[erased]"` once the person is erased. The hash covers the sealed form.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub opened: Vec<&'static str>,
 }
 
 impl From<store::AuditEvent> for AuditEventView {
@@ -185,6 +189,7 @@ impl From<store::AuditEvent> for AuditEventView {
             recorded_at: e.recorded_at,
             hash: e.hash,
             redacted: e.redacted,
+            opened: e.opened,
         }
     }
 }

@@ -181,6 +181,8 @@ impl<P: Projection> Runner<P> {
                     }
                 }
             }
+            // Records carry personal fields sealed, as stored.
+            self.keyring.open(&mut events).await?;
             let outcomes = self.apply_under_swap_lock(&events, stop).await?;
             for (outcome, &index) in outcomes.iter().zip(&of_event) {
                 if let Outcome::DeadLettered(error) = outcome {
