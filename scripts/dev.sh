@@ -36,6 +36,13 @@ if [ -z "${JWT_SECRET:-}" ]; then
   JWT_SECRET="$(cat "$state/jwt_secret")"
   export JWT_SECRET
 fi
+# Likewise the key-encryption key that wraps the people's data keys: lost, their personal
+# data in the log can no longer be opened.
+if [ -z "${KEY_ENCRYPTION_KEY:-}" ]; then
+  [ -s "$state/key_encryption_key" ] || (umask 077; head -c 32 /dev/urandom | base64 -w0 >"$state/key_encryption_key")
+  KEY_ENCRYPTION_KEY="$(cat "$state/key_encryption_key")"
+  export KEY_ENCRYPTION_KEY
+fi
 cargo build --release --locked -p hybridlive
 "$bin" migrate --create-database
 
