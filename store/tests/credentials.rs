@@ -121,18 +121,13 @@ async fn the_migration_moves_old_hashes_to_credentials_and_every_read_redacts_th
     let user = Uuid::now_v7();
     let registered = json!({"user_id": user, "username": "olga", "email": "olga@example.org",
         "display_name": "Olga", "password_hash": OLD_HASH});
-    sqlx::query(
-        "WITH s AS (INSERT INTO streams (stream_type, stream_id, version) VALUES ('user', $1, 1)) \
-         INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
-                             schema_version, payload, metadata) \
-         VALUES ($2, 'user', $1, 1, 'user.registered', 2, $3, '{}')",
+    testkit::insert_as_before(
+        &db.pool,
+        ("user", &user.to_string()),
+        ("user.registered", 2),
+        &registered,
     )
-    .bind(user.to_string())
-    .bind(Uuid::now_v7())
-    .bind(&registered)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    .await;
     sqlx::query(
         "INSERT INTO snapshots (stream_type, stream_id, version, state) VALUES ('user', $1, 1, $2)",
     )

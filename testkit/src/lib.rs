@@ -92,6 +92,35 @@ pub fn install_test_keys() {
     store::keys::install(kek, None).expect("the tests' key-encryption key is the one installed");
 }
 
+/// Writes the first event of a stream by plain SQL, bypassing the store — as an older release
+/// wrote it (no sealing, no credentials): for tests of what the store does with old rows.
+///
+/// # Panics
+/// When the insert fails.
+#[allow(clippy::expect_used)]
+pub async fn insert_as_before(
+    pool: &PgPool,
+    (stream_type, stream_id): (&str, &str),
+    (event_type, schema_version): (&str, i32),
+    payload: &serde_json::Value,
+) {
+    sqlx::query(
+        "WITH s AS (INSERT INTO streams (stream_type, stream_id, version) VALUES ($1, $2, 1)) \
+         INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
+                             schema_version, payload, metadata) \
+         VALUES ($3, $1, $2, 1, $4, $5, $6, '{}')",
+    )
+    .bind(stream_type)
+    .bind(stream_id)
+    .bind(Uuid::now_v7())
+    .bind(event_type)
+    .bind(schema_version)
+    .bind(payload)
+    .execute(pool)
+    .await
+    .expect("an old event is written");
+}
+
 /// A database that exists for one test.
 #[derive(Debug)]
 pub struct TestDb {

@@ -57,21 +57,15 @@ async fn the_hash_an_old_registration_holds_is_redacted_in_listings_and_exports(
     let old_hash = "$argon2id$v=19$m=19456,t=2,p=1$b2xkc2FsdA$b2xkIGhhc2ggb2YgYm9i";
     let bob = Uuid::now_v7();
     // As the release before credentials wrote it.
-    sqlx::query(
-        "WITH s AS (INSERT INTO streams (stream_type, stream_id, version) VALUES ('user', $1, 1)) \
-         INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
-                             schema_version, payload, metadata) \
-         VALUES ($2, 'user', $1, 1, 'user.registered', 2, $3, '{}')",
+    let registered = json!({"user_id": bob, "username": "bob", "email": "bob@example.org",
+        "display_name": "Bob", "password_hash": old_hash});
+    testkit::insert_as_before(
+        &app.db.pool,
+        ("user", &bob.to_string()),
+        ("user.registered", 2),
+        &registered,
     )
-    .bind(bob.to_string())
-    .bind(Uuid::now_v7())
-    .bind(
-        json!({"user_id": bob, "username": "bob", "email": "bob@example.org",
-        "display_name": "Bob", "password_hash": old_hash}),
-    )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+    .await;
 
     let path = format!("/v1/audit/streams/user/{bob}");
     let mut history = Value::Null;
