@@ -289,7 +289,9 @@ pub mod domain_errors {
                 UserError::UnknownRole => ApiError::rule("unknown_role", e),
                 UserError::UsernameTaken => ApiError::UsernameTaken,
                 UserError::EmailTaken => ApiError::EmailTaken,
-                UserError::NotRegistered | UserError::RolledBack => ApiError::NotFound("user"),
+                UserError::NotRegistered | UserError::RolledBack | UserError::Erased => {
+                    ApiError::NotFound("user")
+                }
                 UserError::EmptyPasswordHash | UserError::AlreadyRegistered => {
                     ApiError::internal(e)
                 }

@@ -93,6 +93,13 @@ where
             tracing::debug!(%error, "Access token refused.");
             ApiError::Unauthorized
         })?;
+        // A token outlives its account's erasure by up to its lifetime: refused at once.
+        if store::keys::is_erased(&state.pool, claims.sub)
+            .await
+            .map_err(crate::error::domain_errors::store)?
+        {
+            return Err(ApiError::Unauthorized);
+        }
         Ok(Principal {
             user_id: claims.sub,
             roles: claims.roles,

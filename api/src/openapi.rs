@@ -13,7 +13,7 @@ use crate::state::AppState;
 #[openapi(
     info(title = "Hybrid Live API", description = "Commands, queries, auth and operations of Hybrid Live. Errors always have the body {\"error\": {\"code\", \"message\", \"request_id\"}}."),
     paths(
-        auth::register, auth::login, auth::refresh, auth::logout, auth::me,
+        auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::erase_me,
         social::follow, social::unfollow, social::profile,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
         posts::get_post, posts::list_comments, feed::feed,

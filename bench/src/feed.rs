@@ -334,6 +334,7 @@ async fn fanout(
                     },
                     claims: Vec::new(),
                     credentials: Vec::new(),
+                    erases_subject: false,
                 })
                 .await
                 .context("appending social.followed")?;

@@ -681,6 +681,7 @@ impl Append {
                 },
                 claims: Vec::new(),
                 credentials: Vec::new(),
+                erases_subject: false,
             })
             .await
             .with_context(|| format!("appending to {} {}", self.stream_type, self.stream_id))?;

@@ -244,6 +244,7 @@ async fn append(
             },
             claims: Vec::new(),
             credentials: Vec::new(),
+            erases_subject: false,
         })
         .await
         .with_context(|| format!("appending to {stream}"))?;

@@ -506,6 +506,7 @@ impl Client for OurBatchClient {
             metadata: Metadata::default(),
             claims: Vec::new(),
             credentials: Vec::new(),
+            erases_subject: false,
         };
         match self.store.append(&request).await {
             Ok(appended) => {

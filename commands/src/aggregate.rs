@@ -127,9 +127,11 @@ where
         credentials: Vec<Credential>,
     ) -> Result<Appended, AppendError> {
         let mut claims = Vec::new();
+        let mut erases_subject = false;
         let mut encoded = Vec::with_capacity(events.len());
         for (index, event) in events.into_iter().enumerate() {
             claims.extend(A::claims(&event).into_iter().map(to_store_claim));
+            erases_subject |= A::erases(&event);
             let event: Event = event.into();
             let event_id = match command_id {
                 Some(command) => derived_event_id(command, index),
@@ -150,6 +152,7 @@ where
                 metadata,
                 claims,
                 credentials: credentials.into_iter().map(to_store_credential).collect(),
+                erases_subject,
             })
             .await?;
         if !appended.duplicate && self.crosses_snapshot(loaded.version, appended.stream_version) {

@@ -432,6 +432,7 @@ async fn a_stored_v1_registration_loads_upcast_to_the_current_version() {
             metadata: Metadata::default(),
             claims: Vec::new(),
             credentials: Vec::new(),
+            erases_subject: false,
         })
         .await
         .unwrap();

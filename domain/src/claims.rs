@@ -52,6 +52,12 @@ pub trait Claims: Aggregate {
         Vec::new()
     }
 
+    /// Whether `event` erases the person whose id is its stream's id: the store destroys
+    /// their data key and deletes the stream's credentials and snapshot with its append.
+    fn erases(_event: &Self::Event) -> bool {
+        false
+    }
+
     /// The domain rejection for a claim another stream holds; `None` for aggregates that
     /// never claim anything (the store then reports an unexpected error).
     fn claim_rejected(_taken: ClaimTaken) -> Option<Self::Error> {

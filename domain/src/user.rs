@@ -11,7 +11,8 @@ use event_schemas::stream_type;
 use std::collections::BTreeSet;
 
 use event_schemas::user::{
-    UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1, UserRoleGrantedV1,
+    UserErasedV1, UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1,
+    UserRoleGrantedV1,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,10 @@ pub enum UserCommand {
     RollBackRegistration { reason: String },
     /// Grants one of [`ROLES`]; granting a held role changes nothing.
     GrantRole { role: String },
+    /// Erases the person: their data key is destroyed with the event (their personal data
+    /// in the log no longer opens), their password and claims are dropped. Erasing an
+    /// erased user changes nothing.
+    Erase,
 }
 
 /// The roles a user can be granted.
@@ -67,6 +72,7 @@ domain_events! {
         RegistrationRolledBack(UserRegistrationRolledBackV1) = UserRegistrationRolledBack,
         ProfileUpdated(UserProfileUpdatedV1) = UserProfileUpdated,
         RoleGranted(UserRoleGrantedV1) = UserRoleGranted,
+        Erased(UserErasedV1) = UserErased,
     }
 }
 
@@ -91,6 +97,8 @@ pub enum UserError {
     NotRegistered,
     #[error("user registration was rolled back")]
     RolledBack,
+    #[error("user was erased")]
+    Erased,
     #[error("unknown role; roles are admin, auditor and analyst")]
     UnknownRole,
 }
@@ -104,6 +112,8 @@ pub enum UserStatus {
     Registered,
     /// The registration was compensated; the stream is closed for good.
     RolledBack,
+    /// The person was erased; the stream is closed for good and holds no personal data.
+    Erased,
 }
 
 /// A user account. State is what the rules need, no more (it is snapshotted).
@@ -207,13 +217,23 @@ impl User {
             }
             UserCommand::RollBackRegistration { reason } => match self.status {
                 UserStatus::Unregistered => Err(UserError::NotRegistered),
-                UserStatus::RolledBack => Ok(Vec::new()),
+                UserStatus::RolledBack | UserStatus::Erased => Ok(Vec::new()),
                 UserStatus::Registered => Ok(vec![UserEvent::RegistrationRolledBack(
                     UserRegistrationRolledBackV1 {
                         user_id: self.user_id,
                         reason,
                     },
                 )]),
+            },
+            // A rolled-back registration is erased too: its events hold personal data.
+            UserCommand::Erase => match self.status {
+                UserStatus::Unregistered => Err(UserError::NotRegistered),
+                UserStatus::Erased => Ok(Vec::new()),
+                UserStatus::Registered | UserStatus::RolledBack => {
+                    Ok(vec![UserEvent::Erased(UserErasedV1 {
+                        user_id: self.user_id,
+                    })])
+                }
             },
         }
     }
@@ -222,6 +242,7 @@ impl User {
         match self.status {
             UserStatus::Unregistered => Err(UserError::NotRegistered),
             UserStatus::RolledBack => Err(UserError::RolledBack),
+            UserStatus::Erased => Err(UserError::Erased),
             UserStatus::Registered => Ok(()),
         }
     }
@@ -260,6 +281,14 @@ impl Aggregate for User {
             UserEvent::RoleGranted(e) => {
                 self.roles.insert(e.role);
             }
+            // Nothing personal is kept: the state is snapshotted.
+            UserEvent::Erased(e) => {
+                *self = Self {
+                    user_id: e.user_id,
+                    status: UserStatus::Erased,
+                    ..Self::default()
+                };
+            }
         }
     }
 }
@@ -279,7 +308,7 @@ impl Claims for User {
                     value: e.email.to_lowercase(),
                 },
             ],
-            UserEvent::RegistrationRolledBack(_) => vec![Claim::ReleaseAll],
+            UserEvent::RegistrationRolledBack(_) | UserEvent::Erased(_) => vec![Claim::ReleaseAll],
             UserEvent::ProfileUpdated(_) | UserEvent::RoleGranted(_) => Vec::new(),
         }
     }
@@ -293,6 +322,10 @@ impl Claims for User {
             }],
             _ => Vec::new(),
         }
+    }
+
+    fn erases(event: &UserEvent) -> bool {
+        matches!(event, UserEvent::Erased(_))
     }
 
     fn claim_rejected(taken: ClaimTaken) -> Option<UserError> {
@@ -714,6 +747,60 @@ mod tests {
             .given(vec![ada_registered(), rolled_back()])
             .when(roll_back())
             .then_expect_events(vec![]);
+    }
+
+    // Erase
+
+    fn erased() -> UserEvent {
+        UserEvent::Erased(UserErasedV1 { user_id: ada() })
+    }
+
+    #[test]
+    fn erasing_a_registered_or_rolled_back_user_emits_erased() {
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(UserCommand::Erase)
+            .then_expect_events(vec![erased()]);
+        UserTest::with(())
+            .given(vec![ada_registered(), rolled_back()])
+            .when(UserCommand::Erase)
+            .then_expect_events(vec![erased()]);
+    }
+
+    #[test]
+    fn erasing_twice_emits_nothing_and_an_unregistered_user_cannot_be_erased() {
+        UserTest::with(())
+            .given(vec![ada_registered(), erased()])
+            .when(UserCommand::Erase)
+            .then_expect_events(vec![]);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Erase)
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn an_erased_user_keeps_nothing_personal_and_accepts_no_change() {
+        let mut user = User::default();
+        user.apply(ada_registered());
+        user.apply(UserEvent::RoleGranted(UserRoleGrantedV1 {
+            user_id: ada(),
+            role: "admin".into(),
+        }));
+        user.apply(erased());
+        assert_eq!(user.status(), UserStatus::Erased);
+        assert!(!user.is_active());
+        let snapshot = serde_json::to_string(&user).unwrap();
+        for personal in ["ada@example.com", "Ada Lovelace", "\"ada\"", "admin"] {
+            assert!(!snapshot.contains(personal), "{personal} in {snapshot}");
+        }
+        UserTest::with(())
+            .given(vec![ada_registered(), erased()])
+            .when(update_profile("Ada"))
+            .then_expect_error(UserError::Erased);
+        assert_eq!(User::claims(&erased()), vec![Claim::ReleaseAll]);
+        assert!(User::erases(&erased()));
+        assert!(!User::erases(&ada_registered()));
     }
 
     // State

@@ -12,7 +12,7 @@ use crate::social::{FollowedV1, UnfollowedV1};
 use crate::stream_type;
 use crate::upcast;
 use crate::user::{
-    UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2, UserRegisteredV3,
+    UserErasedV1, UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2, UserRegisteredV3,
     UserRegistrationRolledBackV1, UserRoleGrantedV1,
 };
 
@@ -149,6 +149,7 @@ catalogue! {
     UserRegistrationRolledBack(UserRegistrationRolledBackV1) = "user.registration_rolled_back", v 1, stream_type::USER;
     UserProfileUpdated(UserProfileUpdatedV1) = "user.profile_updated", v 1, stream_type::USER;
     UserRoleGranted(UserRoleGrantedV1) = "user.role_granted", v 1, stream_type::USER;
+    UserErased(UserErasedV1) = "user.erased", v 1, stream_type::USER;
     Followed(FollowedV1) = "social.followed", v 1, stream_type::SOCIAL_GRAPH;
     Unfollowed(UnfollowedV1) = "social.unfollowed", v 1, stream_type::SOCIAL_GRAPH;
     PostPublished(PostPublishedV1) = "post.published", v 1, stream_type::POST;
@@ -188,6 +189,7 @@ pub fn published_schemas() -> Vec<(&'static str, u32, Schema)> {
         ),
         ("user.profile_updated", 1, schema_for!(UserProfileUpdatedV1)),
         ("user.role_granted", 1, schema_for!(UserRoleGrantedV1)),
+        ("user.erased", 1, schema_for!(UserErasedV1)),
         ("social.followed", 1, schema_for!(FollowedV1)),
         ("social.unfollowed", 1, schema_for!(UnfollowedV1)),
         ("post.published", 1, schema_for!(PostPublishedV1)),

@@ -75,6 +75,16 @@ pub struct UserRegistrationRolledBackV1 {
     pub reason: String,
 }
 
+/// `user.erased` v1: the person's data was erased at their request (or an administrator's).
+/// Their data key is destroyed in the same transaction, so the personal fields of their
+/// events no longer open; read models drop their profile, posts and comments. Frees the
+/// username and email again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserErasedV1 {
+    pub user_id: Uuid,
+}
+
 /// `user.profile_updated` v1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

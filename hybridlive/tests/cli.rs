@@ -299,6 +299,7 @@ async fn register_in_log(db: &TestDb, username: &str) -> uuid::Uuid {
             metadata: event_schemas::Metadata::default(),
             claims: Vec::new(),
             credentials: Vec::new(),
+            erases_subject: false,
         })
         .await
         .unwrap();

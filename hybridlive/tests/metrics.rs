@@ -100,6 +100,7 @@ async fn follows(db: &TestDb, n: usize) {
                 metadata: Metadata::default(),
                 claims: Vec::new(),
                 credentials: Vec::new(),
+                erases_subject: false,
             })
             .await
             .unwrap();

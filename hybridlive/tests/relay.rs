@@ -71,6 +71,7 @@ fn append(stream_type: &str, stream_id: &str, expected: u64, events: u64) -> App
         },
         claims: Vec::new(),
         credentials: Vec::new(),
+        erases_subject: false,
     }
 }
 

@@ -138,6 +138,7 @@ async fn follows(store: &PgEventStore, n: usize) -> Vec<Uuid> {
                 metadata: Metadata::default(),
                 claims: Vec::new(),
                 credentials: Vec::new(),
+                erases_subject: false,
             })
             .await
             .unwrap();
@@ -548,6 +549,7 @@ async fn others(store: &PgEventStore, stream_type: &str, event_type: &str, n: us
                 metadata: Metadata::default(),
                 claims: Vec::new(),
                 credentials: Vec::new(),
+                erases_subject: false,
             })
             .await
             .unwrap();

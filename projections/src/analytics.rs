@@ -35,6 +35,7 @@
 //!   it travels with the tables when they are swapped; nothing reads `checkpoints`.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use event_schemas::personal::ERASED;
 use event_schemas::{Event, EventEnvelope};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -241,6 +242,7 @@ impl Projection for AnalyticsProjection {
                 | "post.deleted"
                 | "post.liked"
                 | "post.unliked"
+                | "user.erased"
         )
     }
 
@@ -285,10 +287,11 @@ impl Projection for AnalyticsProjection {
                     )],
                     5,
                 );
+                // An erased author's title opens to `[erased]`: none is kept.
                 let query = sqlx::query(&sql)
                     .bind(e.post_id)
                     .bind(e.author_id)
-                    .bind(&e.title)
+                    .bind((e.title != ERASED).then_some(&e.title))
                     .bind(day);
                 self.execute(query, envelope).await
             }
@@ -310,9 +313,32 @@ impl Projection for AnalyticsProjection {
             }
             Event::PostLiked(e) => self.like(envelope, e.post_id, e.user_id, true).await,
             Event::PostUnliked(e) => self.like(envelope, e.post_id, e.user_id, false).await,
+            Event::UserErased(e) => {
+                let sql = self.merge(&[forget_titles_sql(s)], 2);
+                self.execute(sqlx::query(&sql).bind(e.user_id), envelope)
+                    .await
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// Empties the titles of `$1`'s posts in schema `s`: the only personal data the model holds.
+fn forget_titles_sql(s: &str) -> String {
+    format!("UPDATE {s}.posts SET title = NULL WHERE author_id = $1 AND title IS NOT NULL")
+}
+
+/// Forgets the titles of an erased person's posts in the live model at once (no worker
+/// follows the log with this model; a replay applies `user.erased` itself). Idempotent.
+///
+/// # Errors
+/// On database failure.
+pub async fn forget_author(pool: &PgPool, user: Uuid) -> ReadResult<()> {
+    sqlx::query(&forget_titles_sql(LIVE_SCHEMA))
+        .bind(user)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The writes of [`Projection::apply`].

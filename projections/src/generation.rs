@@ -17,6 +17,7 @@
 //!   generation, whole — never a mix of two. The previous generation stays until the next
 //!   replay of the model drops it.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -415,5 +416,11 @@ impl ContentStore for Following<dyn ContentStore> {
     }
     async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
         self.reading().await.write_all(writes).await
+    }
+    async fn erase_user(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
+        self.reading().await.erase_user(user).await
+    }
+    async fn erased(&self, users: &[Uuid]) -> ReadResult<HashSet<Uuid>> {
+        self.reading().await.erased(users).await
     }
 }

@@ -363,6 +363,7 @@ async fn append(
             metadata: Metadata::default(),
             claims: Vec::new(),
             credentials: Vec::new(),
+            erases_subject: false,
         })
         .await
         .unwrap();

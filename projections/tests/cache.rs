@@ -195,6 +195,12 @@ impl ContentStore for HeldLikes {
         self.release.notified().await;
         Ok(change)
     }
+    async fn erase_user(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
+        self.inner.erase_user(user).await
+    }
+    async fn erased(&self, users: &[Uuid]) -> ReadResult<std::collections::HashSet<Uuid>> {
+        self.inner.erased(users).await
+    }
 }
 
 fn liked(post: Uuid, position: i64) -> EventEnvelope {

@@ -373,6 +373,67 @@ async fn writers_racing_the_post_keep_counts_exact(store: &dyn ContentStore, rou
     }
 }
 
+/// Erasure: the profile goes, the person's posts become emptied tombstones, their comments
+/// go and are uncounted; other people's comments and likes stay; it is idempotent, and the
+/// person is reported erased from the start of it.
+async fn an_erasure_removes_every_personal_field(store: &dyn ContentStore) {
+    let person = Uuid::new_v4();
+    let profile = Profile {
+        user_id: person,
+        username: "zq_contract".to_owned(),
+        display_name: "Zq Contract".to_owned(),
+        registered_at: Utc::now().trunc_subsecs(3),
+    };
+    store.put_profile(&profile).await.unwrap();
+    let theirs = PostDoc {
+        author_id: person,
+        ..post(1)
+    };
+    let others = post(2);
+    store.insert_post(&theirs).await.unwrap();
+    store.insert_post(&others).await.unwrap();
+    let their_comment = CommentDoc {
+        author_id: person,
+        ..comment(&others, 3)
+    };
+    let other_comment = comment(&others, 4);
+    for c in [&their_comment, &other_comment, &comment(&theirs, 5)] {
+        store.add_comment(c).await.unwrap();
+    }
+    store.set_like(others.post_id, person, true).await.unwrap();
+    let stranger = Uuid::new_v4();
+    assert!(store.erased(&[person, stranger]).await.unwrap().is_empty());
+
+    let mut changed = store.erase_user(person).await.unwrap();
+    changed.sort_unstable();
+    let mut expected = vec![theirs.post_id, others.post_id];
+    expected.sort_unstable();
+    assert_eq!(changed, expected);
+    assert_eq!(store.profile(person).await.unwrap(), None);
+    assert_eq!(store.post(theirs.post_id).await.unwrap(), None);
+    let left = store.post(others.post_id).await.unwrap().unwrap();
+    assert_eq!((left.comment_count, left.like_count), (1, 1));
+    let comments = store.comments(others.post_id, None, 10).await.unwrap();
+    assert_eq!(comments, vec![other_comment.clone()]);
+    assert_eq!(
+        store.erased(&[person, stranger]).await.unwrap(),
+        [person].into_iter().collect()
+    );
+    // Again: nothing more to do, the same answer.
+    store.erase_user(person).await.unwrap();
+    let left = store.post(others.post_id).await.unwrap().unwrap();
+    assert_eq!(left.comment_count, 1);
+    // A post by the person stored after it (a late Kafka delivery) does not come back once
+    // erased again, as the projection does after such a write.
+    let late = PostDoc {
+        author_id: person,
+        ..post(6)
+    };
+    store.insert_post(&late).await.unwrap();
+    store.erase_user(person).await.unwrap();
+    assert_eq!(store.post(late.post_id).await.unwrap(), None);
+}
+
 /// The contract; `racing_rounds` for [`writers_racing_the_post_keep_counts_exact`] (a
 /// slower server gets fewer, each of which then spreads its writes over a longer time).
 async fn contract(store: &dyn ContentStore, racing_rounds: u64) {
@@ -384,6 +445,7 @@ async fn contract(store: &dyn ContentStore, racing_rounds: u64) {
     concurrent_writers_keep_counts_exact(store).await;
     comments_and_likes_before_their_post_are_counted_with_it(store).await;
     writers_racing_the_post_keep_counts_exact(store, racing_rounds).await;
+    an_erasure_removes_every_personal_field(store).await;
 }
 
 #[tokio::test]

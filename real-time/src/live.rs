@@ -107,6 +107,23 @@ for i = 1, #KEYS do append(KEYS[i], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) end
 return #KEYS
 ";
 
+/// KEYS: streams. ARGV: text. Deletes every entry whose data contains the text (plain, not
+/// a pattern); returns how many.
+const RETRACT: &str = r"
+local deleted = 0
+for i = 1, #KEYS do
+  for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '+')) do
+    local fields = entry[2]
+    for f = 1, #fields, 2 do
+      if fields[f] == 'data' and string.find(fields[f + 1], ARGV[1], 1, true) then
+        deleted = deleted + redis.call('XDEL', KEYS[i], entry[1])
+      end
+    end
+  end
+end
+return deleted
+";
+
 /// Takes every pending like count at once: HGETALL then DEL.
 const TAKE_LIKES: &str = r"
 local pending = redis.call('HGETALL', KEYS[1])
@@ -123,6 +140,7 @@ pub struct LivePublisher {
     publish: Script,
     publish_many: Script,
     take_likes: Script,
+    retract: Script,
 }
 
 impl std::fmt::Debug for LivePublisher {
@@ -152,6 +170,7 @@ impl LivePublisher {
             publish: Script::new(&format!("{APPEND}{PUBLISH}")),
             publish_many: Script::new(&format!("{APPEND}{PUBLISH_MANY}")),
             take_likes: Script::new(TAKE_LIKES),
+            retract: Script::new(RETRACT),
         }
     }
 
@@ -232,6 +251,40 @@ impl LivePublisher {
                 .map_err(unavailable)?;
             metrics::counter!("live_published_total", "event" => event.to_owned())
                 .increment(chunk.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Deletes what live updates keep of an erased person: their own channel's stream and
+    /// outcome, and in `channels` every entry they wrote (`"author_id"` is theirs), so that
+    /// no resume replays it. Clients that already received an entry keep it.
+    ///
+    /// # Errors
+    /// Redis unreachable (transient).
+    pub async fn retract(&self, channels: &[String], author: Uuid) -> LiveResult<()> {
+        let own = user_channel(author);
+        let _: i64 = redis::cmd("DEL")
+            .arg(stream_key(&self.prefix, &own))
+            .arg(outcome_key(&self.prefix, &own))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        let needle = format!("\"author_id\":\"{author}\"");
+        let keys: Vec<String> = channels
+            .iter()
+            .filter(|channel| **channel != own)
+            .map(|channel| stream_key(&self.prefix, channel))
+            .collect();
+        for chunk in keys.chunks(100) {
+            let mut invocation = self.retract.prepare_invoke();
+            for key in chunk {
+                invocation.key(key);
+            }
+            let _: i64 = invocation
+                .arg(&needle)
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(unavailable)?;
         }
         Ok(())
     }

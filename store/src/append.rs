@@ -63,6 +63,10 @@ pub struct AppendRequest {
     pub claims: Vec<Claim>,
     /// Secrets of the stream stored in the same transaction (never in an event).
     pub credentials: Vec<Credential>,
+    /// The append erases the person whose id is `stream_id` (`user.erased`): in the same
+    /// transaction their data key is destroyed (the personal fields of their events no
+    /// longer open, `crate::keys`), and the stream's credentials and snapshot are deleted.
+    pub erases_subject: bool,
 }
 
 /// The result of an append (or of the original append, for an idempotent retry).
@@ -237,6 +241,24 @@ WITH stream AS (
     ON CONFLICT (stream_type, stream_id, kind) DO UPDATE
         SET secret = EXCLUDED.secret, set_at = now()
     RETURNING 1
+), shredded AS (
+    INSERT INTO data_keys AS d (subject, wrapped, kek_id, erased_at)
+    SELECT $14, NULL, NULL, now()
+      FROM stream
+     WHERE $14 IS NOT NULL
+    ON CONFLICT (subject) DO UPDATE
+        SET wrapped = NULL, kek_id = NULL, erased_at = coalesce(d.erased_at, now())
+    RETURNING 1
+), forgotten AS (
+    DELETE FROM credentials k
+     USING stream
+     WHERE $14 IS NOT NULL AND k.stream_type = $1 AND k.stream_id = $2
+    RETURNING 1
+), unsnapshotted AS (
+    DELETE FROM snapshots s
+     USING stream
+     WHERE $14 IS NOT NULL AND s.stream_type = $1 AND s.stream_id = $2
+    RETURNING 1
 ), appended AS (
     INSERT INTO events (event_id, stream_type, stream_id, stream_version,
                         event_type, schema_version, payload, metadata)
@@ -356,6 +378,16 @@ impl PgEventStore {
         let metadata = serde_json::to_value(&request.metadata)
             .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
         let (kinds, secrets) = credentials::columns(&request.credentials);
+        let erased: Option<Uuid> = if request.erases_subject {
+            Some(Uuid::parse_str(&request.stream_id).map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "stream {}/{} erases a person, yet its id is not a person's",
+                    request.stream_type, request.stream_id
+                ))
+            })?)
+        } else {
+            None
+        };
 
         let result = sqlx::query(APPEND_SQL)
             .bind(&request.stream_type)
@@ -371,6 +403,7 @@ impl PgEventStore {
             .bind(&metadata)
             .bind(&kinds)
             .bind(&secrets)
+            .bind(erased)
             .fetch_one(executor)
             .await;
 
@@ -384,6 +417,9 @@ impl PgEventStore {
         else {
             return self.conflict_or_duplicate(request, &ids).await;
         };
+        if let Some(subject) = erased {
+            self.keyring.forget(subject);
+        }
         Ok(Appended {
             stream_version: to_u64(version)?,
             first_position: row.try_get("first_position").map_err(StoreError::from)?,

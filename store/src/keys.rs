@@ -139,6 +139,20 @@ fn keks() -> Result<&'static Keks, StoreError> {
     })
 }
 
+/// Whether `subject` was erased (their data key destroyed). Read from the table, never a
+/// cache: an erasure holds at once on every instance.
+///
+/// # Errors
+/// On database failure.
+pub async fn is_erased(pool: &PgPool, subject: Uuid) -> Result<bool, StoreError> {
+    let erased: Option<bool> =
+        sqlx::query_scalar("SELECT erased_at IS NOT NULL FROM data_keys WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(pool)
+            .await?;
+    Ok(erased.unwrap_or(false))
+}
+
 /// A person's data key, unwrapped; `None`: the person is erased.
 type DataKey = Option<Arc<XChaCha20Poly1305>>;
 
@@ -218,6 +232,17 @@ impl Keyring {
         &self,
         payloads: &mut [(&str, &mut Value)],
     ) -> Result<(), StoreError> {
+        // An erasure read here ends the use of the person's key in this process at once,
+        // not when the cache expires: what follows it must not open.
+        for (event_type, payload) in payloads.iter() {
+            if *event_type == "user.erased" {
+                if let Some(user) = payload.get("user_id").and_then(|v| v.as_str()) {
+                    if let Ok(user) = Uuid::parse_str(user) {
+                        self.forget(user);
+                    }
+                }
+            }
+        }
         let sealed: Vec<Uuid> = subjects(
             payloads
                 .iter()
@@ -314,6 +339,14 @@ impl Keyring {
         }
         found.extend(loaded);
         Ok(found)
+    }
+
+    /// Drops `subject`'s key from this keyring's cache (they were just erased here). Other
+    /// processes' keyrings drop it within [`CACHE_TTL`].
+    pub fn forget(&self, subject: Uuid) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(subject, (None, Instant::now()));
+        }
     }
 
     /// Wraps every data key not wrapped under the current KEK again under it (after a

@@ -26,6 +26,7 @@ fn request(stream_id: &str, expected_version: u64, events: Vec<NewEvent>) -> App
         metadata: Metadata::default(),
         claims: Vec::new(),
         credentials: Vec::new(),
+        erases_subject: false,
     }
 }
 

@@ -52,6 +52,7 @@ fn append(
         },
         claims: Vec::new(),
         credentials: Vec::new(),
+        erases_subject: false,
     }
 }
 

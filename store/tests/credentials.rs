@@ -37,6 +37,7 @@ fn append(stream_id: &str, expected_version: u64, secret: Option<&str>) -> Appen
             })
             .into_iter()
             .collect(),
+        erases_subject: false,
     }
 }
 

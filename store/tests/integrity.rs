@@ -28,6 +28,7 @@ fn append(stream_id: &str, expected_version: u64, count: u64) -> AppendRequest {
         },
         claims: Vec::new(),
         credentials: Vec::new(),
+        erases_subject: false,
     }
 }
 

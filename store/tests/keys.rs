@@ -24,6 +24,7 @@ fn post(author: Uuid, title: &str) -> AppendRequest {
         metadata: Metadata::default(),
         claims: Vec::new(),
         credentials: Vec::new(),
+        erases_subject: false,
     }
 }
 
@@ -70,4 +71,95 @@ async fn racing_appends_for_a_new_person_agree_on_one_key() {
     let mut expected: Vec<String> = (0..16).map(|i| format!("title-{i}")).collect();
     expected.sort();
     assert_eq!(titles, expected);
+}
+
+fn erased(person: Uuid, expected_version: u64) -> AppendRequest {
+    AppendRequest {
+        stream_type: "user".into(),
+        stream_id: person.to_string(),
+        expected_version,
+        events: vec![NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "user.erased".into(),
+            schema_version: 1,
+            payload: json!({ "user_id": person }),
+        }],
+        metadata: Metadata::default(),
+        claims: vec![store::claims::Claim::ReleaseAll],
+        credentials: Vec::new(),
+        erases_subject: true,
+    }
+}
+
+async fn count(db: &TestDb, sql: &str, person: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(person.to_string())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// The erasing append destroys the key, the credentials, the claims and the snapshot with
+/// its event, or nothing when it is refused; afterwards the person's data opens to
+/// `[erased]` for every reader and nothing of theirs can be sealed again.
+#[tokio::test]
+async fn an_erasing_append_shreds_the_key_with_its_event_or_not_at_all() {
+    let db = TestDb::new().await;
+    let person = Uuid::now_v7();
+    let store = PgEventStore::new(db.pool.clone());
+    store.append(&post(person, "zq-before")).await.unwrap();
+    let mut registered = erased(person, 0);
+    registered.events[0].event_type = "test.registered".into();
+    registered.claims = vec![store::claims::Claim::Reserve {
+        scope: "username",
+        value: "zq_person".into(),
+    }];
+    registered.credentials = vec![store::credentials::Credential {
+        kind: "password",
+        secret: "$argon2id$zq".into(),
+    }];
+    registered.erases_subject = false;
+    store.append(&registered).await.unwrap();
+    store
+        .save_snapshot(
+            "user",
+            &person.to_string(),
+            1,
+            &json!({"username": "zq_person"}),
+        )
+        .await
+        .unwrap();
+    let held = [
+        "SELECT count(*) FROM credentials WHERE stream_id = $1",
+        "SELECT count(*) FROM unique_claims WHERE stream_id = $1",
+        "SELECT count(*) FROM snapshots WHERE stream_id = $1",
+        "SELECT count(*) FROM data_keys WHERE subject::text = $1 AND wrapped IS NOT NULL",
+    ];
+
+    // A stale version: refused, and nothing of it happened.
+    assert!(matches!(
+        store.append(&erased(person, 0)).await,
+        Err(store::AppendError::Conflict { .. })
+    ));
+    for sql in held {
+        assert_eq!(count(&db, sql, person).await, 1, "{sql}");
+    }
+
+    store.append(&erased(person, 1)).await.unwrap();
+    for sql in held {
+        assert_eq!(count(&db, sql, person).await, 0, "{sql}");
+    }
+    assert!(store::keys::is_erased(&db.pool, person).await.unwrap());
+    // A fresh store (no cache) and this one (which dropped its key) open to `[erased]`.
+    for reader in [PgEventStore::new(db.pool.clone()), store.clone()] {
+        let stream: String =
+            sqlx::query_scalar("SELECT stream_id FROM events WHERE event_type = 'post.published'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let event = &reader.read_stream("post", &stream, 0).await.unwrap()[0];
+        assert_eq!(event.payload["title"], "[erased]");
+        assert_eq!(event.payload["media"][0], "[erased]");
+    }
+    assert!(store.append(&post(person, "zq-after")).await.is_err());
 }

@@ -29,6 +29,7 @@ fn append(stream_id: &str, expected_version: u64) -> AppendRequest {
         metadata: Metadata::default(),
         claims: Vec::new(),
         credentials: Vec::new(),
+        erases_subject: false,
     }
 }
 

@@ -110,6 +110,7 @@ impl SocialLog {
                     },
                     claims: Vec::new(),
                     credentials: Vec::new(),
+                    erases_subject: false,
                 };
                 store.append(&request).await.map(|_| ())
             })
@@ -445,5 +446,6 @@ pub fn registration(username: &str) -> AppendRequest {
         metadata: Metadata::default(),
         claims: Vec::new(),
         credentials: Vec::new(),
+        erases_subject: false,
     }
 }

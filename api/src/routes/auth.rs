@@ -31,7 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
-        .route("/v1/me", get(me))
+        .route("/v1/me", get(me).delete(erase_me))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -50,6 +50,13 @@ pub struct RegisterRequest {
 pub struct LoginRequest {
     /// Username or email.
     pub login: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseRequest {
+    /// The caller's password, again.
     pub password: String,
 }
 
@@ -288,6 +295,39 @@ pub async fn logout(
         .revoke(&body.refresh_token)
         .await
         .map_err(refresh_unavailable)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Erase the caller's account and personal data, for good (DESIGN §8a): their data key is
+/// destroyed, so their profile, posts and comments can no longer be read anywhere, in the
+/// log included; they can no longer log in, and their username and email are free again.
+#[utoipa::path(delete, path = "/v1/me", tag = "auth", security(("bearer" = [])), request_body = EraseRequest,
+    responses((status = 204, description = "erased"),
+              (status = 401, body = crate::error::ErrorBody, description = "unauthorized, invalid_credentials (wrong password)")))]
+pub async fn erase_me(
+    State(state): State<AppState>,
+    principal: Principal,
+    meta: CommandMeta,
+    JsonBody(body): JsonBody<EraseRequest>,
+) -> Result<StatusCode, ApiError> {
+    let id = principal.user_id.to_string();
+    let hash = store::credentials::secret(&state.pool, stream_type::USER, &id, PASSWORD_CREDENTIAL)
+        .await
+        .map_err(crate::error::domain_errors::store)?
+        .map(|hash| hash.expose_secret().to_owned());
+    let valid = auth::password::verify_password_async(body.password, hash)
+        .await
+        .map_err(ApiError::internal)?;
+    if !valid {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let ctx = crate::routes::context(&meta, Some(principal.user_id), None);
+    state
+        .write
+        .users
+        .execute(&id, UserCommand::Erase, &ctx)
+        .await?;
+    projections::analytics::forget_author(&state.pool, principal.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -36,6 +36,13 @@
 //! before it is stored and counted on a post that is then deleted — out of reach of every
 //! query either way.
 //!
+//! **Erasure** (`user.erased`, DESIGN §8a): the store records the person as erased, then
+//! deletes their profile and comments and empties and tombstones their posts
+//! ([`ContentStore::erase_user`]); the caches of those posts and what live streams keep of the
+//! person go with it. A profile, post or comment of an erased person is not stored after
+//! that; one stored while the erasure ran (another consumer, another partition) is erased
+//! again by its writer, which checks after its write.
+//!
 //! Implementations: [`postgres::PgContent`] (lite, jsonb) and `mongo::MongoContent` (feature `mongodb`).
 
 pub mod markdown;
@@ -45,7 +52,7 @@ pub mod postgres;
 
 pub use crate::documents::{Change, CommentDoc, PostDoc, Profile};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -56,7 +63,7 @@ use uuid::Uuid;
 use crate::cache::PostCache;
 use crate::error::ReadResult;
 use projection_runtime::runner::{ApplyError, Projection};
-use real_time::live::{post_channel, LivePublisher, Push};
+use real_time::live::{post_channel, user_channel, LivePublisher, Push};
 use real_time::onboarding::{report_lost, report_synced, Onboarding};
 use real_time::LiveResult;
 
@@ -104,6 +111,15 @@ pub trait ContentStore: Send + Sync + Debug {
     /// count is its like count. Before its post, as a comment: stored, reported unchanged.
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change>;
 
+    /// Erases `user` (`user.erased`): records them as erased first (see
+    /// [`ContentStore::erased`]), then deletes their profile, tombstones their posts with
+    /// every personal field emptied, and deletes their comments, counting the comments of
+    /// those posts again. Idempotent. Returns the posts whose content changed: theirs, and
+    /// those they had commented on.
+    async fn erase_user(&self, user: Uuid) -> ReadResult<Vec<Uuid>>;
+    /// The users among `users` that [`ContentStore::erase_user`] erased.
+    async fn erased(&self, users: &[Uuid]) -> ReadResult<HashSet<Uuid>>;
+
     /// Applies `writes` in order, to the same effect as one after another — which is what
     /// this default does; a store may apply them set-wise (a projection's batches). Returns
     /// what each write returns alone ([`ContentWrite::apply_to`]), in the order of `writes`.
@@ -126,6 +142,7 @@ pub enum ContentWrite {
     DeletePost(Uuid),
     AddComment(CommentDoc),
     SetLike { post: Uuid, user: Uuid, liked: bool },
+    EraseUser(Uuid),
 }
 
 impl ContentWrite {
@@ -135,6 +152,7 @@ impl ContentWrite {
             Self::PutProfile(Profile { user_id: key, .. })
             | Self::Rename { user: key, .. }
             | Self::RemoveProfile(key)
+            | Self::EraseUser(key)
             | Self::InsertPost(PostDoc { post_id: key, .. })
             | Self::DeletePost(key)
             | Self::AddComment(CommentDoc { post_id: key, .. })
@@ -157,6 +175,7 @@ impl ContentWrite {
                 display_name: e.display_name.clone(),
             },
             Event::UserRegistrationRolledBack(e) => Self::RemoveProfile(e.user_id),
+            Event::UserErased(e) => Self::EraseUser(e.user_id),
             Event::PostPublished(e) => Self::InsertPost(PostDoc {
                 post_id: e.post_id,
                 author_id: e.author_id,
@@ -210,6 +229,9 @@ impl ContentWrite {
             Self::AddComment(comment) => return Ok(Some(store.add_comment(comment).await?)),
             Self::SetLike { post, user, liked } => {
                 return Ok(Some(store.set_like(*post, *user, *liked).await?))
+            }
+            Self::EraseUser(user) => {
+                store.erase_user(*user).await?;
             }
         }
         Ok(None)
@@ -398,6 +420,7 @@ impl Projection for ContentProjection {
             "user.registered"
                 | "user.profile_updated"
                 | "user.registration_rolled_back"
+                | "user.erased"
                 | "post.published"
                 | "post.deleted"
                 | "comment.added"
@@ -425,7 +448,14 @@ impl Projection for ContentProjection {
             .iter()
             .filter_map(|e| Some((e, ContentWrite::of(e)?)))
             .unzip();
-        let changes = self.store.write_all(&writes).await?;
+        let erased = self.store.erased(&subjects(&writes)).await?;
+        let (envelopes, writes): (Vec<&EventEnvelope>, Vec<ContentWrite>) = envelopes
+            .into_iter()
+            .zip(writes)
+            .filter(|(_, write)| !write.subject().is_some_and(|user| erased.contains(&user)))
+            .unzip();
+        let (changes, mut erasures) = write_around_erasures(&*self.store, &writes).await?;
+        erasures.extend(self.erase_again_if_erased_meanwhile(&writes).await?);
         // The side effects of one key's writes (a post's, a user's) follow each other in
         // order, as after single writes; different keys' go at once, so that their Redis
         // commands share round trips instead of waiting for one another.
@@ -454,20 +484,134 @@ impl Projection for ContentProjection {
             .try_collect()
             .await?;
         let cached: Vec<CachedCount> = cached.into_iter().flatten().collect();
-        Ok(self.check_cached(&cached).await?)
+        self.check_cached(&cached).await?;
+        for (user, posts) in erasures {
+            self.after_erasure(user, &posts).await?;
+        }
+        Ok(())
     }
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
         let Some(write) = ContentWrite::of(envelope) else {
             return Ok(());
         };
+        if let ContentWrite::EraseUser(user) = write {
+            let posts = self.store.erase_user(user).await?;
+            return self.after_erasure(user, &posts).await;
+        }
+        if let Some(user) = write.subject() {
+            if !self.store.erased(&[user]).await?.is_empty() {
+                return Ok(());
+            }
+        }
         let change = write.apply_to(&*self.store).await?;
         let cached = self.after_write(envelope, &write, change).await?;
-        Ok(self.check_cached(cached.as_slice()).await?)
+        self.check_cached(cached.as_slice()).await?;
+        for (user, posts) in self
+            .erase_again_if_erased_meanwhile(std::slice::from_ref(&write))
+            .await?
+        {
+            self.after_erasure(user, &posts).await?;
+        }
+        Ok(())
+    }
+}
+
+/// An erased person, and the posts the erasure changed.
+pub type Erasure = (Uuid, Vec<Uuid>);
+
+/// Applies `writes` in order: erasures one by one, the writes between them with
+/// [`ContentStore::write_all`]. Returns what each write returns alone, and the erasures.
+///
+/// # Errors
+/// When the store fails.
+pub async fn write_around_erasures<S: ContentStore + ?Sized>(
+    store: &S,
+    writes: &[ContentWrite],
+) -> ReadResult<(Vec<Option<Change>>, Vec<Erasure>)> {
+    let mut changes = Vec::with_capacity(writes.len());
+    let mut erasures = Vec::new();
+    let mut start = 0;
+    for (i, write) in writes.iter().enumerate() {
+        if let ContentWrite::EraseUser(user) = write {
+            changes.extend(store.write_all(&writes[start..i]).await?);
+            erasures.push((*user, store.erase_user(*user).await?));
+            changes.push(None);
+            start = i + 1;
+        }
+    }
+    if start == 0 {
+        return Ok((store.write_all(writes).await?, erasures));
+    }
+    changes.extend(store.write_all(&writes[start..]).await?);
+    Ok((changes, erasures))
+}
+
+/// The people whose personal data `writes` store.
+fn subjects(writes: &[ContentWrite]) -> Vec<Uuid> {
+    let mut users: Vec<Uuid> = writes.iter().filter_map(ContentWrite::subject).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
+impl ContentWrite {
+    /// The person whose personal data this write stores, if any.
+    fn subject(&self) -> Option<Uuid> {
+        match self {
+            Self::PutProfile(Profile { user_id: user, .. })
+            | Self::Rename { user, .. }
+            | Self::InsertPost(PostDoc {
+                author_id: user, ..
+            })
+            | Self::AddComment(CommentDoc {
+                author_id: user, ..
+            }) => Some(*user),
+            Self::RemoveProfile(_)
+            | Self::DeletePost(_)
+            | Self::SetLike { .. }
+            | Self::EraseUser(_) => None,
+        }
     }
 }
 
 impl ContentProjection {
+    /// Erases again the people whose data `writes` stored and who were erased meanwhile
+    /// (by another consumer of the group, their `user.erased` on another partition): the
+    /// erasure did not see those writes, or this check sees the erasure (it is recorded
+    /// before it runs). Returns each erasure with the posts it changed.
+    async fn erase_again_if_erased_meanwhile(
+        &self,
+        writes: &[ContentWrite],
+    ) -> ReadResult<Vec<Erasure>> {
+        let written: Vec<Uuid> = subjects(writes);
+        if written.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut erasures = Vec::new();
+        for user in self.store.erased(&written).await? {
+            erasures.push((user, self.store.erase_user(user).await?));
+        }
+        Ok(erasures)
+    }
+
+    /// What follows an erasure: the caches of the posts it changed are dropped, and what
+    /// live updates keep of the person (their channel, their posts' channels, their
+    /// comments in others') is deleted.
+    async fn after_erasure(&self, user: Uuid, posts: &[Uuid]) -> Result<(), ApplyError> {
+        if let Some(cache) = &self.cache {
+            for post in posts {
+                cache.invalidate(*post).await?;
+            }
+        }
+        if let Some(live) = &self.live {
+            let mut channels: Vec<String> = posts.iter().map(|p| post_channel(*p)).collect();
+            channels.push(user_channel(user));
+            live.retract(&channels, user).await?;
+        }
+        Ok(())
+    }
+
     /// What follows a stored write: the caches, live updates and the saga. Returns the
     /// count it wrote onto a cached one, to be checked ([`Self::check_cached`]).
     async fn after_write(

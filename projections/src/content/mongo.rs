@@ -7,7 +7,10 @@
 //!   a post is stored by an upsert whose fields are all `$setOnInsert`, so a replayed
 //!   `post.published` can never bring a deleted post back;
 //! - `comments`: `_id` is the comment id, with `post_id` and `position`;
-//! - `likes`: one `{post_id, user_id}` document per like.
+//! - `likes`: one `{post_id, user_id}` document per like;
+//! - `erased_users`: `_id` is the id of a person erased (`user.erased`); a post or comment
+//!   of theirs is not stored after it. Their posts stay as tombstones, every personal field
+//!   emptied; their profile and comments are deleted.
 //!
 //! Indexes, created by [`migrate`] (never by the workers at start-up): `comments
 //! {post_id: 1, position: -1}` (a post's comments, newest first), `likes {post_id: 1,
@@ -50,6 +53,7 @@
 //! datetime plus a `*_ns` field with its nanoseconds below the millisecond: a read gives
 //! back exactly the instant written, as the lite store (jsonb) does.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -75,6 +79,7 @@ pub struct MongoContent {
     post_counts: Collection<PostCounts>,
     comments: Collection<CommentRecord>,
     likes: Collection<LikeRecord>,
+    erased_users: Collection<Document>,
     /// Set once the unique index on `likes` was seen.
     likes_indexed: Arc<OnceCell<()>>,
 }
@@ -126,6 +131,7 @@ impl MongoContent {
             posts,
             comments: db.collection("comments"),
             likes: db.collection("likes"),
+            erased_users: db.collection("erased_users"),
             likes_indexed: Arc::new(OnceCell::new()),
         })
     }
@@ -565,6 +571,65 @@ impl ContentStore for MongoContent {
         records.into_iter().map(CommentRecord::into_doc).collect()
     }
 
+    /// Without transactions (FerretDB), in an order that makes every step idempotent: the
+    /// marker first, so a post or comment stored meanwhile by another consumer is found
+    /// either by the steps below or by its writer's check after its write.
+    async fn erase_user(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
+        self.erased_users
+            .update_one(
+                doc! { "_id": key(user) },
+                doc! { "$setOnInsert": { "erased": true } },
+            )
+            .upsert(true)
+            .await
+            .or_else(|error| {
+                if is_duplicate_key(&error) {
+                    Ok(Default::default())
+                } else {
+                    Err(store_error(error))
+                }
+            })?;
+        self.profiles
+            .delete_one(doc! { "_id": key(user) })
+            .await
+            .map_err(store_error)?;
+        let theirs = doc! { "author_id": key(user) };
+        let mut changed = ids_of(&self.posts, theirs.clone(), "_id").await?;
+        self.posts
+            .update_many(
+                theirs.clone(),
+                doc! { "$set": {
+                    "deleted": true, "title": "", "body_markdown": "", "body_html": "",
+                    "preview": "", "media": [],
+                } },
+            )
+            .await
+            .map_err(store_error)?;
+        let commented = ids_of(&self.comments, theirs.clone(), "post_id").await?;
+        self.comments
+            .delete_many(theirs)
+            .await
+            .map_err(store_error)?;
+        for post in &commented {
+            self.recount(*post, Counted::Comments, &self.comments)
+                .await?;
+        }
+        changed.extend(commented);
+        changed.sort_unstable();
+        changed.dedup();
+        Ok(changed)
+    }
+
+    /// One `$in` query: FerretDB scans the collection for it, and it holds only the erased.
+    async fn erased(&self, users: &[Uuid]) -> ReadResult<HashSet<Uuid>> {
+        if users.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let keys: Vec<String> = users.iter().map(|user| key(*user)).collect();
+        let ids = ids_of(&self.erased_users, doc! { "_id": { "$in": keys } }, "_id").await?;
+        Ok(ids.into_iter().collect())
+    }
+
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
         self.check_likes_index().await?;
         let counts = self.counts(post).await?;
@@ -603,6 +668,34 @@ impl ContentStore for MongoContent {
             .await?;
         Ok(Change { changed, count })
     }
+}
+
+/// The ids in `field` of the documents of `collection` matching `filter`, each once.
+async fn ids_of<T: Send + Sync>(
+    collection: &Collection<T>,
+    filter: Document,
+    field: &str,
+) -> ReadResult<Vec<Uuid>> {
+    let found: Vec<Document> = collection
+        .clone_with_type::<Document>()
+        .find(filter)
+        .projection(doc! { field: 1 })
+        .await
+        .map_err(store_error)?
+        .try_collect()
+        .await
+        .map_err(store_error)?;
+    let mut ids = found
+        .iter()
+        .map(|d| {
+            d.get_str(field)
+                .map_err(|e| ReadModelError::Rejected(format!("stored {field}: {e}")))
+                .and_then(parse_key)
+        })
+        .collect::<ReadResult<Vec<Uuid>>>()?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Stores `record` under `_id` = `id` unless a document with that id exists (upsert with

@@ -110,7 +110,8 @@ fn post_doc((post_id, author_id, position, doc, like_count, comment_count): Post
 
 impl PgContent {
     /// Its tables, in every schema that holds a copy (replay copies and swaps them).
-    pub const TABLES: &'static [&'static str] = &["profiles", "posts", "comments", "likes"];
+    pub const TABLES: &'static [&'static str] =
+        &["profiles", "posts", "comments", "likes", "erased_users"];
 
     /// The live lite model, in [`crate::lite::LITE_SCHEMA`].
     pub fn lite(pool: PgPool) -> Self {
@@ -400,6 +401,75 @@ impl ContentStore for PgContent {
         Ok(early(count.first().map(|c| c.comment_count)))
     }
 
+    async fn erase_user(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
+        self.mirror.forget();
+        let s = &self.schema;
+        // Committed on its own, before the rest: a post or comment of theirs stored by
+        // another consumer meanwhile is either seen by the statements below, or its writer
+        // sees this row when it checks after its write (`ContentProjection`).
+        sqlx::query(&format!(
+            "INSERT INTO {s}.erased_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING"
+        ))
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!("DELETE FROM {s}.profiles WHERE user_id = $1"))
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        let mut changed: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "UPDATE {s}.posts SET deleted = true, \
+                    doc = jsonb_build_object('title', '', 'body_markdown', '', 'body_html', '', \
+                                             'preview', '', 'media', '[]'::jsonb, \
+                                             'created_at', doc->'created_at') \
+              WHERE author_id = $1 RETURNING post_id"
+        ))
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut commented: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "DELETE FROM {s}.comments WHERE doc->>'author_id' = $1::text RETURNING post_id"
+        ))
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        commented.sort_unstable();
+        commented.dedup();
+        // Locked first, counted by the next statement (a fresh snapshot): a comment added
+        // meanwhile is counted, as in `recount`.
+        sqlx::query(&format!(
+            "SELECT 1 FROM {s}.posts WHERE post_id = ANY($1) ORDER BY post_id FOR UPDATE"
+        ))
+        .bind(&commented)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "UPDATE {s}.posts p \
+                SET comment_count = (SELECT count(*) FROM {s}.comments c WHERE c.post_id = p.post_id) \
+              WHERE p.post_id = ANY($1) AND NOT p.deleted"
+        ))
+        .bind(&commented)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        changed.extend(commented);
+        changed.sort_unstable();
+        changed.dedup();
+        Ok(changed)
+    }
+
+    async fn erased(&self, users: &[Uuid]) -> ReadResult<HashSet<Uuid>> {
+        let erased: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT user_id FROM {}.erased_users WHERE user_id = ANY($1)",
+            self.schema
+        ))
+        .bind(users)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(erased.into_iter().collect())
+    }
+
     async fn comments(
         &self,
         post: Uuid,
@@ -481,6 +551,12 @@ impl ContentStore for PgContent {
     }
 
     async fn write_all(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
+        if writes
+            .iter()
+            .any(|write| matches!(write, ContentWrite::EraseUser(_)))
+        {
+            return Ok(super::write_around_erasures(self, writes).await?.0);
+        }
         self.write_set_wise(writes).await
     }
 }
@@ -598,6 +674,8 @@ impl<'a> Plan<'a> {
                     }
                     counted = Some(change);
                 }
+                // `write_all` applies erasures one by one, never in a set-wise batch.
+                ContentWrite::EraseUser(_) => {}
             }
             changes.push(counted);
         }
@@ -747,6 +825,7 @@ impl PgContent {
                     post_ids.push(*post);
                     like_keys.insert((*post, *user));
                 }
+                ContentWrite::EraseUser(_) => {}
             }
         }
         let mut profiles: HashMap<Uuid, (Option<Profile>, bool)> = HashMap::new();

@@ -388,6 +388,7 @@ impl Projection for TimelineProjection {
                 | "post.published"
                 | "post.deleted"
                 | "user.registered"
+                | "user.erased"
         )
     }
 
@@ -405,7 +406,58 @@ impl Projection for TimelineProjection {
         true
     }
 
+    /// Erasures one by one, the events between them set-wise.
     async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        let mut start = 0;
+        for (i, envelope) in events.iter().enumerate() {
+            if let Event::UserErased(e) = &envelope.event {
+                self.write_batch(&events[start..i]).await?;
+                self.erase(e.user_id).await?;
+                start = i + 1;
+            }
+        }
+        self.write_batch(&events[start..]).await
+    }
+
+    async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
+        if let Event::UserErased(e) = &envelope.event {
+            return self.erase(e.user_id).await;
+        }
+        match TimelineWrite::of(envelope) {
+            Some(write) => {
+                let delivered = write.apply_to(&*self.store, self.settings).await?;
+                self.push_feed_item(delivered, envelope).await
+            }
+            None => self.report_registered_synced(envelope).await,
+        }
+    }
+}
+
+impl TimelineProjection {
+    /// An erased person's posts leave every timeline, and the `feed_item`s pushed for them
+    /// leave their followers' live streams. Timelines hold only ids; follows stay.
+    async fn erase(&self, user: Uuid) -> Result<(), ApplyError> {
+        let followers = self.store.followers(user).await?;
+        loop {
+            let posts = self.store.author_posts(user, None, 500).await?;
+            if posts.is_empty() {
+                break;
+            }
+            for entry in posts {
+                self.store.remove_post(user, entry.post_id).await?;
+            }
+        }
+        if let Some(live) = &self.live {
+            let channels: Vec<String> = followers.into_iter().map(user_channel).collect();
+            live.retract(&channels, user).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let writes: Vec<Option<TimelineWrite>> = events.iter().map(TimelineWrite::of).collect();
         let stored: Vec<TimelineWrite> = writes.iter().flatten().copied().collect();
         let mut delivered = self
@@ -423,15 +475,5 @@ impl Projection for TimelineProjection {
             }
         }
         Ok(())
-    }
-
-    async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
-        match TimelineWrite::of(envelope) {
-            Some(write) => {
-                let delivered = write.apply_to(&*self.store, self.settings).await?;
-                self.push_feed_item(delivered, envelope).await
-            }
-            None => self.report_registered_synced(envelope).await,
-        }
     }
 }
