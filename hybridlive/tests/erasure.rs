@@ -179,7 +179,9 @@ async fn an_erased_person_leaves_no_personal_string_anywhere_and_the_log_still_v
         );
     }
 
-    // The erasure: the wrong password changes nothing, the right one erases.
+    // The erasure: the wrong password changes nothing, the right one erases, and ends the
+    // person's live stream.
+    let mut live = e2e::SseClient::connect(&app.url("/v1/stream"), &token, None).await;
     let erase = |password: &'static str| {
         app.http
             .delete(app.url("/v1/me"))
@@ -192,6 +194,21 @@ async fn an_erased_person_leaves_no_personal_string_anywhere_and_the_log_still_v
         401
     );
     assert_eq!(erase(PASSWORD).await.unwrap().status(), 204);
+    live.expect("account_erased", Duration::from_secs(30)).await;
+    let waited = Instant::now();
+    assert_eq!(live.next_within(Duration::from_secs(5)).await, None);
+    assert!(
+        waited.elapsed() < Duration::from_secs(4),
+        "the stream stayed open after account_erased"
+    );
+    let refused = app
+        .http
+        .get(app.url("/v1/stream"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "a stream for the erased person");
 
     // Gone from both read sides once they applied it.
     for base in [app.base.as_str(), kafka_fed.base.as_str()] {

@@ -28,6 +28,9 @@ use uuid::Uuid;
 
 use crate::{unavailable, undeliverable, LiveResult};
 
+/// The event a person's own stream ends with when they are erased.
+pub const ACCOUNT_ERASED: &str = "account_erased";
+
 /// `user:<id>`.
 pub fn user_channel(user: Uuid) -> String {
     format!("user:{user}")
@@ -255,24 +258,35 @@ impl LivePublisher {
         Ok(())
     }
 
-    /// Deletes what live updates keep of an erased person: their own channel's stream and
-    /// outcome, and in `channels` every entry they wrote (`"author_id"` is theirs), so that
-    /// no resume replays it. Clients that already received an entry keep it.
+    /// Ends an erased person's live stream: pushes `account_erased` to their connections
+    /// (which close after it), then deletes their channel's stream and outcome.
     ///
     /// # Errors
     /// Redis unreachable (transient).
-    pub async fn retract(&self, channels: &[String], author: Uuid) -> LiveResult<()> {
-        let own = user_channel(author);
+    pub async fn close_erased(&self, user: Uuid) -> LiveResult<()> {
+        let own = user_channel(user);
+        let data = serde_json::json!({ "user_id": user });
+        self.push(&own, ACCOUNT_ERASED, &data, Push::default())
+            .await?;
         let _: i64 = redis::cmd("DEL")
             .arg(stream_key(&self.prefix, &own))
             .arg(outcome_key(&self.prefix, &own))
             .query_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Deletes from `channels` every entry an erased person wrote (`"author_id"` is
+    /// theirs), so that no `Last-Event-ID` resume replays it. Clients that already received
+    /// an entry keep it.
+    ///
+    /// # Errors
+    /// Redis unreachable (transient).
+    pub async fn retract(&self, channels: &[String], author: Uuid) -> LiveResult<()> {
         let needle = format!("\"author_id\":\"{author}\"");
         let keys: Vec<String> = channels
             .iter()
-            .filter(|channel| **channel != own)
             .map(|channel| stream_key(&self.prefix, channel))
             .collect();
         for chunk in keys.chunks(100) {

@@ -43,8 +43,9 @@ pub struct StreamQuery {
     access_token: Option<String>,
 }
 
-/// The caller's user id, from `Authorization: Bearer` or `?access_token=`.
-fn authenticate(
+/// The caller's user id, from `Authorization: Bearer` or `?access_token=`; an erased
+/// person's token is refused, as by every route.
+async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     query: &StreamQuery,
@@ -59,6 +60,12 @@ fn authenticate(
         tracing::debug!(%error, "Stream token refused.");
         ApiError::Unauthorized
     })?;
+    if store::keys::is_erased(&state.pool, claims.sub)
+        .await
+        .map_err(crate::error::domain_errors::store)?
+    {
+        return Err(ApiError::Unauthorized);
+    }
     Ok(claims.sub)
 }
 
@@ -77,14 +84,14 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<StreamId>, ApiError> {
 #[utoipa::path(get, path = "/v1/stream", tag = "real time",
     params(("access_token" = Option<String>, Query, description = "the access token, for EventSource"),
            ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
-    responses((status = 200, description = "text/event-stream: onboarding_completed, onboarding_failed, feed_item, reset"),
+    responses((status = 200, description = "text/event-stream: onboarding_completed, onboarding_failed, feed_item, reset, account_erased (the last: the person was erased)"),
               (status = 401, body = crate::error::ErrorBody)))]
 pub async fn user_stream(
     State(state): State<AppState>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers, &query)?;
+    let user = authenticate(&state, &headers, &query).await?;
     let last = last_event_id(&headers)?;
     let channel = user_channel(user);
     let hub = state.hub.clone();
@@ -120,7 +127,7 @@ pub async fn post_stream(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &query)?;
+    authenticate(&state, &headers, &query).await?;
     let post = parse_id(&post_id, "post")?;
     let last = last_event_id(&headers)?;
     if state.read.post(post).await?.is_none() {
@@ -217,6 +224,8 @@ struct Connection {
     /// The stream holds entries after the backlog that were not read yet.
     more: bool,
     last: StreamId,
+    /// The person was erased: `account_erased` was sent, the connection ends.
+    ended: bool,
     _gauge: ConnectionGauge,
 }
 
@@ -262,6 +271,7 @@ fn respond(
         backlog: caught_up.backlog,
         more: caught_up.more,
         last,
+        ended: false,
         _gauge: ConnectionGauge::open(),
     };
     let mut response = Sse::new(events(connection))
@@ -282,12 +292,16 @@ fn events(connection: Connection) -> impl Stream<Item = Result<Event, Infallible
 /// The next event to send; `None` ends the connection.
 async fn next(c: &mut Connection) -> Option<Event> {
     loop {
+        if c.ended {
+            return None;
+        }
         if let Some(Pending { message, forced }) = c.backlog.pop_front() {
             let id = StreamId::parse(&message.id)?;
             if id <= c.last && !forced {
                 continue;
             }
             c.last = c.last.max(id);
+            c.ended = message.event == projections::live::ACCOUNT_ERASED;
             metrics::counter!("sse_events_sent_total").increment(1);
             return Some(
                 Event::default()

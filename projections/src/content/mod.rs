@@ -63,7 +63,7 @@ use uuid::Uuid;
 use crate::cache::PostCache;
 use crate::error::ReadResult;
 use projection_runtime::runner::{ApplyError, Projection};
-use real_time::live::{post_channel, user_channel, LivePublisher, Push};
+use real_time::live::{post_channel, LivePublisher, Push};
 use real_time::onboarding::{report_lost, report_synced, Onboarding};
 use real_time::LiveResult;
 
@@ -605,9 +605,9 @@ impl ContentProjection {
             }
         }
         if let Some(live) = &self.live {
-            let mut channels: Vec<String> = posts.iter().map(|p| post_channel(*p)).collect();
-            channels.push(user_channel(user));
+            let channels: Vec<String> = posts.iter().map(|p| post_channel(*p)).collect();
             live.retract(&channels, user).await?;
+            live.close_erased(user).await?;
         }
         Ok(())
     }
