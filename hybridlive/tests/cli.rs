@@ -597,3 +597,34 @@ async fn the_key_encryption_key_rotates_by_rewrapping_every_data_key() {
     assert!(!dev.status.success());
     assert!(String::from_utf8_lossy(&dev.stderr).contains("development key"));
 }
+
+#[tokio::test]
+async fn admin_erase_user_erases_once_and_says_so_when_run_again() {
+    let db = TestDb::new().await;
+    let user = register_in_log(&db, "ursula").await;
+    let id = user.to_string();
+    let erased = hybridlive(&db.url, &["admin", "erase-user", &id]).await;
+    let stdout = String::from_utf8_lossy(&erased.stdout);
+    assert!(
+        erased.status.success(),
+        "{}",
+        String::from_utf8_lossy(&erased.stderr)
+    );
+    assert!(stdout.contains(&format!("erased user {id}")), "{stdout}");
+    assert!(store::keys::is_erased(&db.pool, user).await.unwrap());
+    let stored: String = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1",
+    )
+    .bind(&id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, "user.erased");
+
+    let again = hybridlive(&db.url, &["admin", "erase-user", &id]).await;
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already erased"));
+    let unknown = hybridlive(&db.url, &["admin", "erase-user", "nobody_here"]).await;
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no user named nobody_here"));
+}
