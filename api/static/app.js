@@ -60,6 +60,8 @@ class ApiError extends Error {
 }
 
 /** A JSON request; throws ApiError with the server's message on an error status. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 async function api(method, path, { body, headers = {}, auth = true, retry = true } = {}) {
   const init = { method, headers: { ...headers } };
   if (body !== undefined) {
@@ -494,12 +496,36 @@ function bindForms() {
     });
   });
 
+  // Suggestions as one types: the people search, a moment after the last key.
+  let searchTimer;
+  $('follow-form').elements.who.addEventListener('input', (event) => {
+    clearTimeout(searchTimer);
+    const q = event.target.value.trim();
+    if (!q || UUID.test(q)) return;
+    searchTimer = setTimeout(async () => {
+      try {
+        const { data } = await api('GET', `/v1/users/search?q=${encodeURIComponent(q)}&limit=8`, { auth: false });
+        $('people').replaceChildren(...data.items.map((person) => {
+          const option = document.createElement('option');
+          option.value = person.username;
+          option.label = person.display_name;
+          return option;
+        }));
+      } catch {
+        // Suggestions are a convenience: the form still takes a username or an id.
+      }
+    }, 200);
+  });
+
   $('follow-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const form = event.target;
     submitting(form, async (fields) => {
-      const id = fields.user_id.trim();
+      const who = fields.who.trim();
       try {
+        const id = UUID.test(who)
+          ? who
+          : (await api('GET', `/v1/users/by-username/${encodeURIComponent(who)}`, { auth: false })).data.user_id;
         const { headers } = await api('PUT', `/v1/users/${encodeURIComponent(id)}/follow`);
         form.reset();
         $('follow-status').textContent = 'Following. Their new posts appear here live.';

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::content::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
 use crate::timeline::{
-    FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite,
+    Direction, FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite,
 };
 
 /// How stale a reader's view of the pointer may get.
@@ -309,6 +309,18 @@ impl TimelineStore for Following<dyn TimelineStore> {
     }
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         self.reading().await.followers(user).await
+    }
+    async fn follows_page(
+        &self,
+        user: Uuid,
+        direction: Direction,
+        after: Uuid,
+        limit: usize,
+    ) -> ReadResult<Vec<Uuid>> {
+        self.reading()
+            .await
+            .follows_page(user, direction, after, limit)
+            .await
     }
     async fn counts(&self, user: Uuid) -> ReadResult<FollowCounts> {
         self.reading().await.counts(user).await

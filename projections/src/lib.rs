@@ -37,6 +37,7 @@ pub mod error;
 pub mod generation;
 pub mod lite;
 mod mirror;
+pub mod people;
 pub mod query;
 pub mod timeline;
 pub mod workers;
@@ -45,6 +46,7 @@ pub use analytics::AnalyticsProjection;
 pub use cache::{CacheSettings, PostCache};
 pub use content::{ContentProjection, ContentStore, ContentWrite};
 pub use error::{ReadModelError, ReadResult};
+pub use people::{People, PeopleProjection, Person};
 #[cfg(feature = "kafka")]
 pub use projection_runtime::{kafka, KafkaSource, KafkaSourceError};
 pub use projection_runtime::{

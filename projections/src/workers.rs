@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::content::ContentProjection;
+use crate::people::PeopleProjection;
 use crate::query::ReadModels;
 use crate::timeline::{TimelineProjection, TimelineSettings};
 use projection_runtime::runner::{DeadLetters, Projection, RetryPolicy, Runner};
@@ -19,6 +20,7 @@ pub const PROJECTIONS: &[&str] = &[
     TimelineProjection::NAME,
     ContentProjection::NAME,
     OnboardingProjection::NAME,
+    PeopleProjection::NAME,
 ];
 
 /// Where projections read events from.
@@ -47,7 +49,7 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
     #[error(
-        "unknown projection `{0}`; known: timeline, content, onboarding (or `all` where allowed)"
+        "unknown projection `{0}`; known: timeline, content, onboarding, people (or `all` where allowed)"
     )]
     UnknownProjection(String),
     #[error(
@@ -145,6 +147,10 @@ impl Workers {
                         tasks.spawn(async move { live.run_likes(&stop).await });
                     }
                 }
+                PeopleProjection::NAME => {
+                    let runner = Runner::new(pool.clone(), PeopleProjection::new(pool), self.retry);
+                    tasks.spawn(run_one(runner, source, stop));
+                }
                 OnboardingProjection::NAME => {
                     let projection = self.onboarding_projection()?;
                     let deadlines = projection.clone();
@@ -177,6 +183,15 @@ impl Workers {
             ContentProjection::NAME => {
                 letters
                     .retry(&Runner::new(pool, self.content_projection(), self.retry))
+                    .await?
+            }
+            PeopleProjection::NAME => {
+                letters
+                    .retry(&Runner::new(
+                        pool.clone(),
+                        PeopleProjection::new(pool),
+                        self.retry,
+                    ))
                     .await?
             }
             OnboardingProjection::NAME => {

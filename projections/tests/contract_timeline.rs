@@ -12,7 +12,9 @@ use std::collections::{HashMap, HashSet};
 
 use projections::timeline::postgres::PgTimelines;
 use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
-use projections::timeline::{TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite};
+use projections::timeline::{
+    Direction, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite,
+};
 use testkit::TestDb;
 use uuid::Uuid;
 
@@ -47,6 +49,52 @@ async fn follows_are_idempotent_and_counted(store: &dyn TimelineStore) {
     store.unfollow(a, b).await.unwrap();
     assert_eq!(store.followers(b).await.unwrap(), vec![c]);
     assert_eq!(store.counts(a).await.unwrap().following, 0);
+}
+
+/// Every page of a side of `user`'s follows, `limit` at a time, joined.
+async fn all_pages(
+    store: &dyn TimelineStore,
+    user: Uuid,
+    direction: Direction,
+    limit: usize,
+) -> Vec<Uuid> {
+    let (mut listed, mut after) = (Vec::new(), Uuid::nil());
+    loop {
+        let page = store
+            .follows_page(user, direction, after, limit)
+            .await
+            .unwrap();
+        assert!(page.len() <= limit);
+        let Some(last) = page.last() else {
+            return listed;
+        };
+        after = *last;
+        listed.extend(page);
+    }
+}
+
+async fn follows_are_listed_page_by_page(store: &dyn TimelineStore) {
+    let star = Uuid::new_v4();
+    let fans: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+    for fan in &fans {
+        store.follow(*fan, star).await.unwrap();
+        store.follow(star, *fan).await.unwrap();
+    }
+    store.unfollow(fans[3], star).await.unwrap();
+    for direction in [Direction::Followers, Direction::Following] {
+        let mut expected: HashSet<Uuid> = fans.iter().copied().collect();
+        if direction == Direction::Followers {
+            expected.remove(&fans[3]);
+        }
+        for limit in [1, 3, 100] {
+            let listed = all_pages(store, star, direction, limit).await;
+            assert_eq!(listed.len(), expected.len(), "{direction:?} by {limit}");
+            assert_eq!(listed.iter().copied().collect::<HashSet<_>>(), expected);
+        }
+    }
+    assert!(all_pages(store, Uuid::new_v4(), Direction::Followers, 5)
+        .await
+        .is_empty());
 }
 
 async fn timelines_are_newest_first_paged_and_idempotent(store: &dyn TimelineStore) {
@@ -510,6 +558,7 @@ async fn two_writers_at_once_reach_the_timelines_of_one_at_a_time(
 
 async fn contract(store: &dyn TimelineStore) {
     follows_are_idempotent_and_counted(store).await;
+    follows_are_listed_page_by_page(store).await;
     timelines_are_newest_first_paged_and_idempotent(store).await;
     timelines_are_trimmed_to_the_cap(store).await;
     a_removed_post_leaves_every_timeline_and_its_author_list(store).await;

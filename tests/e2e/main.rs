@@ -11,6 +11,7 @@ mod api_rate_limits;
 mod browser;
 mod kafka_read_your_writes;
 mod live;
+mod people;
 mod privacy;
 mod read_models;
 mod write_side;

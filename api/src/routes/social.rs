@@ -1,10 +1,12 @@
-//! `/v1/users/{user_id}/follow`: the follow graph. The stream is the follower's.
+//! `/v1/users/…`: public profiles, finding people by name, and the follow graph (whose
+//! stream is the follower's).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use domain::social_graph::SocialGraphCommand;
+use projections::timeline::Direction;
 
 use crate::error::ApiError;
 use crate::extract::{CommandMeta, IfMatch, MinPosition, Principal};
@@ -14,7 +16,11 @@ use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/v1/users/search", get(search))
+        .route("/v1/users/by-username/{username}", get(by_username))
         .route("/v1/users/{user_id}", get(profile))
+        .route("/v1/users/{user_id}/followers", get(followers))
+        .route("/v1/users/{user_id}/following", get(following))
         .route("/v1/users/{user_id}/follow", put(follow).delete(unfollow))
 }
 
@@ -84,6 +90,194 @@ pub struct PublicProfile {
     pub following: u64,
 }
 
+/// `?q=` and `limit` of a search.
+#[derive(Debug, serde::Deserialize)]
+pub struct SearchParams {
+    pub q: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// One person a search found.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PersonView {
+    pub user_id: uuid::Uuid,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SearchResults {
+    pub items: Vec<PersonView>,
+}
+
+/// Find people by username or display name: prefixes and near misses (typos), best
+/// first — the exact username, then prefixes, then by similarity. Case-insensitive.
+#[utoipa::path(get, path = "/v1/users/search", tag = "social",
+    params(("q" = String, Query, description = "1–64 characters"),
+           ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("X-Min-Position" = Option<i64>, Header, description = "Wait until the search reflects this global position")),
+    responses((status = 200, body = SearchResults),
+              (status = 400, body = crate::error::ErrorBody, description = "invalid_request: no `q`, or a bad limit")))]
+pub async fn search(
+    State(state): State<AppState>,
+    min: MinPosition,
+    Query(params): Query<SearchParams>,
+) -> Result<Json<SearchResults>, ApiError> {
+    caught_up(&state, min, &[projections::PeopleProjection::NAME]).await?;
+    let q = params.q.as_deref().map(str::trim).unwrap_or_default();
+    if q.is_empty() || q.chars().count() > projections::people::MAX_QUERY {
+        return Err(ApiError::InvalidRequest(format!(
+            "q must be 1 to {} characters",
+            projections::people::MAX_QUERY
+        )));
+    }
+    let limit = crate::routes::feed::PageParams {
+        limit: params.limit,
+        cursor: None,
+        before: None,
+    }
+    .limit()?;
+    let found = projections::People::new(state.pool.clone())
+        .search(q, u32::try_from(limit).unwrap_or(u32::MAX))
+        .await?;
+    Ok(Json(SearchResults {
+        items: found
+            .into_iter()
+            .map(|p| PersonView {
+                user_id: p.user_id,
+                username: p.username,
+                display_name: p.display_name,
+            })
+            .collect(),
+    }))
+}
+
+/// A page of people and the cursor of the next one.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PeoplePage {
+    pub items: Vec<PersonView>,
+    /// `cursor` of the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// `limit` and `cursor` of a list of people.
+#[derive(Debug, serde::Deserialize)]
+pub struct PeopleParams {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// Who follows the user, page by page (in a stable order of ids, not by time).
+#[utoipa::path(get, path = "/v1/users/{user_id}/followers", tag = "social",
+    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = PeoplePage), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn followers(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    Query(params): Query<PeopleParams>,
+) -> Result<Json<PeoplePage>, ApiError> {
+    follows(&state, &user_id, params, Direction::Followers).await
+}
+
+/// Whom the user follows, page by page (in a stable order of ids, not by time).
+#[utoipa::path(get, path = "/v1/users/{user_id}/following", tag = "social",
+    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = PeoplePage), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn following(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    Query(params): Query<PeopleParams>,
+) -> Result<Json<PeoplePage>, ApiError> {
+    follows(&state, &user_id, params, Direction::Following).await
+}
+
+async fn follows(
+    state: &AppState,
+    user_id: &str,
+    params: PeopleParams,
+    direction: Direction,
+) -> Result<Json<PeoplePage>, ApiError> {
+    let id = parse_id(user_id, "user")?;
+    let limit = crate::routes::feed::PageParams {
+        limit: params.limit,
+        cursor: None,
+        before: None,
+    }
+    .limit()?;
+    let after = match params.cursor.as_deref() {
+        None => uuid::Uuid::nil(),
+        Some(raw) => raw.parse().map_err(|_| {
+            ApiError::InvalidRequest("cursor must be a `next_cursor` of this list".to_owned())
+        })?,
+    };
+    let people = projections::People::new(state.pool.clone());
+    if people.by_ids(&[id]).await?.is_empty() {
+        return Err(ApiError::NotFound("user"));
+    }
+    let page = state
+        .read
+        .timelines
+        .follows_page(id, direction, after, limit)
+        .await?;
+    let next_cursor = (page.len() == limit)
+        .then(|| page.last().map(ToString::to_string))
+        .flatten();
+    // Someone erased (or not yet found by search) is left out of the page.
+    let items = people
+        .by_ids(&page)
+        .await?
+        .into_iter()
+        .map(|p| PersonView {
+            user_id: p.user_id,
+            username: p.username,
+            display_name: p.display_name,
+        })
+        .collect();
+    Ok(Json(PeoplePage { items, next_cursor }))
+}
+
+/// The public profile of the person who holds `username`.
+#[utoipa::path(get, path = "/v1/users/by-username/{username}", tag = "social",
+    params(("username" = String, Path), ("X-Min-Position" = Option<i64>, Header, description = "Wait until the profile reflects this global position")),
+    responses((status = 200, body = PublicProfile), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn by_username(
+    State(state): State<AppState>,
+    min: MinPosition,
+    Path(username): Path<String>,
+) -> Result<Json<PublicProfile>, ApiError> {
+    caught_up(
+        &state,
+        min,
+        &[projections::PeopleProjection::NAME, "timeline", "content"],
+    )
+    .await?;
+    let person = projections::People::new(state.pool.clone())
+        .by_username(&username)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    profile_of(&state, person.user_id).await.map(Json)
+}
+
+/// The public profile of `id`, from the read models.
+async fn profile_of(state: &AppState, id: uuid::Uuid) -> Result<PublicProfile, ApiError> {
+    let (profile, counts) = state
+        .read
+        .profile(id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    Ok(PublicProfile {
+        user_id: profile.user_id,
+        username: profile.username,
+        display_name: profile.display_name,
+        followers: counts.followers,
+        following: counts.following,
+    })
+}
+
 /// A user's public profile with follower counts.
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "social",
     params(("user_id" = uuid::Uuid, Path), ("X-Min-Position" = Option<i64>, Header, description = "Wait until the profile reflects this global position")),
@@ -95,16 +289,5 @@ pub async fn profile(
 ) -> Result<Json<PublicProfile>, ApiError> {
     let id = parse_id(&user_id, "user")?;
     caught_up(&state, min, &["timeline", "content"]).await?;
-    let (profile, counts) = state
-        .read
-        .profile(id)
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
-    Ok(Json(PublicProfile {
-        user_id: profile.user_id,
-        username: profile.username,
-        display_name: profile.display_name,
-        followers: counts.followers,
-        following: counts.following,
-    }))
+    profile_of(&state, id).await.map(Json)
 }

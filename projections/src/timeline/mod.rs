@@ -75,6 +75,13 @@ pub struct TimelineEntry {
     pub author_id: Uuid,
 }
 
+/// Which side of a user's follows: who follows them, or whom they follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Followers,
+    Following,
+}
+
 /// Follower and following counts of one user.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FollowCounts {
@@ -99,6 +106,16 @@ pub trait TimelineStore: Send + Sync + Debug {
     async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()>;
     /// Everyone who follows `user` (the fan-out targets).
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>>;
+    /// Up to `limit` of those who follow `user` (or whom `user` follows), in the store's
+    /// order of their ids, after `after` (the last id of the previous page; the nil id for
+    /// the first page).
+    async fn follows_page(
+        &self,
+        user: Uuid,
+        direction: Direction,
+        after: Uuid,
+        limit: usize,
+    ) -> ReadResult<Vec<Uuid>>;
     async fn counts(&self, user: Uuid) -> ReadResult<FollowCounts>;
 
     /// Adds `entry` to the author's own list.

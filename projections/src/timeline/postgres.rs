@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite};
+use super::{
+    Direction, FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite,
+};
 use crate::error::{ReadModelError, ReadResult};
 use crate::lite::{changed_pairs, checked_schema, stored_pairs};
 use crate::mirror::{Deferral, MirrorSlot};
@@ -170,6 +172,29 @@ impl TimelineStore for PgTimelines {
             self.schema
         ))
         .bind(user)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn follows_page(
+        &self,
+        user: Uuid,
+        direction: Direction,
+        after: Uuid,
+        limit: usize,
+    ) -> ReadResult<Vec<Uuid>> {
+        let (listed, key) = match direction {
+            Direction::Followers => ("follower_id", "followee_id"),
+            Direction::Following => ("followee_id", "follower_id"),
+        };
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT {listed} FROM {}.follows WHERE {key} = $1 AND {listed} > $2 \
+              ORDER BY {listed} LIMIT $3",
+            self.schema
+        ))
+        .bind(user)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?)
     }

@@ -114,7 +114,7 @@ use scylla::statement::Consistency;
 use scylla::value::{Counter, CqlValue, Row};
 use uuid::Uuid;
 
-use super::{FollowCounts, TimelineEntry, TimelineStore};
+use super::{Direction, FollowCounts, TimelineEntry, TimelineStore};
 use crate::error::{ReadModelError, ReadResult};
 
 /// How long a writer may hold a timeline's trim lease: a writer that dies holding it
@@ -156,6 +156,8 @@ struct Statements {
     delete_follower: PreparedStatement,
     delete_followee: PreparedStatement,
     select_followers: PreparedStatement,
+    page_followers: PreparedStatement,
+    page_following: PreparedStatement,
     count_followers: PreparedStatement,
     count_following: PreparedStatement,
     insert_author_post: PreparedStatement,
@@ -236,6 +238,18 @@ impl Statements {
             select_followers: p
                 .idempotent(format!(
                     "SELECT follower_id FROM {ks}.follows_by_followee WHERE followee_id = ?"
+                ))
+                .await?,
+            page_followers: p
+                .idempotent(format!(
+                    "SELECT follower_id FROM {ks}.follows_by_followee \
+                      WHERE followee_id = ? AND follower_id > ? LIMIT ?"
+                ))
+                .await?,
+            page_following: p
+                .idempotent(format!(
+                    "SELECT followee_id FROM {ks}.follows_by_follower \
+                      WHERE follower_id = ? AND followee_id > ? LIMIT ?"
                 ))
                 .await?,
             count_followers: p
@@ -868,6 +882,22 @@ impl TimelineStore for ScyllaTimelines {
 
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         self.ids(&self.statements.select_followers, (user,)).await
+    }
+
+    /// In Cassandra's order of UUIDs (by version first; the nil id sorts before all).
+    async fn follows_page(
+        &self,
+        user: Uuid,
+        direction: Direction,
+        after: Uuid,
+        limit: usize,
+    ) -> ReadResult<Vec<Uuid>> {
+        let statement = match direction {
+            Direction::Followers => &self.statements.page_followers,
+            Direction::Following => &self.statements.page_following,
+        };
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        self.ids(statement, (user, after, limit)).await
     }
 
     async fn counts(&self, user: Uuid) -> ReadResult<FollowCounts> {
