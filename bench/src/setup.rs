@@ -115,7 +115,8 @@ impl BenchDatabase {
         Ok(database)
     }
 
-    /// `name` on the server of `url` as it is, when it exists (a database a run kept).
+    /// `name` on the server of `url`, when it exists (a database a run kept), with this
+    /// build's migrations applied.
     ///
     /// # Errors
     /// If the server cannot be asked.
@@ -134,11 +135,23 @@ impl BenchDatabase {
             .close()
             .await
             .context("closing the admin connection")?;
-        Ok(exists.then(|| Self {
+        if !exists {
+            return Ok(None);
+        }
+        let database = Self {
             options: server.clone().database(name),
             server,
             name: name.to_owned(),
-        }))
+        };
+        // A database a build before this one kept: brought to this build's schema (the
+        // migrations only add), so that two builds compare on one log.
+        let pool = database.pool(1, None).await?;
+        store::MIGRATOR
+            .run(&pool)
+            .await
+            .context("bringing the kept database to this build's schema")?;
+        pool.close().await;
+        Ok(Some(database))
     }
 
     pub fn name(&self) -> &str {
