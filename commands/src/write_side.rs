@@ -1,6 +1,7 @@
 //! [`WriteSide`]: one [`CommandHandler`] per aggregate over one pool.
 
 use domain::comment::Comment;
+use domain::conversation::Conversation;
 use domain::like::Like;
 use domain::onboarding::Onboarding;
 use domain::post::Post;
@@ -40,6 +41,7 @@ pub struct WriteSide {
     pub comments: CommandHandler<Comment>,
     pub likes: CommandHandler<Like>,
     pub onboarding: CommandHandler<Onboarding>,
+    pub conversations: CommandHandler<Conversation>,
 }
 
 impl WriteSide {
@@ -76,6 +78,11 @@ impl WriteSide {
                 max_attempts,
             ),
             onboarding: CommandHandler::new(
+                AggregateStore::new(events.clone(), snapshot_every),
+                (),
+                max_attempts,
+            ),
+            conversations: CommandHandler::new(
                 AggregateStore::new(events, snapshot_every),
                 (),
                 max_attempts,

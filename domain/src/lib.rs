@@ -30,6 +30,8 @@
 //! - [`social_graph`]: [`social_graph::SocialGraph`] — whom one user follows;
 //! - [`post`]: [`post::Post`] — publishing and deleting posts;
 //! - [`comment`]: [`comment::Comment`] — one comment on a post;
+//! - [`conversation`]: [`conversation::Conversation`] — members, messages and reads of a
+//!   conversation; one-to-one pairs claimed;
 //! - [`like`]: [`like::Like`] — one user's like of one post ([`like::like_stream_id`]);
 //! - [`onboarding`]: [`onboarding::Onboarding`] — the registration saga's progress;
 //! - [`claims`]: the unique-value claims an aggregate's events make, and the credentials its
@@ -39,6 +41,7 @@
 
 pub mod claims;
 pub mod comment;
+pub mod conversation;
 pub mod like;
 pub mod onboarding;
 pub mod post;

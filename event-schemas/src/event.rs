@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::comment::CommentAddedV1;
 use crate::like::{PostLikedV1, PostUnlikedV1};
+use crate::messaging::{ConversationReadV1, ConversationStartedV1, MessageSentV1};
 use crate::onboarding::{OnboardingCompletedV1, OnboardingFailedV1, UserSyncedV1};
 use crate::post::{PostDeletedV1, PostPublishedV1};
 use crate::social::{FollowedV1, UnfollowedV1};
@@ -160,6 +161,9 @@ catalogue! {
     UserSynced(UserSyncedV1) = "onboarding.user_synced", v 1, stream_type::ONBOARDING;
     OnboardingCompleted(OnboardingCompletedV1) = "onboarding.completed", v 1, stream_type::ONBOARDING;
     OnboardingFailed(OnboardingFailedV1) = "onboarding.failed", v 1, stream_type::ONBOARDING;
+    ConversationStarted(ConversationStartedV1) = "conversation.started", v 1, stream_type::CONVERSATION;
+    MessageSent(MessageSentV1) = "message.sent", v 1, stream_type::CONVERSATION;
+    ConversationRead(ConversationReadV1) = "conversation.read", v 1, stream_type::CONVERSATION;
 }
 
 impl Event {
@@ -204,5 +208,12 @@ pub fn published_schemas() -> Vec<(&'static str, u32, Schema)> {
             schema_for!(OnboardingCompletedV1),
         ),
         ("onboarding.failed", 1, schema_for!(OnboardingFailedV1)),
+        (
+            "conversation.started",
+            1,
+            schema_for!(ConversationStartedV1),
+        ),
+        ("message.sent", 1, schema_for!(MessageSentV1)),
+        ("conversation.read", 1, schema_for!(ConversationReadV1)),
     ]
 }

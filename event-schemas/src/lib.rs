@@ -37,6 +37,7 @@ pub mod comment;
 pub mod envelope;
 pub mod event;
 pub mod like;
+pub mod messaging;
 pub mod onboarding;
 pub mod personal;
 pub mod post;
@@ -56,4 +57,5 @@ pub mod stream_type {
     pub const COMMENT: &str = "comment";
     pub const LIKE: &str = "like";
     pub const ONBOARDING: &str = "onboarding";
+    pub const CONVERSATION: &str = "conversation";
 }

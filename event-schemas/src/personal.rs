@@ -53,6 +53,20 @@ const PERSONAL: &[(&str, PersonalFields)] = &[
             fields: &["body"],
         },
     ),
+    (
+        "conversation.started",
+        PersonalFields {
+            subject: "started_by",
+            fields: &["title"],
+        },
+    ),
+    (
+        "message.sent",
+        PersonalFields {
+            subject: "sender_id",
+            fields: &["body"],
+        },
+    ),
 ];
 
 /// The personal fields of `event_type`, if it has any.

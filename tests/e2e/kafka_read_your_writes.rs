@@ -57,6 +57,16 @@ async fn on_kafka_a_query_with_x_min_position_sees_the_command_it_names() {
     .await;
     assert_eq!(status, 200, "{profile}");
     assert_eq!(profile["followers"], 1, "{profile}");
+    // The people projection, on Kafka too: the author is found by name.
+    let (status, found) = get(
+        &app,
+        "/v1/users/search?q=kafka_auth",
+        &reader.access_token,
+        at,
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["items"][0]["username"], "kafka_author", "{found}");
 
     // Publish: the post reads back, and is in the follower's feed.
     let response = app

@@ -229,6 +229,7 @@ fn every_event_kind_lives_on_a_known_stream_type() {
         stream_type::COMMENT,
         stream_type::LIKE,
         stream_type::ONBOARDING,
+        stream_type::CONVERSATION,
     ];
     for kind in EventKind::ALL {
         assert!(stream_types.contains(&kind.stream_type()), "{kind:?}");
