@@ -103,6 +103,15 @@ struct Cli {
     command: Command,
 }
 
+/// How to run this benchmark again, as the reports print it: `--seal` when it sealed.
+fn invocation() -> &'static str {
+    if store::keys::installed().is_some() {
+        "cargo run --release -p bench -- --seal"
+    } else {
+        "cargo run --release -p bench --"
+    }
+}
+
 /// The benchmark's key-encryption key (`--seal`); its value does not matter.
 const BENCH_KEY_ENCRYPTION_KEY: &str = "aHlicmlkbGl2ZSBiZW5jaG1hcmsga2V5IDAwMDAwMDA=";
 
@@ -412,7 +421,7 @@ impl AppendsArgs {
     /// it may hold a password).
     fn command(&self) -> String {
         format!(
-            "cargo run --release -p bench -- appends --clients {} --streams {} --seconds {} \
+            "{bench} appends --clients {} --streams {} --seconds {} \
              --rounds {} --warmup-seconds {} --batch-size {} --snapshot-every {}",
             self.clients,
             self.streams,
@@ -420,7 +429,8 @@ impl AppendsArgs {
             self.rounds,
             self.warmup_seconds,
             self.batch_size,
-            self.snapshot_every
+            self.snapshot_every,
+            bench = invocation()
         )
     }
 }
@@ -474,7 +484,7 @@ async fn live_bench(args: LiveArgs) -> anyhow::Result<()> {
         .map(usize::from)
         .unwrap_or(1);
     println!(
-        "`cargo run --release -p bench -- live --registrations {} --concurrency {} \
+        "`{bench} live --registrations {} --concurrency {} \
          --connections {} --client-processes {} --broadcasts {}` ({cores} cores; the API and \
          every projection in this process, the clients in {} others)\n",
         args.registrations,
@@ -482,7 +492,8 @@ async fn live_bench(args: LiveArgs) -> anyhow::Result<()> {
         args.connections,
         args.client_processes,
         args.broadcasts,
-        args.client_processes
+        args.client_processes,
+        bench = invocation()
     );
     let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!("| measurement | n | p50 ms | p99 ms | max ms |");
@@ -563,7 +574,7 @@ async fn feed_bench(args: FeedArgs) -> anyhow::Result<()> {
     let dropped = db.drop_database().await;
     let result = measured?;
     println!(
-        "`cargo run --release -p bench -- feed --readers {} --authors {} --posts-per-author {} \
+        "`{bench} feed --readers {} --authors {} --posts-per-author {} \
          --clients {} --seconds {} --warmup-seconds {} --cold-seconds {} --followers {} \
          --fanout-rounds {} --pool-size {}`\n",
         args.readers,
@@ -575,7 +586,8 @@ async fn feed_bench(args: FeedArgs) -> anyhow::Result<()> {
         args.cold_seconds,
         args.followers,
         args.fanout_rounds,
-        args.pool_size
+        args.pool_size,
+        bench = invocation()
     );
     println!(
         "{cores} cores; PostgreSQL {} (synchronous_commit={}, shared_buffers={}); Redis; the \
@@ -660,7 +672,7 @@ async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
     let dropped = db.drop_database().await;
     let result = measured?;
     println!(
-        "`cargo run --release -p bench -- relay --rate {} --seconds {} --backlog {} \
+        "`{bench} relay --rate {} --seconds {} --backlog {} \
          --batch-size {}{}` (broker: {})\n",
         args.rate,
         args.seconds,
@@ -671,7 +683,8 @@ async fn relay_bench(args: RelayArgs) -> anyhow::Result<()> {
         } else {
             ""
         },
-        args.kafka_brokers
+        args.kafka_brokers,
+        bench = invocation()
     );
     println!(
         "PostgreSQL {} (synchronous_commit={}).\n",
@@ -742,14 +755,15 @@ async fn lag_bench(args: LagArgs) -> anyhow::Result<()> {
         .map(usize::from)
         .unwrap_or(1);
     println!(
-        "`cargo run --release -p bench -- lag --rate {} --seconds {} --users {} \
+        "`{bench} lag --rate {} --seconds {} --users {} \
          --follows-per-user {}{}{}`\n",
         args.rate,
         args.seconds,
         args.users,
         args.follows_per_user,
         if args.baseline { " --baseline" } else { "" },
-        if args.kafka { " --kafka" } else { "" }
+        if args.kafka { " --kafka" } else { "" },
+        bench = invocation()
     );
     println!(
         "{cores} cores; PostgreSQL {} (synchronous_commit={}, shared_buffers={}); Redis; lite \
@@ -845,7 +859,7 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let result = measured?;
     println!(
-        "`cargo run --release -p bench -- replay --events {} --batch-size {}{}{}{}`\n",
+        "`{bench} replay --events {} --batch-size {}{}{}{}`\n",
         args.events,
         args.batch_size,
         if args.baseline { " --baseline" } else { "" },
@@ -855,6 +869,7 @@ async fn replay_bench(args: ReplayArgs) -> anyhow::Result<()> {
             String::new()
         },
         if args.keep_log { " --keep-log" } else { "" },
+        bench = invocation()
     );
     let appended = match result.generated_in {
         Some(took) => format!("appended in {:.1} s", took.as_secs_f64()),
@@ -922,14 +937,15 @@ async fn http_bench(args: HttpArgs) -> anyhow::Result<()> {
     let dropped = db.drop_database().await;
     let phases = measured?;
     println!(
-        "`cargo run --release -p bench -- http --clients {} --register-clients {} --seconds {} \
+        "`{bench} http --clients {} --register-clients {} --seconds {} \
          --register-seconds {} --warmup-seconds {} --pool-size {}`\n",
         args.clients,
         args.register_clients,
         args.seconds,
         args.register_seconds,
         args.warmup_seconds,
-        args.pool_size
+        args.pool_size,
+        bench = invocation()
     );
     println!(
         "{cores} cores; PostgreSQL {} (synchronous_commit={}, shared_buffers={}); the API on {} \
