@@ -249,6 +249,7 @@ fn framework_error(status: StatusCode) -> ErrorInfo {
 pub mod domain_errors {
     use commands::CommandError;
     use domain::comment::CommentError;
+    use domain::conversation::ConversationError;
     use domain::like::LikeError;
     use domain::post::PostError;
     use domain::social_graph::SocialGraphError;
@@ -308,6 +309,22 @@ pub mod domain_errors {
                 PostError::NotFound => ApiError::NotFound("post"),
                 PostError::NotAuthor => ApiError::Forbidden,
                 PostError::AlreadyPublished => ApiError::rule("already_exists", e),
+            })
+        }
+    }
+
+    impl From<CommandError<ConversationError>> for ApiError {
+        fn from(error: CommandError<ConversationError>) -> Self {
+            command(error, |e| match e {
+                ConversationError::InvalidMembers => ApiError::rule("invalid_members", e),
+                ConversationError::InvalidTitle => ApiError::rule("invalid_title", e),
+                ConversationError::InvalidBody => ApiError::rule("invalid_body", e),
+                ConversationError::NotFound | ConversationError::NotMember => {
+                    ApiError::NotFound("conversation")
+                }
+                ConversationError::AlreadyStarted | ConversationError::DirectExists => {
+                    ApiError::internal(e)
+                }
             })
         }
     }

@@ -254,6 +254,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::auth::routes())
         .merge(routes::social::routes())
         .merge(routes::posts::routes())
+        .merge(routes::conversations::routes())
         .merge(routes::feed::routes())
         .merge(routes::stream::routes())
         .merge(routes::ops::routes())

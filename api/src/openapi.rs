@@ -6,7 +6,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{analytics, audit, auth, demo, feed, ops, posts, social, stream};
+use crate::routes::{
+    analytics, audit, auth, conversations, demo, feed, ops, posts, social, stream,
+};
 use crate::state::AppState;
 
 #[derive(Debug, OpenApi)]
@@ -18,6 +20,7 @@ use crate::state::AppState;
         social::followers, social::following,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
         posts::get_post, posts::list_comments, feed::feed,
+        conversations::start, conversations::send, conversations::mark_read,
         stream::user_stream, stream::post_stream,
         ops::healthz, ops::readyz, ops::metrics,
         demo::index, demo::script, demo::stylesheet,

@@ -199,6 +199,22 @@ pub async fn stream_started_at(
     .await?)
 }
 
+/// When the event at `position` was recorded, if there is one.
+///
+/// # Errors
+/// On database failure.
+pub async fn recorded_at(
+    pool: &PgPool,
+    position: i64,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT recorded_at FROM events WHERE global_position = $1")
+            .bind(position)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// Whether the database answers a query.
 pub async fn reachable(pool: &PgPool) -> bool {
     sqlx::query_scalar::<_, i32>("SELECT 1")

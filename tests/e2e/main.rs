@@ -9,6 +9,7 @@ mod api_contract;
 mod api_queries;
 mod api_rate_limits;
 mod browser;
+mod conversations;
 mod kafka_read_your_writes;
 mod live;
 mod people;

@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod audit;
 pub mod auth;
+pub mod conversations;
 pub mod demo;
 pub mod feed;
 pub mod ops;
