@@ -21,6 +21,7 @@ use crate::state::AppState;
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
         posts::get_post, posts::list_comments, feed::feed,
         conversations::start, conversations::send, conversations::mark_read,
+        conversations::inbox, conversations::history,
         stream::user_stream, stream::post_stream,
         ops::healthz, ops::readyz, ops::metrics,
         demo::index, demo::script, demo::stylesheet,

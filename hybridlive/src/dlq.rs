@@ -19,7 +19,7 @@ pub enum DlqCommand {
     /// Applies a projection's dead letters again (after the cause was fixed); removes those
     /// that succeed. Exits 1 when some are still dead.
     Retry {
-        /// The projection (timeline, content, onboarding, people).
+        /// The projection (timeline, content, onboarding, people, messaging).
         #[arg(long)]
         projection: String,
         #[command(flatten)]

@@ -12,7 +12,7 @@ use crate::relay::KafkaTopicArgs;
 use crate::workers::{ReadStoreArgs, RealTimeArgs};
 
 /// Projection workers: build the read models from Kafka (when KAFKA_BROKERS is set) or
-/// from the PostgreSQL log. Names: timeline, content, onboarding, people, or all.
+/// from the PostgreSQL log. Names: timeline, content, onboarding, people, messaging, or all.
 #[derive(Debug, Args)]
 pub struct ProjectCommand {
     /// Projections to run.

@@ -27,6 +27,8 @@ const TITLE: &str = "Zqtitle Marrowstone";
 const BODY: &str = "Zqbody Thistlewick";
 const MEDIA: &str = "https://media.example.org/zqmedia.png";
 const COMMENT: &str = "Zqcomment Bramblecote";
+const MESSAGE: &str = "Zqmessage Quarrelwick";
+const CONVERSATION_TITLE: &str = "Zqchat Lanternfield";
 const STRINGS: &[&str] = &[
     USERNAME,
     EMAIL,
@@ -35,6 +37,8 @@ const STRINGS: &[&str] = &[
     BODY,
     "zqmedia",
     COMMENT,
+    MESSAGE,
+    CONVERSATION_TITLE,
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,6 +110,25 @@ async fn an_erased_person_leaves_no_personal_string_anywhere_and_the_log_still_v
         )
         .await;
     assert_eq!(answer.status(), 201);
+    // A conversation they started and a message they sent.
+    let conversation = created(
+        app.post(
+            "/v1/conversations",
+            json!({"members": [friend.user_id], "title": CONVERSATION_TITLE}),
+            Some(&token),
+        )
+        .await,
+        "conversation_id",
+    )
+    .await;
+    let message = app
+        .post(
+            &format!("/v1/conversations/{conversation}/messages"),
+            json!({"body": MESSAGE}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(message.status(), 201);
     let like = app
         .call(
             Method::PUT,
@@ -170,6 +193,7 @@ async fn an_erased_person_leaves_no_personal_string_anywhere_and_the_log_still_v
     for place in [
         "PostgreSQL read_model.posts",
         "PostgreSQL analytics.posts",
+        "PostgreSQL read_model.messages",
         "Redis",
         "MongoDB",
     ] {

@@ -36,6 +36,7 @@ pub mod documents;
 pub mod error;
 pub mod generation;
 pub mod lite;
+pub mod messaging;
 mod mirror;
 pub mod people;
 pub mod query;
@@ -46,6 +47,7 @@ pub use analytics::AnalyticsProjection;
 pub use cache::{CacheSettings, PostCache};
 pub use content::{ContentProjection, ContentStore, ContentWrite};
 pub use error::{ReadModelError, ReadResult};
+pub use messaging::{Messaging, MessagingProjection};
 pub use people::{People, PeopleProjection, Person};
 #[cfg(feature = "kafka")]
 pub use projection_runtime::{kafka, KafkaSource, KafkaSourceError};

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::content::ContentProjection;
+use crate::messaging::MessagingProjection;
 use crate::people::PeopleProjection;
 use crate::query::ReadModels;
 use crate::timeline::{TimelineProjection, TimelineSettings};
@@ -21,6 +22,7 @@ pub const PROJECTIONS: &[&str] = &[
     ContentProjection::NAME,
     OnboardingProjection::NAME,
     PeopleProjection::NAME,
+    MessagingProjection::NAME,
 ];
 
 /// Where projections read events from.
@@ -49,7 +51,7 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
     #[error(
-        "unknown projection `{0}`; known: timeline, content, onboarding, people (or `all` where allowed)"
+        "unknown projection `{0}`; known: timeline, content, onboarding, people, messaging (or `all` where allowed)"
     )]
     UnknownProjection(String),
     #[error(
@@ -151,6 +153,11 @@ impl Workers {
                     let runner = Runner::new(pool.clone(), PeopleProjection::new(pool), self.retry);
                     tasks.spawn(run_one(runner, source, stop));
                 }
+                MessagingProjection::NAME => {
+                    let projection = MessagingProjection::new(pool.clone(), self.live.clone());
+                    let runner = Runner::new(pool, projection, self.retry);
+                    tasks.spawn(run_one(runner, source, stop));
+                }
                 OnboardingProjection::NAME => {
                     let projection = self.onboarding_projection()?;
                     let deadlines = projection.clone();
@@ -183,6 +190,15 @@ impl Workers {
             ContentProjection::NAME => {
                 letters
                     .retry(&Runner::new(pool, self.content_projection(), self.retry))
+                    .await?
+            }
+            MessagingProjection::NAME => {
+                letters
+                    .retry(&Runner::new(
+                        pool.clone(),
+                        MessagingProjection::new(pool, self.live.clone()),
+                        self.retry,
+                    ))
                     .await?
             }
             PeopleProjection::NAME => {

@@ -180,3 +180,131 @@ async fn a_pair_has_one_conversation_and_only_members_write_to_it() {
         404
     );
 }
+
+/// GET `path` as `who` once the read side has applied `at`.
+async fn read(app: &TestApp, path: &str, who: &Session, at: &str) -> (u16, Value) {
+    let response = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(&who.access_token)
+        .header("x-min-position", at)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn position(response: &Response) -> String {
+    response.headers()["x-global-position"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_inbox_and_the_history_follow_the_messages_live() {
+    let app = e2e::spawn_app().await;
+    let (ada, bob, cyd) = (
+        app.register("inbox_ada").await,
+        app.register("inbox_bob").await,
+        app.register("inbox_cyd").await,
+    );
+    let (_, first) = started(
+        post(
+            &app,
+            "/v1/conversations",
+            &ada,
+            json!({"members": [bob.user_id]}),
+        )
+        .await,
+    )
+    .await;
+    let (_, second) = started(
+        post(
+            &app,
+            "/v1/conversations",
+            &cyd,
+            json!({"members": [bob.user_id], "title": "Plans"}),
+        )
+        .await,
+    )
+    .await;
+    let mut live = e2e::SseClient::connect(&app.url("/v1/stream"), &bob.access_token, None).await;
+
+    let messages = format!("/v1/conversations/{first}/messages");
+    let mut ids = Vec::new();
+    let mut at = String::new();
+    for body in ["one", "**two**", "three <script>x</script>"] {
+        let sent = post(&app, &messages, &ada, json!({"body": body})).await;
+        assert_eq!(sent.status(), 201);
+        at = position(&sent);
+        ids.push(
+            sent.json::<Value>().await.unwrap()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let pushed = live
+        .expect("message", std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(pushed.json()["message_id"], ids[0].as_str());
+
+    // Bob's inbox: the conversation with the newest message first, its unread count.
+    let (status, inbox) = read(&app, "/v1/conversations", &bob, &at).await;
+    assert_eq!(status, 200, "{inbox}");
+    let items = inbox["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{inbox}");
+    assert_eq!(items[0]["conversation_id"], first.as_str());
+    assert_eq!(items[0]["unread"], 3);
+    assert_eq!(items[0]["last_message"]["message_id"], ids[2].as_str());
+    assert!(!items[0]["last_message"]["body_html"]
+        .as_str()
+        .unwrap()
+        .contains("<script"));
+    assert_eq!(items[1]["title"], "Plans");
+    assert!(items[1]["last_message"].is_null());
+    // Ada sent them: none unread for her.
+    let (_, hers) = read(&app, "/v1/conversations", &ada, &at).await;
+    assert_eq!(hers["items"][0]["unread"], 0, "{hers}");
+
+    // The history, newest first, page by page; members only.
+    let (status, page) = read(&app, &format!("{messages}?limit=2"), &bob, &at).await;
+    assert_eq!(status, 200, "{page}");
+    let newest: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(newest, [ids[2].as_str(), ids[1].as_str()]);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = read(
+        &app,
+        &format!("{messages}?limit=2&before={cursor}"),
+        &bob,
+        &at,
+    )
+    .await;
+    assert_eq!(rest["items"][0]["message_id"], ids[0].as_str(), "{rest}");
+    assert!(rest["next_cursor"].is_null(), "{rest}");
+    let (status, _) = read(&app, &messages, &cyd, &at).await;
+    assert_eq!(status, 404);
+
+    // Read up to the second: one left unread; the reader's own stream hears of it.
+    let marked = post(
+        &app,
+        &format!("/v1/conversations/{first}/read"),
+        &bob,
+        json!({"up_to": ids[1]}),
+    )
+    .await;
+    assert_eq!(marked.status(), 204);
+    let at = position(&marked);
+    live.expect("conversation_read", std::time::Duration::from_secs(10))
+        .await;
+    let (_, inbox) = read(&app, "/v1/conversations", &bob, &at).await;
+    assert_eq!(inbox["items"][0]["unread"], 1, "{inbox}");
+    let _ = second;
+}

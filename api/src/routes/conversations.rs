@@ -1,6 +1,7 @@
 //! `/v1/conversations`: starting conversations, sending messages, marking them read. A
 //! person who is not a member gets 404 for everything about a conversation.
 
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -12,14 +13,18 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{CommandMeta, JsonBody, Principal};
+use crate::extract::{CommandMeta, JsonBody, MinPosition, Principal};
+use crate::routes::feed::{caught_up, PageParams};
 use crate::routes::{command_headers, context, new_stream_context, parse_id};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/conversations", post(start))
-        .route("/v1/conversations/{conversation_id}/messages", post(send))
+        .route("/v1/conversations", post(start).get(inbox))
+        .route(
+            "/v1/conversations/{conversation_id}/messages",
+            post(send).get(history),
+        )
         .route("/v1/conversations/{conversation_id}/read", post(mark_read))
 }
 
@@ -185,4 +190,120 @@ pub async fn mark_read(
         .execute(&conversation_id, command, &ctx)
         .await?;
     Ok((StatusCode::NO_CONTENT, command_headers(&executed)))
+}
+
+/// One message in a page or an inbox item.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageItem {
+    pub message_id: Uuid,
+    pub sender_id: Uuid,
+    /// Markdown as written.
+    pub body: String,
+    /// `body` rendered and sanitised.
+    pub body_html: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+impl From<projections::messaging::MessageView> for MessageItem {
+    fn from(m: projections::messaging::MessageView) -> Self {
+        Self {
+            message_id: m.message_id,
+            sender_id: m.sender_id,
+            body: m.body,
+            body_html: m.body_html,
+            sent_at: m.sent_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxEntry {
+    pub conversation_id: Uuid,
+    pub members: Vec<Uuid>,
+    /// Empty when it has none.
+    pub title: String,
+    pub last_message: Option<MessageItem>,
+    /// Messages of others after the newest one the caller marked read.
+    pub unread: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxPage {
+    pub items: Vec<InboxEntry>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub items: Vec<MessageItem>,
+    pub next_cursor: Option<String>,
+}
+
+/// The caller's conversations, newest activity first.
+#[utoipa::path(get, path = "/v1/conversations", tag = "messaging", security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+           ("X-Min-Position" = Option<i64>, Header, description = "Wait until the inbox reflects this global position")),
+    responses((status = 200, body = InboxPage), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn inbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    min: MinPosition,
+    Query(params): Query<PageParams>,
+) -> Result<Json<InboxPage>, ApiError> {
+    let limit = params.limit()?;
+    let before = params.cursor()?;
+    caught_up(&state, min, &[projections::MessagingProjection::NAME]).await?;
+    let items = projections::Messaging::new(state.pool.clone())
+        .inbox(principal.user_id, before, limit)
+        .await?;
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|i| i.activity.to_string()))
+        .flatten();
+    Ok(Json(InboxPage {
+        items: items
+            .into_iter()
+            .map(|i| InboxEntry {
+                conversation_id: i.conversation_id,
+                members: i.members,
+                title: i.title,
+                last_message: i.last_message.map(MessageItem::from),
+                unread: i.unread,
+            })
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// A conversation's messages, newest first (members only).
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/messages", tag = "messaging",
+    security(("bearer" = [])),
+    params(("conversation_id" = Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("before" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+           ("X-Min-Position" = Option<i64>, Header, description = "Wait until the messages reflect this global position")),
+    responses((status = 200, body = MessagePage), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody, description = "no such conversation, or not a member")))]
+pub async fn history(
+    State(state): State<AppState>,
+    principal: Principal,
+    min: MinPosition,
+    Path(conversation_id): Path<String>,
+    Query(params): Query<PageParams>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let id = parse_id(&conversation_id, "conversation")?;
+    let limit = params.limit()?;
+    let before = params.cursor()?;
+    caught_up(&state, min, &[projections::MessagingProjection::NAME]).await?;
+    let messaging = projections::Messaging::new(state.pool.clone());
+    if !messaging.is_member(principal.user_id, id).await? {
+        return Err(ApiError::NotFound("conversation"));
+    }
+    let items = messaging.messages(id, before, limit).await?;
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(|m| m.position.to_string()))
+        .flatten();
+    Ok(Json(MessagePage {
+        items: items.into_iter().map(MessageItem::from).collect(),
+        next_cursor,
+    }))
 }
