@@ -230,6 +230,30 @@ impl MessagingProjection {
     }
 }
 
+impl MessagingProjection {
+    /// Empties what `user` wrote: their messages' bodies and the titles they gave.
+    async fn forget(&self, user: Uuid) -> Result<(), ApplyError> {
+        sqlx::query(
+            "UPDATE read_model.messages SET body = $2, body_html = '' \
+              WHERE sender_id = $1 AND body <> $2",
+        )
+        .bind(user)
+        .bind(ERASED)
+        .execute(&self.pool)
+        .await
+        .map_err(ReadModelError::from)?;
+        sqlx::query(
+            "UPDATE read_model.conversations SET title = '' \
+              WHERE started_by = $1 AND title <> ''",
+        )
+        .bind(user)
+        .execute(&self.pool)
+        .await
+        .map_err(ReadModelError::from)?;
+        Ok(())
+    }
+}
+
 impl Projection for MessagingProjection {
     fn name(&self) -> &str {
         Self::NAME
@@ -273,6 +297,13 @@ impl Projection for MessagingProjection {
                 .await
                 .map_err(ReadModelError::from)?;
                 tx.commit().await.map_err(ReadModelError::from)?;
+                // As for a message (below): the starter may have been erased meanwhile.
+                if store::keys::is_erased(&self.pool, e.started_by)
+                    .await
+                    .map_err(|error| ApplyError::Transient(error.to_string()))?
+                {
+                    self.forget(e.started_by).await?;
+                }
                 Ok(())
             }
             Event::MessageSent(e) => {
@@ -300,6 +331,17 @@ impl Projection for MessagingProjection {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(ReadModelError::from)?;
+                // Erased meanwhile (Kafka: their `user.erased` may be applied before this,
+                // and another process's key cache may still have opened it): the erasure
+                // committed before its event was published, so checking after the write
+                // leaves no way around it.
+                if store::keys::is_erased(&self.pool, e.sender_id)
+                    .await
+                    .map_err(|error| ApplyError::Transient(error.to_string()))?
+                {
+                    self.forget(e.sender_id).await?;
+                    return Ok(());
+                }
                 let data = serde_json::json!({
                     "conversation_id": e.conversation_id,
                     "message_id": e.message_id,
@@ -333,23 +375,7 @@ impl Projection for MessagingProjection {
                     .await
             }
             Event::UserErased(e) => {
-                sqlx::query(
-                    "UPDATE read_model.messages SET body = $2, body_html = '' \
-                      WHERE sender_id = $1 AND body <> $2",
-                )
-                .bind(e.user_id)
-                .bind(ERASED)
-                .execute(&self.pool)
-                .await
-                .map_err(ReadModelError::from)?;
-                sqlx::query(
-                    "UPDATE read_model.conversations SET title = '' \
-                      WHERE started_by = $1 AND title <> ''",
-                )
-                .bind(e.user_id)
-                .execute(&self.pool)
-                .await
-                .map_err(ReadModelError::from)?;
+                self.forget(e.user_id).await?;
                 if let Some(live) = &self.live {
                     let members: Vec<Uuid> = sqlx::query_scalar(
                         "SELECT DISTINCT m.user_id FROM read_model.conversation_members m \

@@ -125,3 +125,58 @@ async fn whatever_the_order_nothing_of_an_erased_person_stays_stored() {
         assert_eq!(personal, 0, "order {n}: a personal string is stored");
     }
 }
+
+/// A conversation and a message of a person already erased (their `user.erased` applied
+/// before them, as Kafka may deliver): stored emptied, whatever they opened to.
+#[tokio::test]
+async fn messages_of_a_person_erased_before_they_arrive_are_stored_emptied() {
+    use event_schemas::messaging::{ConversationStartedV1, MessageSentV1};
+    use projections::MessagingProjection;
+    let db = TestDb::new().await;
+    let (person, friend, conversation) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query("INSERT INTO data_keys (subject, erased_at) VALUES ($1, now())")
+        .bind(person)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let projection = MessagingProjection::new(db.pool.clone(), None);
+    projection
+        .apply(&envelope(
+            4,
+            Event::UserErased(UserErasedV1 { user_id: person }),
+        ))
+        .await
+        .unwrap();
+    projection
+        .apply(&envelope(
+            5,
+            Event::ConversationStarted(ConversationStartedV1 {
+                conversation_id: conversation,
+                started_by: person,
+                members: vec![person, friend],
+                title: "zq title".to_owned(),
+            }),
+        ))
+        .await
+        .unwrap();
+    projection
+        .apply(&envelope(
+            6,
+            Event::MessageSent(MessageSentV1 {
+                conversation_id: conversation,
+                message_id: Uuid::now_v7(),
+                sender_id: person,
+                body: "zq message".to_owned(),
+            }),
+        ))
+        .await
+        .unwrap();
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT body FROM read_model.messages UNION ALL SELECT title FROM read_model.conversations",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|s| !s.contains("zq")), "{stored:?}");
+}
