@@ -250,3 +250,50 @@ async fn get_json(app: &e2e::TestApp, path: &str, token: &str) -> Value {
     let response = app.call(reqwest::Method::GET, path, token).await;
     response.json().await.unwrap_or(Value::Null)
 }
+
+/// `DELETE /v1/me`: a malformed or incomplete body is a 400 and erases nothing; two
+/// erasures at once both end with the person erased, one 204 and no 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn erasing_twice_at_once_or_with_a_bad_body_is_safe() {
+    let app = spawn_app().await;
+    let session = app.register("erase_twice").await;
+    let erase = |body: String| {
+        app.http
+            .delete(app.url("/v1/me"))
+            .bearer_auth(&session.access_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for bad in [
+        "{",
+        "{}",
+        r#"{"password": 7}"#,
+        r#"{"password": "x", "extra": 1}"#,
+    ] {
+        assert_eq!(erase(bad.to_owned()).await.unwrap().status(), 400, "{bad}");
+    }
+    assert_eq!(
+        app.call(reqwest::Method::GET, "/v1/me", &session.access_token)
+            .await
+            .status(),
+        200,
+        "a bad body erased nothing"
+    );
+    let good = json!({"password": "correct horse battery staple"}).to_string();
+    let (a, b) = tokio::join!(erase(good.clone()), erase(good));
+    let statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    assert!(statuses.contains(&204), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [204, 401].contains(s)),
+        "{statuses:?}"
+    );
+    let erased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'user.erased' AND stream_id = $1",
+    )
+    .bind(session.user_id.to_string())
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(erased, 1);
+}

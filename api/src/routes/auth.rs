@@ -327,7 +327,13 @@ pub async fn erase_me(
         .users
         .execute(&id, UserCommand::Erase, &ctx)
         .await?;
-    projections::analytics::forget_author(&state.pool, principal.user_id).await?;
+    // The person is erased once the command committed, and their token no longer works: a
+    // failure here is the operator's to mend (`admin erase-user` repeats it), not theirs.
+    if let Err(error) = projections::analytics::forget_author(&state.pool, principal.user_id).await
+    {
+        tracing::error!(user_id = %principal.user_id, %error,
+            "Erased, but the analytics titles were not forgotten: run `hybridlive admin erase-user`.");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
