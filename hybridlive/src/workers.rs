@@ -11,11 +11,16 @@ use clap::Args;
 use crate::process::{RedisArgs, WriteArgs};
 use projections::content::postgres::PgContent;
 use projections::generation::{Following, Generations};
+use projections::messaging::scylla::ScyllaMessaging;
+use projections::messaging::PgMessaging;
+use projections::presence::scylla::ScyllaPresenceHistory;
+use projections::presence::PgPresenceHistory;
 use projections::timeline::postgres::PgTimelines;
 use projections::timeline::scylla::ScyllaSettings;
 use projections::{
-    CacheSettings, ContentProjection, ContentStore, LiveSettings, OnboardingSettings, PostCache,
-    ReadModels, TimelineProjection, TimelineSettings, TimelineStore, Workers,
+    CacheSettings, ContentProjection, ContentStore, LiveSettings, MessagingProjection,
+    MessagingStore, OnboardingSettings, PostCache, PresenceHistory, ReadModels, TimelineProjection,
+    TimelineSettings, TimelineStore, Workers,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -35,6 +40,14 @@ pub struct ReadStoreArgs {
     /// Replication factor `migrate` gives the keyspace.
     #[arg(long, env = "SCYLLA_REPLICATION", default_value_t = 1)]
     pub scylla_replication: u32,
+    /// Keyspace of the chat tables (conversations, messages, presence history) on
+    /// `SCYLLA_NODES`; PostgreSQL when `SCYLLA_NODES` is unset.
+    #[arg(long, env = "SCYLLA_CHAT_KEYSPACE", default_value = "hybridlive_chat")]
+    pub scylla_chat_keyspace: String,
+    /// Days presence transitions are kept.
+    #[arg(long, env = "PRESENCE_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=7300))]
+    pub presence_retention_days: u64,
     /// MongoDB for posts, comments and profiles; PostgreSQL (jsonb) when unset (lite).
     #[arg(long, env = "MONGODB_URI", hide_env_values = true, value_parser = crate::process::secret)]
     pub mongodb_uri: Option<SecretString>,
@@ -58,6 +71,18 @@ impl ReadStoreArgs {
             consistency: self.scylla_consistency.clone(),
             replication_factor: self.scylla_replication,
         })
+    }
+
+    /// The chat keyspace's settings, when on ScyllaDB/Cassandra.
+    fn scylla_chat(&self) -> Option<ScyllaSettings> {
+        self.scylla().map(|settings| ScyllaSettings {
+            keyspace: self.scylla_chat_keyspace.clone(),
+            ..settings
+        })
+    }
+
+    fn presence_retention(&self) -> Duration {
+        Duration::from_secs(self.presence_retention_days * 86_400)
     }
 
     /// The production store `model` is configured on, if any (what `replay` rebuilds).
@@ -90,6 +115,12 @@ impl ReadStoreArgs {
                 .await
                 .context("creating the ScyllaDB keyspace and tables")?;
             tracing::info!(keyspace = %scylla.keyspace, "ScyllaDB schema is up to date.");
+        }
+        if let Some(chat) = self.scylla_chat() {
+            projections::messaging::scylla::migrate(&chat)
+                .await
+                .context("creating the chat keyspace and tables")?;
+            tracing::info!(keyspace = %chat.keyspace, "Chat schema is up to date.");
         }
         if let Some(uri) = &self.mongodb_uri {
             let database = generations
@@ -138,6 +169,29 @@ impl ReadStoreArgs {
         Ok(Arc::new(store))
     }
 
+    /// Messaging and presence history: on ScyllaDB, the chat keyspace.
+    async fn chat(
+        &self,
+        pool: &sqlx::PgPool,
+    ) -> anyhow::Result<(Arc<dyn MessagingStore>, Arc<dyn PresenceHistory>)> {
+        let Some(chat) = self.scylla_chat() else {
+            return Ok((
+                Arc::new(PgMessaging::new(pool.clone())),
+                Arc::new(PgPresenceHistory::new(
+                    pool.clone(),
+                    self.presence_retention(),
+                )),
+            ));
+        };
+        let messaging = ScyllaMessaging::connect(&chat).await.context(
+            "connecting to the chat keyspace on SCYLLA_NODES (run `hybridlive migrate`)",
+        )?;
+        let presence = ScyllaPresenceHistory::connect(&chat, self.presence_retention())
+            .await
+            .context("connecting to the chat keyspace on SCYLLA_NODES")?;
+        Ok((Arc::new(messaging), Arc::new(presence)))
+    }
+
     /// The configured read models, with the Redis caches under `<redis_prefix>rm:`.
     pub async fn read_models(
         &self,
@@ -145,9 +199,12 @@ impl ReadStoreArgs {
         redis: redis::aio::ConnectionManager,
         redis_prefix: &str,
     ) -> anyhow::Result<ReadModels> {
+        let (messaging, presence) = self.chat(pool).await?;
         Ok(ReadModels {
             timelines: self.timelines(pool).await?,
             content: self.content(pool).await?,
+            messaging,
+            presence,
             cache: PostCache::new(
                 redis,
                 format!("{redis_prefix}rm:"),
@@ -172,7 +229,7 @@ pub struct RealTimeArgs {
         long,
         env = "ONBOARDING_REQUIRED",
         value_delimiter = ',',
-        default_value = "timeline,content"
+        default_value = "timeline,content,messaging"
     )]
     pub onboarding_required: Vec<String>,
     /// A registration not completed within this many seconds is rolled back.
@@ -232,10 +289,15 @@ impl RealTimeArgs {
     ) -> anyhow::Result<Workers> {
         let required: BTreeSet<String> = self.onboarding_required.iter().cloned().collect();
         if let Some(unknown) = required.iter().find(|name| {
-            ![TimelineProjection::NAME, ContentProjection::NAME].contains(&name.as_str())
+            ![
+                TimelineProjection::NAME,
+                ContentProjection::NAME,
+                MessagingProjection::NAME,
+            ]
+            .contains(&name.as_str())
         }) {
             anyhow::bail!(
-                "ONBOARDING_REQUIRED names `{unknown}`; only timeline and content sync users"
+                "ONBOARDING_REQUIRED names `{unknown}`; only timeline, content and messaging sync users"
             );
         }
         Ok(workers::real_time(

@@ -14,6 +14,11 @@
 //! - [`documents`]: the content model's documents (profile, post, comment), shared by its
 //!   stores, the caches and the queries;
 //! - [`cache`]: the Redis caches (previews, counts, comment lists) with lease-guarded fills;
+//! - [`messaging`]: chat profiles, inboxes and messages — [`MessagingStore`] (PostgreSQL for
+//!   lite, Cassandra/ScyllaDB) and the `messaging` projection;
+//! - [`presence`]: the history of who was online when — [`PresenceHistory`] (PostgreSQL for
+//!   lite, Cassandra/ScyllaDB); presence itself is shared through Redis (`real_time`);
+//! - [`people`]: finding people by name (PostgreSQL trigram indexes, both profiles);
 //! - [`analytics`]: signups, posts and likes per day and the most liked posts —
 //!   [`AnalyticsProjection`] (PostgreSQL tables of one schema), built only by replay;
 //! - [`query`]: the queries the API serves from these models, and the `X-Min-Position` wait;
@@ -26,7 +31,7 @@
 //!   and how it becomes the runtime's `ApplyError`.
 //!
 //! Features: `scylla` and `mongodb`, the production stores (`timeline::scylla`,
-//! `content::mongo`; the lite PostgreSQL ones are always built); `kafka`, the runtime's
+//! `messaging::scylla`, `presence::scylla`, `content::mongo`; the lite PostgreSQL ones are always built); `kafka`, the runtime's
 //! Kafka source. `api` builds with none of them.
 
 pub mod analytics;
@@ -39,6 +44,7 @@ pub mod lite;
 pub mod messaging;
 mod mirror;
 pub mod people;
+pub mod presence;
 pub mod query;
 pub mod timeline;
 pub mod workers;
@@ -47,8 +53,9 @@ pub use analytics::AnalyticsProjection;
 pub use cache::{CacheSettings, PostCache};
 pub use content::{ContentProjection, ContentStore, ContentWrite};
 pub use error::{ReadModelError, ReadResult};
-pub use messaging::{Messaging, MessagingProjection};
+pub use messaging::{MessagingProjection, MessagingStore};
 pub use people::{People, PeopleProjection, Person};
+pub use presence::PresenceHistory;
 #[cfg(feature = "kafka")]
 pub use projection_runtime::{kafka, KafkaSource, KafkaSourceError};
 pub use projection_runtime::{

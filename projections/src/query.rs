@@ -17,6 +17,8 @@ use uuid::Uuid;
 use crate::cache::{CacheSettings, PostCache};
 use crate::content::{CommentDoc, ContentStore, PostDoc, Profile};
 use crate::error::ReadResult;
+use crate::messaging::MessagingStore;
+use crate::presence::PresenceHistory;
 use crate::timeline::{FollowCounts, TimelineEntry, TimelineStore};
 
 /// One item of a home feed.
@@ -43,6 +45,8 @@ pub struct Page<T> {
 pub struct ReadModels {
     pub timelines: Arc<dyn TimelineStore>,
     pub content: Arc<dyn ContentStore>,
+    pub messaging: Arc<dyn MessagingStore>,
+    pub presence: Arc<dyn PresenceHistory>,
     pub cache: PostCache,
 }
 
@@ -52,7 +56,12 @@ impl ReadModels {
     pub fn lite(pool: PgPool, redis: redis::aio::ConnectionManager, redis_prefix: &str) -> Self {
         Self {
             timelines: Arc::new(crate::timeline::postgres::PgTimelines::lite(pool.clone())),
-            content: Arc::new(crate::content::postgres::PgContent::lite(pool)),
+            content: Arc::new(crate::content::postgres::PgContent::lite(pool.clone())),
+            messaging: Arc::new(crate::messaging::PgMessaging::new(pool.clone())),
+            presence: Arc::new(crate::presence::PgPresenceHistory::new(
+                pool,
+                crate::presence::DEFAULT_RETENTION,
+            )),
             cache: PostCache::new(
                 redis,
                 format!("{redis_prefix}rm:"),

@@ -109,6 +109,13 @@ impl Workers {
             .with_onboarding(self.onboarding.clone())
     }
 
+    fn messaging_projection(&self) -> MessagingProjection {
+        MessagingProjection::new(self.models.messaging.clone(), self.pool.clone())
+            .with_live(self.live.clone())
+            .with_onboarding(self.onboarding.clone())
+            .with_presence(Some(self.models.presence.clone()))
+    }
+
     fn onboarding_projection(&self) -> Result<OnboardingProjection, WorkersError> {
         let onboarding = self.onboarding.clone().ok_or(WorkersError::NoSaga)?;
         Ok(OnboardingProjection::new(onboarding, self.live.clone()))
@@ -154,8 +161,7 @@ impl Workers {
                     tasks.spawn(run_one(runner, source, stop));
                 }
                 MessagingProjection::NAME => {
-                    let projection = MessagingProjection::new(pool.clone(), self.live.clone());
-                    let runner = Runner::new(pool, projection, self.retry);
+                    let runner = Runner::new(pool, self.messaging_projection(), self.retry);
                     tasks.spawn(run_one(runner, source, stop));
                 }
                 OnboardingProjection::NAME => {
@@ -194,11 +200,7 @@ impl Workers {
             }
             MessagingProjection::NAME => {
                 letters
-                    .retry(&Runner::new(
-                        pool.clone(),
-                        MessagingProjection::new(pool, self.live.clone()),
-                        self.retry,
-                    ))
+                    .retry(&Runner::new(pool, self.messaging_projection(), self.retry))
                     .await?
             }
             PeopleProjection::NAME => {

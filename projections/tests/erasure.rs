@@ -139,7 +139,8 @@ async fn messages_of_a_person_erased_before_they_arrive_are_stored_emptied() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let projection = MessagingProjection::new(db.pool.clone(), None);
+    let store = Arc::new(projections::messaging::PgMessaging::new(db.pool.clone()));
+    let projection = MessagingProjection::new(store, db.pool.clone());
     projection
         .apply(&envelope(
             4,

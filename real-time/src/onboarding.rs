@@ -2,7 +2,7 @@
 //! user, the last one completes the onboarding, a failure rolls the registration back.
 //!
 //! 1. `user.registered`: each downstream projection in [`OnboardingSettings::required`]
-//!    (`timeline`, `content` by default) applies it and calls [`Onboarding::synced`]. One
+//!    (`timeline`, `content`, `messaging` by default) applies it and calls [`Onboarding::synced`]. One
 //!    Lua script adds the projection to the user's set and answers whether every required
 //!    one is there now: the last one to sync sees it, atomically, whatever the order.
 //! 2. That projection asks the write side ([`Saga::complete`]) to record the syncs in the
@@ -52,7 +52,9 @@ pub struct OnboardingSettings {
 impl Default for OnboardingSettings {
     fn default() -> Self {
         Self {
-            required: ["timeline", "content"].map(str::to_owned).into(),
+            required: ["timeline", "content", "messaging"]
+                .map(str::to_owned)
+                .into(),
             deadline: Duration::from_secs(60),
         }
     }

@@ -265,6 +265,15 @@ async fn the_inbox_and_the_history_follow_the_messages_live() {
         .contains("<script"));
     assert_eq!(items[1]["title"], "Plans");
     assert!(items[1]["last_message"].is_null());
+    // Members by name, from chat's own profiles.
+    let mut names: Vec<&str> = items[0]["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["username"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["inbox_ada", "inbox_bob"], "{inbox}");
     // Ada sent them: none unread for her.
     let (_, hers) = read(&app, "/v1/conversations", &ada, &at).await;
     assert_eq!(hers["items"][0]["unread"], 0, "{hers}");

@@ -17,6 +17,7 @@ use crate::extract::{CommandMeta, JsonBody, MinPosition, Principal};
 use crate::routes::feed::{caught_up, PageParams};
 use crate::routes::{command_headers, context, new_stream_context, parse_id};
 use crate::state::AppState;
+use projections::messaging::ChatProfile;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -220,11 +221,21 @@ impl From<projections::messaging::MessageView> for MessageItem {
 pub struct InboxEntry {
     pub conversation_id: Uuid,
     pub members: Vec<Uuid>,
+    /// The members chat knows (an erased person is left out).
+    pub profiles: Vec<MemberProfile>,
     /// Empty when it has none.
     pub title: String,
     pub last_message: Option<MessageItem>,
-    /// Messages of others after the newest one the caller marked read.
+    /// Messages of others after the newest one the caller marked read (at most 1000).
     pub unread: i64,
+}
+
+/// A member as chat shows them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberProfile {
+    pub user_id: Uuid,
+    pub username: String,
+    pub display_name: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -254,9 +265,17 @@ pub async fn inbox(
     let limit = params.limit()?;
     let before = params.cursor()?;
     caught_up(&state, min, &[projections::MessagingProjection::NAME]).await?;
-    let items = projections::Messaging::new(state.pool.clone())
-        .inbox(principal.user_id, before, limit)
-        .await?;
+    let messaging = &state.read.messaging;
+    let items = messaging.inbox(principal.user_id, before, limit).await?;
+    let mut people: Vec<Uuid> = items.iter().flat_map(|i| i.members.clone()).collect();
+    people.sort_unstable();
+    people.dedup();
+    let profiles: std::collections::HashMap<Uuid, ChatProfile> = messaging
+        .profiles(&people)
+        .await?
+        .into_iter()
+        .map(|p| (p.user_id, p))
+        .collect();
     let next_cursor = (items.len() == limit)
         .then(|| items.last().map(|i| i.activity.to_string()))
         .flatten();
@@ -265,6 +284,16 @@ pub async fn inbox(
             .into_iter()
             .map(|i| InboxEntry {
                 conversation_id: i.conversation_id,
+                profiles: i
+                    .members
+                    .iter()
+                    .filter_map(|m| profiles.get(m))
+                    .map(|p| MemberProfile {
+                        user_id: p.user_id,
+                        username: p.username.clone(),
+                        display_name: p.display_name.clone(),
+                    })
+                    .collect(),
                 members: i.members,
                 title: i.title,
                 last_message: i.last_message.map(MessageItem::from),
@@ -294,7 +323,7 @@ pub async fn history(
     let limit = params.limit()?;
     let before = params.cursor()?;
     caught_up(&state, min, &[projections::MessagingProjection::NAME]).await?;
-    let messaging = projections::Messaging::new(state.pool.clone());
+    let messaging = &state.read.messaging;
     if !messaging.is_member(principal.user_id, id).await? {
         return Err(ApiError::NotFound("conversation"));
     }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use e2e::TestApp;
 use projections::content::mongo::MongoContent;
+use projections::messaging::scylla::ScyllaMessaging;
+use projections::presence::scylla::ScyllaPresenceHistory;
 use projections::timeline::scylla::{ScyllaSettings, ScyllaTimelines};
 use serde_json::Value;
 use uuid::Uuid;
@@ -47,6 +49,7 @@ impl Production {
             ("KAFKA_TOPIC_PREFIX", topics.prefix.clone()),
             ("SCYLLA_NODES", scylla_nodes.clone()),
             ("SCYLLA_KEYSPACE", keyspace.clone()),
+            ("SCYLLA_CHAT_KEYSPACE", format!("{keyspace}_chat")),
             ("MONGODB_URI", mongodb_uri.clone()),
             ("MONGODB_DATABASE", database.clone()),
             ("RUST_LOG", "warn".to_owned()),
@@ -196,7 +199,7 @@ impl Production {
     /// An instance of the Kafka-fed timeline and content workers, consuming the topics of
     /// `only` (every topic when empty).
     pub fn project(&self, only: &str) -> tokio::process::Child {
-        let mut command = self.hybridlive(&["project", "timeline", "content"]);
+        let mut command = self.hybridlive(&["project", "timeline", "content", "messaging"]);
         if !only.is_empty() {
             command.env("KAFKA_STREAM_TYPES", only);
         }
@@ -217,15 +220,30 @@ impl Production {
         }
     }
 
+    /// The chat keyspace's settings.
+    pub fn scylla_chat(&self) -> ScyllaSettings {
+        ScyllaSettings {
+            keyspace: format!("{}_chat", self.keyspace),
+            ..self.scylla()
+        }
+    }
+
     /// An API instance beside `app` serving the Kafka-fed read models.
     pub async fn api(&self, app: &TestApp) -> e2e::OtherInstance {
         let settings = self.scylla();
+        let chat = self.scylla_chat();
         let redis = redis::Client::open(e2e::redis_url()).unwrap();
         let redis = redis::aio::ConnectionManager::new(redis).await.unwrap();
         let read = projections::ReadModels {
             timelines: Arc::new(ScyllaTimelines::connect(&settings).await.unwrap()),
             content: Arc::new(
                 MongoContent::connect(&self.mongodb_uri, &self.database)
+                    .await
+                    .unwrap(),
+            ),
+            messaging: Arc::new(ScyllaMessaging::connect(&chat).await.unwrap()),
+            presence: Arc::new(
+                ScyllaPresenceHistory::connect(&chat, projections::presence::DEFAULT_RETENTION)
                     .await
                     .unwrap(),
             ),
@@ -276,6 +294,9 @@ impl Production {
             .unwrap();
         client.database(&self.database).drop().await.unwrap();
         projections::timeline::scylla::drop_keyspace(&self.scylla())
+            .await
+            .unwrap();
+        projections::messaging::scylla::drop_keyspace(&self.scylla_chat())
             .await
             .unwrap();
     }

@@ -191,21 +191,21 @@ struct Statements {
 }
 
 /// Prepares statements with the configured consistency level.
-struct Preparer<'a> {
-    session: &'a Session,
-    consistency: Consistency,
+pub(crate) struct Preparer<'a> {
+    pub(crate) session: &'a Session,
+    pub(crate) consistency: Consistency,
 }
 
 impl Preparer<'_> {
     /// A statement that may be retried (and speculatively executed) by the driver.
-    async fn idempotent(&self, cql: String) -> ReadResult<PreparedStatement> {
+    pub(crate) async fn idempotent(&self, cql: String) -> ReadResult<PreparedStatement> {
         let mut statement = self.once(cql).await?;
         statement.set_is_idempotent(true);
         Ok(statement)
     }
 
     /// A statement the driver must not retry on its own: a counter update.
-    async fn once(&self, cql: String) -> ReadResult<PreparedStatement> {
+    pub(crate) async fn once(&self, cql: String) -> ReadResult<PreparedStatement> {
         let mut statement = self.session.prepare(cql).await?;
         statement.set_consistency(self.consistency);
         Ok(statement)
@@ -415,7 +415,7 @@ impl Statements {
 /// puts a new keyspace on tablets by default, where counters and lightweight transactions
 /// are refused, so on ScyllaDB the keyspace turns them off; Cassandra does not know the
 /// option at all.
-fn keyspace(ks: &str, replication_factor: u32, scylla: bool) -> String {
+pub(crate) fn keyspace(ks: &str, replication_factor: u32, scylla: bool) -> String {
     let tablets = if scylla {
         " AND tablets = {'enabled': false}"
     } else {
@@ -481,7 +481,7 @@ fn schema(ks: &str) -> Vec<String> {
 /// Checks that `keyspace` is a plain identifier, since it is spliced into CQL, and returns
 /// it double-quoted: quoting lets it start with `_` and be a CQL keyword, and a quoted
 /// lower-case name is the same keyspace as the unquoted one.
-fn quoted_keyspace(keyspace: &str) -> ReadResult<String> {
+pub(crate) fn quoted_keyspace(keyspace: &str) -> ReadResult<String> {
     let plain = !keyspace.is_empty()
         && keyspace.len() <= 48
         && keyspace.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -498,7 +498,7 @@ fn quoted_keyspace(keyspace: &str) -> ReadResult<String> {
 }
 
 /// Parses a consistency level name such as `LOCAL_QUORUM`, in any case.
-fn parse_consistency(name: &str) -> ReadResult<Consistency> {
+pub(crate) fn parse_consistency(name: &str) -> ReadResult<Consistency> {
     match name.trim().to_ascii_uppercase().as_str() {
         "ANY" => Ok(Consistency::Any),
         "ONE" => Ok(Consistency::One),
@@ -517,7 +517,7 @@ fn parse_consistency(name: &str) -> ReadResult<Consistency> {
 }
 
 /// A session to `settings.nodes`, with no keyspace in use.
-async fn session(settings: &ScyllaSettings) -> ReadResult<Session> {
+pub(crate) async fn session(settings: &ScyllaSettings) -> ReadResult<Session> {
     Ok(SessionBuilder::new()
         .known_nodes(&settings.nodes)
         .build()
@@ -525,7 +525,7 @@ async fn session(settings: &ScyllaSettings) -> ReadResult<Session> {
 }
 
 /// Whether the cluster is ScyllaDB (it has `system.scylla_local`) rather than Cassandra.
-async fn is_scylla(session: &Session) -> ReadResult<bool> {
+pub(crate) async fn is_scylla(session: &Session) -> ReadResult<bool> {
     let result = session
         .query_unpaged(
             "SELECT table_name FROM system_schema.tables \
@@ -815,7 +815,7 @@ impl ScyllaTimelines {
 }
 
 /// The rows of an unpaged result.
-fn rows<R>(result: QueryResult) -> ReadResult<Vec<R>>
+pub(crate) fn rows<R>(result: QueryResult) -> ReadResult<Vec<R>>
 where
     R: for<'frame> scylla::deserialize::row::DeserializeRow<'frame, 'frame>,
 {
@@ -839,7 +839,7 @@ fn applied(result: QueryResult) -> ReadResult<bool> {
 }
 
 /// A `LIMIT` bind value (a CQL `int`).
-fn cql_limit(n: usize) -> i32 {
+pub(crate) fn cql_limit(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
