@@ -38,6 +38,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod live;
 pub mod openapi;
+pub mod presence;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
@@ -77,6 +78,7 @@ pub struct Settings {
     /// password: never printed).
     pub redis_url: SecretString,
     pub hub: live::HubSettings,
+    pub presence: real_time::presence::PresenceSettings,
 }
 
 impl Default for Settings {
@@ -93,6 +95,7 @@ impl Default for Settings {
             min_position_wait: Duration::from_secs(2),
             redis_url: "redis://127.0.0.1:6379".into(),
             hub: live::HubSettings::default(),
+            presence: real_time::presence::PresenceSettings::default(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct App {
     listener: tokio::net::TcpListener,
     router: Router,
     hub: live::Hub,
+    /// Stops this instance's presence heartbeats and sweeps.
+    presence_stop: tokio_util::sync::CancellationToken,
 }
 
 /// The process-wide Prometheus recorder (metrics has one global recorder per process).
@@ -187,8 +192,29 @@ impl App {
         let client = redis::Client::open(settings.redis_url.expose_secret())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let hub = live::Hub::start(client, redis.clone(), &settings.redis_prefix, settings.hub);
+        let feed = presence::PresenceFeed {
+            history: read.presence.clone(),
+            timelines: read.timelines.clone(),
+            live: projections::LivePublisher::new(
+                redis.clone(),
+                &settings.redis_prefix,
+                projections::LiveSettings::default(),
+            ),
+        };
+        let presence = real_time::presence::Presence::new(
+            redis.clone(),
+            &settings.redis_prefix,
+            settings.presence,
+            Arc::new(feed),
+        );
+        let presence_stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let (presence, stop) = (presence.clone(), presence_stop.clone());
+            async move { presence.run(&stop).await }
+        });
         let state = AppState {
             hub: hub.clone(),
+            presence,
             read,
             min_position_wait: settings.min_position_wait,
             write: Arc::new(commands::WriteSide::new(pool.clone(), settings.commands)),
@@ -215,6 +241,7 @@ impl App {
             listener,
             router,
             hub,
+            presence_stop,
         })
     }
 
@@ -242,6 +269,7 @@ impl App {
         )
         .with_graceful_shutdown(async move {
             shutdown.await;
+            self.presence_stop.cancel();
             self.hub.close();
         })
         .await
@@ -255,6 +283,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::social::routes())
         .merge(routes::posts::routes())
         .merge(routes::conversations::routes())
+        .merge(routes::presence::routes())
         .merge(routes::feed::routes())
         .merge(routes::stream::routes())
         .merge(routes::ops::routes())

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::routes::{
-    analytics, audit, auth, conversations, demo, feed, ops, posts, social, stream,
+    analytics, audit, auth, conversations, demo, feed, ops, posts, presence, social, stream,
 };
 use crate::state::AppState;
 
@@ -22,6 +22,7 @@ use crate::state::AppState;
         posts::get_post, posts::list_comments, feed::feed,
         conversations::start, conversations::send, conversations::mark_read,
         conversations::inbox, conversations::history,
+        presence::presence, presence::history,
         stream::user_stream, stream::post_stream,
         ops::healthz, ops::readyz, ops::metrics,
         demo::index, demo::script, demo::stylesheet,

@@ -27,4 +27,6 @@ pub struct AppState {
     pub min_position_wait: std::time::Duration,
     /// The SSE fan-out of this process.
     pub hub: crate::live::Hub,
+    /// Who holds a stream here, shared with the other instances.
+    pub presence: real_time::presence::Presence,
 }

@@ -1,11 +1,23 @@
-// Hybrid Live demo page: register → onboarding over SSE → live feed → live post view.
-// Vanilla JavaScript against the public API (shared/API.md). User text is only ever set
-// with textContent; the one exception is a post's body_html, which the server sanitises.
+// Hybrid Live demo page: register → onboarding over SSE → live feed → live post view;
+// people search and profiles; an inbox and one-to-one conversations, kept live by the
+// user stream. Vanilla JavaScript against the public API (shared/API.md). User text is only
+// ever set with textContent; the exceptions are the body_html of posts and messages, which
+// the server sanitises.
 'use strict';
 
 const SESSION_KEY = 'hybridlive.session';
-const VIEWS = ['auth-view', 'onboarding-spinner', 'onboarding-error', 'feed-view', 'post-view'];
+const VIEWS = [
+  'auth-view', 'onboarding-spinner', 'onboarding-error', 'feed-view', 'post-view',
+  'profile-view', 'inbox-view', 'conversation-view',
+];
 const POST_ROUTE = /^#\/posts\/([0-9a-fA-F-]{36})$/;
+const PROFILE_ROUTE = /^#\/people\/([0-9a-fA-F-]{36})$/;
+const CONVERSATION_ROUTE = /^#\/conversations\/([0-9a-fA-F-]{36})$/;
+const INBOX_ROUTE = /^#\/inbox$/;
+// A conversation scrolled this close to its end shows its newest message.
+const NEWEST_SLACK_PX = 40;
+// How long a presence we may not see stays unasked.
+const PRESENCE_RETRY_MS = 60000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,7 +31,14 @@ const state = {
   likesPushed: false,
   feedIds: new Set(),
   commentIds: new Set(),
-  names: new Map(),
+  names: new Map(), // user id → Promise of the name to show
+  presence: new Map(), // user id → Promise of {online, last_seen}, or of null: not ours to see
+  profileId: null,
+  inbox: new Map(), // conversation id → inbox item, newest activity first
+  inboxLoaded: false,
+  inboxLoads: Promise.resolve(), // inbox loads run one after the other
+  inboxPending: 0, // loads queued or running
+  conversation: null, // the open one: {id, nodes: Map message id → <li>, before, readUpTo}
 };
 
 // ---- session -------------------------------------------------------------------------
@@ -42,8 +61,10 @@ function signOut(message) {
   closeStreams();
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
+  forgetMessaging();
   $('whoami').hidden = true;
   $('logout').hidden = true;
+  $('nav').hidden = true;
   showError('auth-error', message);
   if (location.hash) location.hash = '';
   show('auth-view');
@@ -134,7 +155,7 @@ function when(iso) {
   return Number.isNaN(date.getTime()) ? '' : date.toLocaleString();
 }
 
-/** Fills `node` with the author's name once known (ids until then). */
+/** Fills `node` with the person's name once known (ids until then). */
 function authorInto(node, userId) {
   node.textContent = userId.slice(0, 8);
   if (!state.names.has(userId)) {
@@ -148,6 +169,15 @@ function authorInto(node, userId) {
   state.names.get(userId).then((name) => {
     node.textContent = name;
   });
+}
+
+/** A link to the person's profile, showing their name. */
+function personLink(userId) {
+  const link = el('a', 'person');
+  link.href = `#/people/${userId}`;
+  link.dataset.userId = userId;
+  authorInto(link, userId);
+  return link;
 }
 
 async function submitting(form, action) {
@@ -211,7 +241,9 @@ function openStream(path, handlers, onState) {
 function closeStreams() {
   if (state.userStream) state.userStream.close();
   state.userStream = null;
+  document.body.dataset.live = 'closed';
   closePost();
+  closeConversation();
 }
 
 /** Opens the user stream unless it is open; true when it was. */
@@ -223,13 +255,23 @@ function ensureUserStream() {
       onboarding_completed: onboardingCompleted,
       onboarding_failed: (data) => onboardingFailed(data.reason),
       feed_item: (item) => prependFeedItem(item),
+      message: messageArrived,
+      conversation_read: conversationRead,
+      presence: presenceChanged,
       reset: () => {
+        // Events were lost: read again what they would have changed.
         if (state.session && state.session.onboarded) loadFeed();
+        loadInbox();
+        reloadConversation();
       },
     },
     (status) => {
-      // A page that missed the outcome event learns it here.
-      if (status === 'connected') checkOnboarding();
+      document.body.dataset.live = status;
+      if (status !== 'connected') return;
+      // A page that missed the outcome event learns it here; the inbox is read once the
+      // stream is live, so no message falls between the two.
+      checkOnboarding();
+      loadInbox();
     },
   );
   return false;
@@ -260,13 +302,14 @@ function onboardingCompleted() {
   if (!state.session) return;
   const first = !state.session.onboarded;
   if (first) saveSession({ ...state.session, onboarded: true });
-  if (!POST_ROUTE.test(location.hash) && (first || $('feed-view').hidden)) showFeed();
+  if (isFeedRoute() && (first || $('feed-view').hidden)) showFeed();
 }
 
 function onboardingFailed(reason) {
   closeStreams();
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
+  forgetMessaging();
   $('onboarding-error-reason').textContent = reason || 'Please try again.';
   show('onboarding-error');
 }
@@ -299,9 +342,7 @@ function feedItem(item) {
   const title = el('a', 'title', item.title);
   title.href = `#/posts/${item.post_id}`;
   const meta = el('p', 'muted');
-  const author = el('span');
-  authorInto(author, item.author_id);
-  meta.append('by ', author, ` · ${when(item.created_at)}`);
+  meta.append('by ', personLink(item.author_id), ` · ${when(item.created_at)}`);
   if (item.like_count !== undefined) {
     meta.append(` · ♥ ${item.like_count} · ${item.comment_count} comments`);
   }
@@ -368,9 +409,7 @@ async function openPost(id) {
     ]);
     if (state.postId !== id) return;
     $('post-title').textContent = post.title;
-    const author = el('span');
-    authorInto(author, post.author_id);
-    $('post-meta').append('by ', author, ` · ${when(post.created_at)}`);
+    $('post-meta').append('by ', personLink(post.author_id), ` · ${when(post.created_at)}`);
     $('post-body').innerHTML = post.body_html; // sanitised by the server
     // A pushed count is newer than the one the read model served.
     if (!state.likesPushed) $('like-count').textContent = String(post.like_count);
@@ -403,7 +442,483 @@ function appendComment(comment) {
   if (!state.commentIds.has(comment.comment_id)) $('comments').append(commentItem(comment));
 }
 
+// ---- presence --------------------------------------------------------------------------
+
+/**
+ * A dot beside a name: green when the person is online, grey when away. It stays hidden
+ * when their presence is not ours to see (the server answers 404: only oneself and people
+ * who follow each other see it) or cannot be read.
+ */
+function presenceDot(userId) {
+  const dot = el('span', 'presence');
+  dot.dataset.presenceUser = userId;
+  dot.hidden = true;
+  presenceOf(userId).then((presence) => paintPresence(dot, presence));
+  return dot;
+}
+
+function presenceOf(userId) {
+  if (!state.presence.has(userId)) {
+    const asked = api('GET', `/v1/users/${userId}/presence`)
+      .then(({ data }) => data)
+      .catch(() => {
+        // Following each other may begin later (the `presence` events only reach those
+        // who see it already): ask again after a while.
+        setTimeout(() => {
+          if (state.presence.get(userId) === asked) state.presence.delete(userId);
+        }, PRESENCE_RETRY_MS);
+        return null;
+      });
+    state.presence.set(userId, asked);
+  }
+  return state.presence.get(userId);
+}
+
+function paintPresence(dot, presence) {
+  dot.hidden = !presence;
+  if (!presence) return;
+  dot.dataset.online = String(Boolean(presence.online));
+  if (presence.online) dot.title = 'online';
+  else dot.title = presence.last_seen ? `last seen ${when(presence.last_seen)}` : 'offline';
+}
+
+/** SSE `presence`: repaints every dot of that person. */
+function presenceChanged(data) {
+  const presence = { online: data.online, last_seen: data.last_seen };
+  state.presence.set(data.user_id, Promise.resolve(presence));
+  for (const dot of document.querySelectorAll('.presence')) {
+    if (dot.dataset.presenceUser === data.user_id) paintPresence(dot, presence);
+  }
+}
+
+// ---- people: search and profiles -------------------------------------------------------
+
+/** One person of a search or a followers list, linking to their profile. */
+function personItem(person) {
+  const name = person.display_name || person.username;
+  if (!state.names.has(person.user_id)) state.names.set(person.user_id, Promise.resolve(name));
+  const li = el('li');
+  li.dataset.userId = person.user_id;
+  const link = el('a', 'person', name);
+  link.href = `#/people/${person.user_id}`;
+  li.append(link, ' ', el('span', 'muted', `@${person.username}`));
+  return li;
+}
+
+async function searchPeople(q) {
+  try {
+    const { data } = await api('GET', `/v1/users/search?q=${encodeURIComponent(q)}&limit=20`, { auth: false });
+    // An answer to an older query must not replace the newer one's.
+    if ($('people-search-form').elements.q.value.trim() !== q) return;
+    $('people-results').replaceChildren(...data.items.map(personItem));
+    $('people-status').textContent = data.items.length ? '' : 'No one found.';
+  } catch (error) {
+    $('people-status').textContent = error.message;
+  }
+}
+
+async function openProfile(id) {
+  show('profile-view');
+  state.profileId = id;
+  const mine = id === state.session.user_id;
+  $('profile').dataset.userId = id;
+  $('profile-name').textContent = '';
+  $('profile-username').textContent = '';
+  state.presence.delete(id); // a profile asks afresh: who may see it changes with follows
+  $('profile-heading').replaceChildren($('profile-name'), presenceDot(id));
+  $('profile-followers').textContent = '–';
+  $('profile-following').textContent = '–';
+  $('profile-followers-list').replaceChildren();
+  $('profile-following-list').replaceChildren();
+  $('profile-follow').hidden = true;
+  $('profile-message').hidden = true;
+  $('profile-status').textContent = '';
+  showError('profile-error', '');
+  try {
+    const [profile, following] = await Promise.all([
+      loadProfile(id),
+      mine ? Promise.resolve(false) : isFollowing(id),
+    ]);
+    if (state.profileId !== id) return;
+    $('profile-name').textContent = profile.display_name || profile.username;
+    $('profile-username').textContent = profile.username;
+    showFollowing(following);
+    $('profile-follow').hidden = mine;
+    $('profile-message').hidden = mine;
+  } catch (error) {
+    if (state.profileId === id) showError('profile-error', error.message);
+  }
+}
+
+/** The profile and its counts; with `minPosition`, once they reflect that write. */
+async function loadProfile(id, minPosition) {
+  const headers = minPosition ? { 'X-Min-Position': minPosition } : {};
+  const { data } = await api('GET', `/v1/users/${id}`, { headers });
+  if (state.profileId === id) {
+    $('profile-followers').textContent = String(data.followers);
+    $('profile-following').textContent = String(data.following);
+    loadPeopleList(id, 'followers');
+    loadPeopleList(id, 'following');
+  }
+  return data;
+}
+
+/** The first page of who follows the person, or of whom they follow. */
+async function loadPeopleList(id, direction) {
+  const list = $(`profile-${direction}-list`);
+  try {
+    const { data } = await api('GET', `/v1/users/${id}/${direction}?limit=20`);
+    if (state.profileId !== id) return;
+    list.replaceChildren(...data.items.map(personItem));
+    if (data.next_cursor) list.append(el('li', 'muted', '… and more'));
+    if (data.items.length === 0) list.append(el('li', 'muted', 'No one yet.'));
+  } catch {
+    if (state.profileId === id) list.replaceChildren(el('li', 'muted', 'Not available.'));
+  }
+}
+
+/** Whether the caller follows `id`: their own following list, page by page. */
+async function isFollowing(id) {
+  let cursor = null;
+  do {
+    const after = cursor ? `&cursor=${encodeURIComponent(cursor)}` : '';
+    const { data } = await api('GET', `/v1/users/${state.session.user_id}/following?limit=100${after}`);
+    if (data.items.some((person) => person.user_id === id)) return true;
+    cursor = data.next_cursor;
+  } while (cursor);
+  return false;
+}
+
+function showFollowing(following) {
+  $('profile-follow').dataset.following = String(following);
+  $('profile-follow').textContent = following ? 'Unfollow' : 'Follow';
+}
+
+// ---- inbox -----------------------------------------------------------------------------
+
+function forgetMessaging() {
+  closeConversation();
+  state.inbox = new Map();
+  state.inboxLoaded = false;
+  state.presence = new Map(); // who may see whom depends on who asks
+  renderInbox();
+}
+
+/**
+ * Reads the inbox again; with `minPosition`, once it reflects that write. Loads run one
+ * after the other, so a load queued after an event reflects it.
+ */
+function loadInbox(minPosition) {
+  state.inboxPending += 1;
+  const load = state.inboxLoads
+    .then(() => fetchInbox(minPosition))
+    .finally(() => {
+      state.inboxPending -= 1;
+    });
+  state.inboxLoads = load;
+  return load;
+}
+
+async function fetchInbox(minPosition) {
+  const session = state.session;
+  if (!session) return;
+  try {
+    const headers = minPosition ? { 'X-Min-Position': minPosition } : {};
+    const { data } = await api('GET', '/v1/conversations?limit=50', { headers });
+    if (!state.session || state.session.user_id !== session.user_id) return; // signed out meanwhile
+    state.inbox = new Map(data.items.map((item) => [item.conversation_id, item]));
+    state.inboxLoaded = true;
+    renderInbox();
+    showError('inbox-error', '');
+  } catch (error) {
+    showError('inbox-error', error.message);
+  }
+}
+
+/** What changed the inbox while a load was on its way may be missing from it: read again. */
+function reloadInboxIfLoading(minPosition) {
+  if (state.inboxPending > 0) loadInbox(minPosition);
+}
+
+function renderInbox() {
+  const items = [...state.inbox.values()];
+  $('inbox').replaceChildren(...items.map(inboxItem));
+  $('inbox-empty').hidden = !state.inboxLoaded || items.length > 0;
+  const total = items.reduce((sum, item) => sum + item.unread, 0);
+  $('unread-total').textContent = String(total);
+  $('unread-total').dataset.count = String(total);
+  $('unread-total').hidden = total === 0;
+}
+
+function inboxItem(item) {
+  const me = state.session && state.session.user_id;
+  const li = el('li');
+  li.dataset.conversationId = item.conversation_id;
+  li.dataset.unread = String(item.unread);
+  if (item.unread > 0) li.classList.add('unread');
+  const link = el('a', 'title');
+  link.href = `#/conversations/${item.conversation_id}`;
+  conversationNameInto(link, item);
+  const badge = el('span', 'badge unread-count', String(item.unread));
+  badge.hidden = item.unread === 0;
+  const preview = el('p', 'last-message');
+  const last = item.last_message;
+  if (last) {
+    const sender = el('span');
+    if (last.sender_id === me) sender.textContent = 'You';
+    else authorInto(sender, last.sender_id);
+    preview.append(sender, `: ${last.body}`, el('span', 'muted', ` · ${when(last.sent_at)}`));
+  } else {
+    preview.textContent = 'No messages yet.';
+  }
+  li.append(link, badge, preview);
+  return li;
+}
+
+/** The conversation's title, or the names of the others in it, each with its presence. */
+function conversationNameInto(node, item) {
+  node.replaceChildren();
+  if (item.title) {
+    node.textContent = item.title;
+    return;
+  }
+  const me = state.session && state.session.user_id;
+  const others = item.members.filter((id) => id !== me);
+  if (others.length === 0) {
+    node.textContent = 'Just you';
+    return;
+  }
+  others.forEach((id, index) => {
+    if (index > 0) node.append(', ');
+    const name = el('span', 'member');
+    authorInto(name, id);
+    node.append(name, presenceDot(id));
+  });
+}
+
+function showInbox() {
+  show('inbox-view');
+  renderInbox();
+}
+
+/** Moves a conversation to the top of the inbox (newest activity first). */
+function bumpConversation(item) {
+  state.inbox.delete(item.conversation_id);
+  state.inbox = new Map([[item.conversation_id, item], ...state.inbox]);
+}
+
+/** SSE `message`: into the open conversation, or counted unread in the inbox. */
+function messageArrived(message) {
+  if (!state.session) return;
+  const me = state.session.user_id;
+  const id = message.conversation_id;
+  let seen = false;
+  if (isOpen(id)) {
+    const atNewest = scrolledToNewest();
+    upsertMessage(message);
+    if (atNewest || message.sender_id === me) scrollToNewest();
+    seen = conversationSeen();
+  }
+  const item = state.inbox.get(id);
+  if (!item) {
+    loadInbox(); // a conversation new to this page: its read model has it by now
+  } else {
+    const last = item.last_message;
+    const repeated = last && last.message_id === message.message_id;
+    if (!last || Date.parse(message.sent_at) >= Date.parse(last.sent_at)) {
+      item.last_message = {
+        message_id: message.message_id,
+        sender_id: message.sender_id,
+        body: message.body,
+        body_html: message.body_html,
+        sent_at: message.sent_at,
+      };
+    }
+    if (!repeated && !seen && message.sender_id !== me) item.unread += 1;
+    bumpConversation(item);
+    renderInbox();
+    reloadInboxIfLoading();
+  }
+  if (seen) markReadIfSeen();
+}
+
+/** SSE `conversation_read` (this person read it, here or on another device). */
+function conversationRead(data) {
+  const item = state.inbox.get(data.conversation_id);
+  if (!item || item.unread === 0) return;
+  item.unread = 0;
+  renderInbox();
+}
+
+// ---- conversation view -----------------------------------------------------------------
+
+function isOpen(id) {
+  return Boolean(state.conversation) && state.conversation.id === id;
+}
+
+function closeConversation() {
+  state.conversation = null;
+  $('conversation').dataset.conversationId = '';
+}
+
+async function openConversation(id) {
+  show('conversation-view');
+  if (isOpen(id)) {
+    markReadIfSeen();
+    return;
+  }
+  state.conversation = { id, nodes: new Map(), before: null, readUpTo: null };
+  $('conversation').dataset.conversationId = id;
+  $('conversation').replaceChildren();
+  $('conversation-title').replaceChildren();
+  $('older-messages').hidden = true;
+  showError('conversation-error', '');
+  if (!state.inbox.has(id)) await loadInbox();
+  if (!isOpen(id)) return;
+  const item = state.inbox.get(id);
+  if (item) conversationNameInto($('conversation-title'), item);
+  else $('conversation-title').textContent = 'Conversation';
+  try {
+    await loadMessages(id);
+    if (!isOpen(id)) return;
+    scrollToNewest();
+    markReadIfSeen();
+  } catch (error) {
+    if (isOpen(id)) showError('conversation-error', error.message);
+  }
+}
+
+/** A page of messages (the newest, or those before `before`) into the open conversation. */
+async function loadMessages(id, before) {
+  const older = before ? `&before=${encodeURIComponent(before)}` : '';
+  const { data } = await api('GET', `/v1/conversations/${id}/messages?limit=30${older}`);
+  if (!isOpen(id)) return;
+  for (const message of data.items) upsertMessage(message);
+  // Reading the newest page again (after a `reset`) keeps the way to older ones.
+  if (before || !state.conversation.before) {
+    state.conversation.before = data.next_cursor;
+    $('older-messages').hidden = !data.next_cursor;
+  }
+}
+
+/** After a `reset`: the newest page again, for messages the stream may have lost. */
+async function reloadConversation() {
+  const conversation = state.conversation;
+  if (!conversation) return;
+  try {
+    const atNewest = scrolledToNewest();
+    await loadMessages(conversation.id);
+    if (atNewest) scrollToNewest();
+    markReadIfSeen();
+  } catch (error) {
+    if (state.conversation === conversation) showError('conversation-error', error.message);
+  }
+}
+
+/**
+ * Shows a message once, in time order (newest at the bottom), whether it comes from the
+ * history, the stream or one's own send. A message shown from the send's answer has no
+ * rendered body yet: the stream's copy brings it.
+ */
+function upsertMessage(message) {
+  const nodes = state.conversation.nodes;
+  const shown = nodes.get(message.message_id);
+  if (shown) {
+    if (message.body_html && shown.classList.contains('pending')) {
+      bodyInto(shown, message);
+    }
+    return;
+  }
+  const li = messageItem(message);
+  nodes.set(message.message_id, li);
+  const list = $('conversation');
+  const at = Date.parse(message.sent_at);
+  let next = null;
+  for (let node = list.lastElementChild; node && Date.parse(node.dataset.sentAt) > at; node = node.previousElementSibling) {
+    next = node;
+  }
+  list.insertBefore(li, next);
+}
+
+function messageItem(message) {
+  const li = el('li');
+  li.dataset.messageId = message.message_id;
+  li.dataset.senderId = message.sender_id;
+  li.dataset.sentAt = message.sent_at;
+  const meta = el('p', 'meta');
+  const sender = el('span', 'sender');
+  if (message.sender_id === state.session.user_id) {
+    li.classList.add('mine');
+    sender.textContent = 'You';
+  } else {
+    authorInto(sender, message.sender_id);
+  }
+  meta.append(sender, ` · ${when(message.sent_at)}`);
+  li.append(meta, el('div', 'message-body'));
+  bodyInto(li, message);
+  return li;
+}
+
+function bodyInto(li, message) {
+  const body = li.querySelector('.message-body');
+  const rendered = Boolean(message.body_html);
+  if (rendered) body.innerHTML = message.body_html; // sanitised by the server
+  else body.textContent = message.body;
+  body.classList.toggle('plain', !rendered);
+  li.classList.toggle('pending', !rendered);
+}
+
+function scrolledToNewest() {
+  const list = $('conversation');
+  return list.scrollHeight - list.scrollTop - list.clientHeight < NEWEST_SLACK_PX;
+}
+
+function scrollToNewest() {
+  const list = $('conversation');
+  list.scrollTop = list.scrollHeight;
+}
+
+/** Whether the person can see the open conversation's newest message right now. */
+function conversationSeen() {
+  return (
+    Boolean(state.conversation) &&
+    !$('conversation-view').hidden &&
+    document.visibilityState === 'visible' &&
+    scrolledToNewest()
+  );
+}
+
+/** Marks the open conversation read up to its newest message, once that is on screen. */
+async function markReadIfSeen() {
+  const conversation = state.conversation;
+  if (!conversation || !conversationSeen()) return;
+  const newest = $('conversation').lastElementChild;
+  if (!newest || newest.dataset.messageId === conversation.readUpTo) return;
+  const item = state.inbox.get(conversation.id);
+  // Only others' messages count as unread: after one's own there is nothing to mark.
+  const unread = item ? item.unread > 0 : true;
+  if (newest.dataset.senderId === state.session.user_id && !unread) return;
+  const upTo = newest.dataset.messageId;
+  conversation.readUpTo = upTo;
+  try {
+    const { headers } = await api('POST', `/v1/conversations/${conversation.id}/read`, {
+      body: { up_to: upTo },
+    });
+    conversationRead({ conversation_id: conversation.id, up_to: upTo });
+    reloadInboxIfLoading(headers.get('x-global-position'));
+  } catch {
+    // The badge stays; the next message or scroll tries again.
+    if (conversation.readUpTo === upTo) conversation.readUpTo = null;
+  }
+}
+
 // ---- routing and forms ---------------------------------------------------------------
+
+/** Whether the address names no view but the feed. */
+function isFeedRoute() {
+  const hash = location.hash;
+  return ![POST_ROUTE, PROFILE_ROUTE, CONVERSATION_ROUTE, INBOX_ROUTE].some((r) => r.test(hash));
+}
 
 function route() {
   if (!state.session) state.session = loadSession();
@@ -412,19 +927,26 @@ function route() {
     show('auth-view');
     return;
   }
-  const post = location.hash.match(POST_ROUTE);
   ensureUserStream();
-  if (post) {
-    openPost(post[1]);
-    return;
-  }
-  closePost();
-  if (state.session.onboarded) showFeed();
+  $('nav').hidden = false;
+  const hash = location.hash;
+  const post = hash.match(POST_ROUTE);
+  const person = hash.match(PROFILE_ROUTE);
+  const conversation = hash.match(CONVERSATION_ROUTE);
+  if (!post) closePost();
+  if (!conversation) closeConversation();
+  if (!person) state.profileId = null;
+  if (post) openPost(post[1]);
+  else if (person) openProfile(person[1]);
+  else if (conversation) openConversation(conversation[1]);
+  else if (INBOX_ROUTE.test(hash)) showInbox();
+  else if (state.session.onboarded) showFeed();
   else startOnboarding();
 }
 
 function signedIn(data) {
   closeStreams();
+  forgetMessaging();
   showError('auth-error', '');
   saveSession({
     user_id: data.user_id,
@@ -535,6 +1057,107 @@ function bindForms() {
       }
     });
   });
+
+  let peopleTimer;
+  $('people-search-form').elements.q.addEventListener('input', (event) => {
+    clearTimeout(peopleTimer);
+    const q = event.target.value.trim();
+    if (q) peopleTimer = setTimeout(() => searchPeople(q), 200);
+  });
+
+  $('people-search-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    clearTimeout(peopleTimer);
+    submitting(event.target, (fields) => searchPeople(fields.q.trim()));
+  });
+
+  $('profile-follow').addEventListener('click', async () => {
+    const id = state.profileId;
+    const button = $('profile-follow');
+    const follow = button.dataset.following !== 'true';
+    button.disabled = true;
+    try {
+      const { headers } = await api(follow ? 'PUT' : 'DELETE', `/v1/users/${id}/follow`);
+      if (state.profileId !== id) return;
+      showFollowing(follow);
+      $('profile-status').textContent = follow ? 'Following.' : 'No longer following.';
+      // Following each other decides whether presence is visible: ask again.
+      state.presence.delete(id);
+      $('profile-heading').replaceChildren($('profile-name'), presenceDot(id));
+      await loadProfile(id, headers.get('x-global-position'));
+    } catch (error) {
+      if (state.profileId === id) showError('profile-error', error.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $('profile-message').addEventListener('click', async () => {
+    const id = state.profileId;
+    const button = $('profile-message');
+    button.disabled = true;
+    try {
+      const { data, headers } = await api('POST', '/v1/conversations', { body: { members: [id] } });
+      // Its messages are readable once the messaging read model has the conversation.
+      await loadInbox(headers.get('x-global-position'));
+      location.hash = `#/conversations/${data.conversation_id}`;
+    } catch (error) {
+      if (state.profileId === id) showError('profile-error', error.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $('message-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const conversation = state.conversation;
+    if (!conversation) return;
+    submitting(form, async (fields) => {
+      try {
+        const { data } = await api('POST', `/v1/conversations/${conversation.id}/messages`, {
+          body: { body: fields.body },
+        });
+        form.reset();
+        if (state.conversation !== conversation) return;
+        showError('conversation-error', '');
+        upsertMessage({
+          message_id: data.message_id,
+          sender_id: state.session.user_id,
+          body: fields.body,
+          body_html: null,
+          sent_at: data.sent_at,
+        });
+        scrollToNewest();
+      } catch (error) {
+        showError('conversation-error', error.message);
+      }
+    });
+  });
+
+  // Enter sends, Shift+Enter starts a new line.
+  $('message-form').elements.body.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $('message-form').requestSubmit();
+    }
+  });
+
+  $('older-messages').addEventListener('click', async () => {
+    const conversation = state.conversation;
+    if (!conversation || !conversation.before) return;
+    const list = $('conversation');
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    try {
+      await loadMessages(conversation.id, conversation.before);
+      list.scrollTop = list.scrollHeight - fromBottom; // keep the same messages in view
+    } catch (error) {
+      showError('conversation-error', error.message);
+    }
+  });
+
+  $('conversation').addEventListener('scroll', () => markReadIfSeen());
+  document.addEventListener('visibilitychange', () => markReadIfSeen());
 
   $('like-button').addEventListener('click', async () => {
     const id = state.postId;

@@ -81,6 +81,7 @@ pub async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Re
         redis_prefix: args.redis.redis_prefix,
         redis_url: args.redis.redis_url,
         hub: api::live::HubSettings::default(),
+        presence: args.stores.presence_settings(),
         min_position_wait: Duration::from_millis(args.min_position_wait_ms),
         rate_limits: api::rate_limit::RateLimits {
             per_ip: args.rate_limit_per_ip,

@@ -85,6 +85,14 @@ impl ReadStoreArgs {
         Duration::from_secs(self.presence_retention_days * 86_400)
     }
 
+    /// Presence timing, with the configured retention of `last_seen`.
+    pub fn presence_settings(&self) -> real_time::presence::PresenceSettings {
+        real_time::presence::PresenceSettings {
+            retention: self.presence_retention(),
+            ..real_time::presence::PresenceSettings::default()
+        }
+    }
+
     /// The production store `model` is configured on, if any (what `replay` rebuilds).
     pub fn production(&self, model: &str) -> Option<replay::Production> {
         match model {

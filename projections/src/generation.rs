@@ -307,6 +307,9 @@ impl TimelineStore for Following<dyn TimelineStore> {
     async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()> {
         self.reading().await.unfollow(follower, followee).await
     }
+    async fn follows(&self, follower: Uuid, followee: Uuid) -> ReadResult<bool> {
+        self.reading().await.follows(follower, followee).await
+    }
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         self.reading().await.followers(user).await
     }

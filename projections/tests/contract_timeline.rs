@@ -44,9 +44,12 @@ async fn follows_are_idempotent_and_counted(store: &dyn TimelineStore) {
     assert_eq!(followers, expected);
     let counts = store.counts(b).await.unwrap();
     assert_eq!((counts.followers, counts.following), (2, 0));
+    assert!(store.follows(a, b).await.unwrap());
+    assert!(!store.follows(b, a).await.unwrap());
     assert_eq!(store.counts(a).await.unwrap().following, 1);
     store.unfollow(a, b).await.unwrap();
     store.unfollow(a, b).await.unwrap();
+    assert!(!store.follows(a, b).await.unwrap());
     assert_eq!(store.followers(b).await.unwrap(), vec![c]);
     assert_eq!(store.counts(a).await.unwrap().following, 0);
 }

@@ -12,10 +12,13 @@
 //!
 //! - [`live`]: channels, [`LiveMessage`], [`LivePublisher`], [`LiveSettings`];
 //! - [`onboarding`]: [`Onboarding`], [`OnboardingProjection`], [`OnboardingSettings`],
-//!   [`Saga`].
+//!   [`Saga`];
+//! - [`presence`]: who is online, shared between API instances through Redis heartbeats,
+//!   each transition handed to a [`presence::PresenceSink`].
 
 pub mod live;
 pub mod onboarding;
+pub mod presence;
 
 pub use live::{LiveMessage, LivePublisher, LiveSettings};
 pub use onboarding::{Onboarding, OnboardingProjection, OnboardingSettings, Saga};

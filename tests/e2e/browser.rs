@@ -1,5 +1,6 @@
 //! The demo page in real headless Chromium, driven over WebDriver: what a person
-//! sees after registering, and a like made elsewhere reaching a post they have open.
+//! sees after registering, a like made elsewhere reaching a post they have open, and two
+//! people chatting live, each in a window of their own.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/services.sh --browser`). Without
 //! them these tests fail and say so: a browser test that passes without a browser proves
@@ -11,9 +12,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::spawn_app;
+use e2e::{spawn_app, Session, TestApp};
 
 use crate::live::{publish, readable};
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use reqwest::Method;
@@ -134,6 +136,28 @@ where
     let outcome = tokio::spawn(test(page.clone())).await;
     let _ = page.close().await;
     drop(driver);
+    reraise(outcome);
+}
+
+/// [`in_browser`] with two pages: two sessions of one chromedriver, each its own Chromium
+/// with its own storage, as two people on two computers.
+async fn in_two_browsers<F, Fut>(test: F)
+where
+    F: FnOnce(Client, Client) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let driver = ChromeDriver::start().await;
+    let first = driver.session().await;
+    let second = driver.session().await;
+    let outcome = tokio::spawn(test(first.clone(), second.clone())).await;
+    let _ = first.close().await;
+    let _ = second.close().await;
+    drop(driver);
+    reraise(outcome);
+}
+
+/// Re-raises the panic of a browser test's task.
+fn reraise(outcome: Result<(), tokio::task::JoinError>) {
     if let Err(error) = outcome {
         match error.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
@@ -166,6 +190,67 @@ async fn attr(page: &Client, id: &str, name: &str) -> Option<String> {
         .attr(name)
         .await
         .unwrap()
+}
+
+/// The element `css` selects, if there is one now.
+async fn find(page: &Client, css: &str) -> Option<Element> {
+    page.find(Locator::Css(css)).await.ok()
+}
+
+/// The rendered text of the element `css` selects; `None` when there is none.
+async fn text_of(page: &Client, css: &str) -> Option<String> {
+    find(page, css).await?.text().await.ok()
+}
+
+/// Polls `probe` until it answers `Ok`, at most `within`; a failure names `what` and the
+/// last thing the probe saw.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Opens the page at `hash` signed in as `who`, with the session the page keeps after
+/// logging in, and marks the document so that a reload would show.
+async fn open_signed_in(page: &Client, app: &TestApp, who: &Session, hash: &str) {
+    page.goto(&app.url("/")).await.unwrap();
+    page.execute(
+        "sessionStorage.setItem(arguments[0], JSON.stringify(arguments[1]))",
+        vec![
+            json!(SESSION_KEY),
+            json!({
+                "user_id": who.user_id,
+                "access_token": who.access_token,
+                "refresh_token": who.refresh_token,
+            }),
+        ],
+    )
+    .await
+    .unwrap();
+    page.goto(&app.url(&format!("/{hash}"))).await.unwrap();
+    page.execute("window.sameDocument = true", vec![])
+        .await
+        .unwrap();
+}
+
+/// Whether the document is the one [`open_signed_in`] marked: live updates, not a reload.
+async fn never_reloaded(page: &Client) -> bool {
+    page.execute("return window.sameDocument === true", vec![])
+        .await
+        .unwrap()
+        == json!(true)
 }
 
 async fn fill(page: &Client, form: &str, fields: &[(&str, &str)]) {
@@ -404,6 +489,273 @@ async fn a_like_made_elsewhere_changes_the_count_on_the_page_within_3_s() {
         let took = last_like.elapsed();
         assert!(took <= Duration::from_secs(3), "took {took:?}");
         eprintln!("the page showed 2 likes {took:?} after the last like was answered");
+    })
+    .await;
+}
+
+/// Registers through the API with a display name; the session.
+async fn register_named(app: &TestApp, username: &str, display_name: &str) -> Session {
+    let response = app
+        .post(
+            "/v1/auth/register",
+            json!({"username": username, "email": format!("{username}@example.com"),
+                   "password": "correct horse battery staple", "display_name": display_name}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 201, "registering {username}");
+    let body: Value = response.json().await.unwrap();
+    Session {
+        user_id: body["user_id"].as_str().unwrap().parse().unwrap(),
+        access_token: body["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: body["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// The message ids of a page's open conversation, top to bottom, with each one's text.
+async fn conversation_shown(page: &Client) -> Vec<(String, String)> {
+    let mut shown = Vec::new();
+    for item in page
+        .find_all(Locator::Css("#conversation > li"))
+        .await
+        .unwrap()
+    {
+        let id = item.attr("data-message-id").await.unwrap();
+        shown.push((id.unwrap_or_default(), item.text().await.unwrap()));
+    }
+    shown
+}
+
+#[tokio::test]
+async fn two_windows_chat_live() {
+    in_two_browsers(|ada_page, bob_page| async move {
+        let app = spawn_app().await;
+        let ada = register_named(&app, "chat_ada", "Ada Chat").await;
+        let bob = register_named(&app, "chat_bob", "Bob Chat").await;
+        let bob_id = bob.user_id.to_string();
+        // Setup, not under test: the people search has Bob before Ada looks for him.
+        eventually(WAIT, "the people search finds chat_bob", || async {
+            let found: Value = app
+                .http
+                .get(app.url("/v1/users/search?q=chat_bob"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            found["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|p| p["user_id"] == bob_id.as_str()))
+                .then_some(())
+                .ok_or_else(|| found.to_string())
+        })
+        .await;
+
+        // Bob watches his empty inbox, with his stream connected: from here on, only the
+        // live path can bring him anything.
+        open_signed_in(&bob_page, &app, &bob, "#/inbox").await;
+        eventually(
+            WAIT,
+            "Bob's inbox shows, empty, with the stream live",
+            || async {
+                let live = find(&bob_page, "body")
+                    .await
+                    .unwrap()
+                    .attr("data-live")
+                    .await
+                    .unwrap();
+                let empty = displayed(&bob_page, "inbox-empty").await;
+                (live.as_deref() == Some("connected")
+                    && empty
+                    && displayed(&bob_page, "inbox-view").await)
+                    .then_some(())
+                    .ok_or_else(|| format!("live {live:?}, empty shown {empty}"))
+            },
+        )
+        .await;
+        assert!(
+            !displayed(&bob_page, "unread-total").await,
+            "no unread badge yet"
+        );
+
+        // Ada finds Bob, opens his profile and presses Message.
+        open_signed_in(&ada_page, &app, &ada, "#/").await;
+        eventually(WAIT, "Ada's feed shows", || async {
+            displayed(&ada_page, "feed-view")
+                .await
+                .then_some(())
+                .ok_or_else(|| "the feed is hidden".to_owned())
+        })
+        .await;
+        fill(&ada_page, "people-search-form", &[("q", "chat_bob")]).await;
+        submit(&ada_page, "people-search-form").await;
+        let result = format!("#people-results li[data-user-id='{bob_id}'] a");
+        let link = eventually(WAIT, "the search lists Bob", || async {
+            find(&ada_page, &result)
+                .await
+                .ok_or_else(|| "no such result".to_owned())
+        })
+        .await;
+        assert_eq!(link.text().await.unwrap(), "Bob Chat");
+        link.click().await.unwrap();
+        eventually(
+            WAIT,
+            "Bob's profile shows with a Message button",
+            || async {
+                let name = text(&ada_page, "profile-name").await;
+                (name == "Bob Chat" && displayed(&ada_page, "profile-message").await)
+                    .then_some(())
+                    .ok_or(name)
+            },
+        )
+        .await;
+        assert_eq!(text(&ada_page, "profile-username").await, "chat_bob");
+        assert_eq!(text(&ada_page, "profile-follow").await, "Follow");
+        assert!(!displayed(&ada_page, "profile-error").await);
+        ada_page
+            .find(Locator::Id("profile-message"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let conversation = eventually(WAIT, "the conversation opens", || async {
+            let id = attr(&ada_page, "conversation", "data-conversation-id").await;
+            match id {
+                Some(id) if !id.is_empty() && displayed(&ada_page, "conversation-view").await => {
+                    Ok(id)
+                }
+                _ => Err(format!("conversation {id:?}")),
+            }
+        })
+        .await;
+        eventually(WAIT, "the conversation is named after Bob", || async {
+            let title = text(&ada_page, "conversation-title").await;
+            title.contains("Bob Chat").then_some(()).ok_or(title)
+        })
+        .await;
+
+        fill(&ada_page, "message-form", &[("body", "Hello **Bob**")]).await;
+        submit(&ada_page, "message-form").await;
+        eventually(WAIT, "Ada sees her message", || async {
+            let shown = conversation_shown(&ada_page).await;
+            (shown.len() == 1 && shown[0].1.contains("Hello Bob"))
+                .then_some(())
+                .ok_or_else(|| format!("{shown:?}"))
+        })
+        .await;
+        let sent = Instant::now();
+
+        // Bob's open inbox gets the conversation, unread, and the nav its total.
+        let item = format!("#inbox li[data-conversation-id='{conversation}']");
+        eventually(WAIT, "Bob's inbox shows the message unread", || async {
+            let unread = match find(&bob_page, &item).await {
+                Some(li) => li.attr("data-unread").await.unwrap(),
+                None => None,
+            };
+            let last = text_of(&bob_page, &format!("{item} .last-message")).await;
+            let total = text(&bob_page, "unread-total").await;
+            (unread.as_deref() == Some("1")
+                && last.as_deref().is_some_and(|t| t.contains("Hello **Bob**"))
+                && total == "1"
+                && displayed(&bob_page, "unread-total").await)
+                .then_some(())
+                .ok_or_else(|| format!("unread {unread:?}, last {last:?}, total {total:?}"))
+        })
+        .await;
+        eprintln!(
+            "Bob's inbox showed the message {:?} after Ada saw it sent",
+            sent.elapsed()
+        );
+        let title = format!("{item} .title");
+        eventually(WAIT, "Bob's inbox names Ada", || async {
+            let shown = text_of(&bob_page, &title).await.unwrap_or_default();
+            shown.contains("Ada Chat").then_some(()).ok_or(shown)
+        })
+        .await;
+
+        // Bob opens it: the message, rendered, and nothing left unread.
+        find(&bob_page, &format!("{item} a.title"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually(
+            WAIT,
+            "Bob's conversation shows the message, read",
+            || async {
+                let shown = conversation_shown(&bob_page).await;
+                let bold = text_of(&bob_page, "#conversation .message-body strong").await;
+                let badge = displayed(&bob_page, "unread-total").await;
+                (shown.len() == 1 && bold.as_deref() == Some("Bob") && !badge)
+                    .then_some(())
+                    .ok_or_else(|| format!("{shown:?}, bold {bold:?}, unread badge shown {badge}"))
+            },
+        )
+        .await;
+        eventually(WAIT, "the server has Bob's conversation read", || async {
+            let inbox: Value = app
+                .call(Method::GET, "/v1/conversations", &bob.access_token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            (inbox["items"][0]["unread"] == 0)
+                .then_some(())
+                .ok_or_else(|| inbox.to_string())
+        })
+        .await;
+
+        // Bob replies; Ada, who has the conversation open, sees it within seconds.
+        fill(&bob_page, "message-form", &[("body", "Hi Ada")]).await;
+        submit(&bob_page, "message-form").await;
+        eventually(WAIT, "Bob sees his reply", || async {
+            let shown = conversation_shown(&bob_page).await;
+            (shown.len() == 2 && shown[1].1.contains("Hi Ada"))
+                .then_some(())
+                .ok_or_else(|| format!("{shown:?}"))
+        })
+        .await;
+        let replied = Instant::now();
+        let shown = eventually(Duration::from_secs(5), "Ada sees the reply", || async {
+            let shown = conversation_shown(&ada_page).await;
+            (shown.len() == 2 && shown[1].1.contains("Hi Ada"))
+                .then_some(shown.clone())
+                .ok_or_else(|| format!("{shown:?}"))
+        })
+        .await;
+        eprintln!("Ada saw the reply {:?} after Bob did", replied.elapsed());
+        assert!(
+            shown[0].1.contains("Hello Bob"),
+            "newest at the bottom: {shown:?}"
+        );
+        assert_ne!(shown[0].0, shown[1].0);
+        assert_eq!(
+            find(&ada_page, "#conversation > li:last-child")
+                .await
+                .unwrap()
+                .attr("data-sender-id")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(bob_id.as_str())
+        );
+
+        for (who, page) in [("Ada", &ada_page), ("Bob", &bob_page)] {
+            assert!(never_reloaded(page).await, "{who}'s page was reloaded");
+            for error in ["conversation-error", "inbox-error", "profile-error"] {
+                assert!(!displayed(page, error).await, "{who}'s page shows {error}");
+            }
+            // They do not follow each other: neither may see the other's presence.
+            for dot in page.find_all(Locator::Css(".presence")).await.unwrap() {
+                assert!(
+                    !dot.is_displayed().await.unwrap(),
+                    "{who}'s page shows a presence dot"
+                );
+            }
+        }
     })
     .await;
 }

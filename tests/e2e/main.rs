@@ -13,6 +13,7 @@ mod conversations;
 mod kafka_read_your_writes;
 mod live;
 mod people;
+mod presence;
 mod privacy;
 mod read_models;
 mod write_side;

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod feed;
 pub mod ops;
 pub mod posts;
+pub mod presence;
 pub mod social;
 pub mod stream;
 

@@ -84,7 +84,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<StreamId>, ApiError> {
 #[utoipa::path(get, path = "/v1/stream", tag = "real time",
     params(("access_token" = Option<String>, Query, description = "the access token, for EventSource"),
            ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
-    responses((status = 200, description = "text/event-stream: onboarding_completed, onboarding_failed, feed_item, reset, account_erased (the last: the person was erased)"),
+    responses((status = 200, description = "text/event-stream: onboarding_completed, onboarding_failed, feed_item, message, conversation_read, presence, reset, account_erased (the last: the person was erased)"),
               (status = 401, body = crate::error::ErrorBody)))]
 pub async fn user_stream(
     State(state): State<AppState>,
@@ -93,6 +93,11 @@ pub async fn user_stream(
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, &query).await?;
     let last = last_event_id(&headers)?;
+    let (online, claimed) = state.presence.connect(user).await;
+    if let Err(error) = claimed {
+        // The stream works without it; the next heartbeat claims the person.
+        tracing::warn!(%error, %user, "Recording a presence failed.");
+    }
     let channel = user_channel(user);
     let hub = state.hub.clone();
     let rx = hub.watch(&channel);
@@ -113,7 +118,7 @@ pub async fn user_stream(
             (CaughtUp::all(backlog.into_iter().collect()), last)
         }
     };
-    Ok(respond(hub, channel, rx, caught_up, last))
+    Ok(respond(hub, channel, rx, caught_up, last, Some(online)))
 }
 
 #[utoipa::path(get, path = "/v1/posts/{post_id}/stream", tag = "real time",
@@ -143,7 +148,7 @@ pub async fn post_stream(
             hub.last_id(&channel).await.map_err(unavailable)?,
         ),
     };
-    Ok(respond(hub, channel, rx, caught_up, last))
+    Ok(respond(hub, channel, rx, caught_up, last, None))
 }
 
 fn unavailable(error: redis::RedisError) -> ApiError {
@@ -227,6 +232,8 @@ struct Connection {
     /// The person was erased: `account_erased` was sent, the connection ends.
     ended: bool,
     _gauge: ConnectionGauge,
+    /// A user stream keeps its person online while it is open.
+    _online: Option<real_time::presence::Online>,
 }
 
 impl Drop for Connection {
@@ -262,6 +269,7 @@ fn respond(
     rx: tokio::sync::broadcast::Receiver<HubEvent>,
     caught_up: CaughtUp,
     last: StreamId,
+    online: Option<real_time::presence::Online>,
 ) -> Response {
     let heartbeat = hub.settings().heartbeat;
     let connection = Connection {
@@ -273,6 +281,7 @@ fn respond(
         last,
         ended: false,
         _gauge: ConnectionGauge::open(),
+        _online: online,
     };
     let mut response = Sse::new(events(connection))
         .keep_alive(KeepAlive::new().interval(heartbeat))

@@ -104,6 +104,8 @@ pub trait TimelineStore: Send + Sync + Debug {
     async fn follow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()>;
     /// Records that `follower` no longer follows `followee`.
     async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()>;
+    /// Whether `follower` follows `followee`.
+    async fn follows(&self, follower: Uuid, followee: Uuid) -> ReadResult<bool>;
     /// Everyone who follows `user` (the fan-out targets).
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>>;
     /// Up to `limit` of those who follow `user` (or whom `user` follows), in the store's

@@ -166,6 +166,17 @@ impl TimelineStore for PgTimelines {
         Ok(())
     }
 
+    async fn follows(&self, follower: Uuid, followee: Uuid) -> ReadResult<bool> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.follows WHERE follower_id = $1 AND followee_id = $2)",
+            self.schema
+        ))
+        .bind(follower)
+        .bind(followee)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         Ok(sqlx::query_scalar(&format!(
             "SELECT follower_id FROM {}.follows WHERE followee_id = $1",

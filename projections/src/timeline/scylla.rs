@@ -880,6 +880,17 @@ impl TimelineStore for ScyllaTimelines {
         Ok(())
     }
 
+    async fn follows(&self, follower: Uuid, followee: Uuid) -> ReadResult<bool> {
+        let found = self
+            .among(
+                &self.statements.select_followed_among,
+                follower,
+                &[followee],
+            )
+            .await?;
+        Ok(!found.is_empty())
+    }
+
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         self.ids(&self.statements.select_followers, (user,)).await
     }
