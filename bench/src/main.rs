@@ -70,6 +70,7 @@
 //! - `setup`: the benchmark database: creation, settling between slices, drop;
 //! - `report`: the markdown table and the JSON.
 
+mod chat;
 mod feed;
 mod http;
 mod lag;
@@ -136,6 +137,10 @@ enum Command {
     /// Replay (lite): a log of about 1M events rebuilt into the timeline and the content
     /// models, events/s; and the NDJSON export of the log, events/s.
     Replay(ReplayArgs),
+    /// Messaging and presence (lite): message sent → delivered on the other member's stream
+    /// across two API instances at a steady rate, p50/p99, against Redis Pub/Sub alone; and
+    /// the Redis cost of presence heartbeats against a key per connection.
+    Chat(ChatArgs),
     /// Internal: the SSE client side of `bench live`, run as child processes.
     #[command(hide = true)]
     LiveClients(LiveClientsArgs),
@@ -164,6 +169,32 @@ struct LiveArgs {
     server: ServerArgs,
     /// The benchmark database, dropped and created anew, and dropped at the end.
     #[arg(long, default_value = "hybridlive_bench_live")]
+    database_name: String,
+}
+
+#[derive(Debug, Args)]
+struct ChatArgs {
+    /// One-to-one conversations; each recipient holds a stream on the second instance.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Messages per second, in all, sent at a steady rate.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// People held online for the heartbeat cost.
+    #[arg(long, default_value_t = 10_000)]
+    presence_connections: usize,
+    /// Seconds the heartbeat cost is measured over.
+    #[arg(long, default_value_t = 30)]
+    presence_seconds: u64,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The benchmark database, dropped and created anew, and dropped at the end.
+    #[arg(long, default_value = "hybridlive_bench_chat")]
     database_name: String,
 }
 
@@ -458,9 +489,92 @@ async fn main() -> anyhow::Result<()> {
         Command::Lag(args) => lag_bench(args).await,
         Command::Feed(args) => feed_bench(args).await,
         Command::Live(args) => live_bench(args).await,
+        Command::Chat(args) => chat_bench(args).await,
         Command::Replay(args) => replay_bench(args).await,
         Command::LiveClients(args) => live::clients(&args.addr, &args.path, args.count).await,
     }
+}
+
+async fn chat_bench(args: ChatArgs) -> anyhow::Result<()> {
+    if args.pairs == 0 || args.rate == 0 || args.seconds == 0 || args.presence_seconds == 0 {
+        bail!("--pairs, --rate, --seconds and --presence-seconds must be at least 1");
+    }
+    let load = chat::ChatLoad {
+        pairs: args.pairs,
+        rate: args.rate,
+        seconds: args.seconds,
+        presence_connections: args.presence_connections,
+        presence_seconds: args.presence_seconds,
+        redis_url: args.redis_url.clone(),
+    };
+    let db = BenchDatabase::create(&args.server.database_url, &args.database_name).await?;
+    let measured = chat::run(&db, &load).await;
+    let dropped = db.drop_database().await;
+    let r = measured?;
+    dropped?;
+    let cores = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    println!(
+        "`{bench} chat --pairs {} --rate {} --seconds {} --presence-connections {} \
+         --presence-seconds {}` ({cores} cores; both API instances, the projections and the \
+         clients in this process)\n",
+        args.pairs,
+        args.rate,
+        args.seconds,
+        args.presence_connections,
+        args.presence_seconds,
+        bench = invocation()
+    );
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("| delivery | n | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| message sent to instance A → `message` read on instance B ({} of {} delivered, {} sends failed, {} late; sent over {:.1} s) | {} | {:.1} | {:.1} | {:.1} |",
+        r.delivered,
+        r.sent,
+        r.failed_sends,
+        r.late_sends,
+        r.send_seconds,
+        r.delivery.len(),
+        ms(&r.delivery, 0.5),
+        ms(&r.delivery, 0.99),
+        r.delivery.max() as f64 / 1000.0
+    );
+    println!(
+        "| peer: Redis Pub/Sub alone, PUBLISH → subscriber | {} | {:.2} | {:.2} | {:.2} |",
+        r.pubsub.len(),
+        ms(&r.pubsub, 0.5),
+        ms(&r.pubsub, 0.99),
+        r.pubsub.max() as f64 / 1000.0
+    );
+    println!(
+        "\np99 ratio, ours / Pub/Sub alone: {:.0}×.\n",
+        ms(&r.delivery, 0.99) / ms(&r.pubsub, 0.99).max(0.001)
+    );
+    println!(
+        "| presence of {} people, heartbeat every 5 s | Redis commands/s | Lua scripts/s | Redis CPU ms/s |",
+        args.presence_connections
+    );
+    println!("|---|---:|---:|---:|");
+    for (name, cost) in [
+        ("ours (`real_time::presence`)", r.presence),
+        (
+            "peer: a key per connection (`SET … EX`, pipelined)",
+            r.key_per_connection,
+        ),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.1} | {:.1} |",
+            cost.commands_per_s, cost.scripts_per_s, cost.cpu_ms_per_s
+        );
+    }
+    println!(
+        "\nRatios, ours / a key per connection: commands {:.2}×, Redis CPU {:.2}×.",
+        r.presence.commands_per_s / r.key_per_connection.commands_per_s.max(0.001),
+        r.presence.cpu_ms_per_s / r.key_per_connection.cpu_ms_per_s.max(0.001)
+    );
+    Ok(())
 }
 
 async fn live_bench(args: LiveArgs) -> anyhow::Result<()> {

@@ -29,6 +29,8 @@ pub struct ServerOptions {
 pub struct Server {
     pub base: String,
     pub redis_prefix: String,
+    /// The secret its access tokens are signed with.
+    pub jwt_secret: String,
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -41,6 +43,36 @@ impl Server {
     /// # Errors
     /// When the runtime, the pool, Redis or the listener cannot be set up.
     pub async fn start(db: &BenchDatabase, options: &ServerOptions) -> anyhow::Result<Self> {
+        let prefix = format!("bench:{}:", Uuid::new_v4().simple());
+        let secret = format!("bench-{}-{}", Uuid::new_v4(), Uuid::new_v4());
+        Self::start_with(db, options, prefix, secret).await
+    }
+
+    /// Another instance beside `other`: the same Redis keys and token secret, so a client
+    /// of one is a client of the other (as two replicas behind a load balancer).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub async fn start_beside(
+        db: &BenchDatabase,
+        options: &ServerOptions,
+        other: &Server,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            db,
+            options,
+            other.redis_prefix.clone(),
+            other.jwt_secret.clone(),
+        )
+        .await
+    }
+
+    async fn start_with(
+        db: &BenchDatabase,
+        options: &ServerOptions,
+        redis_prefix: String,
+        jwt_secret: String,
+    ) -> anyhow::Result<Self> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         if options.threads > 0 {
             builder.worker_threads(options.threads);
@@ -51,15 +83,14 @@ impl Server {
             .build()
             .context("building the server's runtime")?;
         let (db, options) = (db.clone(), options.clone());
-        let redis_prefix = format!("bench:{}:", Uuid::new_v4().simple());
-        let prefix = redis_prefix.clone();
+        let (prefix, secret) = (redis_prefix.clone(), jwt_secret.clone());
         let (ready, bound) = tokio::sync::oneshot::channel::<anyhow::Result<SocketAddr>>();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("api-server".to_owned())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let (app, workers) = match build(&db, &options, &prefix).await {
+                    let (app, workers) = match build(&db, &options, &prefix, &secret).await {
                         Ok(built) => built,
                         Err(error) => {
                             let _ = ready.send(Err(error));
@@ -99,6 +130,7 @@ impl Server {
         Ok(Self {
             base: format!("http://{addr}"),
             redis_prefix,
+            jwt_secret,
             stop,
             thread,
         })
@@ -116,6 +148,7 @@ async fn build(
     db: &BenchDatabase,
     options: &ServerOptions,
     redis_prefix: &str,
+    jwt_secret: &str,
 ) -> anyhow::Result<(api::App, Option<projections::Workers>)> {
     let pool = db.pool(options.pool_size, None).await?;
     let redis = api::connect_redis(&options.redis_url, Duration::from_secs(2))
@@ -123,9 +156,7 @@ async fn build(
         .context("connecting to Redis")?;
     let settings = api::Settings {
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        jwt_secret: format!("bench-{}-{}", Uuid::new_v4(), Uuid::new_v4())
-            .into_bytes()
-            .into(),
+        jwt_secret: jwt_secret.as_bytes().to_vec().into(),
         redis_prefix: redis_prefix.to_owned(),
         // The benchmark's clients are a few users on one IP, far above any sane limit.
         rate_limits: api::rate_limit::RateLimits::OFF,

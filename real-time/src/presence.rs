@@ -7,8 +7,9 @@
 //! - `online`, a sorted set: each online person, scored with the time (ms) their presence
 //!   lapses unless an instance renews it — the latest lapse among the instances holding
 //!   them;
-//! - `conn:<user>`, a sorted set: the instances holding the person, each scored with the
-//!   time its claim lapses;
+//! - `conn:<user>`, a set: the instances holding the person;
+//! - `instance:<id>`: present while the instance lives (renewed by its heartbeats, expiring
+//!   after the ttl);
 //! - `seen:<user>`: when the person was last seen (ms), kept for the retention;
 //! - `pushed:<user>` and `due`: the throttle of the `presence` pushes (below).
 //!
@@ -16,11 +17,14 @@
 //! `online` is the one that sees the transition, exactly once, whatever the others do:
 //!
 //! - a connection, when it is the person's first on this instance, and every
-//!   [`PresenceSettings::heartbeat`] for every person held here (one script for all of
-//!   them): claims them until now + [`PresenceSettings::ttl`]; a person not in `online`
-//!   (or only with a lapsed score) comes online;
-//! - the close of the person's last connection here: drops this instance's claim; with no
-//!   live claim left the person goes offline now;
+//!   [`PresenceSettings::heartbeat`] for every person held here (one script per
+//!   [`CLAIM_BATCH`] people: three commands — the instance key, one `ZMSCORE`, one
+//!   variadic `ZADD GT` — whatever the batch's size): claims them until now +
+//!   [`PresenceSettings::ttl`]; a person not in `online` (or only with a lapsed score)
+//!   comes online, and this instance joins their `conn`;
+//! - the close of the person's last connection here: this instance leaves their `conn`
+//!   (with any instance whose key expired); with no live instance left the person goes
+//!   offline now;
 //! - every instance sweeps `online` each [`SWEEP_EVERY`]: a lapsed person (their
 //!   instances died, SIGKILL included, or lost Redis) goes offline, as of the first
 //!   heartbeat their instances missed. With the defaults a person is offline at most `ttl` + one sweep (≈ 21 s)
@@ -47,6 +51,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// People swept or pushed per script run.
 const SWEEP_BATCH: usize = 500;
+
+/// People claimed per script run (a variadic `ZADD` of this many members).
+pub const CLAIM_BATCH: usize = 500;
 
 /// Timing of presence.
 #[derive(Debug, Clone, Copy)]
@@ -81,40 +88,40 @@ pub trait PresenceSink: Send + Sync + std::fmt::Debug {
     async fn announce(&self, user: Uuid, online: bool, last_seen: Option<DateTime<Utc>>);
 }
 
-/// KEYS: online. ARGV: now, lapse, instance, conn key prefix, ttl ms, then users.
-/// Returns, for each user who came online, the user and the lapse of a presence that had
-/// run out unswept ("" when there was none).
+/// KEYS: online, this instance's key. ARGV: now, lapse, instance, conn key prefix, ttl ms,
+/// "join" (this instance's first stream of the users: it joins their `conn` whatever
+/// their state) or "renew", then users. Returns, for each user who came online, the user and the lapse of a
+/// presence that had run out unswept ("" when there was none).
 const CLAIM: &str = r"
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
+local users = {}
+for i = 7, #ARGV do users[#users + 1] = ARGV[i] end
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(users))
 local came = {}
-for i = 6, #ARGV do
-  local user = ARGV[i]
-  local conn = ARGV[4] .. user
-  redis.call('ZADD', conn, ARGV[2], ARGV[3])
-  redis.call('PEXPIRE', conn, ARGV[5] * 2)
-  local old = redis.call('ZSCORE', KEYS[1], user)
-  if not old then
+local scored = {}
+for i, user in ipairs(users) do
+  local old = scores[i]
+  local lapsed = not old or tonumber(old) < tonumber(ARGV[1])
+  if lapsed or ARGV[6] == 'join' then redis.call('SADD', ARGV[4] .. user, ARGV[3]) end
+  if lapsed then
     table.insert(came, user)
-    table.insert(came, '')
-  elseif tonumber(old) < tonumber(ARGV[1]) then
-    table.insert(came, user)
-    table.insert(came, old)
+    table.insert(came, old or '')
   end
-  redis.call('ZADD', KEYS[1], 'GT', ARGV[2], user)
+  scored[#scored + 1] = ARGV[2]
+  scored[#scored + 1] = user
 end
+redis.call('ZADD', KEYS[1], 'GT', unpack(scored))
 return came
 ";
 
-/// KEYS: online, conn, seen. ARGV: now, instance, user, seen ttl ms.
+/// KEYS: online, conn, seen. ARGV: now, instance, user, seen ttl ms, instance key prefix.
 /// Returns 1 when the user went offline.
 const RELEASE: &str = r"
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-local left = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #left > 0 then
-  redis.call('ZADD', KEYS[1], left[2], ARGV[3])
-  return 0
+redis.call('SREM', KEYS[2], ARGV[2])
+for _, other in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[5] .. other) == 0 then redis.call('SREM', KEYS[2], other) end
 end
-redis.call('DEL', KEYS[2])
+if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
 if redis.call('ZREM', KEYS[1], ARGV[3]) == 1 then
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4])
   return 1
@@ -130,19 +137,12 @@ local gone = {}
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[6])
 for i = 1, #lapsed, 2 do
   local user = lapsed[i]
-  local conn = ARGV[2] .. user
-  redis.call('ZREMRANGEBYSCORE', conn, '-inf', ARGV[1])
-  local left = redis.call('ZRANGE', conn, -1, -1, 'WITHSCORES')
-  if #left > 0 then
-    redis.call('ZADD', KEYS[1], left[2], user)
-  else
-    redis.call('DEL', conn)
-    redis.call('ZREM', KEYS[1], user)
-    local seen = tonumber(lapsed[i + 1]) - tonumber(ARGV[4])
-    redis.call('SET', ARGV[3] .. user, seen, 'PX', ARGV[5])
-    table.insert(gone, user)
-    table.insert(gone, tostring(seen))
-  end
+  redis.call('DEL', ARGV[2] .. user)
+  redis.call('ZREM', KEYS[1], user)
+  local seen = tonumber(lapsed[i + 1]) - tonumber(ARGV[4])
+  redis.call('SET', ARGV[3] .. user, seen, 'PX', ARGV[5])
+  table.insert(gone, user)
+  table.insert(gone, tostring(seen))
 end
 return gone
 ";
@@ -302,7 +302,7 @@ impl Presence {
             user,
         };
         let claimed = if first {
-            self.claim(&[user]).await
+            self.claim(&[user], true).await
         } else {
             Ok(())
         };
@@ -329,8 +329,9 @@ impl Presence {
         })
     }
 
-    /// Claims `users` for this instance until now + ttl; announces those who came online.
-    async fn claim(&self, users: &[Uuid]) -> redis::RedisResult<()> {
+    /// Claims `users` for this instance until now + ttl (`join`: its first stream of them);
+    /// announces those who came online.
+    async fn claim(&self, users: &[Uuid], join: bool) -> redis::RedisResult<()> {
         if users.is_empty() {
             return Ok(());
         }
@@ -339,11 +340,13 @@ impl Presence {
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
             .key(self.key("online"))
+            .key(self.key(&format!("instance:{}", self.instance)))
             .arg(now)
             .arg(now + ttl)
             .arg(&self.instance)
             .arg(self.key("conn:"))
-            .arg(ttl);
+            .arg(ttl)
+            .arg(if join { "join" } else { "renew" });
         for user in users {
             invocation.arg(user.to_string());
         }
@@ -383,6 +386,7 @@ impl Presence {
             .arg(&self.instance)
             .arg(user.to_string())
             .arg(millis(self.settings.retention))
+            .arg(self.key("instance:"))
             .invoke_async(&mut self.redis.clone())
             .await;
         match released {
@@ -424,8 +428,8 @@ impl Presence {
             .keys()
             .copied()
             .collect();
-        for chunk in users.chunks(SWEEP_BATCH) {
-            self.claim(chunk).await?;
+        for chunk in users.chunks(CLAIM_BATCH) {
+            self.claim(chunk, false).await?;
         }
         Ok(())
     }
