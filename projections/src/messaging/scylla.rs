@@ -55,7 +55,7 @@ use uuid::Uuid;
 use super::{ChatProfile, InboxItem, MessageView, MessagingStore, StartedConversation, UNREAD_CAP};
 use crate::error::{ReadModelError, ReadResult};
 use crate::timeline::scylla::{
-    cql_limit, is_scylla, keyspace, parse_consistency, quoted_keyspace, rows, session, Preparer,
+    cql_limit, create_keyspace, parse_consistency, quoted_keyspace, rows, session, Preparer,
     ScyllaSettings,
 };
 
@@ -131,38 +131,13 @@ fn schema(ks: &str) -> Vec<String> {
 /// As [`crate::timeline::scylla::migrate`].
 #[tracing::instrument(skip_all, fields(keyspace = %settings.keyspace))]
 pub async fn migrate(settings: &ScyllaSettings) -> Result<(), ReadModelError> {
-    let ks = quoted_keyspace(&settings.keyspace)?;
-    if settings.replication_factor == 0 {
-        return Err(ReadModelError::Rejected(
-            "the replication factor must be at least 1".into(),
-        ));
-    }
-    let session = session(settings).await?;
-    let scylla = is_scylla(&session).await?;
-    session
-        .query_unpaged(keyspace(&ks, settings.replication_factor, scylla), ())
-        .await?;
-    for statement in schema(&ks) {
-        session.query_unpaged(statement, ()).await?;
-    }
-    session.await_schema_agreement().await?;
+    create_keyspace(settings, schema).await?;
     tracing::info!("Chat keyspace is migrated.");
     Ok(())
 }
 
 /// Drops the chat keyspace (a test's).
-///
-/// # Errors
-/// As [`migrate`].
-pub async fn drop_keyspace(settings: &ScyllaSettings) -> Result<(), ReadModelError> {
-    let ks = quoted_keyspace(&settings.keyspace)?;
-    let session = session(settings).await?;
-    session
-        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
-        .await?;
-    session.await_schema_agreement().await?;
-    Ok(())
-}
+pub use crate::timeline::scylla::drop_keyspace;
 
 /// The messaging model in one keyspace of a Cassandra/ScyllaDB cluster.
 #[derive(Debug)]

@@ -415,7 +415,7 @@ impl Statements {
 /// puts a new keyspace on tablets by default, where counters and lightweight transactions
 /// are refused, so on ScyllaDB the keyspace turns them off; Cassandra does not know the
 /// option at all.
-pub(crate) fn keyspace(ks: &str, replication_factor: u32, scylla: bool) -> String {
+fn keyspace(ks: &str, replication_factor: u32, scylla: bool) -> String {
     let tablets = if scylla {
         " AND tablets = {'enabled': false}"
     } else {
@@ -525,7 +525,7 @@ pub(crate) async fn session(settings: &ScyllaSettings) -> ReadResult<Session> {
 }
 
 /// Whether the cluster is ScyllaDB (it has `system.scylla_local`) rather than Cassandra.
-pub(crate) async fn is_scylla(session: &Session) -> ReadResult<bool> {
+async fn is_scylla(session: &Session) -> ReadResult<bool> {
     let result = session
         .query_unpaged(
             "SELECT table_name FROM system_schema.tables \
@@ -546,6 +546,17 @@ pub(crate) async fn is_scylla(session: &Session) -> ReadResult<bool> {
 /// on the schema in time.
 #[tracing::instrument(skip_all, fields(keyspace = %settings.keyspace))]
 pub async fn migrate(settings: &ScyllaSettings) -> Result<(), ReadModelError> {
+    create_keyspace(settings, schema).await?;
+    tracing::info!("Timeline keyspace is migrated.");
+    Ok(())
+}
+
+/// Creates `settings.keyspace` and the tables `schema` names in it (given the quoted
+/// keyspace), if they do not exist, and waits for schema agreement.
+pub(crate) async fn create_keyspace(
+    settings: &ScyllaSettings,
+    schema: fn(&str) -> Vec<String>,
+) -> Result<(), ReadModelError> {
     let ks = quoted_keyspace(&settings.keyspace)?;
     if settings.replication_factor == 0 {
         return Err(ReadModelError::Rejected(
@@ -561,7 +572,6 @@ pub async fn migrate(settings: &ScyllaSettings) -> Result<(), ReadModelError> {
         session.query_unpaged(statement, ()).await?;
     }
     session.await_schema_agreement().await?;
-    tracing::info!("Timeline keyspace is migrated.");
     Ok(())
 }
 
