@@ -182,6 +182,13 @@ async fn an_erased_person_leaves_no_personal_string_anywhere_and_the_log_still_v
                 .is_some_and(|items| items.iter().any(|item| item["title"] == TITLE))
         })
         .await;
+        // Messaging: PostgreSQL on the log, Cassandra (the chat keyspace) on Kafka.
+        let inbox = eventually(&app, base, "/v1/conversations", &friend.access_token, |v| {
+            v["items"][0]["last_message"]["body"] == MESSAGE
+        })
+        .await;
+        assert_eq!(inbox["items"][0]["title"], CONVERSATION_TITLE, "{base}");
+        assert_eq!(inbox["items"][0]["unread"], 1, "{base}");
     }
     let replayed = production
         .hybridlive(&["replay", "analytics"])
@@ -196,6 +203,8 @@ async fn an_erased_person_leaves_no_personal_string_anywhere_and_the_log_still_v
         "PostgreSQL read_model.messages",
         "Redis",
         "MongoDB",
+        "Cassandra chat messages",
+        "Cassandra chat chat_profiles",
     ] {
         assert!(
             everywhere.iter().any(|f| f.starts_with(place)),
@@ -499,8 +508,20 @@ fn kafka_messages(production: &Production) -> Vec<(String, String)> {
     messages
 }
 
-/// Every row of every table of the test's Cassandra keyspace.
+/// Every row of every table of the test's Cassandra keyspaces (timelines, chat).
 async fn cassandra_rows(production: &Production) -> Vec<(String, String)> {
+    let mut rows = keyspace_rows(production, &production.keyspace, "Cassandra").await;
+    let chat = production.scylla_chat().keyspace;
+    rows.extend(keyspace_rows(production, &chat, "Cassandra chat").await);
+    rows
+}
+
+/// Every row of every table of `keyspace`, labelled `<label> <table>`.
+async fn keyspace_rows(
+    production: &Production,
+    keyspace: &str,
+    label: &str,
+) -> Vec<(String, String)> {
     use scylla::client::session_builder::SessionBuilder;
     use scylla::value::Row;
     let session = SessionBuilder::new()
@@ -511,7 +532,7 @@ async fn cassandra_rows(production: &Production) -> Vec<(String, String)> {
     let tables = session
         .query_unpaged(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
-            (&production.keyspace,),
+            (keyspace,),
         )
         .await
         .unwrap()
@@ -522,17 +543,17 @@ async fn cassandra_rows(production: &Production) -> Vec<(String, String)> {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert!(!tables.is_empty(), "no Cassandra table to search");
+    assert!(!tables.is_empty(), "no table to search in {keyspace}");
     let mut rows = Vec::new();
     for (table,) in tables {
         let result = session
-            .query_unpaged(format!("SELECT * FROM {}.{table}", production.keyspace), ())
+            .query_unpaged(format!("SELECT * FROM {keyspace}.{table}"), ())
             .await
             .unwrap()
             .into_rows_result()
             .unwrap();
         for row in result.rows::<Row>().unwrap() {
-            rows.push((format!("Cassandra {table}"), format!("{:?}", row.unwrap())));
+            rows.push((format!("{label} {table}"), format!("{:?}", row.unwrap())));
         }
     }
     rows

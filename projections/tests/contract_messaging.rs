@@ -364,7 +364,58 @@ async fn two_writers_at_once_reach_what_one_in_order_does(store: &dyn MessagingS
     }
 }
 
+async fn a_batch_of_messages_is_stored_as_one_at_a_time_would_be(store: &dyn MessagingStore) {
+    let (ada, bob, cyd) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let first = started(&[ada, bob], "", 1);
+    let second = started(&[bob, cyd], "", 2);
+    store.start(&first).await.unwrap();
+    store.start(&second).await.unwrap();
+    let early = message(ada, "early", 3);
+    store
+        .add_message(first.conversation_id, &early)
+        .await
+        .unwrap();
+    let batch = vec![
+        (first.conversation_id, early.clone()),
+        (second.conversation_id, message(cyd, "a", 4)),
+        (
+            first.conversation_id,
+            message(bob, "b", BUCKET_POSITIONS + 5),
+        ),
+        (
+            second.conversation_id,
+            message(bob, "c", BUCKET_POSITIONS + 6),
+        ),
+    ];
+    let members = store.add_messages(&batch).await.unwrap();
+    store.add_messages(&batch).await.unwrap();
+    let sorted = |mut v: Vec<Uuid>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(members[&first.conversation_id].clone()),
+        sorted(vec![ada, bob])
+    );
+    assert_eq!(
+        sorted(members[&second.conversation_id].clone()),
+        sorted(vec![bob, cyd])
+    );
+    for (conversation, expected) in [(&first, [2, 0]), (&second, [3, 1])] {
+        let got = all_messages(store, conversation.conversation_id, 10).await;
+        let want: Vec<MessageView> = expected.iter().map(|i| batch[*i].1.clone()).collect();
+        assert_eq!(got, want);
+    }
+    let activity: Vec<i64> = whole_inbox(store, bob, 10)
+        .await
+        .iter()
+        .map(|i| i.activity)
+        .collect();
+    assert_eq!(activity, [BUCKET_POSITIONS + 6, BUCKET_POSITIONS + 5]);
+}
+
 async fn contract(store: &dyn MessagingStore) {
+    a_batch_of_messages_is_stored_as_one_at_a_time_would_be(store).await;
     profiles_are_stored_renamed_and_removed(store).await;
     a_conversation_is_in_every_members_inbox_only(store).await;
     messages_are_paged_newest_first_across_buckets_once(store).await;

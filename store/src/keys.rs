@@ -153,6 +153,19 @@ pub async fn is_erased(pool: &PgPool, subject: Uuid) -> Result<bool, StoreError>
     Ok(erased.unwrap_or(false))
 }
 
+/// Those of `subjects` who were erased.
+///
+/// # Errors
+/// On database failure.
+pub async fn erased_among(pool: &PgPool, subjects: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT subject FROM data_keys WHERE subject = ANY($1) AND erased_at IS NOT NULL",
+    )
+    .bind(subjects)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// A person's data key, unwrapped; `None`: the person is erased.
 type DataKey = Option<Arc<XChaCha20Poly1305>>;
 

@@ -20,6 +20,7 @@ pub mod postgres;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -112,6 +113,19 @@ pub trait MessagingStore: Send + Sync + Debug {
     /// inbox; returns the members.
     async fn add_message(&self, conversation: Uuid, message: &MessageView)
         -> ReadResult<Vec<Uuid>>;
+    /// [`Self::add_message`] for many messages (in log order) at once; returns the members
+    /// of each conversation among them.
+    async fn add_messages(
+        &self,
+        messages: &[(Uuid, MessageView)],
+    ) -> ReadResult<HashMap<Uuid, Vec<Uuid>>> {
+        let mut members = HashMap::new();
+        for (conversation, message) in messages {
+            let of = self.add_message(*conversation, message).await?;
+            members.insert(*conversation, of);
+        }
+        Ok(members)
+    }
     /// Moves `reader`'s read mark of `conversation` forward to message `up_to` (never back;
     /// an unknown message or a non-member changes nothing).
     async fn mark_read(&self, reader: Uuid, conversation: Uuid, up_to: Uuid) -> ReadResult<()>;
@@ -211,6 +225,96 @@ impl MessagingProjection {
     }
 }
 
+/// A `message.sent` as the model stores it, with its conversation.
+fn stored_message(envelope: &EventEnvelope) -> Option<(Uuid, MessageView)> {
+    let Event::MessageSent(e) = &envelope.event else {
+        return None;
+    };
+    let body_html = if e.body == ERASED {
+        String::new()
+    } else {
+        markdown::to_safe_html(&e.body)
+    };
+    Some((
+        e.conversation_id,
+        MessageView {
+            message_id: e.message_id,
+            sender_id: e.sender_id,
+            body: e.body.clone(),
+            body_html,
+            sent_at: envelope.recorded_at,
+            position: envelope.global_position,
+        },
+    ))
+}
+
+impl MessagingProjection {
+    /// Stores `message.sent` events (in log order) at once, then pushes each to its
+    /// conversation's members: each member's pushes in order, members at once.
+    async fn apply_messages(&self, envelopes: &[EventEnvelope]) -> Result<(), ApplyError> {
+        let messages: Vec<(Uuid, MessageView)> =
+            envelopes.iter().filter_map(stored_message).collect();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let members = self.store.add_messages(&messages).await?;
+        // Erased meanwhile (Kafka: their `user.erased` may be applied before this, and
+        // another process's key cache may still have opened it): the erasure committed
+        // before its event was published, so checking after the write leaves no way
+        // around it.
+        let mut senders: Vec<Uuid> = messages.iter().map(|(_, m)| m.sender_id).collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let erased = store::keys::erased_among(&self.pool, &senders)
+            .await
+            .map_err(|error| ApplyError::Transient(error.to_string()))?;
+        for sender in &erased {
+            self.store.forget(*sender).await?;
+        }
+        let Some(live) = &self.live else {
+            return Ok(());
+        };
+        let mut pushes: HashMap<Uuid, Vec<(serde_json::Value, Uuid)>> = HashMap::new();
+        for ((conversation, message), envelope) in messages.iter().zip(
+            envelopes
+                .iter()
+                .filter(|e| matches!(e.event, Event::MessageSent(_))),
+        ) {
+            if erased.contains(&message.sender_id) {
+                continue;
+            }
+            let data = serde_json::json!({
+                "conversation_id": conversation,
+                "message_id": message.message_id,
+                "sender_id": message.sender_id,
+                "author_id": message.sender_id,
+                "body": message.body,
+                "body_html": message.body_html,
+                "sent_at": message.sent_at,
+            });
+            for member in members.get(conversation).into_iter().flatten() {
+                pushes
+                    .entry(*member)
+                    .or_default()
+                    .push((data.clone(), envelope.event_id));
+            }
+        }
+        futures::future::try_join_all(pushes.into_iter().map(|(user, list)| async move {
+            let channel = user_channel(user);
+            for (data, event_id) in list {
+                let push = Push {
+                    once_for: Some(event_id),
+                    outcome: false,
+                };
+                live.push(&channel, "message", &data, push).await?;
+            }
+            Ok::<(), ApplyError>(())
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
 impl Projection for MessagingProjection {
     fn name(&self) -> &str {
         Self::NAME
@@ -231,6 +335,30 @@ impl Projection for MessagingProjection {
 
     async fn dead_lettered(&self, event: &EventEnvelope, error: &str) -> Result<(), ApplyError> {
         report_lost(self.onboarding.as_ref(), event, Self::NAME, error).await
+    }
+
+    fn applies_batches(&self) -> bool {
+        true
+    }
+
+    /// Runs of `message.sent` are stored and pushed at once; every other event is applied
+    /// alone, in its place.
+    async fn apply_batch(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        let mut start = 0;
+        while start < events.len() {
+            let run = events[start..]
+                .iter()
+                .take_while(|e| matches!(e.event, Event::MessageSent(_)))
+                .count();
+            if run > 0 {
+                self.apply_messages(&events[start..start + run]).await?;
+                start += run;
+            } else {
+                self.apply(&events[start]).await?;
+                start += 1;
+            }
+        }
+        Ok(())
     }
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
@@ -275,40 +403,7 @@ impl Projection for MessagingProjection {
                 }
                 Ok(())
             }
-            Event::MessageSent(e) => {
-                let body_html = if e.body == ERASED {
-                    String::new()
-                } else {
-                    markdown::to_safe_html(&e.body)
-                };
-                let message = MessageView {
-                    message_id: e.message_id,
-                    sender_id: e.sender_id,
-                    body: e.body.clone(),
-                    body_html,
-                    sent_at: envelope.recorded_at,
-                    position: envelope.global_position,
-                };
-                let members = self.store.add_message(e.conversation_id, &message).await?;
-                // Erased meanwhile (Kafka: their `user.erased` may be applied before this,
-                // and another process's key cache may still have opened it): the erasure
-                // committed before its event was published, so checking after the write
-                // leaves no way around it.
-                if self.erased(e.sender_id).await? {
-                    self.store.forget(e.sender_id).await?;
-                    return Ok(());
-                }
-                let data = serde_json::json!({
-                    "conversation_id": e.conversation_id,
-                    "message_id": message.message_id,
-                    "sender_id": message.sender_id,
-                    "author_id": message.sender_id,
-                    "body": message.body,
-                    "body_html": message.body_html,
-                    "sent_at": message.sent_at,
-                });
-                self.push(&members, "message", &data, envelope).await
-            }
+            Event::MessageSent(_) => self.apply_messages(std::slice::from_ref(envelope)).await,
             Event::ConversationRead(e) => {
                 self.store
                     .mark_read(e.reader_id, e.conversation_id, e.up_to)

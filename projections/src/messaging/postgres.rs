@@ -5,6 +5,8 @@
 //! order) and of the newest message they read; both only move forward (`greatest`), so a
 //! redelivered event changes nothing.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use event_schemas::personal::ERASED;
 use sqlx::PgPool;
@@ -149,6 +151,51 @@ impl MessagingStore for PgMessaging {
         .bind(m.sent_at)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// One statement: the messages, then each conversation's members moved to its newest.
+    async fn add_messages(
+        &self,
+        messages: &[(Uuid, MessageView)],
+    ) -> ReadResult<HashMap<Uuid, Vec<Uuid>>> {
+        let column =
+            |f: fn(&(Uuid, MessageView)) -> Uuid| messages.iter().map(f).collect::<Vec<_>>();
+        let conversations = column(|(c, _)| *c);
+        let ids = column(|(_, m)| m.message_id);
+        let senders = column(|(_, m)| m.sender_id);
+        let positions: Vec<i64> = messages.iter().map(|(_, m)| m.position).collect();
+        let bodies: Vec<&str> = messages.iter().map(|(_, m)| m.body.as_str()).collect();
+        let html: Vec<&str> = messages.iter().map(|(_, m)| m.body_html.as_str()).collect();
+        let sent: Vec<DateTime<Utc>> = messages.iter().map(|(_, m)| m.sent_at).collect();
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "WITH stored AS ( \
+                 INSERT INTO read_model.messages \
+                     (conversation_id, position, message_id, sender_id, body, body_html, sent_at) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], \
+                                      $5::text[], $6::text[], $7::timestamptz[]) \
+                 ON CONFLICT DO NOTHING RETURNING 1), \
+             newest AS ( \
+                 SELECT c AS conversation_id, max(p) AS position \
+                   FROM unnest($1::uuid[], $2::bigint[]) AS m(c, p) GROUP BY c) \
+             UPDATE read_model.conversation_members m \
+                SET last_activity = greatest(m.last_activity, n.position) \
+               FROM newest n WHERE m.conversation_id = n.conversation_id \
+             RETURNING m.conversation_id, m.user_id",
+        )
+        .bind(&conversations)
+        .bind(&positions)
+        .bind(&ids)
+        .bind(&senders)
+        .bind(&bodies)
+        .bind(&html)
+        .bind(&sent)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut members: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for (conversation, user) in rows {
+            members.entry(conversation).or_default().push(user);
+        }
+        Ok(members)
     }
 
     async fn mark_read(&self, reader: Uuid, conversation: Uuid, up_to: Uuid) -> ReadResult<()> {
