@@ -19,7 +19,7 @@ use crate::state::AppState;
         social::follow, social::unfollow, social::profile, social::search, social::by_username,
         social::followers, social::following,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,
-        posts::get_post, posts::list_comments, feed::feed,
+        posts::get_post, posts::list_comments, feed::feed, feed::posts_by,
         conversations::start, conversations::send, conversations::mark_read,
         conversations::inbox, conversations::history,
         presence::presence, presence::history,

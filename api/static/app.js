@@ -337,6 +337,11 @@ async function loadFeed(minPosition) {
 
 function feedItem(item) {
   state.feedIds.add(item.post_id);
+  return postItem(item);
+}
+
+/** A post in a list: title, preview, author, counts. */
+function postItem(item) {
   const li = el('li');
   li.dataset.postId = item.post_id;
   const title = el('a', 'title', item.title);
@@ -530,6 +535,7 @@ async function openProfile(id) {
   $('profile-following').textContent = '–';
   $('profile-followers-list').replaceChildren();
   $('profile-following-list').replaceChildren();
+  $('profile-posts').replaceChildren();
   $('profile-follow').hidden = true;
   $('profile-message').hidden = true;
   $('profile-status').textContent = '';
@@ -559,8 +565,22 @@ async function loadProfile(id, minPosition) {
     $('profile-following').textContent = String(data.following);
     loadPeopleList(id, 'followers');
     loadPeopleList(id, 'following');
+    loadProfilePosts(id);
   }
   return data;
+}
+
+/** The person's newest posts. */
+async function loadProfilePosts(id) {
+  const list = $('profile-posts');
+  try {
+    const { data } = await api('GET', `/v1/users/${id}/posts?limit=20`);
+    if (state.profileId !== id) return;
+    list.replaceChildren(...data.items.map(postItem));
+    if (data.items.length === 0) list.append(el('li', 'muted', 'No posts yet.'));
+  } catch {
+    if (state.profileId === id) list.replaceChildren(el('li', 'muted', 'Not available.'));
+  }
 }
 
 /** The first page of who follows the person, or of whom they follow. */

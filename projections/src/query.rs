@@ -102,6 +102,24 @@ impl ReadModels {
         Ok(Page { items, next_cursor })
     }
 
+    /// `author`'s own posts, newest first: up to `limit` items older than `before`.
+    ///
+    /// # Errors
+    /// When a store or Redis fails.
+    pub async fn posts_by(
+        &self,
+        author: Uuid,
+        before: Option<i64>,
+        limit: usize,
+    ) -> ReadResult<Page<FeedItem>> {
+        let entries = self.timelines.author_posts(author, before, limit).await?;
+        let next_cursor = (entries.len() == limit)
+            .then(|| entries.last().map(|e| e.position))
+            .flatten();
+        let items = self.items(&entries).await?;
+        Ok(Page { items, next_cursor })
+    }
+
     async fn items(&self, entries: &[TimelineEntry]) -> ReadResult<Vec<FeedItem>> {
         let ids: Vec<Uuid> = entries.iter().map(|e| e.post_id).collect();
         let cached = self.cache.feed_items(&ids).await?;

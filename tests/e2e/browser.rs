@@ -533,6 +533,17 @@ async fn two_windows_chat_live() {
         let ada = register_named(&app, "chat_ada", "Ada Chat").await;
         let bob = register_named(&app, "chat_bob", "Bob Chat").await;
         let bob_id = bob.user_id.to_string();
+        let bobs_post: Value = app
+            .post(
+                "/v1/posts",
+                json!({"title": "Bob's first post", "body_markdown": "hello"}),
+                Some(&bob.access_token),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let bobs_post = bobs_post["post_id"].as_str().unwrap().to_owned();
         // Setup, not under test: the people search has Bob before Ada looks for him.
         eventually(WAIT, "the people search finds chat_bob", || async {
             let found: Value = app
@@ -613,6 +624,14 @@ async fn two_windows_chat_live() {
         assert_eq!(text(&ada_page, "profile-username").await, "chat_bob");
         assert_eq!(text(&ada_page, "profile-follow").await, "Follow");
         assert!(!displayed(&ada_page, "profile-error").await);
+        let post_item = format!("#profile-posts li[data-post-id='{bobs_post}']");
+        eventually(WAIT, "Bob's profile lists his post", || async {
+            find(&ada_page, &post_item)
+                .await
+                .map(|_| ())
+                .ok_or_else(|| "not listed".to_owned())
+        })
+        .await;
         ada_page
             .find(Locator::Id("profile-message"))
             .await

@@ -207,3 +207,72 @@ async fn people_are_found_by_prefix_typo_and_display_name_and_by_username() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_persons_posts_are_listed_newest_first_page_by_page() {
+    let app = e2e::spawn_app().await;
+    let (token, _) = register(&app, "prolific", "Prolific Writer").await;
+    let me: Value = app
+        .http
+        .get(app.url("/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = me["user_id"].as_str().unwrap().to_owned();
+    let mut published = Vec::new();
+    let mut at = String::new();
+    for i in 0..5 {
+        let response = app
+            .post(
+                "/v1/posts",
+                json!({"title": format!("post {i}"), "body_markdown": "words"}),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        at = response.headers()["x-global-position"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = response.json().await.unwrap();
+        published.push(body["post_id"].as_str().unwrap().to_owned());
+    }
+    published.reverse();
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let mut query = vec![("limit", "2".to_owned())];
+        if let Some(cursor) = &cursor {
+            query.push(("cursor", cursor.clone()));
+        }
+        let page: Value = app
+            .http
+            .get(app.url(&format!("/v1/users/{id}/posts")))
+            .header("x-min-position", &at)
+            .query(&query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap();
+        seen.extend(
+            items
+                .iter()
+                .map(|i| i["post_id"].as_str().unwrap().to_owned()),
+        );
+        assert!(items.iter().all(|i| i["author_id"] == id.as_str()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, published);
+    let unknown = format!("/v1/users/{}/posts", uuid::Uuid::now_v7());
+    assert_eq!(status(&app, &unknown).await, 404);
+    assert_eq!(status(&app, "/v1/users/nope/posts").await, 404);
+}

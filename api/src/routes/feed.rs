@@ -1,7 +1,7 @@
 //! `GET /v1/feed`: the caller's home feed, and what every query route shares (paging
 //! parameters, the `X-Min-Position` wait).
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -14,7 +14,9 @@ use crate::extract::{MinPosition, Principal};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/feed", get(feed))
+    Router::new()
+        .route("/v1/feed", get(feed))
+        .route("/v1/users/{user_id}/posts", get(posts_by))
 }
 
 /// Largest and default page size of every list route.
@@ -145,7 +147,39 @@ pub async fn feed(
     let cursor = params.cursor()?;
     caught_up(&state, min, &["timeline", "content"]).await?;
     let page = state.read.feed(principal.user_id, cursor, limit).await?;
-    Ok(Json(FeedPage {
+    Ok(Json(feed_page(page)))
+}
+
+/// A person's own posts, newest first (public, like profiles).
+#[utoipa::path(get, path = "/v1/users/{user_id}/posts", tag = "feed",
+    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+           ("X-Min-Position" = Option<i64>, Header, description = "Wait until the posts reflect this global position")),
+    responses((status = 200, body = FeedPage), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody, description = "no such person")))]
+pub async fn posts_by(
+    State(state): State<AppState>,
+    min: MinPosition,
+    Path(user_id): Path<String>,
+    Query(params): Query<PageParams>,
+) -> Result<Json<FeedPage>, ApiError> {
+    let author = crate::routes::parse_id(&user_id, "user")?;
+    let limit = params.limit()?;
+    let cursor = params.cursor()?;
+    caught_up(&state, min, &["timeline", "content"]).await?;
+    if projections::People::new(state.pool.clone())
+        .by_ids(&[author])
+        .await?
+        .is_empty()
+    {
+        return Err(ApiError::NotFound("user"));
+    }
+    let page = state.read.posts_by(author, cursor, limit).await?;
+    Ok(Json(feed_page(page)))
+}
+
+fn feed_page(page: projections::query::Page<projections::query::FeedItem>) -> FeedPage {
+    FeedPage {
         items: page
             .items
             .into_iter()
@@ -160,5 +194,5 @@ pub async fn feed(
             })
             .collect(),
         next_cursor: page.next_cursor.map(|p| p.to_string()),
-    }))
+    }
 }
