@@ -16,6 +16,7 @@ use crate::state::AppState;
     info(title = "Hybrid Live API", description = "Commands, queries, auth and operations of Hybrid Live. Errors always have the body {\"error\": {\"code\", \"message\", \"request_id\"}}."),
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::erase_me,
+        auth::sessions, auth::end_session,
         social::follow, social::unfollow, social::profile, social::search, social::by_username,
         social::followers, social::following,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,

@@ -53,7 +53,7 @@ async fn issue_then_rotate_then_rotate_again_chains_tokens_for_the_same_user() {
     let f = Fixture::new(TTL).await;
     let user_id = Uuid::new_v4();
 
-    let first = f.tokens.issue(user_id).await.unwrap();
+    let first = f.tokens.issue(user_id, "test-agent").await.unwrap();
     let second = f.tokens.rotate(&first).await.unwrap();
     let third = f.tokens.rotate(&second.token).await.unwrap();
 
@@ -71,7 +71,7 @@ async fn issue_then_rotate_then_rotate_again_chains_tokens_for_the_same_user() {
 #[tokio::test]
 async fn reusing_a_rotated_token_is_reused_and_then_the_newest_token_is_invalid_too() {
     let f = Fixture::new(TTL).await;
-    let first = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let first = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
     let second = f.tokens.rotate(&first).await.unwrap();
 
     let reuse = f.tokens.rotate(&first).await;
@@ -88,7 +88,7 @@ async fn reusing_a_rotated_token_is_reused_and_then_the_newest_token_is_invalid_
 #[tokio::test]
 async fn revoke_makes_the_family_current_token_invalid_and_is_idempotent() {
     let f = Fixture::new(TTL).await;
-    let first = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let first = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
     let current = f.tokens.rotate(&first).await.unwrap().token;
 
     f.tokens.revoke(&current).await.unwrap();
@@ -108,8 +108,8 @@ async fn revoke_makes_the_family_current_token_invalid_and_is_idempotent() {
 async fn revoking_one_login_leaves_the_users_other_logins_working() {
     let f = Fixture::new(TTL).await;
     let user_id = Uuid::new_v4();
-    let laptop = f.tokens.issue(user_id).await.unwrap();
-    let phone = f.tokens.issue(user_id).await.unwrap();
+    let laptop = f.tokens.issue(user_id, "test-agent").await.unwrap();
+    let phone = f.tokens.issue(user_id, "test-agent").await.unwrap();
 
     f.tokens.revoke(&laptop).await.unwrap();
 
@@ -142,7 +142,7 @@ async fn logout_with_an_unknown_or_malformed_token_is_ok() {
 #[tokio::test]
 async fn an_unknown_or_malformed_token_is_invalid() {
     let f = Fixture::new(TTL).await;
-    let issued = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let issued = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
     // Same shape as a real token, never issued.
     let unknown: String = issued
         .chars()
@@ -168,7 +168,7 @@ async fn an_unknown_or_malformed_token_is_invalid() {
 #[tokio::test]
 async fn an_expired_token_is_invalid() {
     let f = Fixture::new(Duration::from_millis(300)).await;
-    let token = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let token = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(700)).await;
 
@@ -180,7 +180,7 @@ async fn an_expired_token_is_invalid() {
 #[tokio::test]
 async fn twenty_concurrent_rotations_of_one_token_succeed_exactly_once_and_revoke_the_family() {
     let f = Fixture::new(TTL).await;
-    let token = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let token = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
 
     let results = futures::future::join_all((0..20).map(|_| {
         let tokens = f.tokens.clone();
@@ -215,14 +215,15 @@ async fn twenty_concurrent_rotations_of_one_token_succeed_exactly_once_and_revok
 async fn every_stored_key_expires_within_the_configured_ttl() {
     let ttl = Duration::from_secs(3600);
     let f = Fixture::new(ttl).await;
-    let first = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let first = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
     let second = f.tokens.rotate(&first).await.unwrap();
-    f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
     f.tokens.revoke(&second.token).await.unwrap();
 
     let keys = f.keys().await;
-    // Two tokens and a family for the first login, one token and a family for the second.
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    // Two tokens and a family for the first login, one token and a family for the second;
+    // a session and a session list for each.
+    assert_eq!(keys.len(), 9, "{keys:?}");
     let mut conn = f.conn.clone();
     for key in &keys {
         let ttl_left: i64 = conn.ttl(key).await.unwrap();
@@ -237,7 +238,7 @@ async fn every_stored_key_expires_within_the_configured_ttl() {
 #[tokio::test]
 async fn redis_never_holds_a_raw_token() {
     let f = Fixture::new(TTL).await;
-    let first = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let first = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
     let second = f.tokens.rotate(&first).await.unwrap().token;
     let raw = [first, second];
 
@@ -278,7 +279,7 @@ async fn redis_down_is_unavailable_not_invalid() {
     let tokens = RefreshTokens::new(conn, "test:down:".into(), TTL);
     let well_formed = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
-    let issued = tokens.issue(Uuid::new_v4()).await;
+    let issued = tokens.issue(Uuid::new_v4(), "test-agent").await;
     let rotated = tokens.rotate(well_formed).await;
     let revoked = tokens.revoke(well_formed).await;
 
@@ -299,11 +300,66 @@ async fn redis_down_is_unavailable_not_invalid() {
 #[tokio::test]
 async fn debug_output_does_not_reveal_tokens() {
     let f = Fixture::new(TTL).await;
-    let first = f.tokens.issue(Uuid::new_v4()).await.unwrap();
+    let first = f.tokens.issue(Uuid::new_v4(), "test-agent").await.unwrap();
     let rotated = f.tokens.rotate(&first).await.unwrap();
 
     let printed = format!("{rotated:?} {:?}", f.tokens);
     assert!(!printed.contains(&rotated.token), "{printed}");
     assert!(printed.contains("redacted"));
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn sessions_list_each_live_login_and_revoking_one_ends_only_its_tokens() {
+    let f = Fixture::new(TTL).await;
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let laptop = f.tokens.issue(user, "Firefox on a laptop").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let phone = f.tokens.issue(user, &"x".repeat(1000)).await.unwrap();
+    let theirs = f.tokens.issue(other, "someone else").await.unwrap();
+    let listed = f.tokens.sessions(user).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    // Newest first; a long user agent is cut.
+    assert_eq!(listed[0].user_agent.len(), 256);
+    assert_eq!(listed[1].user_agent, "Firefox on a laptop");
+    assert_eq!(listed[1].created_ms, listed[1].last_used_ms);
+    // A rotation is a use, and keeps the login.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let laptop = f.tokens.rotate(&laptop).await.unwrap().token;
+    let listed = f.tokens.sessions(user).await.unwrap();
+    let laptop_session = listed
+        .iter()
+        .find(|s| s.user_agent.starts_with("Firefox"))
+        .unwrap();
+    assert!(laptop_session.last_used_ms > laptop_session.created_ms);
+    // Nobody revokes another person's login, or one that does not exist.
+    let their_session = f.tokens.sessions(other).await.unwrap()[0].id;
+    assert!(!f.tokens.revoke_session(user, their_session).await.unwrap());
+    assert!(!f.tokens.revoke_session(user, Uuid::new_v4()).await.unwrap());
+    assert!(f.tokens.rotate(&theirs).await.is_ok());
+    // Revoking the laptop's login ends its tokens, not the phone's.
+    assert!(f
+        .tokens
+        .revoke_session(user, laptop_session.id)
+        .await
+        .unwrap());
+    assert!(!f
+        .tokens
+        .revoke_session(user, laptop_session.id)
+        .await
+        .unwrap());
+    assert!(matches!(
+        f.tokens.rotate(&laptop).await,
+        Err(RefreshError::Invalid)
+    ));
+    assert!(f.tokens.rotate(&phone).await.is_ok());
+    let left = f.tokens.sessions(user).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0].id, laptop_session.id);
+    // A logout drops the login from the list too.
+    let fresh = f.tokens.issue(user, "tablet").await.unwrap();
+    assert_eq!(f.tokens.sessions(user).await.unwrap().len(), 2);
+    f.tokens.revoke(&fresh).await.unwrap();
+    assert_eq!(f.tokens.sessions(user).await.unwrap().len(), 1);
     f.cleanup().await;
 }

@@ -329,3 +329,94 @@ async fn expired_tampered_foreign_and_unsigned_tokens_are_401() {
         200
     );
 }
+
+/// Logs `username` in with `user_agent`; returns the refresh token.
+async fn login_from(app: &e2e::TestApp, username: &str, user_agent: &str) -> String {
+    let response = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .header("user-agent", user_agent)
+        .json(&json!({"login": username, "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["refresh_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sessions_list_every_login_and_ending_one_revokes_only_its_refresh_tokens() {
+    let app = spawn_app().await;
+    let ada = app.register("sess_ada").await;
+    let bob = app.register("sess_bob").await;
+    let laptop = login_from(&app, "sess_ada", "Laptop/1.0").await;
+    let phone = login_from(&app, "sess_ada", "Phone/2.0").await;
+    let list = |who: &e2e::Session| {
+        let request = app
+            .http
+            .get(app.url("/v1/me/sessions"))
+            .bearer_auth(&who.access_token);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    // The registration's login, then the two others, newest first.
+    let listed = list(&ada).await;
+    let agents: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["user_agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(agents.len(), 3, "{listed}");
+    assert_eq!(&agents[..2], ["Phone/2.0", "Laptop/1.0"], "{listed}");
+    let laptop_id = listed["items"][1]["id"].as_str().unwrap().to_owned();
+    assert!(listed["items"][1]["created_at"].is_string());
+    assert!(listed["items"][1]["last_used_at"].is_string());
+
+    // Nobody ends another person's login; an unknown or malformed id is 404.
+    let end = |who: &e2e::Session, id: &str| {
+        app.http
+            .delete(app.url(&format!("/v1/me/sessions/{id}")))
+            .bearer_auth(&who.access_token)
+            .send()
+    };
+    assert_eq!(end(&bob, &laptop_id).await.unwrap().status(), 404);
+    assert_eq!(
+        end(&ada, &uuid::Uuid::new_v4().to_string())
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(end(&ada, "not-an-id").await.unwrap().status(), 404);
+    let unauthenticated = app
+        .http
+        .get(app.url("/v1/me/sessions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+
+    // Ending the laptop's login: its refresh token is refused, the phone's still works.
+    assert_eq!(end(&ada, &laptop_id).await.unwrap().status(), 204);
+    assert_eq!(end(&ada, &laptop_id).await.unwrap().status(), 404);
+    let refresh =
+        |token: String| app.post("/v1/auth/refresh", json!({ "refresh_token": token }), None);
+    assert_eq!(
+        error_code(refresh(laptop).await).await,
+        (401, "invalid_refresh_token".to_owned())
+    );
+    assert_eq!(refresh(phone).await.status(), 200);
+    let left = list(&ada).await;
+    assert_eq!(left["items"].as_array().unwrap().len(), 2, "{left}");
+    assert!(left["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["id"] != laptop_id.as_str()));
+    assert_eq!(list(&bob).await["items"].as_array().unwrap().len(), 1);
+}

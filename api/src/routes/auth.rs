@@ -32,6 +32,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/me", get(me).delete(erase_me))
+        .route("/v1/me/sessions", get(sessions))
+        .route(
+            "/v1/me/sessions/{session_id}",
+            axum::routing::delete(end_session),
+        )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -96,6 +101,7 @@ pub struct MeResponse {
 pub async fn register(
     State(state): State<AppState>,
     meta: CommandMeta,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     // Cheap checks first: hashing costs tens of milliseconds of CPU.
@@ -129,7 +135,7 @@ pub async fn register(
         .users
         .execute(&user_id.to_string(), command, &ctx)
         .await?;
-    let tokens = issue_tokens(&state, user_id, Vec::new()).await?;
+    let tokens = issue_tokens(&state, user_id, Vec::new(), &headers).await?;
     let mut headers = command_headers(&executed);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/users/{user_id}")) {
         headers.insert(header::LOCATION, location);
@@ -154,10 +160,19 @@ async fn ensure_available(state: &AppState, username: &str, email: &str) -> Resu
     Ok(())
 }
 
+/// The request's `User-Agent`, for the login's session ("" when absent or not text).
+fn user_agent(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
 async fn issue_tokens(
     state: &AppState,
     user_id: Uuid,
     roles: Vec<String>,
+    headers: &HeaderMap,
 ) -> Result<TokenResponse, ApiError> {
     let (access_token, expires_in) = state
         .jwt
@@ -165,7 +180,7 @@ async fn issue_tokens(
         .map_err(ApiError::internal)?;
     let refresh_token = state
         .refresh
-        .issue(user_id)
+        .issue(user_id, user_agent(headers))
         .await
         .map_err(refresh_unavailable)?;
     Ok(TokenResponse {
@@ -220,6 +235,7 @@ async fn find_user(
     responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody, description = "invalid_credentials")))]
 pub async fn login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let found = find_user(&state, &body.login).await?;
@@ -232,7 +248,9 @@ pub async fn login(
     match user {
         Some(user) if valid => {
             let roles = user.roles().iter().cloned().collect();
-            Ok(Json(issue_tokens(&state, user.user_id(), roles).await?))
+            Ok(Json(
+                issue_tokens(&state, user.user_id(), roles, &headers).await?,
+            ))
         }
         _ => Err(ApiError::InvalidCredentials),
     }
@@ -376,4 +394,75 @@ pub async fn me(
             },
         }),
     ))
+}
+
+/// One login of the caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// The login (its refresh-token family).
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// The last refresh (the login itself until the first).
+    pub last_used_at: DateTime<Utc>,
+    /// The `User-Agent` of the login request (at most 256 bytes).
+    pub user_agent: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Newest first.
+    pub items: Vec<SessionView>,
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// The caller's live logins (each a refresh-token family), newest first.
+#[utoipa::path(get, path = "/v1/me/sessions", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401, body = crate::error::ErrorBody)))]
+pub async fn sessions(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<SessionList>, ApiError> {
+    let listed = state
+        .refresh
+        .sessions(principal.user_id)
+        .await
+        .map_err(refresh_unavailable)?;
+    Ok(Json(SessionList {
+        items: listed
+            .into_iter()
+            .map(|s| SessionView {
+                id: s.id,
+                created_at: at(s.created_ms),
+                last_used_at: at(s.last_used_ms),
+                user_agent: s.user_agent,
+            })
+            .collect(),
+    }))
+}
+
+/// End one of the caller's logins: every refresh token of it stops working (access tokens
+/// already issued live out their few minutes).
+#[utoipa::path(delete, path = "/v1/me/sessions/{session_id}", tag = "auth", security(("bearer" = [])),
+    params(("session_id" = Uuid, Path)),
+    responses((status = 204), (status = 401, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody, description = "no such live login of the caller")))]
+pub async fn end_session(
+    State(state): State<AppState>,
+    principal: Principal,
+    axum::extract::Path(session_id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let session = crate::routes::parse_id(&session_id, "session")?;
+    if state
+        .refresh
+        .revoke_session(principal.user_id, session)
+        .await
+        .map_err(refresh_unavailable)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("session"))
+    }
 }

@@ -11,6 +11,11 @@
 //!   kept until then so that a reuse is detected for as long as the token could be used.
 //! - `P` `refresh:family:<uuid>` → `active` or `revoked`; pushed one TTL ahead at every
 //!   rotation, and a revoked marker lives one TTL, so it outlives every token of its family.
+//! - `P` `refresh:session:<family>` → hash `{user, created, last_used, user_agent}`: the
+//!   login as its person sees it (`GET /v1/me/sessions`); pushed one TTL ahead and its
+//!   `last_used` set at every rotation.
+//! - `P` `refresh:sessions:<user>` → sorted set of the person's families by creation;
+//!   a family that expired or was revoked is dropped from it when the list is read.
 //!
 //! The raw token is never stored: a dump of Redis grants nothing.
 //!
@@ -48,6 +53,19 @@ const TOKEN_CHARS: usize = 43;
 
 static ROTATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("rotate.lua")));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("revoke.lua")));
+
+/// Longest user agent kept with a session, in bytes (a longer one is cut).
+const USER_AGENT_BYTES: usize = 256;
+
+/// One login of a person, as `GET /v1/me/sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The login's refresh-token family.
+    pub id: Uuid,
+    pub created_ms: i64,
+    pub last_used_ms: i64,
+    pub user_agent: String,
+}
 
 /// Why a refresh token was not accepted or the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -134,21 +152,55 @@ impl RefreshTokens {
         self.ttl
     }
 
-    /// Starts a new family for `user_id` (a login) and returns its first token.
+    /// Starts a new family for `user_id` (a login from `user_agent`) and returns its first
+    /// token.
     ///
     /// # Errors
     /// [`RefreshError::Unavailable`] when Redis cannot be reached; [`RefreshError::Backend`]
     /// when it answers with an error.
     #[instrument(skip_all, fields(%user_id))]
-    pub async fn issue(&self, user_id: Uuid) -> Result<String, RefreshError> {
+    pub async fn issue(&self, user_id: Uuid, user_agent: &str) -> Result<String, RefreshError> {
         let token = new_token();
         let family = Uuid::new_v4();
         let ttl_ms = self.ttl_millis();
         let token_key = self.token_key(&token);
         let family_key = format!("{}{family}", self.family_prefix());
+        let now = now_ms();
+        let mut agent = user_agent.to_owned();
+        if agent.len() > USER_AGENT_BYTES {
+            let mut cut = USER_AGENT_BYTES;
+            while !agent.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            agent.truncate(cut);
+        }
         let mut conn = self.conn.clone();
         let () = redis::pipe()
             .atomic()
+            .cmd("HSET")
+            .arg(self.session_key(family))
+            .arg("user")
+            .arg(user_id.to_string())
+            .arg("created")
+            .arg(now)
+            .arg("last_used")
+            .arg(now)
+            .arg("user_agent")
+            .arg(&agent)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(self.session_key(family))
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.sessions_key(user_id))
+            .arg(now)
+            .arg(family.to_string())
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(self.sessions_key(user_id))
+            .arg(ttl_ms)
+            .ignore()
             .cmd("HSET")
             .arg(&token_key)
             .arg("user")
@@ -193,6 +245,9 @@ impl RefreshTokens {
             .key(self.token_key(&successor))
             .arg(self.family_prefix())
             .arg(self.ttl_millis())
+            .arg(self.session_prefix())
+            .arg(now_ms())
+            .arg(format!("{}refresh:sessions:", self.prefix))
             .invoke_async(&mut conn)
             .await?;
         match outcome.as_str() {
@@ -233,6 +288,102 @@ impl RefreshTokens {
         Ok(())
     }
 
+    /// The person's live logins, newest first. Families that expired or were revoked are
+    /// dropped from the list as it is read.
+    ///
+    /// # Errors
+    /// [`RefreshError::Unavailable`] / [`RefreshError::Backend`] when Redis fails.
+    #[instrument(skip_all, fields(%user_id))]
+    pub async fn sessions(&self, user_id: Uuid) -> Result<Vec<Session>, RefreshError> {
+        let mut conn = self.conn.clone();
+        let families: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.sessions_key(user_id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let mut live = Vec::new();
+        for family in families {
+            let Ok(id) = Uuid::parse_str(&family) else {
+                continue;
+            };
+            let (state, fields): (Option<String>, Vec<Option<String>>) = redis::pipe()
+                .cmd("GET")
+                .arg(format!("{}{id}", self.family_prefix()))
+                .cmd("HMGET")
+                .arg(self.session_key(id))
+                .arg(&["user", "created", "last_used", "user_agent"])
+                .query_async(&mut conn)
+                .await?;
+            let field = |i: usize| fields.get(i).cloned().flatten();
+            let number = |i: usize| field(i).and_then(|v| v.parse::<i64>().ok());
+            match (state.as_deref(), field(0), number(1), number(2)) {
+                (Some("active"), Some(user), Some(created_ms), Some(last_used_ms))
+                    if user == user_id.to_string() =>
+                {
+                    live.push(Session {
+                        id,
+                        created_ms,
+                        last_used_ms,
+                        user_agent: field(3).unwrap_or_default(),
+                    });
+                }
+                _ => {
+                    let _: i64 = redis::cmd("ZREM")
+                        .arg(self.sessions_key(user_id))
+                        .arg(&family)
+                        .query_async(&mut conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    /// Revokes `user_id`'s login `session` (its refresh-token family): every token of it
+    /// stops working. False when the person has no such live login.
+    ///
+    /// # Errors
+    /// [`RefreshError::Unavailable`] / [`RefreshError::Backend`] when Redis fails.
+    #[instrument(skip_all, fields(%user_id, %session))]
+    pub async fn revoke_session(&self, user_id: Uuid, session: Uuid) -> Result<bool, RefreshError> {
+        if !self
+            .sessions(user_id)
+            .await?
+            .iter()
+            .any(|s| s.id == session)
+        {
+            return Ok(false);
+        }
+        let mut conn = self.conn.clone();
+        let () = redis::pipe()
+            .cmd("SET")
+            .arg(format!("{}{session}", self.family_prefix()))
+            .arg("revoked")
+            .arg("PX")
+            .arg(self.ttl_millis())
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.sessions_key(user_id))
+            .arg(session.to_string())
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(true)
+    }
+
+    fn session_prefix(&self) -> String {
+        format!("{}refresh:session:", self.prefix)
+    }
+
+    fn session_key(&self, family: Uuid) -> String {
+        format!("{}{family}", self.session_prefix())
+    }
+
+    fn sessions_key(&self, user_id: Uuid) -> String {
+        format!("{}refresh:sessions:{user_id}", self.prefix)
+    }
+
     fn token_key(&self, token: &str) -> String {
         let digest = Sha256::digest(token.as_bytes());
         let mut key = format!("{}refresh:token:", self.prefix);
@@ -253,6 +404,13 @@ impl RefreshTokens {
             .unwrap_or(u64::MAX)
             .max(1)
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// A fresh token: 256 bits from the OS generator, base64url without padding.
