@@ -57,6 +57,8 @@ pub struct PresenceCost {
 #[derive(Debug)]
 pub struct ChatResult {
     pub delivery: Histogram<u64>,
+    /// From the moment a message was due to its `201`: the write side's share.
+    pub answered: Histogram<u64>,
     pub sent: u64,
     pub late_sends: u64,
     pub failed_sends: u64,
@@ -190,6 +192,7 @@ async fn delivery(a: &Server, b: &Server, load: &ChatLoad) -> anyhow::Result<Cha
         Arc::new(std::sync::atomic::AtomicU64::new(0)),
         Arc::new(std::sync::atomic::AtomicU64::new(0)),
     );
+    let answered = Arc::new(Mutex::new(histogram()?));
     let start = Instant::now();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -211,6 +214,7 @@ async fn delivery(a: &Server, b: &Server, load: &ChatLoad) -> anyhow::Result<Cha
         let (id, token) =
             conversations[usize::try_from(seq).unwrap_or(0) % conversations.len()].clone();
         let (http, base, failed) = (http.clone(), a.base.clone(), failed.clone());
+        let answered = answered.clone();
         sends.spawn(async move {
             let sent = http
                 .post(format!("{base}/v1/conversations/{id}/messages"))
@@ -218,7 +222,11 @@ async fn delivery(a: &Server, b: &Server, load: &ChatLoad) -> anyhow::Result<Cha
                 .json(&serde_json::json!({ "body": seq.to_string() }))
                 .send()
                 .await;
-            if !matches!(&sent, Ok(response) if response.status() == 201) {
+            if matches!(&sent, Ok(response) if response.status() == 201) {
+                if let Ok(mut answered) = answered.lock() {
+                    let _ = answered.record(now_us().saturating_sub(due).max(1));
+                }
+            } else {
                 failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             drop(permit);
@@ -253,9 +261,14 @@ async fn delivery(a: &Server, b: &Server, load: &ChatLoad) -> anyhow::Result<Cha
             delivery.record(read.saturating_sub(*due).max(1))?;
         }
     }
+    let answered = answered
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     Ok(ChatResult {
         delivered: delivery.len(),
         delivery,
+        answered,
         sent: total,
         late_sends: late.load(std::sync::atomic::Ordering::Relaxed),
         failed_sends: failed,

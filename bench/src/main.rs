@@ -542,6 +542,13 @@ async fn chat_bench(args: ChatArgs) -> anyhow::Result<()> {
         r.delivery.max() as f64 / 1000.0
     );
     println!(
+        "| of which: message sent → its `201` from instance A | {} | {:.1} | {:.1} | {:.1} |",
+        r.answered.len(),
+        ms(&r.answered, 0.5),
+        ms(&r.answered, 0.99),
+        r.answered.max() as f64 / 1000.0
+    );
+    println!(
         "| peer: Redis Pub/Sub alone, PUBLISH → subscriber | {} | {:.2} | {:.2} | {:.2} |",
         r.pubsub.len(),
         ms(&r.pubsub, 0.5),
