@@ -24,17 +24,19 @@ pub struct PresenceFeed {
 }
 
 impl PresenceFeed {
-    /// Everyone `user` follows who follows them back.
+    /// Everyone `user` follows who follows them back: whom they follow, page by page, each
+    /// page checked against their followers — never the whole follower list, which for a
+    /// popular person is the large side.
     async fn mutual_followers(&self, user: Uuid) -> projections::ReadResult<Vec<Uuid>> {
-        let followers: std::collections::HashSet<Uuid> =
-            self.timelines.followers(user).await?.into_iter().collect();
         let (mut mutual, mut after) = (Vec::new(), Uuid::nil());
         loop {
             let page = self
                 .timelines
                 .follows_page(user, Direction::Following, after, PAGE)
                 .await?;
-            mutual.extend(page.iter().filter(|f| followers.contains(f)));
+            if !page.is_empty() {
+                mutual.extend(self.timelines.followers_among(user, &page).await?);
+            }
             match page.last() {
                 Some(last) if page.len() == PAGE => after = *last,
                 _ => return Ok(mutual),

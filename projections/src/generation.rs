@@ -310,6 +310,9 @@ impl TimelineStore for Following<dyn TimelineStore> {
     async fn follows(&self, follower: Uuid, followee: Uuid) -> ReadResult<bool> {
         self.reading().await.follows(follower, followee).await
     }
+    async fn followers_among(&self, user: Uuid, candidates: &[Uuid]) -> ReadResult<Vec<Uuid>> {
+        self.reading().await.followers_among(user, candidates).await
+    }
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         self.reading().await.followers(user).await
     }

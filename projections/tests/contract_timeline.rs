@@ -46,10 +46,20 @@ async fn follows_are_idempotent_and_counted(store: &dyn TimelineStore) {
     assert_eq!((counts.followers, counts.following), (2, 0));
     assert!(store.follows(a, b).await.unwrap());
     assert!(!store.follows(b, a).await.unwrap());
+    let mut among = store
+        .followers_among(b, &[a, b, c, Uuid::new_v4()])
+        .await
+        .unwrap();
+    among.sort();
+    let mut both = vec![a, c];
+    both.sort();
+    assert_eq!(among, both);
+    assert!(store.followers_among(b, &[]).await.unwrap().is_empty());
     assert_eq!(store.counts(a).await.unwrap().following, 1);
     store.unfollow(a, b).await.unwrap();
     store.unfollow(a, b).await.unwrap();
     assert!(!store.follows(a, b).await.unwrap());
+    assert_eq!(store.followers_among(b, &[a, c]).await.unwrap(), vec![c]);
     assert_eq!(store.followers(b).await.unwrap(), vec![c]);
     assert_eq!(store.counts(a).await.unwrap().following, 0);
 }

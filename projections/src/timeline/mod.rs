@@ -106,6 +106,9 @@ pub trait TimelineStore: Send + Sync + Debug {
     async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()>;
     /// Whether `follower` follows `followee`.
     async fn follows(&self, follower: Uuid, followee: Uuid) -> ReadResult<bool>;
+    /// Those of `candidates` who follow `user`, in no order (a read as large as the
+    /// candidates, not as `user`'s followers).
+    async fn followers_among(&self, user: Uuid, candidates: &[Uuid]) -> ReadResult<Vec<Uuid>>;
     /// Everyone who follows `user` (the fan-out targets).
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>>;
     /// Up to `limit` of those who follow `user` (or whom `user` follows), in the store's

@@ -177,6 +177,17 @@ impl TimelineStore for PgTimelines {
         .await?)
     }
 
+    async fn followers_among(&self, user: Uuid, candidates: &[Uuid]) -> ReadResult<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT follower_id FROM {}.follows WHERE followee_id = $1 AND follower_id = ANY($2)",
+            self.schema
+        ))
+        .bind(user)
+        .bind(candidates)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         Ok(sqlx::query_scalar(&format!(
             "SELECT follower_id FROM {}.follows WHERE followee_id = $1",

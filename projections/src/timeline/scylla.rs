@@ -173,6 +173,7 @@ struct Statements {
     insert_merged_author: PreparedStatement,
     select_merged_authors: PreparedStatement,
     select_followed_among: PreparedStatement,
+    select_followers_among: PreparedStatement,
     select_merged_author: PreparedStatement,
     select_listed_among: PreparedStatement,
     select_timeline_authors: PreparedStatement,
@@ -327,6 +328,12 @@ impl Statements {
                 .idempotent(format!(
                     "SELECT followee_id FROM {ks}.follows_by_follower \
                      WHERE follower_id = ? AND followee_id IN ?"
+                ))
+                .await?,
+            select_followers_among: p
+                .idempotent(format!(
+                    "SELECT follower_id FROM {ks}.follows_by_followee \
+                     WHERE followee_id = ? AND follower_id IN ?"
                 ))
                 .await?,
             select_merged_author: p
@@ -899,6 +906,11 @@ impl TimelineStore for ScyllaTimelines {
             )
             .await?;
         Ok(!found.is_empty())
+    }
+
+    async fn followers_among(&self, user: Uuid, candidates: &[Uuid]) -> ReadResult<Vec<Uuid>> {
+        self.among(&self.statements.select_followers_among, user, candidates)
+            .await
     }
 
     async fn followers(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
