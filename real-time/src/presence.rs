@@ -351,27 +351,17 @@ impl Presence {
             invocation.arg(user.to_string());
         }
         let came: Vec<String> = invocation.invoke_async(&mut self.redis.clone()).await?;
-        if came.is_empty() {
-            return Ok(());
-        }
-        // Storing and announcing the transitions (a history write, a read of the person's
-        // follows, pushes) is left to a task of its own: a stream's first connection waits
-        // for its claim only, not for them.
-        let presence = self.clone();
-        tokio::spawn(async move {
-            for pair in came.chunks(2) {
-                let Some(user) = pair.first().and_then(|u| Uuid::parse_str(u).ok()) else {
-                    continue;
-                };
-                // A presence that ran out unswept (this instance stalled past the ttl): it
-                // was an absence, recorded as one.
-                if let Some(lapse) = pair.get(1).and_then(|l| l.parse::<i64>().ok()) {
-                    let gone = at(presence.missed(lapse));
-                    presence.sink.record(user, false, gone).await;
-                }
-                presence.transition(user, true, at(now)).await;
+        for pair in came.chunks(2) {
+            let Some(user) = pair.first().and_then(|u| Uuid::parse_str(u).ok()) else {
+                continue;
+            };
+            // A presence that ran out unswept (this instance stalled past the ttl): it
+            // was an absence, recorded as one.
+            if let Some(lapse) = pair.get(1).and_then(|l| l.parse::<i64>().ok()) {
+                self.sink.record(user, false, at(self.missed(lapse))).await;
             }
-        });
+            self.transition(user, true, at(now)).await;
+        }
         Ok(())
     }
 
@@ -423,7 +413,13 @@ impl Presence {
             .invoke_async(&mut self.redis.clone())
             .await;
         match now_pushable {
-            Ok(1) => self.sink.announce(user, online, Some(at_)).await,
+            // Stored before this returns (a crash right after must not lose it); telling
+            // followers (a read of the person's follows, pushes) runs in a task of its own,
+            // so a stream's first connection waits for neither.
+            Ok(1) => {
+                let sink = self.sink.clone();
+                tokio::spawn(async move { sink.announce(user, online, Some(at_)).await });
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, %user, "Throttling a presence push failed."),
         }
