@@ -2,11 +2,12 @@
 # Makes sure the services of the lite profile are up on this machine: PostgreSQL on
 # 127.0.0.1:5432 and Redis on 127.0.0.1:6379 — with --full also the production profile's
 # servers: Apache Kafka on 127.0.0.1:9092, Apache Cassandra on 127.0.0.1:9042 and FerretDB
-# (MongoDB wire protocol) on 127.0.0.1:27017 (--kafka: Kafka alone) — and with --browser
-# Debian's Chromium and its WebDriver (/usr/bin/chromium, /usr/bin/chromedriver) for the
-# demo page's browser tests. Reuses what is running, starts what is installed but stopped,
-# installs what is missing. Idempotent. Prints the variables that point the processes at
-# the servers it started (`eval "$(scripts/services.sh --full)"`).
+# (MongoDB wire protocol) on 127.0.0.1:27017 (--kafka: Kafka alone) — with --mail the
+# Mailpit SMTP sink on 127.0.0.1:1025 and its HTTP API on 127.0.0.1:8025 (not part of
+# --full), and with --browser Debian's Chromium and its WebDriver (/usr/bin/chromium,
+# /usr/bin/chromedriver) for the demo page's browser tests. Reuses what is running, starts
+# what is installed but stopped, installs what is missing. Idempotent. Prints the variables
+# that point the processes at the servers it started (`eval "$(scripts/services.sh --full)"`).
 set -euo pipefail
 # Only the variables go to stdout, since callers eval it: everything else — this script's
 # logs, and whatever the tools it runs print (pg_ctlcluster's "Removed stale pid file",
@@ -20,8 +21,9 @@ for arg in "$@"; do
   case "$arg" in
     --kafka) servers+=(kafka) ;;
     --full) servers+=(kafka cassandra ferretdb) ;;
+    --mail) servers+=(mailpit) ;;
     --browser) with_browser=1 ;;
-    *) printf 'usage: %s [--full | --kafka] [--browser]\n' "$0" >&2; exit 2 ;;
+    *) printf 'usage: %s [--full | --kafka] [--mail] [--browser]\n' "$0" >&2; exit 2 ;;
   esac
 done
 
@@ -107,8 +109,9 @@ ensure_redis() {
 
 # The full profile's servers, each installed once under $HYBRIDLIVE_TOOLS and started by a
 # script of its own in scripts/full/ (Apache Kafka in KRaft mode and Apache Cassandra from
-# Maven Central, FerretDB from the Go module proxy), all at once: Cassandra's start is the
-# long one. Each script reuses a server that already answers.
+# Maven Central, FerretDB from the Go module proxy) and the mail sink (Mailpit, from the Go
+# module proxy too), all at once: Cassandra's start is the long one. Each script reuses a
+# server that already answers.
 full="$(dirname "$0")/full"
 
 ensure_servers() {
@@ -146,5 +149,9 @@ for server in "${servers[@]}"; do
     kafka) echo 'export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"' ;;
     cassandra) echo 'export SCYLLA_NODES="${SCYLLA_NODES:-127.0.0.1:9042}"' ;;
     ferretdb) echo 'export MONGODB_URI="${MONGODB_URI:-mongodb://127.0.0.1:27017/}"' ;;
+    mailpit)
+      echo 'export SMTP_URL="${SMTP_URL:-smtp://127.0.0.1:1025}"'
+      echo 'export MAILPIT_URL="${MAILPIT_URL:-http://127.0.0.1:8025}"'
+      ;;
   esac
 done | sort -u >&3

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The test command: starts (or installs) every server the tests talk to — PostgreSQL, Redis,
-# Apache Kafka, Apache Cassandra, FerretDB (MongoDB wire protocol), and headless Chromium
-# with chromedriver — then runs every test of the workspace against them. A variable set
-# beforehand (DATABASE_URL, KAFKA_BROKERS, SCYLLA_NODES, MONGODB_URI) points the tests at a
+# Apache Kafka, Apache Cassandra, FerretDB (MongoDB wire protocol), Mailpit (an SMTP sink
+# whose HTTP API gives the sent mail back), and headless Chromium with chromedriver — then
+# runs every test of the workspace against them. A variable set beforehand (DATABASE_URL,
+# KAFKA_BROKERS, SCYLLA_NODES, MONGODB_URI, SMTP_URL with MAILPIT_URL) points the tests at a
 # server of your own instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-servers=$(scripts/services.sh --full --browser)
+servers=$(scripts/services.sh --full --mail --browser)
 eval "$servers"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"

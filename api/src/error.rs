@@ -41,6 +41,18 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("the refresh token is invalid, expired, revoked or was already used")]
     InvalidRefreshToken,
+    #[error("the link's token is invalid, expired or already used")]
+    InvalidToken,
+    #[error(
+        "this account logs in with a second factor: send `otp`, a current code or a recovery code"
+    )]
+    OtpRequired,
+    #[error("invalid login, password or second-factor code")]
+    InvalidOtp,
+    #[error("two-factor login is already on")]
+    TwoFactorOn,
+    #[error("two-factor login is off")]
+    TwoFactorOff,
     #[error("you are not allowed to do this")]
     Forbidden,
     #[error("{0} not found")]
@@ -97,6 +109,11 @@ impl ApiError {
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             Self::InvalidCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
             Self::InvalidRefreshToken => (S::UNAUTHORIZED, "invalid_refresh_token"),
+            Self::InvalidToken => (S::BAD_REQUEST, "invalid_token"),
+            Self::OtpRequired => (S::UNAUTHORIZED, "otp_required"),
+            Self::InvalidOtp => (S::UNAUTHORIZED, "invalid_otp"),
+            Self::TwoFactorOn => (S::CONFLICT, "two_factor_on"),
+            Self::TwoFactorOff => (S::CONFLICT, "two_factor_off"),
             Self::Forbidden => (S::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (S::NOT_FOUND, "not_found"),
             Self::UsernameTaken => (S::CONFLICT, "username_taken"),
@@ -293,6 +310,9 @@ pub mod domain_errors {
                 UserError::NotRegistered | UserError::RolledBack | UserError::Erased => {
                     ApiError::NotFound("user")
                 }
+                UserError::ResetClosed => ApiError::InvalidToken,
+                UserError::TwoFactorOn => ApiError::TwoFactorOn,
+                UserError::TwoFactorOff => ApiError::TwoFactorOff,
                 UserError::EmptyPasswordHash | UserError::AlreadyRegistered => {
                     ApiError::internal(e)
                 }

@@ -66,6 +66,8 @@ pub struct Settings {
     pub jwt_secret: SecretSlice<u8>,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// How long an emailed password reset link works.
+    pub password_reset_ttl: Duration,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
     /// Prefix of every Redis key this instance writes.
@@ -88,6 +90,7 @@ impl Default for Settings {
             jwt_secret: auth::jwt::DEV_SECRET.to_vec().into(),
             access_ttl: Duration::from_secs(15 * 60),
             refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+            password_reset_ttl: Duration::from_secs(30 * 60),
             body_limit: 64 * 1024,
             redis_prefix: "hl:".to_owned(),
             rate_limits: rate_limit::RateLimits::default(),
@@ -223,6 +226,10 @@ impl App {
                 settings.access_ttl,
                 "hybridlive",
             )),
+            password_reset_ttl: settings.password_reset_ttl,
+            account_tokens: auth::account_token::AccountTokens::new(
+                settings.jwt_secret.expose_secret(),
+            ),
             refresh: auth::refresh::RefreshTokens::new(
                 redis.clone(),
                 format!("{}auth:", settings.redis_prefix),
@@ -280,6 +287,8 @@ impl App {
 pub fn router(state: AppState, body_limit: usize) -> Router {
     Router::new()
         .merge(routes::auth::routes())
+        .merge(routes::accounts::routes())
+        .merge(routes::two_factor::routes())
         .merge(routes::social::routes())
         .merge(routes::posts::routes())
         .merge(routes::conversations::routes())

@@ -7,7 +7,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::routes::{
-    analytics, audit, auth, conversations, demo, feed, ops, posts, presence, social, stream,
+    accounts, analytics, audit, auth, conversations, demo, feed, ops, posts, presence, social,
+    stream, two_factor,
 };
 use crate::state::AppState;
 
@@ -17,6 +18,8 @@ use crate::state::AppState;
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::me, auth::erase_me,
         auth::sessions, auth::end_session,
+        accounts::verify_email, accounts::request_reset, accounts::confirm_reset,
+        two_factor::start, two_factor::confirm, two_factor::turn_off,
         social::follow, social::unfollow, social::profile, social::search, social::by_username,
         social::followers, social::following,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,

@@ -15,6 +15,10 @@ pub struct AppState {
     pub write: Arc<WriteSide>,
     pub jwt: Arc<JwtKeys>,
     pub refresh: RefreshTokens,
+    /// The tokens of emailed links (made by the emailer with the same secret).
+    pub account_tokens: auth::account_token::AccountTokens,
+    /// How long a reset link works.
+    pub password_reset_ttl: std::time::Duration,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Largest accepted request body, bytes.
     pub body_limit: usize,

@@ -24,11 +24,16 @@
 //!   wrappers on the blocking pool, and [`check_password_strength`];
 //! - [`jwt`]: [`JwtKeys`] (issue and verify access tokens), [`AccessClaims`], the secret
 //!   checks for start-up;
-//! - [`refresh`]: [`RefreshTokens`] (issue, rotate, revoke) in Redis.
+//! - [`refresh`]: [`RefreshTokens`] (issue, rotate, revoke) in Redis;
+//! - [`account_token`]: the tokens of emailed links (verify an address, reset a password),
+//!   MACs stored nowhere;
+//! - [`totp`]: two-factor login (RFC 6238 codes, recovery codes).
 
+pub mod account_token;
 pub mod jwt;
 pub mod password;
 pub mod refresh;
+pub mod totp;
 
 pub use jwt::{AccessClaims, IssueError, JwtKeys, SecretError, TokenError};
 pub use password::{

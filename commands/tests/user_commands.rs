@@ -294,7 +294,7 @@ async fn appending_a_decision_again_with_its_command_id_returns_the_first_result
     let password = |secret: &str| {
         vec![Credential {
             kind: PASSWORD_CREDENTIAL,
-            secret: secret.into(),
+            secret: Some(secret.into()),
         }]
     };
     let first = store

@@ -32,11 +32,28 @@ pub struct ClaimTaken {
     pub value: String,
 }
 
-/// A secret of kind `kind` (`"password"`) a command stores for its stream.
+/// A secret of kind `kind` (`"password"`) a command stores for its stream (or, with no
+/// secret, deletes).
 #[derive(Debug, Clone)]
 pub struct Credential {
     pub kind: &'static str,
-    pub secret: SecretString,
+    /// `None` deletes the stream's secret of this kind.
+    pub secret: Option<SecretString>,
+}
+
+impl Credential {
+    /// Stores `secret` as the stream's `kind`, replacing the one it had.
+    pub fn set(kind: &'static str, secret: SecretString) -> Self {
+        Self {
+            kind,
+            secret: Some(secret),
+        }
+    }
+
+    /// Deletes the stream's `kind`, if it has one.
+    pub fn delete(kind: &'static str) -> Self {
+        Self { kind, secret: None }
+    }
 }
 
 /// Implemented by every aggregate; the defaults fit aggregates that claim nothing and store

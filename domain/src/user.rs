@@ -10,9 +10,11 @@ use cqrs_es::Aggregate;
 use event_schemas::stream_type;
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use event_schemas::user::{
-    UserErasedV1, UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1,
-    UserRoleGrantedV1,
+    UserEmailVerifiedV1, UserErasedV1, UserPasswordChangedV1, UserPasswordResetRequestedV1,
+    UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1, UserRoleGrantedV1,
+    UserTwoFactorDisabledV1, UserTwoFactorEnabledV1,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,12 @@ pub const USERNAME_CLAIM: &str = "username";
 pub const EMAIL_CLAIM: &str = "email";
 /// Credential kind of the password hash.
 pub const PASSWORD_CREDENTIAL: &str = "password";
+/// Credential kind of the TOTP seed (RFC 6238) of a person with two-factor login.
+pub const TOTP_CREDENTIAL: &str = "totp";
+/// Credential kind of the hashes of a person's unused-or-used recovery codes.
+pub const RECOVERY_CODES_CREDENTIAL: &str = "recovery_codes";
+/// Credential kind of a TOTP seed offered but not yet confirmed with a code.
+pub const TOTP_PENDING_CREDENTIAL: &str = "totp_pending";
 
 const USERNAME_MIN: usize = 3;
 const USERNAME_MAX: usize = 30;
@@ -60,6 +68,29 @@ pub enum UserCommand {
     /// in the log no longer opens), their password and claims are dropped. Erasing an
     /// erased user changes nothing.
     Erase,
+    /// The person proved they read their address (the caller checked the emailed token).
+    /// Verifying a verified address changes nothing.
+    VerifyEmail,
+    /// Opens password reset `request_id` until `expires_at`; it replaces an open one.
+    RequestPasswordReset {
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
+    },
+    /// Sets a new password through reset `request_id`, which must be the open one and not
+    /// expired at `now`; it closes the request (a token works once).
+    ResetPassword {
+        request_id: Uuid,
+        now: DateTime<Utc>,
+        password_hash: SecretString,
+    },
+    /// Turns two-factor login on with the confirmed `seed` and the hashes of the recovery
+    /// codes (credentials, never in the event).
+    EnableTwoFactor {
+        seed: SecretString,
+        recovery_code_hashes: SecretString,
+    },
+    /// Turns two-factor login off; the seed and the recovery codes are deleted.
+    DisableTwoFactor,
 }
 
 /// The roles a user can be granted.
@@ -73,6 +104,11 @@ domain_events! {
         ProfileUpdated(UserProfileUpdatedV1) = UserProfileUpdated,
         RoleGranted(UserRoleGrantedV1) = UserRoleGranted,
         Erased(UserErasedV1) = UserErased,
+        EmailVerified(UserEmailVerifiedV1) = UserEmailVerified,
+        PasswordResetRequested(UserPasswordResetRequestedV1) = UserPasswordResetRequested,
+        PasswordChanged(UserPasswordChangedV1) = UserPasswordChanged,
+        TwoFactorEnabled(UserTwoFactorEnabledV1) = UserTwoFactorEnabled,
+        TwoFactorDisabled(UserTwoFactorDisabledV1) = UserTwoFactorDisabled,
     }
 }
 
@@ -101,6 +137,12 @@ pub enum UserError {
     Erased,
     #[error("unknown role; roles are admin, auditor and analyst")]
     UnknownRole,
+    #[error("the reset link is used, expired or replaced by a newer one")]
+    ResetClosed,
+    #[error("two-factor login is already on")]
+    TwoFactorOn,
+    #[error("two-factor login is off")]
+    TwoFactorOff,
 }
 
 /// Where a user is in its life cycle.
@@ -125,6 +167,13 @@ pub struct User {
     display_name: String,
     email: String,
     roles: BTreeSet<String>,
+    #[serde(default)]
+    email_verified: bool,
+    #[serde(default)]
+    two_factor: bool,
+    /// The open password reset: its id and when it expires.
+    #[serde(default)]
+    reset: Option<(Uuid, DateTime<Utc>)>,
 }
 
 impl User {
@@ -159,6 +208,16 @@ impl User {
 
     pub fn roles(&self) -> &BTreeSet<String> {
         &self.roles
+    }
+
+    /// Whether the person followed the link emailed to their address.
+    pub fn email_verified(&self) -> bool {
+        self.email_verified
+    }
+
+    /// Whether logging in needs a TOTP or recovery code.
+    pub fn two_factor(&self) -> bool {
+        self.two_factor
     }
 
     fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
@@ -214,6 +273,67 @@ impl User {
                     user_id: self.user_id,
                     role,
                 })])
+            }
+            UserCommand::VerifyEmail => {
+                self.ensure_active()?;
+                Ok(if self.email_verified {
+                    Vec::new()
+                } else {
+                    vec![UserEvent::EmailVerified(UserEmailVerifiedV1 {
+                        user_id: self.user_id,
+                    })]
+                })
+            }
+            UserCommand::RequestPasswordReset {
+                request_id,
+                expires_at,
+            } => {
+                self.ensure_active()?;
+                Ok(vec![UserEvent::PasswordResetRequested(
+                    UserPasswordResetRequestedV1 {
+                        user_id: self.user_id,
+                        request_id,
+                        expires_at,
+                    },
+                )])
+            }
+            UserCommand::ResetPassword {
+                request_id,
+                now,
+                password_hash,
+            } => {
+                self.ensure_active()?;
+                match self.reset {
+                    Some((open, expires_at)) if open == request_id && now < expires_at => {}
+                    _ => return Err(UserError::ResetClosed),
+                }
+                if password_hash.expose_secret().is_empty() {
+                    return Err(UserError::EmptyPasswordHash);
+                }
+                Ok(vec![UserEvent::PasswordChanged(UserPasswordChangedV1 {
+                    user_id: self.user_id,
+                    via: "reset".to_owned(),
+                })])
+            }
+            UserCommand::EnableTwoFactor { .. } => {
+                self.ensure_active()?;
+                if self.two_factor {
+                    return Err(UserError::TwoFactorOn);
+                }
+                Ok(vec![UserEvent::TwoFactorEnabled(UserTwoFactorEnabledV1 {
+                    user_id: self.user_id,
+                })])
+            }
+            UserCommand::DisableTwoFactor => {
+                self.ensure_active()?;
+                if !self.two_factor {
+                    return Err(UserError::TwoFactorOff);
+                }
+                Ok(vec![UserEvent::TwoFactorDisabled(
+                    UserTwoFactorDisabledV1 {
+                        user_id: self.user_id,
+                    },
+                )])
             }
             UserCommand::RollBackRegistration { reason } => match self.status {
                 UserStatus::Unregistered => Err(UserError::NotRegistered),
@@ -281,6 +401,11 @@ impl Aggregate for User {
             UserEvent::RoleGranted(e) => {
                 self.roles.insert(e.role);
             }
+            UserEvent::EmailVerified(_) => self.email_verified = true,
+            UserEvent::PasswordResetRequested(e) => self.reset = Some((e.request_id, e.expires_at)),
+            UserEvent::PasswordChanged(_) => self.reset = None,
+            UserEvent::TwoFactorEnabled(_) => self.two_factor = true,
+            UserEvent::TwoFactorDisabled(_) => self.two_factor = false,
             // Nothing personal is kept: the state is snapshotted.
             UserEvent::Erased(e) => {
                 *self = Self {
@@ -309,17 +434,36 @@ impl Claims for User {
                 },
             ],
             UserEvent::RegistrationRolledBack(_) | UserEvent::Erased(_) => vec![Claim::ReleaseAll],
-            UserEvent::ProfileUpdated(_) | UserEvent::RoleGranted(_) => Vec::new(),
+            UserEvent::ProfileUpdated(_)
+            | UserEvent::RoleGranted(_)
+            | UserEvent::EmailVerified(_)
+            | UserEvent::PasswordResetRequested(_)
+            | UserEvent::PasswordChanged(_)
+            | UserEvent::TwoFactorEnabled(_)
+            | UserEvent::TwoFactorDisabled(_) => Vec::new(),
         }
     }
 
-    /// A registration stores its password hash.
+    /// A registration and a reset store the password hash; two-factor login stores its seed
+    /// and recovery codes, and deletes them when turned off.
     fn credentials(command: &UserCommand) -> Vec<Credential> {
         match command {
-            UserCommand::RegisterUser { password_hash, .. } => vec![Credential {
-                kind: PASSWORD_CREDENTIAL,
-                secret: password_hash.clone(),
-            }],
+            UserCommand::RegisterUser { password_hash, .. }
+            | UserCommand::ResetPassword { password_hash, .. } => {
+                vec![Credential::set(PASSWORD_CREDENTIAL, password_hash.clone())]
+            }
+            UserCommand::EnableTwoFactor {
+                seed,
+                recovery_code_hashes,
+            } => vec![
+                Credential::set(TOTP_CREDENTIAL, seed.clone()),
+                Credential::set(RECOVERY_CODES_CREDENTIAL, recovery_code_hashes.clone()),
+                Credential::delete(TOTP_PENDING_CREDENTIAL),
+            ],
+            UserCommand::DisableTwoFactor => vec![
+                Credential::delete(TOTP_CREDENTIAL),
+                Credential::delete(RECOVERY_CODES_CREDENTIAL),
+            ],
             _ => Vec::new(),
         }
     }
@@ -459,6 +603,130 @@ mod tests {
             [UserEvent::Registered(e)] => Ok(e.display_name.clone()),
             other => panic!("expected one Registered event, got {other:?}"),
         }
+    }
+
+    // Email verification, password reset, two-factor login
+
+    fn request(id: u128, expires_at: DateTime<Utc>) -> UserEvent {
+        UserEvent::PasswordResetRequested(UserPasswordResetRequestedV1 {
+            user_id: ada(),
+            request_id: Uuid::from_u128(id),
+            expires_at,
+        })
+    }
+
+    fn reset(id: u128, now: DateTime<Utc>) -> UserCommand {
+        UserCommand::ResetPassword {
+            request_id: Uuid::from_u128(id),
+            now,
+            password_hash: HASH.into(),
+        }
+    }
+
+    fn changed() -> UserEvent {
+        UserEvent::PasswordChanged(UserPasswordChangedV1 {
+            user_id: ada(),
+            via: "reset".to_owned(),
+        })
+    }
+
+    #[test]
+    fn verifying_an_address_once_records_it_and_again_changes_nothing() {
+        let verified = UserEvent::EmailVerified(UserEmailVerifiedV1 { user_id: ada() });
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(UserCommand::VerifyEmail)
+            .then_expect_events(vec![verified.clone()]);
+        UserTest::with(())
+            .given(vec![ada_registered(), verified])
+            .when(UserCommand::VerifyEmail)
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_reset_works_for_the_open_request_once_before_it_expires() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::minutes(30);
+        UserTest::with(())
+            .given(vec![ada_registered(), request(1, later)])
+            .when(reset(1, now))
+            .then_expect_events(vec![changed()]);
+        // Used.
+        UserTest::with(())
+            .given(vec![ada_registered(), request(1, later), changed()])
+            .when(reset(1, now))
+            .then_expect_error(UserError::ResetClosed);
+        // Expired.
+        UserTest::with(())
+            .given(vec![ada_registered(), request(1, later)])
+            .when(reset(1, later))
+            .then_expect_error(UserError::ResetClosed);
+        // Replaced by a newer request.
+        UserTest::with(())
+            .given(vec![ada_registered(), request(1, later), request(2, later)])
+            .when(reset(1, now))
+            .then_expect_error(UserError::ResetClosed);
+        // Never requested.
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(reset(1, now))
+            .then_expect_error(UserError::ResetClosed);
+    }
+
+    #[test]
+    fn a_reset_stores_the_new_hash_and_two_factor_stores_and_deletes_its_secrets() {
+        let stored = |command: &UserCommand| -> Vec<(&'static str, bool)> {
+            User::credentials(command)
+                .into_iter()
+                .map(|c| (c.kind, c.secret.is_some()))
+                .collect()
+        };
+        assert_eq!(
+            stored(&reset(1, Utc::now())),
+            vec![(PASSWORD_CREDENTIAL, true)]
+        );
+        let enable = UserCommand::EnableTwoFactor {
+            seed: "SEED".into(),
+            recovery_code_hashes: "h1\nh2".into(),
+        };
+        assert_eq!(
+            stored(&enable),
+            vec![
+                (TOTP_CREDENTIAL, true),
+                (RECOVERY_CODES_CREDENTIAL, true),
+                (TOTP_PENDING_CREDENTIAL, false)
+            ]
+        );
+        assert_eq!(
+            stored(&UserCommand::DisableTwoFactor),
+            vec![(TOTP_CREDENTIAL, false), (RECOVERY_CODES_CREDENTIAL, false)]
+        );
+    }
+
+    #[test]
+    fn two_factor_turns_on_and_off_once_each() {
+        let on = UserEvent::TwoFactorEnabled(UserTwoFactorEnabledV1 { user_id: ada() });
+        let off = UserEvent::TwoFactorDisabled(UserTwoFactorDisabledV1 { user_id: ada() });
+        let enable = || UserCommand::EnableTwoFactor {
+            seed: "SEED".into(),
+            recovery_code_hashes: "h".into(),
+        };
+        UserTest::with(())
+            .given(vec![ada_registered()])
+            .when(enable())
+            .then_expect_events(vec![on.clone()]);
+        UserTest::with(())
+            .given(vec![ada_registered(), on.clone()])
+            .when(enable())
+            .then_expect_error(UserError::TwoFactorOn);
+        UserTest::with(())
+            .given(vec![ada_registered(), on.clone()])
+            .when(UserCommand::DisableTwoFactor)
+            .then_expect_events(vec![off.clone()]);
+        UserTest::with(())
+            .given(vec![ada_registered(), on, off])
+            .when(UserCommand::DisableTwoFactor)
+            .then_expect_error(UserError::TwoFactorOff);
     }
 
     // RegisterUser
@@ -951,7 +1219,14 @@ mod tests {
         let credentials = User::credentials(&command);
         assert_eq!(credentials.len(), 1);
         assert_eq!(credentials[0].kind, PASSWORD_CREDENTIAL);
-        assert_eq!(credentials[0].secret.expose_secret(), HASH);
+        assert_eq!(
+            credentials[0]
+                .secret
+                .as_ref()
+                .map(|s| s.expose_secret())
+                .unwrap_or_default(),
+            HASH
+        );
         let events = User::default().decide(command).unwrap();
         for event in events {
             let wire = Event::from(event).encode().unwrap().to_string();

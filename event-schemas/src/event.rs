@@ -13,8 +13,10 @@ use crate::social::{FollowedV1, UnfollowedV1};
 use crate::stream_type;
 use crate::upcast;
 use crate::user::{
-    UserErasedV1, UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2, UserRegisteredV3,
-    UserRegistrationRolledBackV1, UserRoleGrantedV1,
+    UserEmailVerifiedV1, UserErasedV1, UserPasswordChangedV1, UserPasswordResetRequestedV1,
+    UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2, UserRegisteredV3,
+    UserRegistrationRolledBackV1, UserRoleGrantedV1, UserTwoFactorDisabledV1,
+    UserTwoFactorEnabledV1,
 };
 
 /// A stored payload could not be turned into an [`Event`].
@@ -151,6 +153,11 @@ catalogue! {
     UserProfileUpdated(UserProfileUpdatedV1) = "user.profile_updated", v 1, stream_type::USER;
     UserRoleGranted(UserRoleGrantedV1) = "user.role_granted", v 1, stream_type::USER;
     UserErased(UserErasedV1) = "user.erased", v 1, stream_type::USER;
+    UserEmailVerified(UserEmailVerifiedV1) = "user.email_verified", v 1, stream_type::USER;
+    UserPasswordResetRequested(UserPasswordResetRequestedV1) = "user.password_reset_requested", v 1, stream_type::USER;
+    UserPasswordChanged(UserPasswordChangedV1) = "user.password_changed", v 1, stream_type::USER;
+    UserTwoFactorEnabled(UserTwoFactorEnabledV1) = "user.two_factor_enabled", v 1, stream_type::USER;
+    UserTwoFactorDisabled(UserTwoFactorDisabledV1) = "user.two_factor_disabled", v 1, stream_type::USER;
     Followed(FollowedV1) = "social.followed", v 1, stream_type::SOCIAL_GRAPH;
     Unfollowed(UnfollowedV1) = "social.unfollowed", v 1, stream_type::SOCIAL_GRAPH;
     PostPublished(PostPublishedV1) = "post.published", v 1, stream_type::POST;
@@ -194,6 +201,27 @@ pub fn published_schemas() -> Vec<(&'static str, u32, Schema)> {
         ("user.profile_updated", 1, schema_for!(UserProfileUpdatedV1)),
         ("user.role_granted", 1, schema_for!(UserRoleGrantedV1)),
         ("user.erased", 1, schema_for!(UserErasedV1)),
+        ("user.email_verified", 1, schema_for!(UserEmailVerifiedV1)),
+        (
+            "user.password_reset_requested",
+            1,
+            schema_for!(UserPasswordResetRequestedV1),
+        ),
+        (
+            "user.password_changed",
+            1,
+            schema_for!(UserPasswordChangedV1),
+        ),
+        (
+            "user.two_factor_enabled",
+            1,
+            schema_for!(UserTwoFactorEnabledV1),
+        ),
+        (
+            "user.two_factor_disabled",
+            1,
+            schema_for!(UserTwoFactorDisabledV1),
+        ),
         ("social.followed", 1, schema_for!(FollowedV1)),
         ("social.unfollowed", 1, schema_for!(UnfollowedV1)),
         ("post.published", 1, schema_for!(PostPublishedV1)),

@@ -100,3 +100,47 @@ pub struct UserRoleGrantedV1 {
     pub user_id: Uuid,
     pub role: String,
 }
+
+/// `user.email_verified` v1: the person followed the link emailed to their address, which is
+/// the address of their registration (an address change would verify anew).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserEmailVerifiedV1 {
+    pub user_id: Uuid,
+}
+
+/// `user.password_reset_requested` v1: someone asked for a reset link for this account's
+/// address. The link's token is never stored anywhere: it is a MAC, under the server's key,
+/// of the person and `request_id`, so only the emailer can make it and only this request
+/// (the newest, until `expires_at`) accepts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPasswordResetRequestedV1 {
+    pub user_id: Uuid,
+    pub request_id: Uuid,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `user.password_changed` v1: a new password hash was stored (in the credentials, in the
+/// transaction of this event); every login of the person was ended. `via` is `reset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPasswordChangedV1 {
+    pub user_id: Uuid,
+    pub via: String,
+}
+
+/// `user.two_factor_enabled` v1: logins now need a TOTP code or a recovery code. The seed and
+/// the recovery codes' hashes are credentials, stored in the transaction of this event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserTwoFactorEnabledV1 {
+    pub user_id: Uuid,
+}
+
+/// `user.two_factor_disabled` v1: the seed and recovery codes were deleted with this event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserTwoFactorDisabledV1 {
+    pub user_id: Uuid,
+}

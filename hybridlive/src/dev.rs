@@ -50,7 +50,7 @@ impl DevCommand {
         let stop = CancellationToken::new();
         let workers = {
             let workers = realtime
-                .connected_workers(&pool, &args.redis, &args.stores, &args.write)
+                .connected_workers(&pool, &args.redis, &args.stores, &args.write, true)
                 .await?;
             let stop = stop.clone();
             tokio::spawn(async move { workers.run(&["all".to_owned()], &Source::Log, &stop).await })

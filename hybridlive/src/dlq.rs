@@ -63,7 +63,7 @@ impl DlqCommand {
             } => {
                 let pool = database.connect().await?;
                 let (retried, still_dead) = realtime
-                    .connected_workers(&pool, &redis, &stores, &write)
+                    .connected_workers(&pool, &redis, &stores, &write, false)
                     .await?
                     .retry_dead_letters(&projection)
                     .await?;

@@ -12,7 +12,8 @@ use crate::relay::KafkaTopicArgs;
 use crate::workers::{ReadStoreArgs, RealTimeArgs};
 
 /// Projection workers: build the read models from Kafka (when KAFKA_BROKERS is set) or
-/// from the PostgreSQL log. Names: timeline, content, onboarding, people, messaging, or all.
+/// from the PostgreSQL log. Names: timeline, content, onboarding, people, messaging, email
+/// (with SMTP_URL), or all.
 #[derive(Debug, Args)]
 pub struct ProjectCommand {
     /// Projections to run.
@@ -82,7 +83,7 @@ impl ProjectCommand {
         }
         process::spawn_holdback_gauge(pool.clone());
         realtime
-            .connected_workers(&pool, &redis, &stores, &write)
+            .connected_workers(&pool, &redis, &stores, &write, false)
             .await?
             .run(&names, &source, &stop)
             .await?;

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Refresh token lifetime, seconds.
     #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     refresh_token_ttl_secs: u64,
+    /// How long an emailed password reset link works, seconds.
+    #[arg(long, env = "PASSWORD_RESET_TTL_SECS", default_value_t = 30 * 60,
+          value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    password_reset_ttl_secs: u64,
     /// Largest accepted request body, bytes.
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
     body_limit_bytes: usize,
@@ -77,6 +81,7 @@ pub async fn serve(args: ServeArgs, pool: sqlx::PgPool, dev: bool) -> anyhow::Re
         jwt_secret,
         access_ttl: Duration::from_secs(args.access_token_ttl_secs),
         refresh_ttl: Duration::from_secs(args.refresh_token_ttl_secs),
+        password_reset_ttl: Duration::from_secs(args.password_reset_ttl_secs),
         body_limit: args.body_limit_bytes,
         redis_prefix: args.redis.redis_prefix,
         redis_url: args.redis.redis_url,

@@ -252,11 +252,71 @@ pub struct RealTimeArgs {
     /// A channel's live events expire this many seconds after its last one.
     #[arg(long, env = "LIVE_RETENTION_SECS", default_value_t = 24 * 3600)]
     pub live_retention_secs: u64,
+    #[command(flatten)]
+    pub mail: MailArgs,
+}
+
+/// The emailer (the `email` projection): verification, welcome and reset emails.
+#[derive(Debug, Clone, Args)]
+pub struct MailArgs {
+    /// SMTP server of the account emails: `smtp://host:port` (plain, e.g. Mailpit),
+    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://user:password@host` (TLS). No
+    /// emails are sent when unset (`email` is left out of `all`).
+    #[arg(long, env = "SMTP_URL", hide_env_values = true, value_parser = crate::process::secret)]
+    pub smtp_url: Option<SecretString>,
+    /// The sender of the account emails.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Hybrid Live <no-reply@hybridlive.localhost>"
+    )]
+    pub mail_from: String,
+    /// The origin the emailed links point to (the demo page, which completes them).
+    #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    pub public_url: String,
+    /// Events older than this many hours send no email (a new emailer does not mail history).
+    #[arg(long, env = "MAIL_MAX_AGE_HOURS", default_value_t = 24)]
+    pub mail_max_age_hours: u64,
+    /// The API's JWT_SECRET: the links' tokens are keyed by it, so the API can check them.
+    #[arg(long = "mail-token-secret", env = "JWT_SECRET", hide_env_values = true,
+          value_parser = crate::process::secret)]
+    pub token_secret: Option<SecretString>,
+}
+
+impl MailArgs {
+    /// The emailer's settings; `None` without `SMTP_URL`. `dev` may key tokens with the
+    /// development secret, as its API does.
+    ///
+    /// # Errors
+    /// `SMTP_URL` set without `JWT_SECRET` outside `dev`.
+    pub fn settings(&self, dev: bool) -> anyhow::Result<Option<projections::EmailSettings>> {
+        let Some(smtp_url) = self.smtp_url.clone() else {
+            tracing::info!("SMTP_URL is unset: no account emails are sent.");
+            return Ok(None);
+        };
+        let secret: Vec<u8> = match &self.token_secret {
+            Some(secret) => secret.expose_secret().as_bytes().to_vec(),
+            None if dev => auth::jwt::DEV_SECRET.to_vec(),
+            None => anyhow::bail!(
+                "the email projection needs JWT_SECRET (the API's) to key the links it sends"
+            ),
+        };
+        Ok(Some(projections::EmailSettings {
+            smtp_url,
+            from: self.mail_from.clone(),
+            public_url: self.public_url.clone(),
+            tokens: auth::account_token::AccountTokens::new(&secret),
+            max_age: Duration::from_secs(self.mail_max_age_hours.saturating_mul(3600)),
+        }))
+    }
 }
 
 impl RealTimeArgs {
     /// The workers over the stores `stores` configures, with a Redis connection of their
     /// own: what `project` runs and `dlq retry` applies dead letters with.
+    ///
+    /// With `SMTP_URL`, the emailer too (keyed by the development secret only when `dev`;
+    /// misconfigured, it is left out with a warning, and naming it fails).
     ///
     /// # Errors
     /// Redis or a store unreachable; an unknown projection in `ONBOARDING_REQUIRED`.
@@ -266,7 +326,15 @@ impl RealTimeArgs {
         redis: &RedisArgs,
         stores: &ReadStoreArgs,
         write: &WriteArgs,
+        dev: bool,
     ) -> anyhow::Result<Workers> {
+        let email = self.mail.settings(dev).unwrap_or_else(|error| {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "The email projection cannot run."
+            );
+            None
+        });
         let connection = redis.connect().await?;
         let models = stores
             .read_models(pool, connection.clone(), &redis.redis_prefix)
@@ -279,6 +347,7 @@ impl RealTimeArgs {
             &redis.redis_prefix,
             write.settings(),
         )
+        .map(|workers| workers.with_email(email))
     }
 
     /// The projection workers over `models`, pushing live updates and running the

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::content::ContentProjection;
+use crate::email::{EmailConfigError, EmailProjection, EmailSettings};
 use crate::messaging::MessagingProjection;
 use crate::people::PeopleProjection;
 use crate::query::ReadModels;
@@ -23,6 +24,7 @@ pub const PROJECTIONS: &[&str] = &[
     OnboardingProjection::NAME,
     PeopleProjection::NAME,
     MessagingProjection::NAME,
+    EmailProjection::NAME,
 ];
 
 /// Where projections read events from.
@@ -51,9 +53,13 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
     #[error(
-        "unknown projection `{0}`; known: timeline, content, onboarding, people, messaging (or `all` where allowed)"
+        "unknown projection `{0}`; known: timeline, content, onboarding, people, messaging, email (or `all` where allowed)"
     )]
     UnknownProjection(String),
+    #[error("the `email` projection is not configured: it needs SMTP_URL (and JWT_SECRET, but for `dev`)")]
+    NoMail,
+    #[error(transparent)]
+    Mail(#[from] EmailConfigError),
     #[error(
         "the `onboarding` projection needs the registration saga, which is not configured here"
     )]
@@ -75,6 +81,9 @@ pub struct Workers {
     pub live: Option<LivePublisher>,
     /// The registration saga; `None` leaves onboarding out (and `onboarding` cannot run).
     pub onboarding: Option<Onboarding>,
+    /// The emailer's SMTP server and words; `None` leaves `email` out of `all` (and it
+    /// cannot run).
+    pub email: Option<EmailSettings>,
 }
 
 impl Workers {
@@ -86,7 +95,20 @@ impl Workers {
             retry: RetryPolicy::default(),
             live: None,
             onboarding: None,
+            email: None,
         }
+    }
+
+    /// Sends the account emails (the `email` projection).
+    #[must_use]
+    pub fn with_email(mut self, email: Option<EmailSettings>) -> Self {
+        self.email = email;
+        self
+    }
+
+    fn email_projection(&self) -> Result<EmailProjection, WorkersError> {
+        let settings = self.email.clone().ok_or(WorkersError::NoMail)?;
+        Ok(EmailProjection::new(self.pool.clone(), settings)?)
     }
 
     /// Pushes live updates and runs the registration saga.
@@ -137,6 +159,7 @@ impl Workers {
                 .iter()
                 .copied()
                 .filter(|name| *name != OnboardingProjection::NAME || self.onboarding.is_some())
+                .filter(|name| *name != EmailProjection::NAME || self.email.is_some())
                 .collect()
         } else {
             names.iter().map(String::as_str).collect()
@@ -162,6 +185,10 @@ impl Workers {
                 }
                 MessagingProjection::NAME => {
                     let runner = Runner::new(pool, self.messaging_projection(), self.retry);
+                    tasks.spawn(run_one(runner, source, stop));
+                }
+                EmailProjection::NAME => {
+                    let runner = Runner::new(pool, self.email_projection()?, self.retry);
                     tasks.spawn(run_one(runner, source, stop));
                 }
                 OnboardingProjection::NAME => {
@@ -210,6 +237,11 @@ impl Workers {
                         PeopleProjection::new(pool),
                         self.retry,
                     ))
+                    .await?
+            }
+            EmailProjection::NAME => {
+                letters
+                    .retry(&Runner::new(pool, self.email_projection()?, self.retry))
                     .await?
             }
             OnboardingProjection::NAME => {

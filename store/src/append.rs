@@ -238,8 +238,14 @@ WITH stream AS (
     INSERT INTO credentials AS k (stream_type, stream_id, kind, secret)
     SELECT $1, $2, n.kind, n.secret
       FROM stream, unnest($12::text[], $13::text[]) AS n(kind, secret)
+     WHERE n.secret IS NOT NULL
     ON CONFLICT (stream_type, stream_id, kind) DO UPDATE
         SET secret = EXCLUDED.secret, set_at = now()
+    RETURNING 1
+), revoked AS (
+    DELETE FROM credentials k
+     USING stream, unnest($12::text[], $13::text[]) AS n(kind, secret)
+     WHERE n.secret IS NULL AND k.stream_type = $1 AND k.stream_id = $2 AND k.kind = n.kind
     RETURNING 1
 ), shredded AS (
     INSERT INTO data_keys AS d (subject, wrapped, kek_id, erased_at)

@@ -116,7 +116,7 @@ async fn an_erasing_append_shreds_the_key_with_its_event_or_not_at_all() {
     }];
     registered.credentials = vec![store::credentials::Credential {
         kind: "password",
-        secret: "$argon2id$zq".into(),
+        secret: Some("$argon2id$zq".into()),
     }];
     registered.erases_subject = false;
     store.append(&registered).await.unwrap();

@@ -72,6 +72,29 @@ pub fn kafka_brokers() -> String {
     }
 }
 
+/// The SMTP server the emailer's tests send to and the HTTP API that reads what arrived
+/// (Mailpit: `SMTP_URL`, `MAILPIT_URL`; `scripts/services.sh --mail` starts it). Unset, they
+/// are Mailpit's defaults on this machine — or, in CI and under `scripts/test.sh`, a
+/// failure: the test never passes without its server.
+///
+/// # Panics
+/// When a variable is unset in CI or under `scripts/test.sh`.
+pub fn mail_servers() -> (String, String) {
+    let get = |variable: &str, default: &str| match std::env::var(variable) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ if std::env::var_os("CI").is_some()
+            || std::env::var_os("HYBRIDLIVE_REQUIRE_SERVERS").is_some() =>
+        {
+            panic!("{variable} is not set, and this run requires every server: run the tests with scripts/test.sh")
+        }
+        _ => default.to_owned(),
+    };
+    (
+        get("SMTP_URL", "smtp://127.0.0.1:1025"),
+        get("MAILPIT_URL", "http://127.0.0.1:8025"),
+    )
+}
+
 /// The variables that put the read models on production stores (and `project` on Kafka):
 /// a test that runs the binary for the lite profile removes them from the child's
 /// environment, since `scripts/test.sh` sets them all.

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
 mod api_analytics;
 mod api_audit;
 mod api_auth;

@@ -171,6 +171,8 @@ pub struct WorkerOptions {
     pub retry: projections::RetryPolicy,
     pub onboarding: projections::OnboardingSettings,
     pub live: projections::LiveSettings,
+    /// Runs the emailer, sending to Mailpit ([`testkit::mail_servers`]).
+    pub mail: bool,
 }
 
 impl Default for WorkerOptions {
@@ -183,6 +185,7 @@ impl Default for WorkerOptions {
                 likes_interval: std::time::Duration::from_millis(500),
                 ..projections::LiveSettings::default()
             },
+            mail: false,
         }
     }
 }
@@ -273,6 +276,15 @@ async fn spawn_app_fed(
         },
     );
     projections.retry = options.retry;
+    if options.mail {
+        projections.email = Some(projections::EmailSettings {
+            smtp_url: testkit::mail_servers().0.into(),
+            from: "Hybrid Live <no-reply@hybridlive.test>".to_owned(),
+            public_url: "http://hybridlive.test".to_owned(),
+            tokens: auth::account_token::AccountTokens::new(&jwt_secret),
+            max_age: std::time::Duration::from_secs(3600),
+        });
+    }
     let topics = on_kafka.then(testkit::kafka::TestTopics::new);
     let source = if let Some(topics) = &topics {
         let brokers = testkit::kafka_brokers();
@@ -658,3 +670,5 @@ impl TestApp {
         }
     }
 }
+
+pub mod mailpit;

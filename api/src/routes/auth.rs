@@ -56,6 +56,8 @@ pub struct LoginRequest {
     /// Username or email.
     pub login: String,
     pub password: String,
+    /// With two-factor login on: a current code of the app, or a recovery code.
+    pub otp: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -88,6 +90,10 @@ pub struct MeResponse {
     pub username: String,
     pub display_name: String,
     pub email: String,
+    /// Whether the person followed the link emailed to `email`.
+    pub email_verified: bool,
+    /// Whether logging in needs a second factor.
+    pub two_factor: bool,
     pub roles: Vec<String>,
     pub created_at: DateTime<Utc>,
     /// `pending`, `completed` or `failed`.
@@ -192,7 +198,7 @@ async fn issue_tokens(
     })
 }
 
-fn refresh_unavailable(error: auth::refresh::RefreshError) -> ApiError {
+pub fn refresh_unavailable(error: auth::refresh::RefreshError) -> ApiError {
     match error {
         auth::refresh::RefreshError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
         other => ApiError::internal(other),
@@ -232,7 +238,7 @@ async fn find_user(
 
 /// Log in with username or email.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody, description = "invalid_credentials")))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::ErrorBody, description = "invalid_credentials; with two-factor login on, otp_required (no `otp`) or invalid_otp")))]
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -247,6 +253,13 @@ pub async fn login(
         .map_err(ApiError::internal)?;
     match user {
         Some(user) if valid => {
+            if user.two_factor() {
+                let otp = body.otp.as_deref().ok_or(ApiError::OtpRequired)?;
+                if !crate::routes::two_factor::second_factor_ok(&state, user.user_id(), otp).await?
+                {
+                    return Err(ApiError::InvalidOtp);
+                }
+            }
             let roles = user.roles().iter().cloned().collect();
             Ok(Json(
                 issue_tokens(&state, user.user_id(), roles, &headers).await?,
@@ -385,6 +398,8 @@ pub async fn me(
             username: user.username().to_owned(),
             display_name: user.display_name().to_owned(),
             email: user.email().to_owned(),
+            email_verified: user.email_verified(),
+            two_factor: user.two_factor(),
             roles: user.roles().iter().cloned().collect(),
             created_at,
             onboarding: match onboarding.status() {

@@ -1,5 +1,6 @@
 //! Route groups, one module each, and what command routes share.
 
+pub mod accounts;
 pub mod analytics;
 pub mod audit;
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod posts;
 pub mod presence;
 pub mod social;
 pub mod stream;
+pub mod two_factor;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use commands::{CommandContext, Executed};

@@ -372,6 +372,21 @@ impl RefreshTokens {
         Ok(true)
     }
 
+    /// Revokes every login of `user_id` (a password reset); returns how many were live.
+    ///
+    /// # Errors
+    /// [`RefreshError::Unavailable`] / [`RefreshError::Backend`] when Redis fails.
+    #[instrument(skip_all, fields(%user_id))]
+    pub async fn revoke_all(&self, user_id: Uuid) -> Result<usize, RefreshError> {
+        let mut revoked = 0;
+        for session in self.sessions(user_id).await? {
+            if self.revoke_session(user_id, session.id).await? {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
     fn session_prefix(&self) -> String {
         format!("{}refresh:session:", self.prefix)
     }
