@@ -289,6 +289,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(routes::auth::routes())
         .merge(routes::accounts::routes())
         .merge(routes::two_factor::routes())
+        .merge(routes::notifications::routes())
         .merge(routes::social::routes())
         .merge(routes::posts::routes())
         .merge(routes::conversations::routes())

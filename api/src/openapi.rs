@@ -7,8 +7,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::routes::{
-    accounts, analytics, audit, auth, conversations, demo, feed, ops, posts, presence, social,
-    stream, two_factor,
+    accounts, analytics, audit, auth, conversations, demo, feed, notifications, ops, posts,
+    presence, social, stream, two_factor,
 };
 use crate::state::AppState;
 
@@ -20,6 +20,7 @@ use crate::state::AppState;
         auth::sessions, auth::end_session,
         accounts::verify_email, accounts::request_reset, accounts::confirm_reset,
         two_factor::start, two_factor::confirm, two_factor::turn_off,
+        notifications::list, notifications::mark_read,
         social::follow, social::unfollow, social::profile, social::search, social::by_username,
         social::followers, social::following,
         posts::publish, posts::delete_post, posts::add_comment, posts::like, posts::unlike,

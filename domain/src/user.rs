@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use event_schemas::user::{
-    UserEmailVerifiedV1, UserErasedV1, UserPasswordChangedV1, UserPasswordResetRequestedV1,
-    UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1, UserRoleGrantedV1,
-    UserTwoFactorDisabledV1, UserTwoFactorEnabledV1,
+    UserEmailVerifiedV1, UserErasedV1, UserNotificationsReadV1, UserPasswordChangedV1,
+    UserPasswordResetRequestedV1, UserProfileUpdatedV1, UserRegisteredV3,
+    UserRegistrationRolledBackV1, UserRoleGrantedV1, UserTwoFactorDisabledV1,
+    UserTwoFactorEnabledV1,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,9 @@ pub enum UserCommand {
     },
     /// Turns two-factor login off; the seed and the recovery codes are deleted.
     DisableTwoFactor,
+    /// Marks the notifications up to log position `up_to` read; marking an older position
+    /// changes nothing (marks never go back).
+    MarkNotificationsRead { up_to: i64 },
 }
 
 /// The roles a user can be granted.
@@ -109,6 +113,7 @@ domain_events! {
         PasswordChanged(UserPasswordChangedV1) = UserPasswordChanged,
         TwoFactorEnabled(UserTwoFactorEnabledV1) = UserTwoFactorEnabled,
         TwoFactorDisabled(UserTwoFactorDisabledV1) = UserTwoFactorDisabled,
+        NotificationsRead(UserNotificationsReadV1) = UserNotificationsRead,
     }
 }
 
@@ -174,6 +179,9 @@ pub struct User {
     /// The open password reset: its id and when it expires.
     #[serde(default)]
     reset: Option<(Uuid, DateTime<Utc>)>,
+    /// The position up to which notifications are read.
+    #[serde(default)]
+    notifications_read: i64,
 }
 
 impl User {
@@ -335,6 +343,17 @@ impl User {
                     },
                 )])
             }
+            UserCommand::MarkNotificationsRead { up_to } => {
+                self.ensure_active()?;
+                Ok(if up_to > self.notifications_read {
+                    vec![UserEvent::NotificationsRead(UserNotificationsReadV1 {
+                        user_id: self.user_id,
+                        up_to,
+                    })]
+                } else {
+                    Vec::new()
+                })
+            }
             UserCommand::RollBackRegistration { reason } => match self.status {
                 UserStatus::Unregistered => Err(UserError::NotRegistered),
                 UserStatus::RolledBack | UserStatus::Erased => Ok(Vec::new()),
@@ -406,6 +425,7 @@ impl Aggregate for User {
             UserEvent::PasswordChanged(_) => self.reset = None,
             UserEvent::TwoFactorEnabled(_) => self.two_factor = true,
             UserEvent::TwoFactorDisabled(_) => self.two_factor = false,
+            UserEvent::NotificationsRead(e) => self.notifications_read = e.up_to,
             // Nothing personal is kept: the state is snapshotted.
             UserEvent::Erased(e) => {
                 *self = Self {
@@ -440,7 +460,8 @@ impl Claims for User {
             | UserEvent::PasswordResetRequested(_)
             | UserEvent::PasswordChanged(_)
             | UserEvent::TwoFactorEnabled(_)
-            | UserEvent::TwoFactorDisabled(_) => Vec::new(),
+            | UserEvent::TwoFactorDisabled(_)
+            | UserEvent::NotificationsRead(_) => Vec::new(),
         }
     }
 

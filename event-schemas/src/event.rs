@@ -13,9 +13,9 @@ use crate::social::{FollowedV1, UnfollowedV1};
 use crate::stream_type;
 use crate::upcast;
 use crate::user::{
-    UserEmailVerifiedV1, UserErasedV1, UserPasswordChangedV1, UserPasswordResetRequestedV1,
-    UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2, UserRegisteredV3,
-    UserRegistrationRolledBackV1, UserRoleGrantedV1, UserTwoFactorDisabledV1,
+    UserEmailVerifiedV1, UserErasedV1, UserNotificationsReadV1, UserPasswordChangedV1,
+    UserPasswordResetRequestedV1, UserProfileUpdatedV1, UserRegisteredV1, UserRegisteredV2,
+    UserRegisteredV3, UserRegistrationRolledBackV1, UserRoleGrantedV1, UserTwoFactorDisabledV1,
     UserTwoFactorEnabledV1,
 };
 
@@ -158,6 +158,7 @@ catalogue! {
     UserPasswordChanged(UserPasswordChangedV1) = "user.password_changed", v 1, stream_type::USER;
     UserTwoFactorEnabled(UserTwoFactorEnabledV1) = "user.two_factor_enabled", v 1, stream_type::USER;
     UserTwoFactorDisabled(UserTwoFactorDisabledV1) = "user.two_factor_disabled", v 1, stream_type::USER;
+    UserNotificationsRead(UserNotificationsReadV1) = "user.notifications_read", v 1, stream_type::USER;
     Followed(FollowedV1) = "social.followed", v 1, stream_type::SOCIAL_GRAPH;
     Unfollowed(UnfollowedV1) = "social.unfollowed", v 1, stream_type::SOCIAL_GRAPH;
     PostPublished(PostPublishedV1) = "post.published", v 1, stream_type::POST;
@@ -221,6 +222,11 @@ pub fn published_schemas() -> Vec<(&'static str, u32, Schema)> {
             "user.two_factor_disabled",
             1,
             schema_for!(UserTwoFactorDisabledV1),
+        ),
+        (
+            "user.notifications_read",
+            1,
+            schema_for!(UserNotificationsReadV1),
         ),
         ("social.followed", 1, schema_for!(FollowedV1)),
         ("social.unfollowed", 1, schema_for!(UnfollowedV1)),

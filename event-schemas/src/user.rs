@@ -144,3 +144,12 @@ pub struct UserTwoFactorEnabledV1 {
 pub struct UserTwoFactorDisabledV1 {
     pub user_id: Uuid,
 }
+
+/// `user.notifications_read` v1: the person read their notifications up to `up_to` (the
+/// global log position of the newest one they saw): those at or below it are read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserNotificationsReadV1 {
+    pub user_id: Uuid,
+    pub up_to: i64,
+}

@@ -12,7 +12,8 @@ use crate::relay::KafkaTopicArgs;
 use crate::workers::{ReadStoreArgs, RealTimeArgs};
 
 /// Projection workers: build the read models from Kafka (when KAFKA_BROKERS is set) or
-/// from the PostgreSQL log. Names: timeline, content, onboarding, people, messaging, email
+/// from the PostgreSQL log. Names: timeline, content, onboarding, people, messaging,
+/// notifications, email
 /// (with SMTP_URL), or all.
 #[derive(Debug, Args)]
 pub struct ProjectCommand {

@@ -44,6 +44,7 @@ pub mod generation;
 pub mod lite;
 pub mod messaging;
 mod mirror;
+pub mod notifications;
 pub mod people;
 pub mod presence;
 pub mod query;
@@ -56,6 +57,7 @@ pub use content::{ContentProjection, ContentStore, ContentWrite};
 pub use email::{EmailProjection, EmailSettings};
 pub use error::{ReadModelError, ReadResult};
 pub use messaging::{MessagingProjection, MessagingStore};
+pub use notifications::{Notifications, NotificationsProjection};
 pub use people::{People, PeopleProjection, Person};
 pub use presence::PresenceHistory;
 #[cfg(feature = "kafka")]

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::content::ContentProjection;
 use crate::email::{EmailConfigError, EmailProjection, EmailSettings};
 use crate::messaging::MessagingProjection;
+use crate::notifications::NotificationsProjection;
 use crate::people::PeopleProjection;
 use crate::query::ReadModels;
 use crate::timeline::{TimelineProjection, TimelineSettings};
@@ -24,6 +25,7 @@ pub const PROJECTIONS: &[&str] = &[
     OnboardingProjection::NAME,
     PeopleProjection::NAME,
     MessagingProjection::NAME,
+    NotificationsProjection::NAME,
     EmailProjection::NAME,
 ];
 
@@ -53,7 +55,7 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
     #[error(
-        "unknown projection `{0}`; known: timeline, content, onboarding, people, messaging, email (or `all` where allowed)"
+        "unknown projection `{0}`; known: timeline, content, onboarding, people, messaging, notifications, email (or `all` where allowed)"
     )]
     UnknownProjection(String),
     #[error("the `email` projection is not configured: it needs SMTP_URL (and JWT_SECRET, but for `dev`)")]
@@ -104,6 +106,10 @@ impl Workers {
     pub fn with_email(mut self, email: Option<EmailSettings>) -> Self {
         self.email = email;
         self
+    }
+
+    fn notifications_projection(&self) -> NotificationsProjection {
+        NotificationsProjection::new(self.pool.clone()).with_live(self.live.clone())
     }
 
     fn email_projection(&self) -> Result<EmailProjection, WorkersError> {
@@ -187,6 +193,10 @@ impl Workers {
                     let runner = Runner::new(pool, self.messaging_projection(), self.retry);
                     tasks.spawn(run_one(runner, source, stop));
                 }
+                NotificationsProjection::NAME => {
+                    let runner = Runner::new(pool, self.notifications_projection(), self.retry);
+                    tasks.spawn(run_one(runner, source, stop));
+                }
                 EmailProjection::NAME => {
                     let runner = Runner::new(pool, self.email_projection()?, self.retry);
                     tasks.spawn(run_one(runner, source, stop));
@@ -242,6 +252,15 @@ impl Workers {
             EmailProjection::NAME => {
                 letters
                     .retry(&Runner::new(pool, self.email_projection()?, self.retry))
+                    .await?
+            }
+            NotificationsProjection::NAME => {
+                letters
+                    .retry(&Runner::new(
+                        pool,
+                        self.notifications_projection(),
+                        self.retry,
+                    ))
                     .await?
             }
             OnboardingProjection::NAME => {

@@ -13,6 +13,7 @@ mod browser;
 mod conversations;
 mod kafka_read_your_writes;
 mod live;
+mod notifications;
 mod people;
 mod presence;
 mod privacy;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod conversations;
 pub mod demo;
 pub mod feed;
+pub mod notifications;
 pub mod ops;
 pub mod posts;
 pub mod presence;
