@@ -1,5 +1,6 @@
 //! The emailer as `hybridlive project email` runs it, killed (SIGKILL, mid-way through a
-//! backlog) and started again: every verification and welcome email arrives, each once —
+//! backlog) and started again: every verification, welcome and reset email arrives, each
+//! once —
 //! but for the one the killed process may have had in flight, which can arrive twice, with
 //! the same Message-ID (no SMTP exchange can be undone or committed with a database
 //! transaction; projections::email explains the window).
@@ -67,30 +68,46 @@ async fn every_email_arrives_once_when_the_emailer_is_killed_mid_way_and_restart
         let session = app.register(&name).await;
         people.push((session.user_id, format!("{name}@example.com")));
     }
-    // Every welcome is due (onboarding completed) before the emailer starts: a backlog.
+    for (_, address) in &people {
+        let response = app
+            .post(
+                "/v1/auth/password-reset",
+                serde_json::json!({ "email": address }),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    // Every welcome (onboarding completed) and every reset is due before the emailer
+    // starts: a backlog.
     let deadline = Instant::now() + Duration::from_secs(60);
     for (user, _) in &people {
-        loop {
-            let completed: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM events WHERE stream_id = $1 \
-                   AND event_type = 'onboarding.completed'",
-            )
-            .bind(user.to_string())
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
-            if completed == 1 {
-                break;
+        for event_type in ["onboarding.completed", "user.password_reset_requested"] {
+            loop {
+                let recorded: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM events WHERE stream_id = $1 AND event_type = $2",
+                )
+                .bind(user.to_string())
+                .bind(event_type)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+                if recorded == 1 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{user}: {event_type} within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(Instant::now() < deadline, "{user} onboarded within 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     // Killed after a third of the emails went out.
     let (sent, mut sent_lines) = mpsc::unbounded_channel();
     let mut first = emailer(&app, sent.clone());
-    for _ in 0..(2 * PEOPLE / 3) {
+    for _ in 0..PEOPLE {
         tokio::time::timeout(Duration::from_secs(60), sent_lines.recv())
             .await
             .expect("the emailer sends within 60 s");
@@ -99,13 +116,13 @@ async fn every_email_arrives_once_when_the_emailer_is_killed_mid_way_and_restart
     first.wait().await.unwrap();
     let before_restart = mailpit_total(&mailpit, &people).await;
     assert!(
-        before_restart < 2 * PEOPLE,
+        before_restart < 3 * PEOPLE,
         "the kill came before the end ({before_restart})"
     );
 
     let mut second = emailer(&app, sent);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while mailpit_distinct(&mailpit, &people).await < 2 * PEOPLE {
+    while mailpit_distinct(&mailpit, &people).await < 3 * PEOPLE {
         assert!(
             Instant::now() < deadline,
             "every email arrived within 120 s"
@@ -128,7 +145,7 @@ async fn every_email_arrives_once_when_the_emailer_is_killed_mid_way_and_restart
             .collect();
         assert_eq!(
             kinds,
-            vec!["verify_email", "welcome"],
+            vec!["password_reset", "verify_email", "welcome"],
             "{address}: {by_id:?}"
         );
         repeated.extend(by_id.into_iter().filter(|(_, copies)| *copies > 1));
