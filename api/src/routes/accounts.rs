@@ -29,7 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/auth/password-reset/confirm", post(confirm_reset))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The token of the emailed link.
@@ -52,12 +52,8 @@ pub struct ResetConfirmRequest {
     pub new_password: String,
 }
 
-// The password never prints.
-impl std::fmt::Debug for ResetConfirmRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResetConfirmRequest { .. }")
-    }
-}
+// Tokens and passwords never print.
+crate::routes::opaque_debug!(TokenRequest, ResetConfirmRequest);
 
 /// Confirm the address the link was sent to. Following it again is fine.
 #[utoipa::path(post, path = "/v1/auth/verify-email", tag = "auth", request_body = TokenRequest,

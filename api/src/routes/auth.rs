@@ -25,6 +25,15 @@ use crate::extract::{CommandMeta, JsonBody, Principal};
 use crate::routes::{command_headers, new_stream_context};
 use crate::state::AppState;
 
+// Passwords and tokens never print.
+crate::routes::opaque_debug!(
+    RegisterRequest,
+    LoginRequest,
+    EraseRequest,
+    RefreshRequest,
+    TokenResponse
+);
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/auth/register", post(register))
@@ -39,7 +48,7 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 3–30 characters of `[a-z0-9_]`.
@@ -50,7 +59,7 @@ pub struct RegisterRequest {
     pub display_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Username or email.
@@ -60,21 +69,21 @@ pub struct LoginRequest {
     pub otp: Option<String>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EraseRequest {
     /// The caller's password, again.
     pub password: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
 /// A fresh token pair.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
     pub user_id: Uuid,
     pub access_token: String,
@@ -479,5 +488,30 @@ pub async fn end_session(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("session"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_with_secrets_print_none_of_them() {
+        let login = LoginRequest {
+            login: "ada".to_owned(),
+            password: "hunter2-hunter2".to_owned(),
+            otp: Some("123456".to_owned()),
+        };
+        let tokens = TokenResponse {
+            user_id: Uuid::nil(),
+            access_token: "access-secret".to_owned(),
+            refresh_token: "refresh-secret".to_owned(),
+            token_type: "Bearer",
+            expires_in: 1,
+        };
+        let printed = format!("{login:?} {tokens:?}");
+        for secret in ["hunter2", "123456", "access-secret", "refresh-secret"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
     }
 }

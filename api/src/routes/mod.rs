@@ -23,6 +23,18 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::CommandMeta;
 
+/// `Debug` that prints only the type's name: for bodies holding passwords, codes or tokens.
+macro_rules! opaque_debug {
+    ($($t:ty),* $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), " { .. }"))
+            }
+        }
+    )*};
+}
+pub(crate) use opaque_debug;
+
 pub const GLOBAL_POSITION: HeaderName = HeaderName::from_static("x-global-position");
 
 /// The metadata every event of this request carries: the request id doubles as the

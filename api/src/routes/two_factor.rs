@@ -55,16 +55,7 @@ pub struct CodeRequest {
 }
 
 // Secrets never print.
-macro_rules! opaque_debug {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Debug for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(concat!(stringify!($t), " { .. }"))
-            }
-        }
-    )*};
-}
-opaque_debug!(TwoFactorSetup, RecoveryCodes, CodeRequest);
+crate::routes::opaque_debug!(TwoFactorSetup, RecoveryCodes, CodeRequest);
 
 fn now_secs() -> u64 {
     SystemTime::now()
