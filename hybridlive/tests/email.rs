@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use e2e::mailpit::Mailpit;
@@ -22,25 +21,11 @@ const PEOPLE: usize = 30;
 /// Mailpit; each "Email sent." line it logs is sent on `sent`.
 fn emailer(app: &e2e::TestApp, sent: mpsc::UnboundedSender<()>) -> Child {
     let (smtp_url, _) = testkit::mail_servers();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hybridlive"));
-    for variable in testkit::PRODUCTION_STORE_VARIABLES {
-        command.env_remove(variable);
-    }
-    let mut child = command
+    let mut child = Command::from(app.binary_beside(env!("CARGO_BIN_EXE_hybridlive")))
         .args(["project", "email"])
-        .env("DATABASE_URL", &app.db.url)
-        .env("REDIS_URL", e2e::redis_url())
-        .env("REDIS_PREFIX", &app.redis_prefix)
-        .env(
-            "JWT_SECRET",
-            String::from_utf8(app.jwt_secret.clone()).unwrap(),
-        )
-        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
         .env("SMTP_URL", smtp_url)
         .env("MAIL_FROM", "Hybrid Live <no-reply@hybridlive.test>")
         .env("RUST_LOG", "warn,projections::email=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the hybridlive binary runs");

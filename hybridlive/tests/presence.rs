@@ -3,7 +3,6 @@
 //! another instance, and the transition is in their history.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use e2e::{spawn_app, SseClient};
@@ -14,25 +13,11 @@ use tokio::process::Command;
 /// `hybridlive serve` beside `app`: same database, Redis keys and token secret, the lite
 /// read models, no projections. Returns the child and its base URL.
 async fn serve_beside(app: &e2e::TestApp) -> (tokio::process::Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hybridlive"));
-    for variable in testkit::PRODUCTION_STORE_VARIABLES {
-        command.env_remove(variable);
-    }
-    let mut child = command
+    let mut child = Command::from(app.binary_beside(env!("CARGO_BIN_EXE_hybridlive")))
         .arg("serve")
-        .env("DATABASE_URL", &app.db.url)
-        .env("REDIS_URL", e2e::redis_url())
-        .env("REDIS_PREFIX", &app.redis_prefix)
-        .env(
-            "JWT_SECRET",
-            String::from_utf8(app.jwt_secret.clone()).unwrap(),
-        )
-        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
         .env("HTTP_ADDR", "127.0.0.1:0")
         .env("SEAL_INTERVAL_SECS", "0")
         .env("RUST_LOG", "warn,hybridlive=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the hybridlive binary runs");

@@ -354,6 +354,29 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// The `hybridlive` binary at `binary` (a test's `env!("CARGO_BIN_EXE_hybridlive")`),
+    /// set up to run beside this app: its database, Redis keys, token secret and key
+    /// encryption key, the lite read models (the production stores' variables removed),
+    /// stdout dropped and stderr piped.
+    pub fn binary_beside(&self, binary: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(binary);
+        for variable in testkit::PRODUCTION_STORE_VARIABLES {
+            command.env_remove(variable);
+        }
+        command
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_PREFIX", &self.redis_prefix)
+            .env(
+                "JWT_SECRET",
+                String::from_utf8_lossy(&self.jwt_secret).into_owned(),
+            )
+            .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+
     /// POST JSON, optionally authenticated.
     ///
     /// # Panics
