@@ -1,19 +1,21 @@
 // Hybrid Live demo page: register → onboarding over SSE → live feed → live post view;
-// people search and profiles; an inbox and one-to-one conversations, kept live by the
-// user stream. Vanilla JavaScript against the public API (shared/API.md). User text is only
-// ever set with textContent; the exceptions are the body_html of posts and messages, which
-// the server sanitises.
+// people search and profiles; an inbox and one-to-one conversations, and notifications of
+// follows, likes and comments, kept live by the user stream; the links of our emails
+// (verify the address, reset the password) and two-factor login. Vanilla JavaScript
+// against the public API (shared/API.md). User text is only ever set with textContent; the
+// exceptions are the body_html of posts and messages, which the server sanitises.
 'use strict';
 
 const SESSION_KEY = 'hybridlive.session';
 const VIEWS = [
   'auth-view', 'onboarding-spinner', 'onboarding-error', 'feed-view', 'post-view',
-  'profile-view', 'inbox-view', 'conversation-view',
+  'profile-view', 'inbox-view', 'conversation-view', 'notifications-view',
 ];
 const POST_ROUTE = /^#\/posts\/([0-9a-fA-F-]{36})$/;
 const PROFILE_ROUTE = /^#\/people\/([0-9a-fA-F-]{36})$/;
 const CONVERSATION_ROUTE = /^#\/conversations\/([0-9a-fA-F-]{36})$/;
 const INBOX_ROUTE = /^#\/inbox$/;
+const NOTIFICATIONS_ROUTE = /^#\/notifications$/;
 // A conversation scrolled this close to its end shows its newest message.
 const NEWEST_SLACK_PX = 40;
 // How long a presence we may not see stays unasked.
@@ -39,6 +41,11 @@ const state = {
   inboxLoads: Promise.resolve(), // inbox loads run one after the other
   inboxPending: 0, // loads queued or running
   conversation: null, // the open one: {id, nodes: Map message id → <li>, before, readUpTo}
+  notifications: { items: [], unread: 0, loaded: false }, // the newest page, newest first
+  notificationLoads: Promise.resolve(), // notification loads run one after the other
+  notificationsReadUpTo: null, // the newest id this page asked the server to mark read
+  notificationsMarked: new Set(), // ids this visit of the list marked read: they stay lit
+  resetToken: null, // from a password-reset link, until the new password is set
 };
 
 // ---- session -------------------------------------------------------------------------
@@ -62,6 +69,7 @@ function signOut(message) {
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
   forgetMessaging();
+  forgetNotifications();
   $('whoami').hidden = true;
   $('logout').hidden = true;
   $('nav').hidden = true;
@@ -141,6 +149,13 @@ function show(view) {
 function showError(id, message) {
   $(id).textContent = message || '';
   $(id).hidden = !message;
+}
+
+/** A notice above whichever view shows, until dismissed: what a link of our emails did. */
+function showNotice(message, isError = false) {
+  $('notice-text').textContent = message;
+  $('notice').classList.toggle('error', isError);
+  $('notice').hidden = false;
 }
 
 function el(tag, className, text) {
@@ -258,20 +273,24 @@ function ensureUserStream() {
       message: messageArrived,
       conversation_read: conversationRead,
       presence: presenceChanged,
+      // The event names the act's log position: the list is read once it has the act.
+      notification: (data) => loadNotifications(data.id),
       reset: () => {
         // Events were lost: read again what they would have changed.
         if (state.session && state.session.onboarded) loadFeed();
         loadInbox();
         reloadConversation();
+        loadNotifications();
       },
     },
     (status) => {
       document.body.dataset.live = status;
       if (status !== 'connected') return;
-      // A page that missed the outcome event learns it here; the inbox is read once the
-      // stream is live, so no message falls between the two.
+      // A page that missed the outcome event learns it here; the inbox and notifications
+      // are read once the stream is live, so nothing falls between the two.
       checkOnboarding();
       loadInbox();
+      loadNotifications();
     },
   );
   return false;
@@ -310,6 +329,7 @@ function onboardingFailed(reason) {
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
   forgetMessaging();
+  forgetNotifications();
   $('onboarding-error-reason').textContent = reason || 'Please try again.';
   show('onboarding-error');
 }
@@ -932,12 +952,187 @@ async function markReadIfSeen() {
   }
 }
 
+// ---- notifications ---------------------------------------------------------------------
+
+function forgetNotifications() {
+  state.notifications = { items: [], unread: 0, loaded: false };
+  state.notificationsReadUpTo = null;
+  state.notificationsMarked.clear();
+  renderNotifications();
+}
+
+/**
+ * Reads the newest notifications again; with `minPosition`, once they reflect that write.
+ * Loads run one after the other, so the last answer shown is never an older one.
+ */
+function loadNotifications(minPosition) {
+  const load = state.notificationLoads.then(() => fetchNotifications(minPosition));
+  state.notificationLoads = load;
+  return load;
+}
+
+async function fetchNotifications(minPosition) {
+  const session = state.session;
+  if (!session) return;
+  try {
+    const headers = minPosition ? { 'X-Min-Position': minPosition } : {};
+    const { data } = await api('GET', '/v1/notifications?limit=50', { headers });
+    if (!state.session || state.session.user_id !== session.user_id) return; // signed out meanwhile
+    state.notifications = { items: data.items, unread: data.unread, loaded: true };
+    renderNotifications();
+    showError('notifications-error', '');
+    markNotificationsReadIfSeen();
+  } catch (error) {
+    showError('notifications-error', error.message);
+  }
+}
+
+/** The list and the bell's badge, from the newest page read. */
+function renderNotifications() {
+  const { items, unread, loaded } = state.notifications;
+  $('notifications').replaceChildren(...items.map(notificationItem));
+  $('notifications-empty').hidden = !loaded || items.length > 0;
+  $('notifications-unread').textContent = String(unread);
+  $('notifications-unread').dataset.count = String(unread);
+  $('notifications-unread').hidden = unread === 0;
+}
+
+const NOTIFICATION_VERBS = {
+  follow: 'followed you',
+  like: 'liked your post',
+  comment: 'commented on your post',
+};
+
+/** "Ada and 2 others liked your post": a link to the post, or to who followed. */
+function notificationItem(item) {
+  const li = el('li');
+  li.dataset.notificationId = item.id;
+  li.dataset.kind = item.kind;
+  if (!item.read || state.notificationsMarked.has(item.id)) li.classList.add('unread');
+  const link = el('a', 'title', `${actorsText(item)} ${NOTIFICATION_VERBS[item.kind] || item.kind}`);
+  if (item.post_id) link.href = `#/posts/${item.post_id}`;
+  else if (item.actors.length > 0) link.href = `#/people/${item.actors[0].user_id}`;
+  li.append(link, el('p', 'muted', when(item.latest_at)));
+  return li;
+}
+
+/** "Ada", "Ada and Bob", "Ada and 2 others": the newest first; `count` is distinct people. */
+function actorsText(item) {
+  const names = item.actors.map((actor) => actor.display_name || actor.username);
+  // People since erased are left out of `actors`, never out of `count`.
+  if (names.length === 0) return item.count === 1 ? 'Someone' : `${item.count} people`;
+  const others = item.count - 1;
+  if (others === 0) return names[0];
+  if (others === 1 && names.length === 2) return `${names[0]} and ${names[1]}`;
+  return `${names[0]} and ${others} ${others === 1 ? 'other' : 'others'}`;
+}
+
+function showNotifications() {
+  show('notifications-view');
+  renderNotifications();
+  loadNotifications(); // marks them read once the newest are on screen
+}
+
+/** Leaving the list: what this visit marked read shows as read next time. */
+function closeNotifications() {
+  state.notificationsMarked.clear();
+}
+
+function notificationsSeen() {
+  return !$('notifications-view').hidden && document.visibilityState === 'visible';
+}
+
+/**
+ * Marks every notification read up to the newest, once the list is on screen. Those it
+ * marks stay lit while the list stays open, so one sees what was new.
+ */
+async function markNotificationsReadIfSeen() {
+  const newest = state.notifications.items[0];
+  if (!newest || newest.read || !notificationsSeen()) return;
+  if (state.notificationsReadUpTo === newest.id) return;
+  const session = state.session;
+  const upTo = newest.id;
+  state.notificationsReadUpTo = upTo;
+  for (const item of state.notifications.items) {
+    if (!item.read) state.notificationsMarked.add(item.id);
+  }
+  try {
+    const { headers } = await api('POST', '/v1/notifications/read', { body: { up_to: upTo } });
+    if (!state.session || state.session.user_id !== session.user_id) return;
+    // Ids are log positions: the mark covers every group not newer than `upTo`. The
+    // badge shows that at once; the read model confirms it a moment later.
+    const notifications = state.notifications;
+    for (const item of notifications.items) {
+      if (Number(item.id) <= Number(upTo)) item.read = true;
+    }
+    notifications.unread = notifications.items.filter((item) => !item.read).length;
+    renderNotifications();
+    loadNotifications(headers.get('x-global-position'));
+  } catch {
+    // The badge stays; the next notification or visit tries again.
+    if (state.notificationsReadUpTo === upTo) state.notificationsReadUpTo = null;
+  }
+}
+
+// ---- email links and account recovery -------------------------------------------------
+
+/**
+ * A link of our emails: `?verify_email=` confirms the address at once, `?reset_password=`
+ * asks for a new password. The token then leaves the address bar and the history, so a
+ * reload or a copied address does not send it again.
+ */
+function followEmailLink() {
+  const params = new URLSearchParams(location.search);
+  const verify = params.get('verify_email');
+  const reset = params.get('reset_password');
+  if (!verify && !reset) return;
+  history.replaceState(null, '', `${location.pathname}${location.hash}`);
+  if (verify) verifyEmail(verify);
+  if (reset) offerPasswordReset(reset);
+}
+
+async function verifyEmail(token) {
+  try {
+    await api('POST', '/v1/auth/verify-email', { body: { token }, auth: false });
+    showNotice('Your email address is confirmed.');
+  } catch (error) {
+    showNotice(error.message, true);
+  }
+}
+
+/**
+ * Shows the new-password form of the sign-in view. A new password ends every session,
+ * so the one this tab may hold is forgotten rather than kept for a moment.
+ */
+function offerPasswordReset(token) {
+  state.resetToken = token;
+  sessionStorage.removeItem(SESSION_KEY);
+  $('reset-form').hidden = false;
+}
+
+function closePasswordReset() {
+  state.resetToken = null;
+  $('reset-form').reset();
+  $('reset-form').hidden = true;
+}
+
+/** Reveals (or hides and empties) the login form's code field; a disabled field is not sent. */
+function askForOtp(ask) {
+  const input = $('login-form').elements.otp;
+  $('otp-field').hidden = !ask;
+  input.disabled = !ask;
+  input.required = ask;
+  if (ask) input.focus();
+  else input.value = '';
+}
+
 // ---- routing and forms ---------------------------------------------------------------
 
 /** Whether the address names no view but the feed. */
 function isFeedRoute() {
   const hash = location.hash;
-  return ![POST_ROUTE, PROFILE_ROUTE, CONVERSATION_ROUTE, INBOX_ROUTE].some((r) => r.test(hash));
+  const others = [POST_ROUTE, PROFILE_ROUTE, CONVERSATION_ROUTE, INBOX_ROUTE, NOTIFICATIONS_ROUTE];
+  return !others.some((r) => r.test(hash));
 }
 
 function route() {
@@ -953,13 +1148,16 @@ function route() {
   const post = hash.match(POST_ROUTE);
   const person = hash.match(PROFILE_ROUTE);
   const conversation = hash.match(CONVERSATION_ROUTE);
+  const notifications = NOTIFICATIONS_ROUTE.test(hash);
   if (!post) closePost();
   if (!conversation) closeConversation();
   if (!person) state.profileId = null;
+  if (!notifications) closeNotifications();
   if (post) openPost(post[1]);
   else if (person) openProfile(person[1]);
   else if (conversation) openConversation(conversation[1]);
   else if (INBOX_ROUTE.test(hash)) showInbox();
+  else if (notifications) showNotifications();
   else if (state.session.onboarded) showFeed();
   else startOnboarding();
 }
@@ -967,7 +1165,9 @@ function route() {
 function signedIn(data) {
   closeStreams();
   forgetMessaging();
+  forgetNotifications();
   showError('auth-error', '');
+  $('notice').hidden = true; // what a link did is told; the account's pages follow
   saveSession({
     user_id: data.user_id,
     access_token: data.access_token,
@@ -998,14 +1198,60 @@ function bindForms() {
 
   $('login-form').addEventListener('submit', (event) => {
     event.preventDefault();
-    submitting(event.target, async (fields) => {
+    const form = event.target;
+    submitting(form, async (fields) => {
       try {
         const { data } = await api('POST', '/v1/auth/login', { body: fields, auth: false });
+        askForOtp(false);
         signedIn(data);
       } catch (error) {
+        if (error.code === 'otp_required') {
+          askForOtp(true);
+          showError('auth-error', 'Enter the code from your authenticator app, or a recovery code.');
+          return;
+        }
+        if (error.code === 'invalid_otp') form.elements.otp.value = '';
         showError('auth-error', error.message);
       }
     });
+  });
+
+  $('forgot-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const form = event.target;
+    submitting(form, async (fields) => {
+      try {
+        // Always 202: the answer does not tell whether the address has an account.
+        await api('POST', '/v1/auth/password-reset', { body: { email: fields.email }, auth: false });
+        form.reset();
+        $('forgot-status').textContent = 'If an account has this address, a link is on its way.';
+      } catch (error) {
+        $('forgot-status').textContent = error.message;
+      }
+    });
+  });
+
+  $('reset-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    submitting(event.target, async (fields) => {
+      try {
+        await api('POST', '/v1/auth/password-reset/confirm', {
+          body: { token: state.resetToken, new_password: fields.new_password },
+          auth: false,
+        });
+        closePasswordReset();
+        showError('auth-error', '');
+        showNotice('Password changed: log in with the new one.');
+      } catch (error) {
+        // A weak password may be tried again; a spent or expired link may not.
+        if (error.code === 'invalid_token') closePasswordReset();
+        showError('auth-error', error.message);
+      }
+    });
+  });
+
+  $('notice-dismiss').addEventListener('click', () => {
+    $('notice').hidden = true;
   });
 
   $('onboarding-retry').addEventListener('click', () => {
@@ -1177,7 +1423,10 @@ function bindForms() {
   });
 
   $('conversation').addEventListener('scroll', () => markReadIfSeen());
-  document.addEventListener('visibilitychange', () => markReadIfSeen());
+  document.addEventListener('visibilitychange', () => {
+    markReadIfSeen();
+    markNotificationsReadIfSeen();
+  });
 
   $('like-button').addEventListener('click', async () => {
     const id = state.postId;
@@ -1217,5 +1466,6 @@ function bindForms() {
 }
 
 bindForms();
+followEmailLink();
 window.addEventListener('hashchange', route);
 route();

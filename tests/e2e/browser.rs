@@ -1,6 +1,7 @@
 //! The demo page in real headless Chromium, driven over WebDriver: what a person
-//! sees after registering, a like made elsewhere reaching a post they have open, and two
-//! people chatting live, each in a window of their own.
+//! sees after registering, a like made elsewhere reaching a post they have open, two
+//! people chatting live, each in a window of their own, the bell of notifications, the
+//! links of our emails and two-factor login.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/services.sh --browser`). Without
 //! them these tests fail and say so: a browser test that passes without a browser proves
@@ -12,7 +13,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{spawn_app, Session, TestApp};
+use e2e::mailpit::{token_in, Mailpit};
+use e2e::{spawn_app, spawn_app_configured, Session, TestApp, WorkerOptions};
 
 use crate::live::{publish, readable};
 use fantoccini::elements::Element;
@@ -775,6 +777,426 @@ async fn two_windows_chat_live() {
                 );
             }
         }
+    })
+    .await;
+}
+
+/// The groups of the notifications list, top to bottom: each one's text and whether it
+/// is marked unread. Read in one script: the list is redrawn whenever a load answers.
+async fn notifications_shown(page: &Client) -> Vec<(String, bool)> {
+    let shown = page
+        .execute(
+            "return [...document.querySelectorAll('#notifications > li')].map((li) =>
+                [li.querySelector('.title').innerText, li.classList.contains('unread')])",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(shown).unwrap()
+}
+
+/// The bell's badge: its count, and whether it is on screen.
+async fn bell(page: &Client) -> (Option<String>, bool) {
+    (
+        attr(page, "notifications-unread", "data-count").await,
+        displayed(page, "notifications-unread").await,
+    )
+}
+
+#[tokio::test]
+async fn the_bell_counts_a_follow_and_a_like_live_and_opening_the_list_reads_them() {
+    in_browser(|page| async move {
+        let app = spawn_app().await;
+        let ada = register_named(&app, "bell_ada", "Ada Bell").await;
+        let bob = register_named(&app, "bell_bob", "Bob Bell").await;
+        let cy = register_named(&app, "bell_cy", "Cy Bell").await;
+        let post = publish(&app, &ada.access_token, "Ring the bell").await;
+
+        // Ada's feed, with her stream connected and nothing to tell her yet.
+        open_signed_in(&page, &app, &ada, "#/").await;
+        eventually(WAIT, "Ada's feed shows with the stream live", || async {
+            let live = find(&page, "body")
+                .await
+                .unwrap()
+                .attr("data-live")
+                .await
+                .unwrap();
+            let feed = displayed(&page, "feed-view").await;
+            (live.as_deref() == Some("connected") && feed)
+                .then_some(())
+                .ok_or_else(|| format!("live {live:?}, feed shown {feed}"))
+        })
+        .await;
+        assert!(
+            displayed(&page, "nav-notifications").await,
+            "the bell shows"
+        );
+        assert_eq!(bell(&page).await, (Some("0".to_owned()), false));
+
+        // Bob follows her and likes her post, elsewhere: the badge counts two groups.
+        let followed = app
+            .call(
+                Method::PUT,
+                &format!("/v1/users/{}/follow", ada.user_id),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(followed.status(), 204);
+        let liked = app
+            .call(
+                Method::PUT,
+                &format!("/v1/posts/{post}/like"),
+                &bob.access_token,
+            )
+            .await;
+        assert_eq!(liked.status(), 204);
+        let acted = Instant::now();
+        eventually(WAIT, "the badge shows 2", || async {
+            let seen = bell(&page).await;
+            let badge = text(&page, "notifications-unread").await;
+            (seen == (Some("2".to_owned()), true) && badge == "2")
+                .then_some(())
+                .ok_or_else(|| format!("{seen:?}, text {badge:?}"))
+        })
+        .await;
+        eprintln!("the badge showed 2 {:?} after Bob's like", acted.elapsed());
+        assert!(never_reloaded(&page).await, "the page was reloaded");
+
+        // Ada opens the list: both groups, newest first and lit as new; the badge goes.
+        page.find(Locator::Id("nav-notifications"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        eventually(
+            WAIT,
+            "the list shows both, and the badge is gone",
+            || async {
+                let shown = notifications_shown(&page).await;
+                let seen = bell(&page).await;
+                (shown
+                    == [
+                        ("Bob Bell liked your post".to_owned(), true),
+                        ("Bob Bell followed you".to_owned(), true),
+                    ]
+                    && seen == (Some("0".to_owned()), false)
+                    && displayed(&page, "notifications-view").await)
+                    .then_some(())
+                    .ok_or_else(|| format!("{shown:?}, badge {seen:?}"))
+            },
+        )
+        .await;
+        let like_link = find(&page, "#notifications > li[data-kind='like'] a")
+            .await
+            .unwrap()
+            .attr("href")
+            .await
+            .unwrap();
+        assert_eq!(
+            like_link.as_deref(),
+            Some(format!("#/posts/{post}").as_str())
+        );
+        let follow_link = find(&page, "#notifications > li[data-kind='follow'] a")
+            .await
+            .unwrap()
+            .attr("href")
+            .await
+            .unwrap();
+        assert_eq!(
+            follow_link.as_deref(),
+            Some(format!("#/people/{}", bob.user_id).as_str())
+        );
+        eventually(WAIT, "the server has them read", || async {
+            let page: Value = app
+                .call(Method::GET, "/v1/notifications", &ada.access_token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            (page["unread"] == 0)
+                .then_some(())
+                .ok_or_else(|| page.to_string())
+        })
+        .await;
+
+        // With the list open, Cy's like joins the group on top, read as it arrives.
+        let liked = app
+            .call(
+                Method::PUT,
+                &format!("/v1/posts/{post}/like"),
+                &cy.access_token,
+            )
+            .await;
+        assert_eq!(liked.status(), 204);
+        eventually(WAIT, "the like group names Cy first, read", || async {
+            let shown = notifications_shown(&page).await;
+            let first = shown.first().map(|(text, _)| text.as_str());
+            let seen = bell(&page).await;
+            (first == Some("Cy Bell and Bob Bell liked your post")
+                && shown.len() == 2
+                && seen == (Some("0".to_owned()), false))
+                .then_some(())
+                .ok_or_else(|| format!("{shown:?}, badge {seen:?}"))
+        })
+        .await;
+        eventually(WAIT, "the server has Cy's like read too", || async {
+            let page: Value = app
+                .call(Method::GET, "/v1/notifications", &ada.access_token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            (page["unread"] == 0 && page["items"][0]["count"] == 2)
+                .then_some(())
+                .ok_or_else(|| page.to_string())
+        })
+        .await;
+
+        assert!(never_reloaded(&page).await, "the page was reloaded");
+        for error in ["notifications-error", "feed-error"] {
+            assert!(!displayed(&page, error).await, "the page shows {error}");
+        }
+    })
+    .await;
+}
+
+/// A username no other run uses (and so an address, `<name>@example.com`): Mailpit is shared.
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// The token of the link in the newest email to `address` with `subject`.
+async fn emailed_token(mailpit: &Mailpit, address: &str, subject: &str, param: &str) -> String {
+    let mail = mailpit.expect(address, subject, WAIT).await;
+    let (text, _) = mailpit.bodies(&mail).await;
+    token_in(&text, param).unwrap_or_else(|| panic!("a {param} link in: {text}"))
+}
+
+/// The notice above the views, once it shows: its text and whether it reports an error.
+async fn notice(page: &Client) -> (String, bool) {
+    eventually(WAIT, "the notice shows", || async {
+        if !displayed(page, "notice").await {
+            return Err("hidden".to_owned());
+        }
+        let class = attr(page, "notice", "class").await.unwrap_or_default();
+        Ok((
+            text(page, "notice-text").await,
+            class.split(' ').any(|c| c == "error"),
+        ))
+    })
+    .await
+}
+
+/// The page's address without the origin: what the person sees after the host.
+async fn address_bar(page: &Client) -> String {
+    page.execute(
+        "return location.pathname + location.search + location.hash",
+        vec![],
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+async fn feed_shows(page: &Client) {
+    eventually(WAIT, "the feed shows", || async {
+        if displayed(page, "auth-error").await {
+            return Err(format!("auth error: {}", text(page, "auth-error").await));
+        }
+        displayed(page, "feed-view")
+            .await
+            .then_some(())
+            .ok_or_else(|| "the feed is hidden".to_owned())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_emailed_links_verify_the_address_and_set_a_new_password_on_the_page() {
+    in_browser(|page| async move {
+        let app = spawn_app_configured(
+            |_| {},
+            WorkerOptions {
+                mail: true,
+                ..WorkerOptions::default()
+            },
+        )
+        .await;
+        let mailpit = Mailpit::new();
+        let name = unique("link");
+        let address = format!("{name}@example.com");
+        let person = app.register(&name).await;
+        let email_verified = || async {
+            let me: Value = app
+                .call(Method::GET, "/v1/me", &person.access_token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            me["email_verified"].clone()
+        };
+
+        // A link that is not ours: the error, and the token gone from the address bar.
+        page.goto(&app.url("/?verify_email=not-a-token#/"))
+            .await
+            .unwrap();
+        let (said, error) = notice(&page).await;
+        assert!(error, "a refused link reads as an error: {said}");
+        assert!(said.contains("invalid"), "{said}");
+        assert_eq!(address_bar(&page).await, "/#/");
+
+        // The real link.
+        let token = emailed_token(
+            &mailpit,
+            &address,
+            "Confirm your email address",
+            "verify_email",
+        )
+        .await;
+        assert_eq!(email_verified().await, false);
+        page.goto(&app.url(&format!("/?verify_email={token}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            notice(&page).await,
+            ("Your email address is confirmed.".to_owned(), false)
+        );
+        assert_eq!(address_bar(&page).await, "/");
+        assert_eq!(email_verified().await, true);
+
+        // Forgot password: the form asks for a link.
+        fill(&page, "forgot-form", &[("email", &address)]).await;
+        submit(&page, "forgot-form").await;
+        eventually(WAIT, "the forgot form says a link is coming", || async {
+            let status = text(&page, "forgot-status").await;
+            (status == "If an account has this address, a link is on its way.")
+                .then_some(())
+                .ok_or(status)
+        })
+        .await;
+        let token =
+            emailed_token(&mailpit, &address, "Reset your password", "reset_password").await;
+
+        // The reset link: a form for the new password, then a login with it.
+        page.goto(&app.url(&format!("/?reset_password={token}")))
+            .await
+            .unwrap();
+        eventually(WAIT, "the new-password form shows", || async {
+            displayed(&page, "reset-form")
+                .await
+                .then_some(())
+                .ok_or_else(|| "hidden".to_owned())
+        })
+        .await;
+        assert_eq!(address_bar(&page).await, "/");
+        let new_password = "a brand new passphrase 2026";
+        fill(&page, "reset-form", &[("new_password", new_password)]).await;
+        submit(&page, "reset-form").await;
+        assert_eq!(
+            notice(&page).await,
+            (
+                "Password changed: log in with the new one.".to_owned(),
+                false
+            )
+        );
+        assert!(!displayed(&page, "reset-form").await, "the form is done");
+        assert!(!displayed(&page, "auth-error").await);
+        fill(
+            &page,
+            "login-form",
+            &[("login", &name), ("password", new_password)],
+        )
+        .await;
+        submit(&page, "login-form").await;
+        feed_shows(&page).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn logging_in_with_two_factor_on_asks_for_a_code_on_the_page_and_takes_a_recovery_code() {
+    in_browser(|page| async move {
+        let app = spawn_app().await;
+        let name = unique("otp");
+        let person = app.register(&name).await;
+        let setup: Value = app
+            .post("/v1/me/2fa", json!({}), Some(&person.access_token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let secret: secrecy::SecretString = setup["secret"].as_str().unwrap().to_owned().into();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let code = auth::totp::code_at(&secret, now).unwrap();
+        let confirmed = app
+            .post(
+                "/v1/me/2fa/confirm",
+                json!({"code": code}),
+                Some(&person.access_token),
+            )
+            .await;
+        assert_eq!(confirmed.status(), 200);
+        let confirmed: Value = confirmed.json().await.unwrap();
+        let recovery = confirmed["recovery_codes"][0].as_str().unwrap().to_owned();
+
+        page.goto(&app.url("/")).await.unwrap();
+        assert!(
+            !displayed(&page, "otp-field").await,
+            "no code field before the server asks for one"
+        );
+        fill(
+            &page,
+            "login-form",
+            &[
+                ("login", &name),
+                ("password", "correct horse battery staple"),
+            ],
+        )
+        .await;
+        submit(&page, "login-form").await;
+        eventually(WAIT, "the page asks for the code", || async {
+            let asked = displayed(&page, "otp-field").await;
+            let said = text(&page, "auth-error").await;
+            (asked && said.contains("code"))
+                .then_some(())
+                .ok_or_else(|| format!("code field shown {asked}, said {said:?}"))
+        })
+        .await;
+        assert!(displayed(&page, "auth-view").await);
+
+        // A wrong code (five digits: never a code) is refused; the field is emptied.
+        fill(&page, "login-form", &[("otp", "99999")]).await;
+        submit(&page, "login-form").await;
+        eventually(WAIT, "the page refuses the wrong code", || async {
+            let said = text(&page, "auth-error").await;
+            let otp = find(&page, "#login-form [name=otp]")
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap();
+            (said.contains("second-factor") && otp.as_deref() == Some(""))
+                .then_some(())
+                .ok_or_else(|| format!("said {said:?}, field {otp:?}"))
+        })
+        .await;
+
+        fill(&page, "login-form", &[("otp", &recovery)]).await;
+        submit(&page, "login-form").await;
+        feed_shows(&page).await;
+        assert!(
+            !displayed(&page, "otp-field").await,
+            "the code field is hidden again"
+        );
     })
     .await;
 }
