@@ -18,9 +18,8 @@ use tokio::sync::mpsc;
 const PEOPLE: usize = 30;
 
 /// `hybridlive project email` over `app`'s database, with its token secret, sending to
-/// Mailpit; each "Email sent." line it logs is sent on `sent`.
-fn emailer(app: &e2e::TestApp, sent: mpsc::UnboundedSender<()>) -> Child {
-    let (smtp_url, _) = testkit::mail_servers();
+/// `smtp_url`; every line it logs is sent on `lines`.
+fn emailer(app: &e2e::TestApp, smtp_url: &str, lines: mpsc::UnboundedSender<String>) -> Child {
     let mut child = Command::from(app.binary_beside(env!("CARGO_BIN_EXE_hybridlive")))
         .args(["project", "email"])
         .env("SMTP_URL", smtp_url)
@@ -29,17 +28,27 @@ fn emailer(app: &e2e::TestApp, sent: mpsc::UnboundedSender<()>) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("the hybridlive binary runs");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut logged = BufReader::new(child.stderr.take().unwrap()).lines();
     tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("Email sent.") {
-                let _ = sent.send(());
-            } else {
-                eprintln!("emailer: {line}");
-            }
+        while let Ok(Some(line)) = logged.next_line().await {
+            eprintln!("emailer: {line}");
+            let _ = lines.send(line);
         }
     });
     child
+}
+
+/// Waits for the next line saying an email was sent.
+async fn next_sent(lines: &mut mpsc::UnboundedReceiver<String>) {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.recv())
+            .await
+            .expect("the emailer sends within 60 s")
+            .expect("the emailer is running");
+        if line.contains("Email sent.") {
+            return;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -90,12 +99,11 @@ async fn every_email_arrives_once_when_the_emailer_is_killed_mid_way_and_restart
     }
 
     // Killed after a third of the emails went out.
-    let (sent, mut sent_lines) = mpsc::unbounded_channel();
-    let mut first = emailer(&app, sent.clone());
+    let smtp_url = testkit::mail_servers().0;
+    let (lines, mut logged) = mpsc::unbounded_channel();
+    let mut first = emailer(&app, &smtp_url, lines.clone());
     for _ in 0..PEOPLE {
-        tokio::time::timeout(Duration::from_secs(60), sent_lines.recv())
-            .await
-            .expect("the emailer sends within 60 s");
+        next_sent(&mut logged).await;
     }
     first.start_kill().unwrap();
     first.wait().await.unwrap();
@@ -105,7 +113,7 @@ async fn every_email_arrives_once_when_the_emailer_is_killed_mid_way_and_restart
         "the kill came before the end ({before_restart})"
     );
 
-    let mut second = emailer(&app, sent);
+    let mut second = emailer(&app, &smtp_url, lines);
     let deadline = Instant::now() + Duration::from_secs(120);
     while mailpit_distinct(&mailpit, &people).await < 3 * PEOPLE {
         assert!(
@@ -167,4 +175,63 @@ async fn mailpit_distinct(mailpit: &Mailpit, people: &[(uuid::Uuid, String)]) ->
         total += ids.len();
     }
     total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_smtp_server_is_retried_with_backoff_never_skipped_or_dead_lettered() {
+    let app = spawn_app().await;
+    let mailpit = Mailpit::new();
+    let name = format!("o{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let address = format!("{name}@example.com");
+    app.register(&name).await;
+    // A port nothing listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let (lines, mut logged) = mpsc::unbounded_channel();
+    let mut down = emailer(&app, &format!("smtp://127.0.0.1:{closed}"), lines.clone());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut failures = 0;
+    while let Ok(line) = logged.try_recv() {
+        if line.contains("SMTP") {
+            failures += 1;
+        }
+    }
+    assert!(
+        down.try_wait().unwrap().is_none(),
+        "the emailer keeps running"
+    );
+    // Retried, with backoff: more than once, far fewer than a busy loop would.
+    assert!(
+        (2..=20).contains(&failures),
+        "{failures} failed attempts logged in 8 s"
+    );
+    let dead: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE projection = 'email'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM mail.sent")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!((dead, recorded), (0, 0));
+    assert!(mailpit.to(&address).await.is_empty());
+    down.start_kill().unwrap();
+    down.wait().await.unwrap();
+
+    // The server is back: the emails go out.
+    let mut up = emailer(&app, &testkit::mail_servers().0, lines);
+    mailpit
+        .expect(
+            &address,
+            "Confirm your email address",
+            Duration::from_secs(30),
+        )
+        .await;
+    mailpit
+        .expect(&address, "Welcome to Hybrid Live", Duration::from_secs(30))
+        .await;
+    up.start_kill().unwrap();
 }
