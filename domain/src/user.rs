@@ -223,6 +223,12 @@ impl User {
         self.email_verified
     }
 
+    /// Whether reset `request_id` is the open one and not expired at `now` (what
+    /// `ResetPassword` requires).
+    pub fn reset_open(&self, request_id: Uuid, now: DateTime<Utc>) -> bool {
+        matches!(self.reset, Some((open, expires_at)) if open == request_id && now < expires_at)
+    }
+
     /// Whether logging in needs a TOTP or recovery code.
     pub fn two_factor(&self) -> bool {
         self.two_factor
@@ -311,9 +317,8 @@ impl User {
                 password_hash,
             } => {
                 self.ensure_active()?;
-                match self.reset {
-                    Some((open, expires_at)) if open == request_id && now < expires_at => {}
-                    _ => return Err(UserError::ResetClosed),
+                if !self.reset_open(request_id, now) {
+                    return Err(UserError::ResetClosed);
                 }
                 if password_hash.expose_secret().is_empty() {
                     return Err(UserError::EmptyPasswordHash);

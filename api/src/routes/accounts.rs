@@ -180,7 +180,7 @@ pub async fn confirm_reset(
         .ok_or(ApiError::InvalidToken)?;
     let id = opened.user_id.to_string();
     let user = state.write.users.store().load(&id).await?.aggregate;
-    if !user.is_active() {
+    if !user.is_active() || !user.reset_open(opened.nonce, Utc::now()) {
         return Err(ApiError::InvalidToken);
     }
     auth::password::check_password_strength(&body.new_password, user.username(), user.email())
@@ -189,6 +189,14 @@ pub async fn confirm_reset(
         .await
         .map_err(ApiError::internal)?
         .into();
+    // Every login ends before the password changes: if Redis fails, nothing changed and the
+    // link still works; if the change then fails (the link used meanwhile), the person was
+    // only logged out.
+    state
+        .refresh
+        .revoke_all(opened.user_id)
+        .await
+        .map_err(crate::routes::auth::refresh_unavailable)?;
     let ctx = crate::routes::context(&meta, Some(opened.user_id), None);
     let command = UserCommand::ResetPassword {
         request_id: opened.nonce,
@@ -196,10 +204,5 @@ pub async fn confirm_reset(
         password_hash,
     };
     state.write.users.execute(&id, command, &ctx).await?;
-    state
-        .refresh
-        .revoke_all(opened.user_id)
-        .await
-        .map_err(crate::routes::auth::refresh_unavailable)?;
     Ok(StatusCode::NO_CONTENT)
 }
