@@ -409,8 +409,11 @@ impl Projection for EmailProjection {
                 .execute(&self.pool)
                 .await
                 .map_err(ReadModelError::from)?;
-                let Known::Recipient(to) = self.recipient(e.user_id).await? else {
-                    return Ok(());
+                // The registration is the person's first event: they are who it says.
+                let to = Recipient {
+                    email: e.email.clone(),
+                    username: e.username.clone(),
+                    display_name: e.display_name.clone(),
                 };
                 if !self.too_old(envelope) {
                     self.send_once(kind::VERIFY_EMAIL, e.user_id, event_id, &to, None)
