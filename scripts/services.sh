@@ -4,7 +4,8 @@
 # servers: Apache Kafka on 127.0.0.1:9092, Apache Cassandra on 127.0.0.1:9042 and FerretDB
 # (MongoDB wire protocol) on 127.0.0.1:27017 (--kafka: Kafka alone) — with --mail the
 # Mailpit SMTP sink on 127.0.0.1:1025 and its HTTP API on 127.0.0.1:8025 (not part of
-# --full), and with --browser Debian's Chromium and its WebDriver (/usr/bin/chromium,
+# --full), with --tracing the Jaeger trace collector (OTLP/HTTP on 127.0.0.1:4318, query
+# API and UI on 127.0.0.1:16686), and with --browser Debian's Chromium and its WebDriver (/usr/bin/chromium,
 # /usr/bin/chromedriver) for the demo page's browser tests. Reuses what is running, starts
 # what is installed but stopped, installs what is missing. Idempotent. Prints the variables
 # that point the processes at the servers it started (`eval "$(scripts/services.sh --full)"`).
@@ -22,8 +23,9 @@ for arg in "$@"; do
     --kafka) servers+=(kafka) ;;
     --full) servers+=(kafka cassandra ferretdb) ;;
     --mail) servers+=(mailpit) ;;
+    --tracing) servers+=(jaeger) ;;
     --browser) with_browser=1 ;;
-    *) printf 'usage: %s [--full | --kafka] [--mail] [--browser]\n' "$0" >&2; exit 2 ;;
+    *) printf 'usage: %s [--full | --kafka] [--mail] [--tracing] [--browser]\n' "$0" >&2; exit 2 ;;
   esac
 done
 
@@ -109,8 +111,8 @@ ensure_redis() {
 
 # The full profile's servers, each installed once under $HYBRIDLIVE_TOOLS and started by a
 # script of its own in scripts/full/ (Apache Kafka in KRaft mode and Apache Cassandra from
-# Maven Central, FerretDB from the Go module proxy) and the mail sink (Mailpit, from the Go
-# module proxy too), all at once: Cassandra's start is the long one. Each script reuses a
+# Maven Central, FerretDB from the Go module proxy), the mail sink (Mailpit) and the trace
+# collector (Jaeger), both from the Go module proxy too, all at once: Cassandra's start is the long one. Each script reuses a
 # server that already answers.
 full="$(dirname "$0")/full"
 
@@ -152,6 +154,12 @@ for server in "${servers[@]}"; do
     mailpit)
       echo 'export SMTP_URL="${SMTP_URL:-smtp://127.0.0.1:1025}"'
       echo 'export MAILPIT_URL="${MAILPIT_URL:-http://127.0.0.1:8025}"'
+      ;;
+    # Where the processes send their spans is for each to say (OTEL_EXPORTER_OTLP_ENDPOINT):
+    # the collector's addresses, not the variable itself.
+    jaeger)
+      echo 'export JAEGER_OTLP_ENDPOINT="${JAEGER_OTLP_ENDPOINT:-http://127.0.0.1:4318}"'
+      echo 'export JAEGER_URL="${JAEGER_URL:-http://127.0.0.1:16686}"'
       ;;
   esac
 done | sort -u >&3

@@ -7,7 +7,7 @@
 # server of your own instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-servers=$(scripts/services.sh --full --mail --browser)
+servers=$(scripts/services.sh --full --mail --tracing --browser)
 eval "$servers"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"

@@ -11,6 +11,7 @@ use event_schemas::{Event, Metadata, UnexpectedEvent};
 use store::{
     AppendError, AppendRequest, Appended, NewEvent, PgEventStore, RecordedEvent, StoreError,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Metadata key whose value makes event ids deterministic: the same command id always
@@ -112,8 +113,8 @@ where
     }
 
     /// Appends `events`, decided on `loaded` (so expected version `loaded.version`), with
-    /// their unique claims and the command's `credentials`, then snapshots `loaded.aggregate` if the append crossed a
-    /// snapshot boundary. `loaded.aggregate` must already have the events applied (as
+    /// their unique claims and the command's `credentials`, in a span `append`, then
+    /// snapshots `loaded.aggregate` if the append crossed a snapshot boundary. `loaded.aggregate` must already have the events applied (as
     /// cqrs-es's `EventSink` does).
     ///
     /// # Errors
@@ -126,6 +127,30 @@ where
         command_id: Option<&str>,
         credentials: Vec<Credential>,
     ) -> Result<Appended, AppendError> {
+        let span = tracing::info_span!(
+            "append",
+            stream_type = A::TYPE,
+            stream_id = %loaded.stream_id,
+            expected_version = loaded.version,
+            events = events.len(),
+        );
+        self.append_events(loaded, events, metadata, command_id, credentials)
+            .instrument(span)
+            .await
+    }
+
+    async fn append_events(
+        &self,
+        loaded: &LoadedAggregate<A>,
+        events: Vec<A::Event>,
+        mut metadata: Metadata,
+        command_id: Option<&str>,
+        credentials: Vec<Credential>,
+    ) -> Result<Appended, AppendError> {
+        if metadata.traceparent.is_none() {
+            // The events carry the append's span: what reads them continues this trace.
+            metadata.traceparent = telemetry::current_traceparent();
+        }
         let mut claims = Vec::new();
         let mut erases_subject = false;
         let mut encoded = Vec::with_capacity(events.len());
@@ -237,6 +262,7 @@ fn metadata_from_map(map: &HashMap<String, String>) -> Metadata {
         causation_id: map.get("causation_id").cloned(),
         actor: map.get("actor").cloned(),
         request_id: map.get("request_id").cloned(),
+        traceparent: map.get("traceparent").cloned(),
     }
 }
 

@@ -24,6 +24,10 @@ pub struct Metadata {
     /// The HTTP request that issued the command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The W3C trace context (`traceparent`) of the span that appended the event: the relay,
+    /// each projection and the live push continue that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A committed event, decoded and upcast to its current version.

@@ -1,6 +1,6 @@
 //! `hybridlive`: the one binary of Hybrid Live (DESIGN §9). `main` reads the command line
-//! and the environment, installs tracing, and hands over to the subcommand's module; each
-//! module turns its flags into the libraries' settings and runs them. It may use every
+//! and the environment, installs traces and logs (`telemetry`), and hands over to the
+//! subcommand's module; each module turns its flags into the libraries' settings and runs them. It may use every
 //! library crate (the workers through `workers`); nothing uses it but the tests that run
 //! it as a process.
 
@@ -51,6 +51,22 @@ enum Command {
 }
 
 impl Command {
+    /// The process's name in traces when `OTEL_SERVICE_NAME` does not set one.
+    fn service_name(&self) -> String {
+        let name = match self {
+            Self::Migrate(_) => "migrate",
+            Self::Serve(_) => "serve",
+            Self::Dev(_) => "dev",
+            Self::Relay(_) => "relay",
+            Self::Project(_) => "project",
+            Self::Dlq(_) => "dlq",
+            Self::Admin(_) => "admin",
+            Self::Audit(_) => "audit",
+            Self::Replay(_) => "replay",
+        };
+        format!("hybridlive-{name}")
+    }
+
     /// What the subcommand needs of the key-encryption key.
     fn keys(&self) -> process::Keys {
         match self {
@@ -65,14 +81,9 @@ impl Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let Cli { database, command } = Cli::parse();
+    let _telemetry =
+        telemetry::init(&command.service_name(), "info,sqlx=warn").map_err(anyhow::Error::msg)?;
     database.install_keys(command.keys())?;
     match command {
         Command::Migrate(command) => command.run(&database).await,

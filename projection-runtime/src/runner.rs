@@ -37,6 +37,7 @@ use rand::Rng;
 use sqlx::postgres::PgPool;
 use store::{Checkpoints, Keyring, LogPosition, LogReader, LogWaiter, RecordedEvent, StoreError};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Why an event was not applied.
@@ -534,7 +535,15 @@ impl<P: Projection> Runner<P> {
         }
         self.remember_skipped(&passed_over);
         if self.batches && self.projection.applies_batches() && envelopes.len() > 1 {
-            match self.projection.apply_batch(&envelopes).await {
+            // A span per event, in its command's trace, while the batch is applied.
+            let spans: Vec<tracing::Span> = envelopes.iter().map(|e| self.event_span(e)).collect();
+            let applied = self
+                .projection
+                .apply_batch(&envelopes)
+                .instrument(self.batch_span(&envelopes))
+                .await;
+            drop(spans);
+            match applied {
                 Ok(()) => {
                     if let Some(&last) = indices.last() {
                         self.report_applied(envelopes.len() as u64, &events[last]);
@@ -594,6 +603,46 @@ impl<P: Projection> Runner<P> {
         }
     }
 
+    /// The span of applying `envelope` (`apply <projection>`), a child of the span that
+    /// appended it: made only when traces are exported and the event carries a trace.
+    fn event_span(&self, envelope: &EventEnvelope) -> tracing::Span {
+        let Some(traceparent) = envelope.metadata.traceparent.as_deref() else {
+            return tracing::Span::none();
+        };
+        telemetry::when_exporting(|| {
+            let span = tracing::info_span!(
+                "apply",
+                otel.name = %format_args!("apply {}", self.projection.name()),
+                otel.kind = "consumer",
+                projection = %self.label,
+                event_type = envelope.event.event_type(),
+                global_position = envelope.global_position,
+            );
+            telemetry::continue_trace(&span, Some(traceparent));
+            span
+        })
+    }
+
+    /// The span of applying `envelopes` at once, linked to each event's trace: what the
+    /// batch does on behalf of every event (live pushes among it) is found from any of them.
+    fn batch_span(&self, envelopes: &[EventEnvelope]) -> tracing::Span {
+        telemetry::when_exporting(|| {
+            let span = tracing::info_span!(
+                "apply batch",
+                otel.name = %format_args!("apply {} batch", self.projection.name()),
+                projection = %self.label,
+                events = envelopes.len(),
+            );
+            for traceparent in envelopes
+                .iter()
+                .filter_map(|e| e.metadata.traceparent.as_deref())
+            {
+                telemetry::link_trace(&span, traceparent);
+            }
+            span
+        })
+    }
+
     /// Counts `n` events applied, `last` the latest.
     fn report_applied(&self, n: u64, last: &RecordedEvent) {
         let projection = self.projection.name().to_owned();
@@ -611,9 +660,15 @@ impl<P: Projection> Runner<P> {
         stop: &CancellationToken,
     ) -> Result<Outcome, StoreError> {
         let projection = self.projection.name().to_owned();
+        let span = self.event_span(envelope);
         let mut failures = 0u32;
         loop {
-            let error = match self.projection.apply(envelope).await {
+            let error = match self
+                .projection
+                .apply(envelope)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(()) => {
                     if failures > 0 {
                         metrics::gauge!("projection_store_unavailable", "projection" => projection.clone())

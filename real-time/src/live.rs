@@ -24,6 +24,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{unavailable, undeliverable, LiveResult};
@@ -203,6 +204,9 @@ impl LivePublisher {
         } else {
             stream.clone()
         };
+        let span = telemetry::when_exporting(|| {
+            tracing::info_span!("live push", otel.kind = "producer", channel, event)
+        });
         let id: Option<String> = self
             .publish
             .key(&stream)
@@ -215,6 +219,7 @@ impl LivePublisher {
             .arg(if push.once_for.is_some() { "1" } else { "0" })
             .arg(if push.outcome { "1" } else { "0" })
             .invoke_async(&mut self.redis.clone())
+            .instrument(span)
             .await
             .map_err(unavailable)?;
         if id.is_some() {
@@ -239,6 +244,14 @@ impl LivePublisher {
             .into_iter()
             .map(|channel| stream_key(&self.prefix, &channel))
             .collect();
+        let span = telemetry::when_exporting(|| {
+            tracing::info_span!(
+                "live push",
+                otel.kind = "producer",
+                channels = keys.len(),
+                event
+            )
+        });
         for chunk in keys.chunks(500) {
             let mut invocation = self.publish_many.prepare_invoke();
             for key in chunk {
@@ -250,6 +263,7 @@ impl LivePublisher {
                 .arg(self.settings.retention_entries)
                 .arg(self.settings.retention.as_secs().max(1))
                 .invoke_async(&mut self.redis.clone())
+                .instrument(span.clone())
                 .await
                 .map_err(unavailable)?;
             metrics::counter!("live_published_total", "event" => event.to_owned())
@@ -309,11 +323,21 @@ impl LivePublisher {
     /// # Errors
     /// Redis unreachable (transient).
     pub async fn likes_changed(&self, post: Uuid, like_count: i64) -> LiveResult<()> {
+        // The trace of a like ends here: the push itself carries many likes at once.
+        let span = telemetry::when_exporting(|| {
+            tracing::info_span!(
+                "live push",
+                otel.kind = "producer",
+                event = "likes",
+                live.aggregated = true
+            )
+        });
         let _: () = redis::cmd("HSET")
             .arg(likes_key(&self.prefix))
             .arg(post.to_string())
             .arg(like_count)
             .query_async(&mut self.redis.clone())
+            .instrument(span)
             .await
             .map_err(unavailable)?;
         Ok(())

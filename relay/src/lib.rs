@@ -25,7 +25,8 @@
 //! Topics: `<prefix><stream_type>` (e.g. `hl.post`), created on first use unless
 //! [`RelaySettings::create_topics`] is off. Message value:
 //! the [`store::RecordedEvent`] as JSON; headers `event_id`, `event_type`,
-//! `schema_version`, `global_position`, `stream_version`, `correlation_id`.
+//! `schema_version`, `global_position`, `stream_version`, `correlation_id`, `traceparent`
+//! (a span `relay publish` per event, in its command's trace, when traces are exported).
 //!
 //! Metrics: `relay_active` (1 on the lease holder), `relay_published_total`,
 //! `relay_publish_failures_total`, `relay_backlog_events`, `relay_lag_seconds` (age of the
@@ -304,7 +305,11 @@ async fn publish(
             .metadata
             .get("correlation_id")
             .and_then(serde_json::Value::as_str);
-        let headers = OwnedHeaders::new_with_capacity(6)
+        let traceparent = event
+            .metadata
+            .get("traceparent")
+            .and_then(serde_json::Value::as_str);
+        let headers = OwnedHeaders::new_with_capacity(7)
             .insert(header("event_id", &event_id))
             .insert(header("event_type", &event.event_type))
             .insert(header("schema_version", &schema_version))
@@ -313,7 +318,29 @@ async fn publish(
             .insert(Header {
                 key: "correlation_id",
                 value: correlation_id,
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: traceparent,
             });
+        // From the send to Kafka's acknowledgement, in the trace of the event's command.
+        let span = match traceparent {
+            Some(traceparent) => telemetry::when_exporting(|| {
+                let span = tracing::info_span!(
+                    "relay publish",
+                    otel.kind = "producer",
+                    messaging.system = "kafka",
+                    messaging.destination.name = %topic,
+                    messaging.destination.partition.id = tracing::field::Empty,
+                    messaging.kafka.offset = tracing::field::Empty,
+                    event_type = %event.event_type,
+                    global_position = event.global_position,
+                );
+                telemetry::continue_trace(&span, Some(traceparent));
+                span
+            }),
+            None => tracing::Span::none(),
+        };
         let mut record = FutureRecord::to(topic)
             .key(&event.stream_id)
             .payload(&value)
@@ -322,7 +349,7 @@ async fn publish(
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    deliveries.push((event, delivery));
+                    deliveries.push((event, delivery, span));
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -342,9 +369,15 @@ async fn publish(
     }
     // By stream type and partition while the acknowledgements come in; by topic at the end.
     let mut heads: HashMap<(&str, i32), (i64, LogPosition)> = HashMap::new();
-    for (event, delivery) in deliveries {
+    for (event, delivery, span) in deliveries {
         let position = event.global_position;
-        match delivery.await {
+        let acknowledged = delivery.await;
+        if let Ok(Ok(delivery)) = &acknowledged {
+            span.record("messaging.destination.partition.id", delivery.partition);
+            span.record("messaging.kafka.offset", delivery.offset);
+        }
+        drop(span);
+        match acknowledged {
             Ok(Ok(delivery)) => {
                 // Per partition, the idempotent producer writes in the order produced:
                 // the greatest offset is the batch's last event there.

@@ -225,6 +225,7 @@ async fn metadata_is_stored_with_every_event_and_decodes() {
         causation_id: Some("cause-1".into()),
         actor: Some("user:42".into()),
         request_id: Some("req-1".into()),
+        traceparent: None,
     };
     let followed = event_schemas::Event::from(event_schemas::social::FollowedV1 {
         follower_id: Uuid::now_v7(),

@@ -49,6 +49,7 @@ fn append(
             actor: Some(actor.into()),
             request_id: Some(correlation.into()),
             causation_id: None,
+            traceparent: None,
         },
         claims: Vec::new(),
         credentials: Vec::new(),

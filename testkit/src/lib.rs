@@ -80,7 +80,28 @@ pub fn kafka_brokers() -> String {
 /// # Panics
 /// When a variable is unset in CI or under `scripts/test.sh`.
 pub fn mail_servers() -> (String, String) {
-    let get = |variable: &str, default: &str| match std::env::var(variable) {
+    (
+        server_or("SMTP_URL", "smtp://127.0.0.1:1025"),
+        server_or("MAILPIT_URL", "http://127.0.0.1:8025"),
+    )
+}
+
+/// The trace collector a test sends spans to and reads them back from: `JAEGER_OTLP_ENDPOINT`
+/// (OTLP/HTTP) and `JAEGER_URL` (Jaeger's query API), by default Jaeger's own ports on
+/// 127.0.0.1 — never a skip: without a collector the test fails.
+///
+/// # Panics
+/// When a variable is unset in CI or under `scripts/test.sh`, as [`mail_servers`].
+pub fn trace_collector() -> (String, String) {
+    (
+        server_or("JAEGER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+        server_or("JAEGER_URL", "http://127.0.0.1:16686"),
+    )
+}
+
+/// `variable`, else `default` outside CI and `scripts/test.sh`.
+fn server_or(variable: &str, default: &str) -> String {
+    match std::env::var(variable) {
         Ok(value) if !value.trim().is_empty() => value,
         _ if std::env::var_os("CI").is_some()
             || std::env::var_os("HYBRIDLIVE_REQUIRE_SERVERS").is_some() =>
@@ -88,11 +109,7 @@ pub fn mail_servers() -> (String, String) {
             panic!("{variable} is not set, and this run requires every server: run the tests with scripts/test.sh")
         }
         _ => default.to_owned(),
-    };
-    (
-        get("SMTP_URL", "smtp://127.0.0.1:1025"),
-        get("MAILPIT_URL", "http://127.0.0.1:8025"),
-    )
+    }
 }
 
 /// The variables that put the read models on production stores (and `project` on Kafka):

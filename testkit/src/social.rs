@@ -107,6 +107,7 @@ impl SocialLog {
                         causation_id: None,
                         actor: Some(format!("user:{}", append.actor)),
                         request_id: None,
+                        traceparent: None,
                     },
                     claims: Vec::new(),
                     credentials: Vec::new(),

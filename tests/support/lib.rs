@@ -119,6 +119,7 @@ pub fn as_user(user: uuid::Uuid, request_id: &str) -> CommandContext {
             causation_id: None,
             actor: Some(format!("user:{user}")),
             request_id: Some(request_id.to_owned()),
+            traceparent: None,
         },
         ..CommandContext::default()
     }

@@ -42,6 +42,7 @@ fn context(user: Uuid, step: &str) -> CommandContext {
             causation_id: None,
             actor: Some("system:onboarding".to_owned()),
             request_id: None,
+            traceparent: None,
         },
         command_id: Some(format!("onboarding:{user}:{step}")),
         ..CommandContext::default()

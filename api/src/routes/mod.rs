@@ -50,6 +50,7 @@ pub fn context(
             causation_id: None,
             actor: actor.map(|id| format!("user:{id}")),
             request_id: Some(meta.request_id.0.clone()),
+            traceparent: None,
         },
         command_id: meta.command_id.clone(),
         expected_version,

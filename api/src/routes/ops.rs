@@ -64,7 +64,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `http_requests_total` and `http_request_duration_seconds` by method, route template and
-/// status (never by raw path: ids would explode the label space).
+/// status (never by raw path: ids would explode the label space), and the access log line.
 pub async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -73,10 +73,17 @@ pub async fn record_metrics(request: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    tracing::Span::current().record("http.response.status_code", status);
+    // The access log, off by default (`RUST_LOG=api::access=debug`), in the request's span.
+    tracing::debug!(target: "api::access", status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "Answered.");
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", status.to_string()),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
     response
 }
