@@ -227,6 +227,10 @@ async fn find_user(
     state: &AppState,
     login: &str,
 ) -> Result<Option<(User, SecretString)>, ApiError> {
+    // No username or address holds NUL, and PostgreSQL text cannot: nobody, not a 500.
+    if login.contains('\0') {
+        return Ok(None);
+    }
     // Email claims hold the address lowercased (`domain::user`).
     let email = login.to_lowercase();
     let stream_id = store::claims::holder(

@@ -256,6 +256,10 @@ pub async fn by_username(
         &[projections::PeopleProjection::NAME, "timeline", "content"],
     )
     .await?;
+    // No username holds NUL, and PostgreSQL text cannot: nobody, not a 503.
+    if username.contains('\0') {
+        return Err(ApiError::NotFound("user"));
+    }
     let person = projections::People::new(state.pool.clone())
         .by_username(&username)
         .await?
