@@ -232,3 +232,139 @@ async fn operations_endpoints_answer() {
     assert!(metrics.contains("http_requests_total"), "{metrics}");
     assert!(metrics.contains(r#"route="/v1/auth/register""#));
 }
+
+/// The served document, as a client generator reads it.
+async fn openapi(app: &e2e::TestApp) -> Value {
+    app.http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// What the OpenAPI fuzzer (scripts/fuzz-api.sh) found undocumented, pinned: every operation
+/// documents the errors its shape lets it answer, each with the shared error body.
+#[tokio::test]
+async fn every_operation_documents_the_errors_its_shape_can_answer() {
+    let app = spawn_app().await;
+    let doc = openapi(&app).await;
+    let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let mut expected: Vec<&str> = Vec::new();
+            if op.get("requestBody").is_some() {
+                expected.extend(["400", "413", "415"]);
+            }
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                expected.push("401");
+            }
+            if path.starts_with("/v1/") {
+                expected.extend(["429", "503"]);
+            }
+            if method != "get" {
+                expected.extend(["400", "409", "422"]);
+            }
+            for status in expected {
+                let response = &responses
+                    .get(status)
+                    .unwrap_or_else(|| panic!("{method} {path} does not document {status}"));
+                assert_eq!(
+                    response["content"]["application/json"]["schema"], error_body,
+                    "{method} {path} {status}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 200, "only {checked} responses checked");
+    // A few codes by name, where clients branch on them.
+    let publish = &doc["paths"]["/v1/posts"]["post"]["responses"];
+    assert!(publish["415"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("unsupported_media_type"));
+    assert!(publish["429"]["headers"]["Retry-After"].is_object());
+    let feed = &doc["paths"]["/v1/feed"]["get"]["responses"];
+    assert!(feed["503"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("read_model_behind"));
+}
+
+/// The constraints the API enforces are in the schemas, and operation ids are unique (links
+/// and generated clients name operations by them).
+#[tokio::test]
+async fn the_document_states_the_constraints_the_api_enforces() {
+    let app = spawn_app().await;
+    let doc = openapi(&app).await;
+    let schemas = &doc["components"]["schemas"];
+    let register = &schemas["RegisterRequest"];
+    assert_eq!(register["additionalProperties"], false);
+    assert_eq!(
+        register["properties"]["username"]["pattern"],
+        "^[a-z0-9_]+$"
+    );
+    assert_eq!(register["properties"]["username"]["maxLength"], 30);
+    assert_eq!(register["properties"]["password"]["minLength"], 10);
+    assert_eq!(
+        schemas["PublishRequest"]["properties"]["title"]["maxLength"],
+        200
+    );
+    assert_eq!(
+        schemas["NotificationsReadRequest"]["properties"]["up_to"]["pattern"],
+        "^[1-9][0-9]{0,17}$"
+    );
+    let params = doc["paths"]["/v1/feed"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let param = |name: &str| params.iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(param("limit")["schema"]["maximum"], 100);
+    assert_eq!(param("X-Min-Position")["schema"]["minimum"], 0);
+    let publish = doc["paths"]["/v1/posts"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    let key = publish
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap();
+    assert_eq!(key["schema"]["maxLength"], 200);
+    let mut ids = std::collections::HashSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "operationId {id} is used twice");
+        }
+    }
+    // The stateful walk register → publish → read: links spelled as OpenAPI spells them.
+    let link = &doc["paths"]["/v1/posts"]["post"]["responses"]["201"]["links"]["read"];
+    assert_eq!(link["operationId"], "get_post");
+    assert_eq!(
+        link["parameters"]["header.X-Min-Position"],
+        "$response.header.x-global-position"
+    );
+}
+
+/// A position past the end of the log is bad input (422), not a wait that ends in 503.
+#[tokio::test]
+async fn a_min_position_past_the_end_of_the_log_is_refused_at_once() {
+    let app = spawn_app().await;
+    let ada = app.register("ada").await;
+    let started = std::time::Instant::now();
+    let response = app
+        .http
+        .get(app.url("/v1/feed"))
+        .bearer_auth(&ada.access_token)
+        .header("x-min-position", "9223372036854775806")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_position");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}

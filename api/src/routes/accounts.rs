@@ -40,6 +40,10 @@ pub struct TokenRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\x00-\x1f\x7f]+@([^@\s\x00-\x1f\x7f.]+\.)+[^@\s\x00-\x1f\x7f.]+$"
+    )]
     pub email: String,
 }
 
@@ -49,6 +53,7 @@ pub struct ResetConfirmRequest {
     #[schema(max_length = 100)]
     pub token: String,
     /// 10–128 characters, not a common password, not containing the username.
+    #[schema(min_length = 10, max_length = 128)]
     pub new_password: String,
 }
 

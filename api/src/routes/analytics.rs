@@ -175,8 +175,8 @@ async fn as_of(model: &AnalyticsProjection) -> Result<Option<AsOf>, ApiError> {
 
 /// Signups per UTC day: registrations that stand, and those rolled back since.
 #[utoipa::path(get, path = "/v1/analytics/signups", tag = "analytics", security(("bearer" = [])),
-    params(("from" = Option<String>, Query, description = "first day, YYYY-MM-DD; default: 29 days before `to`"),
-           ("to" = Option<String>, Query, description = "last day, YYYY-MM-DD; default: today (UTC). At most 366 days in all")),
+    params(("from" = Option<String>, Query, format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "first day, YYYY-MM-DD; default: 29 days before `to`"),
+           ("to" = Option<String>, Query, format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "last day, YYYY-MM-DD; default: today (UTC). At most 366 days in all")),
     responses((status = 200, body = SignupsReport), (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody, description = "not an analyst or admin")))]
 pub async fn signups(
@@ -206,8 +206,8 @@ pub async fn signups(
 /// Posts and likes per UTC day: what happened that day (later deletions and unlikes do not
 /// change a past day).
 #[utoipa::path(get, path = "/v1/analytics/activity", tag = "analytics", security(("bearer" = [])),
-    params(("from" = Option<String>, Query, description = "first day, YYYY-MM-DD; default: 29 days before `to`"),
-           ("to" = Option<String>, Query, description = "last day, YYYY-MM-DD; default: today (UTC). At most 366 days in all")),
+    params(("from" = Option<String>, Query, format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "first day, YYYY-MM-DD; default: 29 days before `to`"),
+           ("to" = Option<String>, Query, format = Date, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description = "last day, YYYY-MM-DD; default: today (UTC). At most 366 days in all")),
     responses((status = 200, body = ActivityReport), (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody, description = "not an analyst or admin")))]
 pub async fn activity(
@@ -238,7 +238,7 @@ pub async fn activity(
 
 /// The live posts most users like now.
 #[utoipa::path(get, path = "/v1/analytics/top-posts", tag = "analytics", security(("bearer" = [])),
-    params(("limit" = Option<u32>, Query, description = "1–100, default 10")),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 10")),
     responses((status = 200, body = TopPostsReport), (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody, description = "not an analyst or admin")))]
 pub async fn top_posts(

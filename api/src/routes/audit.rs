@@ -79,9 +79,12 @@ pub(crate) fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, Ap
 impl AuditParams {
     fn filter(&self) -> Result<AuditFilter, ApiError> {
         let text = |name: &str, value: &Option<String>| match value {
-            Some(v) if v.is_empty() || v.chars().count() > MAX_FILTER_LEN => Err(invalid(format!(
-                "{name} must be 1 to {MAX_FILTER_LEN} characters"
-            ))),
+            // PostgreSQL text cannot hold NUL: refused here rather than failing the query.
+            Some(v) if v.is_empty() || v.chars().count() > MAX_FILTER_LEN || v.contains('\0') => {
+                Err(invalid(format!(
+                    "{name} must be 1 to {MAX_FILTER_LEN} characters, without NUL"
+                )))
+            }
             other => Ok(other.clone()),
         };
         let time = |name: &str, value: &Option<String>| {
@@ -217,13 +220,13 @@ pub struct StreamHistory {
 /// `has_more` is false and then keeps polling with `next_cursor` sees every matching event
 /// exactly once.
 #[utoipa::path(get, path = "/v1/audit/events", tag = "audit", security(("bearer" = [])),
-    params(("stream_type" = Option<String>, Query), ("stream_id" = Option<String>, Query, description = "needs stream_type"),
-           ("event_type" = Option<String>, Query), ("correlation_id" = Option<String>, Query, description = "metadata.correlation_id: the x-request-id of the command"),
-           ("actor" = Option<String>, Query, description = "metadata.actor, e.g. user:<uuid>"),
-           ("from" = Option<String>, Query, description = "recorded_at ≥ from, RFC 3339"),
-           ("to" = Option<String>, Query, description = "recorded_at < to, RFC 3339"),
-           ("after_position" = Option<String>, Query, description = "`next_cursor` of the previous page, or a non-negative integer N: only events with global_position > N (on every later page too)"),
-           ("limit" = Option<u32>, Query, description = "1–1000, default 100")),
+    params(("stream_type" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$"), ("stream_id" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$", description = "needs stream_type"),
+           ("event_type" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$"), ("correlation_id" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$", description = "metadata.correlation_id: the x-request-id of the command"),
+           ("actor" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$", description = "metadata.actor, e.g. user:<uuid>"),
+           ("from" = Option<String>, Query, format = DateTime, description = "recorded_at ≥ from, RFC 3339"),
+           ("to" = Option<String>, Query, format = DateTime, description = "recorded_at < to, RFC 3339"),
+           ("after_position" = Option<String>, Query, pattern = r"^([0-9]{1,18}|v1\.[0-9]{1,19}\.[0-9]{1,18}\.[0-9]{1,18})$", description = "`next_cursor` of the previous page, or a non-negative integer N: only events with global_position > N (on every later page too)"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1–1000, default 100")),
     responses((status = 200, body = AuditEventPage), (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn list_events(
@@ -304,8 +307,8 @@ fn position(name: &str, raw: Option<&String>) -> Result<Option<i64>, ApiError> {
 /// Recomputes the hash chain of the range and checks the seals ending in it. One request
 /// checks at most 100 000 positions; continue from `next_from_position`.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
-    params(("from_position" = Option<i64>, Query, description = "default 1"),
-           ("to_position" = Option<i64>, Query, description = "default and at most from_position + 99 999")),
+    params(("from_position" = Option<i64>, Query, minimum = 0, description = "default 1"),
+           ("to_position" = Option<i64>, Query, minimum = 0, description = "default and at most from_position + 99 999")),
     responses((status = 200, body = VerifyReport, description = "ok is false when the log was altered"),
               (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),
               (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
@@ -344,10 +347,10 @@ pub async fn verify(
 /// settled when the export started, as NDJSON, one event per line, streamed page by page.
 /// The `x-next-cursor` header is where the listing or a later export continues.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit", security(("bearer" = [])),
-    params(("stream_type" = Option<String>, Query), ("stream_id" = Option<String>, Query),
-           ("event_type" = Option<String>, Query), ("correlation_id" = Option<String>, Query),
-           ("actor" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query),
-           ("after_position" = Option<String>, Query, description = "a `next_cursor`, or a non-negative integer N: only events with global_position > N")),
+    params(("stream_type" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$"), ("stream_id" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$"),
+           ("event_type" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$"), ("correlation_id" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$"),
+           ("actor" = Option<String>, Query, min_length = 1, max_length = 200, pattern = r"^[^\x00]+$"), ("from" = Option<String>, Query, format = DateTime), ("to" = Option<String>, Query, format = DateTime),
+           ("after_position" = Option<String>, Query, pattern = r"^([0-9]{1,18}|v1\.[0-9]{1,19}\.[0-9]{1,18}\.[0-9]{1,18})$", description = "a `next_cursor`, or a non-negative integer N: only events with global_position > N")),
     responses((status = 200, content_type = "application/x-ndjson", body = AuditEventView, description = "one event per line",
                headers(("x-next-cursor" = String, description = "`after_position` that continues after this export"))),
               (status = 400, body = crate::error::ErrorBody, description = "invalid_filter"),

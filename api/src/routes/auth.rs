@@ -52,10 +52,18 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 3–30 characters of `[a-z0-9_]`.
+    #[schema(min_length = 3, max_length = 30, pattern = r"^[a-z0-9_]+$")]
     pub username: String,
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@\s\x00-\x1f\x7f]+@([^@\s\x00-\x1f\x7f.]+\.)+[^@\s\x00-\x1f\x7f.]+$"
+    )]
     pub email: String,
     /// 10–128 characters, not a common password, not containing the username.
+    #[schema(min_length = 10, max_length = 128)]
     pub password: String,
+    /// 1–50 characters once trimmed; the username when absent.
+    #[schema(min_length = 1, max_length = 50)]
     pub display_name: Option<String>,
 }
 
@@ -219,6 +227,10 @@ async fn find_user(
     state: &AppState,
     login: &str,
 ) -> Result<Option<(User, SecretString)>, ApiError> {
+    // No username or address holds NUL, and PostgreSQL text cannot: nobody, not a 500.
+    if login.contains('\0') {
+        return Ok(None);
+    }
     // Email claims hold the address lowercased (`domain::user`).
     let email = login.to_lowercase();
     let stream_id = store::claims::holder(

@@ -33,8 +33,10 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
     /// The other members (the caller is one either way): 2–50 members in all.
+    #[schema(min_items = 1, max_items = 50)]
     pub members: Vec<Uuid>,
-    /// At most 100 characters.
+    /// At most 100 characters (trimmed; empty is none).
+    #[schema(max_length = 100)]
     pub title: Option<String>,
 }
 
@@ -46,7 +48,8 @@ pub struct StartResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
-    /// Markdown, 1–4000 characters; sanitised when shown.
+    /// Markdown, 1–4000 characters (trimmed); sanitised when shown.
+    #[schema(min_length = 1, max_length = 4000)]
     pub body: String,
 }
 
@@ -65,7 +68,7 @@ pub struct ReadRequest {
 
 /// Start a conversation. A one-to-one conversation that exists is answered (200), never
 /// made twice, also when both people start it at once.
-#[utoipa::path(post, path = "/v1/conversations", tag = "messaging", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "start_conversation", path = "/v1/conversations", tag = "messaging", security(("bearer" = [])),
     request_body = StartRequest,
     responses((status = 201, body = StartResponse), (status = 200, body = StartResponse, description = "the one-to-one conversation that exists"),
               (status = 404, body = crate::error::ErrorBody, description = "a member is not a user"),
@@ -127,7 +130,7 @@ pub async fn start(
 }
 
 /// Send a message to a conversation one is a member of.
-#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/messages", tag = "messaging",
+#[utoipa::path(post, operation_id = "send_message", path = "/v1/conversations/{conversation_id}/messages", tag = "messaging",
     security(("bearer" = [])), params(("conversation_id" = Uuid, Path)), request_body = SendRequest,
     responses((status = 201, body = SendResponse), (status = 404, body = crate::error::ErrorBody, description = "no such conversation, or not a member"),
               (status = 422, body = crate::error::ErrorBody, description = "invalid_body")))]
@@ -169,7 +172,7 @@ pub async fn send(
 }
 
 /// Mark every message up to `up_to` read.
-#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/read", tag = "messaging",
+#[utoipa::path(post, operation_id = "mark_conversation_read", path = "/v1/conversations/{conversation_id}/read", tag = "messaging",
     security(("bearer" = [])), params(("conversation_id" = Uuid, Path)), request_body = ReadRequest,
     responses((status = 204), (status = 404, body = crate::error::ErrorBody, description = "no such conversation, or not a member")))]
 pub async fn mark_read(
@@ -252,8 +255,8 @@ pub struct MessagePage {
 
 /// The caller's conversations, newest activity first.
 #[utoipa::path(get, path = "/v1/conversations", tag = "messaging", security(("bearer" = [])),
-    params(("limit" = Option<u32>, Query, description = "1–100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "`next_cursor` of the previous page"),
            ("X-Min-Position" = Option<i64>, Header, description = "Wait until the inbox reflects this global position")),
     responses((status = 200, body = InboxPage), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn inbox(
@@ -305,10 +308,10 @@ pub async fn inbox(
 }
 
 /// A conversation's messages, newest first (members only).
-#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/messages", tag = "messaging",
+#[utoipa::path(get, operation_id = "conversation_history", path = "/v1/conversations/{conversation_id}/messages", tag = "messaging",
     security(("bearer" = [])),
-    params(("conversation_id" = Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
-           ("before" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    params(("conversation_id" = Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+           ("before" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "`next_cursor` of the previous page"),
            ("X-Min-Position" = Option<i64>, Header, description = "Wait until the messages reflect this global position")),
     responses((status = 200, body = MessagePage), (status = 400, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody, description = "no such conversation, or not a member")))]

@@ -73,7 +73,8 @@ impl PageParams {
 /// `read_model_behind` with `Retry-After` when they have not in time.
 ///
 /// # Errors
-/// 503 when the wait ran out or the database failed.
+/// 422 `unknown_position` past the end of the log; 503 when the wait ran out or the
+/// database failed.
 pub async fn caught_up(
     state: &AppState,
     min: MinPosition,
@@ -82,6 +83,18 @@ pub async fn caught_up(
     let Some(position) = min.0 else {
         return Ok(());
     };
+    // A position past the end of the log was never returned by this server (a command's
+    // position is committed before it is answered): waiting for it would only time out.
+    let end = store::PgEventStore::new(state.pool.clone())
+        .log_end()
+        .await
+        .map_err(crate::error::domain_errors::store)?;
+    if position > end {
+        return Err(ApiError::rule(
+            "unknown_position",
+            format!("X-Min-Position {position} is past the end of the log: send an x-global-position this server returned"),
+        ));
+    }
     let reached = projections::query::wait_caught_up(
         &state.pool,
         projections,
@@ -132,8 +145,8 @@ pub struct FeedPage {
 
 /// The caller's home feed: posts of the people they follow and their own, newest first.
 #[utoipa::path(get, path = "/v1/feed", tag = "feed", security(("bearer" = [])),
-    params(("limit" = Option<u32>, Query, description = "1–100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "`next_cursor` of the previous page"),
            ("X-Min-Position" = Option<i64>, Header, description = "Wait until the feed reflects this global position")),
     responses((status = 200, body = FeedPage), (status = 400, body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody, description = "read_model_behind")))]
@@ -152,8 +165,8 @@ pub async fn feed(
 
 /// A person's own posts, newest first (public, like profiles).
 #[utoipa::path(get, path = "/v1/users/{user_id}/posts", tag = "feed",
-    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+           ("cursor" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "`next_cursor` of the previous page"),
            ("X-Min-Position" = Option<i64>, Header, description = "Wait until the posts reflect this global position")),
     responses((status = 200, body = FeedPage), (status = 400, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody, description = "no such person")))]

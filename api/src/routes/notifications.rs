@@ -58,16 +58,19 @@ pub struct NotificationPage {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+// Not `ReadRequest` in the document: the conversations' one has that name.
+#[schema(as = NotificationsReadRequest)]
 #[serde(deny_unknown_fields)]
 pub struct ReadRequest {
     /// The `id` of the newest notification read: it and every older one are read.
+    #[schema(pattern = r"^[1-9][0-9]{0,17}$")]
     pub up_to: String,
 }
 
 /// The caller's notifications, newest group first.
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications", security(("bearer" = [])),
-    params(("before" = Option<String>, Query, description = "a `next_cursor`"),
-           ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+    params(("before" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "a `next_cursor`"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
            ("X-Min-Position" = Option<i64>, Header, description = "Wait until the notifications reflect this global position")),
     responses((status = 200, body = NotificationPage),
               (status = 400, body = crate::error::ErrorBody, description = "invalid_request: a bad limit or cursor"),
@@ -133,7 +136,7 @@ pub async fn list(
 }
 
 /// Mark the caller's notifications read, up to and including `up_to`. Marks never go back.
-#[utoipa::path(post, path = "/v1/notifications/read", tag = "notifications", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "mark_notifications_read", path = "/v1/notifications/read", tag = "notifications", security(("bearer" = [])),
     request_body = ReadRequest,
     responses((status = 204),
               (status = 400, body = crate::error::ErrorBody, description = "invalid_request: `up_to` is not a notification id"),

@@ -31,12 +31,15 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
-    /// 1–200 characters.
+    /// 1–200 characters (trimmed).
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
     /// 1–20000 characters of markdown.
+    #[schema(min_length = 1, max_length = 20000)]
     pub body_markdown: String,
-    /// Up to 10 absolute http(s) URLs.
+    /// Up to 10 absolute http(s) URLs of at most 2048 characters.
     #[serde(default)]
+    #[schema(max_items = 10)]
     pub media: Vec<String>,
 }
 
@@ -49,7 +52,8 @@ pub struct PublishResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommentRequest {
-    /// 1–2000 characters.
+    /// 1–2000 characters (trimmed).
+    #[schema(min_length = 1, max_length = 2000)]
     pub body: String,
 }
 
@@ -257,8 +261,8 @@ pub struct CommentPage {
 
 /// A post's comments, newest first.
 #[utoipa::path(get, path = "/v1/posts/{post_id}/comments", tag = "posts",
-    params(("post_id" = Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
-           ("before" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    params(("post_id" = Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+           ("before" = Option<String>, Query, pattern = r"^[1-9][0-9]{0,17}$", description = "`next_cursor` of the previous page"),
            ("X-Min-Position" = Option<i64>, Header, description = "Wait until the list reflects this global position")),
     responses((status = 200, body = CommentPage), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn list_comments(

@@ -89,10 +89,10 @@ pub async fn presence(
 }
 
 /// A person's presence transitions in a span of at most 31 days, oldest first.
-#[utoipa::path(get, path = "/v1/users/{user_id}/presence/history", tag = "presence", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "presence_history", path = "/v1/users/{user_id}/presence/history", tag = "presence", security(("bearer" = [])),
     params(("user_id" = Uuid, Path),
-           ("from" = Option<String>, Query, description = "RFC 3339; default `to` minus 24 hours"),
-           ("to" = Option<String>, Query, description = "RFC 3339, exclusive; default now; at most 31 days after `from`")),
+           ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339; default `to` minus 24 hours"),
+           ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive; default now; at most 31 days after `from`")),
     responses((status = 200, body = PresenceHistoryPage),
               (status = 400, body = crate::error::ErrorBody, description = "invalid_request: a time that is not RFC 3339, `from` not before `to`, or a span over 31 days"),
               (status = 404, body = crate::error::ErrorBody, description = "no such person, or not one whose presence the caller may see")))]

@@ -113,8 +113,8 @@ pub struct SearchResults {
 /// Find people by username or display name: prefixes and near misses (typos), best
 /// first — the exact username, then prefixes, then by similarity. Case-insensitive.
 #[utoipa::path(get, path = "/v1/users/search", tag = "social",
-    params(("q" = String, Query, description = "1–64 characters"),
-           ("limit" = Option<u32>, Query, description = "1–100, default 20"),
+    params(("q" = String, Query, min_length = 1, max_length = 64, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$", description = "1–64 characters, not only spaces, without NUL"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
            ("X-Min-Position" = Option<i64>, Header, description = "Wait until the search reflects this global position")),
     responses((status = 200, body = SearchResults),
               (status = 400, body = crate::error::ErrorBody, description = "invalid_request: no `q`, or a bad limit")))]
@@ -125,9 +125,10 @@ pub async fn search(
 ) -> Result<Json<SearchResults>, ApiError> {
     caught_up(&state, min, &[projections::PeopleProjection::NAME]).await?;
     let q = params.q.as_deref().map(str::trim).unwrap_or_default();
-    if q.is_empty() || q.chars().count() > projections::people::MAX_QUERY {
+    // PostgreSQL text cannot hold NUL: refused here rather than failing the query.
+    if q.is_empty() || q.chars().count() > projections::people::MAX_QUERY || q.contains('\0') {
         return Err(ApiError::InvalidRequest(format!(
-            "q must be 1 to {} characters",
+            "q must be 1 to {} characters, without NUL",
             projections::people::MAX_QUERY
         )));
     }
@@ -169,8 +170,8 @@ pub struct PeopleParams {
 
 /// Who follows the user, page by page (in a stable order of ids, not by time).
 #[utoipa::path(get, path = "/v1/users/{user_id}/followers", tag = "social",
-    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+           ("cursor" = Option<uuid::Uuid>, Query, description = "`next_cursor` of the previous page")),
     responses((status = 200, body = PeoplePage), (status = 400, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn followers(
@@ -183,8 +184,8 @@ pub async fn followers(
 
 /// Whom the user follows, page by page (in a stable order of ids, not by time).
 #[utoipa::path(get, path = "/v1/users/{user_id}/following", tag = "social",
-    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, description = "1–100, default 20"),
-           ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    params(("user_id" = uuid::Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1–100, default 20"),
+           ("cursor" = Option<uuid::Uuid>, Query, description = "`next_cursor` of the previous page")),
     responses((status = 200, body = PeoplePage), (status = 400, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn following(
@@ -255,6 +256,10 @@ pub async fn by_username(
         &[projections::PeopleProjection::NAME, "timeline", "content"],
     )
     .await?;
+    // No username holds NUL, and PostgreSQL text cannot: nobody, not a 503.
+    if username.contains('\0') {
+        return Err(ApiError::NotFound("user"));
+    }
     let person = projections::People::new(state.pool.clone())
         .by_username(&username)
         .await?

@@ -115,7 +115,7 @@ pub async fn second_factor_ok(
 
 /// Start turning two-factor login on: a new seed, which works once confirmed with a code.
 /// Asking again replaces the seed offered.
-#[utoipa::path(post, path = "/v1/me/2fa", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "start_two_factor", path = "/v1/me/2fa", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = TwoFactorSetup),
               (status = 401, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody, description = "two_factor_on")))]
