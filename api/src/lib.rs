@@ -51,7 +51,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -113,12 +113,29 @@ pub struct App {
     presence_stop: tokio_util::sync::CancellationToken,
 }
 
+/// Upper bounds, in seconds, of the `http_request_duration_seconds` buckets: from a cached
+/// query (a few ms) to the longest `X-Min-Position` wait and beyond.
+pub const HTTP_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The process-wide Prometheus recorder (metrics has one global recorder per process).
+/// `http_request_duration_seconds` is exported as a histogram (`_bucket`, `_sum`,
+/// `_count`), not as a summary: buckets add up across instances, so a dashboard can take
+/// `histogram_quantile` over every `serve` process; per-process quantiles cannot be.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let builder = PrometheusBuilder::new();
+            // Refused only for an empty bucket list, which the constant is not.
+            let builder = builder
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".to_owned()),
+                    HTTP_DURATION_BUCKETS,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then ours stays unused.
             let _ = metrics::set_global_recorder(recorder);
@@ -192,6 +209,11 @@ impl App {
         redis: redis::aio::ConnectionManager,
         read: projections::ReadModels,
     ) -> std::io::Result<App> {
+        // The recorder first: what is recorded before it is installed is lost (the hub's
+        // subscriber sets `sse_hub_connected` as soon as it is subscribed).
+        let metrics = metrics_handle();
+        routes::stream::register_metrics();
+        projections::query::register_metrics();
         let client = redis::Client::open(settings.redis_url.expose_secret())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let hub = live::Hub::start(client, redis.clone(), &settings.redis_prefix, settings.hub);
@@ -237,7 +259,7 @@ impl App {
             ),
             pool,
             redis,
-            metrics: metrics_handle(),
+            metrics,
             body_limit: settings.body_limit,
             redis_prefix: settings.redis_prefix,
             rate_limits: settings.rate_limits,

@@ -46,6 +46,9 @@ impl DevCommand {
             print_events: printing,
             realtime,
         } = self;
+        // The metrics recorder before the workers and the relay start: what they register
+        // or set before it is installed (their zeroed counters, `relay_active`) is lost.
+        let _ = api::metrics_handle();
         let pool = database.connect().await?;
         let stop = CancellationToken::new();
         let workers = {

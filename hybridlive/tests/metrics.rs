@@ -142,7 +142,8 @@ async fn serve_relay_and_a_kafka_fed_project_export_the_holdback_and_the_lag_in_
     .await;
 
     let holdback = "eventstore_reader_holdback_seconds";
-    scrape_until(&relay, &[holdback, "relay_published_total"]).await;
+    // The counter is exported from the start, at 0: wait for the five events.
+    scrape_until(&relay, &[holdback, "relay_published_total 5"]).await;
     scrape_until(&serve, &[holdback]).await;
     let metrics = scrape_until(
         &project,

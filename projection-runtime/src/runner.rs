@@ -228,6 +228,21 @@ impl<P: Projection> Runner<P> {
         &self.pool
     }
 
+    /// Registers the projection's counters at zero (and its store as available) when it
+    /// starts on a source: a projection that has not retried or dead-lettered anything
+    /// exports `0`, so `increase(...)` in an alert sees the first one.
+    pub(crate) fn register_metrics(&self) {
+        let projection = self.projection.name().to_owned();
+        metrics::counter!("projection_applied_total", "projection" => projection.clone())
+            .increment(0);
+        metrics::counter!("projection_retries_total", "projection" => projection.clone())
+            .increment(0);
+        metrics::counter!("projection_dead_lettered_total", "projection" => self.label.clone())
+            .increment(0);
+        // Added to, not set: a restart must not clear an outage the apply loop reported.
+        metrics::gauge!("projection_store_unavailable", "projection" => projection).increment(0.0);
+    }
+
     /// The name of its row in `checkpoints`.
     pub fn checkpoint_name(&self) -> String {
         format!("projection:{}", self.label)
@@ -243,6 +258,7 @@ impl<P: Projection> Runner<P> {
     /// [`StoreError`] when the log or the checkpoint cannot be read or written (the lease
     /// connection may be gone): the caller restarts it, from the checkpoint.
     pub async fn run(&self, stop: &CancellationToken) -> Result<(), StoreError> {
+        self.register_metrics();
         let name = self.checkpoint_name();
         let Some(mut lease) = store::lease::acquire(
             &self.pool,

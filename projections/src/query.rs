@@ -21,6 +21,13 @@ use crate::messaging::MessagingStore;
 use crate::presence::PresenceHistory;
 use crate::timeline::{FollowCounts, TimelineEntry, TimelineStore};
 
+/// Registers the feed cache's hit and miss counters at zero, so that a gateway that has not
+/// served a feed yet exports `0` rather than no series.
+pub fn register_metrics() {
+    metrics::counter!("read_model_cache_hits_total", "cache" => "feed_item").increment(0);
+    metrics::counter!("read_model_cache_misses_total", "cache" => "feed_item").increment(0);
+}
+
 /// One item of a home feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedItem {

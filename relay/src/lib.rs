@@ -147,6 +147,11 @@ impl Relay {
     /// failure. Returns when `stop` is cancelled, after the batch in flight was acknowledged
     /// and checkpointed (graceful shutdown).
     pub async fn run(&self, stop: CancellationToken) {
+        // A standby exports `relay_active 0` (the alert on "no active relay" needs a value
+        // from every instance), and the counters start at zero.
+        metrics::gauge!("relay_active").set(0.0);
+        metrics::counter!("relay_published_total").increment(0);
+        metrics::counter!("relay_publish_failures_total").increment(0);
         let mut pause = Duration::from_millis(200);
         while !stop.is_cancelled() {
             let Some(mut lease) = store::lease::acquire(

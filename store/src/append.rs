@@ -280,6 +280,13 @@ SELECT (SELECT version FROM stream) AS version,
   FROM appended
 "#;
 
+/// Counts the events of a committed append in `eventstore_appended_events_total`, by stream
+/// type (a short list fixed by the code: `user`, `post`, `social_graph`, …; never an id).
+fn record_appended(request: &AppendRequest) {
+    metrics::counter!("eventstore_appended_events_total", "stream_type" => request.stream_type.clone())
+        .increment(request.events.len() as u64);
+}
+
 /// The event store: appends and stream reads over a connection pool.
 #[derive(Debug, Clone)]
 pub struct PgEventStore {
@@ -317,13 +324,16 @@ impl PgEventStore {
         let appended = self.append_on(&self.pool, request).await?;
         if !appended.duplicate {
             self.waker.wake(&self.pool);
+            record_appended(request);
         }
         Ok(appended)
     }
 
     /// [`Self::append`] inside the caller's transaction on `connection`, which commits or
     /// rolls back as the caller decides; the stream stays locked for other writers until
-    /// then. Log readers are not woken: they find the events at their next poll. The
+    /// then. Log readers are not woken: they find the events at their next poll, and
+    /// `eventstore_appended_events_total` does not count them (only the caller knows
+    /// whether they commit). The
     /// duplicate and conflict look-ups that follow a refused append read committed state
     /// through the pool; after an [`AppendError::Store`] or [`AppendError::Taken`] the
     /// transaction is aborted and must be rolled back.

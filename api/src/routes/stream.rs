@@ -246,6 +246,20 @@ impl Drop for Connection {
     }
 }
 
+/// Registers this module's series at zero, so that an instance without a connection yet
+/// exports `0` (the dashboard and the alerts see a value, not an absent series).
+pub fn register_metrics() {
+    metrics::gauge!("sse_connections").increment(0.0);
+    for counter in [
+        "sse_connections_opened_total",
+        "sse_events_sent_total",
+        "sse_resets_total",
+        "sse_slow_clients_dropped_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+}
+
 /// `sse_connections` while a connection is open.
 struct ConnectionGauge;
 

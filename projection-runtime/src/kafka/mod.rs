@@ -99,6 +99,9 @@ impl<P: Projection> Runner<P> {
         source: &KafkaSource,
         stop: &CancellationToken,
     ) -> Result<(), KafkaSourceError> {
+        self.register_metrics();
+        metrics::counter!("projection_undecodable_messages_total", "projection" => self.projection().name().to_owned())
+            .increment(0);
         let group = source.group_id(self.projection().name());
         let lag = LagReporter {
             projection: self.projection().name().to_owned(),

@@ -50,6 +50,16 @@ pub mod kind {
     pub const PASSWORD_RESET: &str = "password_reset";
 }
 
+/// Registers the emailer's counters at zero for every kind (a short, fixed list), so that a
+/// worker that has not sent an email yet exports `0` rather than no series.
+fn register_metrics() {
+    for kind in [kind::VERIFY_EMAIL, kind::WELCOME, kind::PASSWORD_RESET] {
+        metrics::counter!("emails_sent_total", "kind" => kind).increment(0);
+        metrics::counter!("email_failures_total", "kind" => kind).increment(0);
+    }
+    metrics::counter!("emails_skipped_total", "reason" => "too_old").increment(0);
+}
+
 /// How the emailer reaches its SMTP server and what it writes.
 #[derive(Clone)]
 pub struct EmailSettings {
@@ -137,6 +147,7 @@ impl EmailProjection {
             .from
             .parse()
             .map_err(|e: lettre::address::AddressError| EmailConfigError::From(e.to_string()))?;
+        register_metrics();
         Ok(Self {
             pool,
             transport,
