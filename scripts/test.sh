@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: starts (or installs) every server the tests talk to — PostgreSQL, Redis,
 # Apache Kafka, Apache Cassandra, FerretDB (MongoDB wire protocol), Mailpit (an SMTP sink
-# whose HTTP API gives the sent mail back), and headless Chromium with chromedriver — then
+# whose HTTP API gives the sent mail back), Jaeger (a trace collector whose query API gives
+# the spans back), and headless Chromium with chromedriver — then
 # runs every test of the workspace against them, and then the OpenAPI fuzzer
 # (scripts/fuzz-api.sh). A variable set beforehand (DATABASE_URL, KAFKA_BROKERS,
 # SCYLLA_NODES, MONGODB_URI, SMTP_URL with MAILPIT_URL) points the tests at a server of
