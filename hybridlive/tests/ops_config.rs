@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use promql_parser::parser::Expr;
@@ -16,9 +15,11 @@ use promql_parser::util::{walk_expr, ExprVisitor};
 use serde_json::json;
 use serde_norway::Value as Yaml;
 use testkit::TestDb;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use uuid::Uuid;
+
+#[path = "common/processes.rs"]
+mod processes;
+use processes::{hybridlive, spawn_at};
 
 fn ops_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops")
@@ -349,51 +350,6 @@ fn exported(name: &str, families: &HashMap<String, String>) -> bool {
     family_of("_bucket", &["histogram"])
         || family_of("_sum", &["histogram", "summary"])
         || family_of("_count", &["histogram", "summary"])
-}
-
-/// The binary on the test's database, with the lite read models.
-fn hybridlive(db: &TestDb, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hybridlive"));
-    for variable in testkit::PRODUCTION_STORE_VARIABLES {
-        command.env_remove(variable);
-    }
-    command
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
-        .env("METRICS_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn,hybridlive=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-/// Starts `command` and returns it with the address it logged on the line containing
-/// `marker` (`127.0.0.1:<port>`).
-async fn spawn_at(command: &mut Command, marker: &str) -> (Child, String) {
-    let mut child = command.spawn().expect("the hybridlive binary runs");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no `{marker}` within 60 s"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("exited before `{marker}`"));
-        if line.contains(marker) {
-            let (_, after) = line
-                .split_once("127.0.0.1:")
-                .expect("the address is logged");
-            let port: String = after.chars().take_while(char::is_ascii_digit).collect();
-            break format!("127.0.0.1:{port}");
-        }
-    };
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("{line}");
-        }
-    });
-    (child, addr)
 }
 
 async fn scrape(addr: &str) -> String {

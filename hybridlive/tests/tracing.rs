@@ -5,15 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testkit::TestDb;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use uuid::Uuid;
+
+#[path = "common/processes.rs"]
+mod processes;
+use processes::{hybridlive, spawn_until};
 
 /// The projections of `project all` that apply a `post.liked`: a like changes the post's
 /// count (content) and notifies its author (notifications), live both.
@@ -21,27 +22,18 @@ const APPLYING_A_LIKE: [&str; 2] = ["apply content", "apply notifications"];
 
 /// The binary on the test's database, lite stores fed by Kafka, exporting its spans to the
 /// collector as `service`.
-fn hybridlive(db: &TestDb, env: &Env, service: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hybridlive"));
-    for variable in testkit::PRODUCTION_STORE_VARIABLES {
-        command.env_remove(variable);
-    }
+fn traced(db: &TestDb, env: &Env, service: &str, args: &[&str]) -> Command {
+    let mut command = hybridlive(db, args);
     command
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("KEY_ENCRYPTION_KEY", testkit::TEST_KEY_ENCRYPTION_KEY)
         .env("KAFKA_BROKERS", testkit::kafka_brokers())
         .env("KAFKA_TOPIC_PREFIX", &env.topics.prefix)
         .env("REDIS_PREFIX", &env.redis_prefix)
         .env("JWT_SECRET", &env.jwt_secret)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &env.otlp)
         .env("OTEL_SERVICE_NAME", format!("{service}-{}", env.run))
-        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("SEAL_INTERVAL_SECS", "0")
-        .env("RUST_LOG", "info,sqlx=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        // The filter selects the spans too: the steps of a command are `info`.
+        .env("RUST_LOG", "info,sqlx=warn");
     command
 }
 
@@ -52,48 +44,6 @@ struct Env {
     redis_prefix: String,
     jwt_secret: String,
     otlp: String,
-}
-
-/// A process with what it has written on stderr so far, line by line.
-struct Process {
-    _child: Child,
-    addr: Option<String>,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-/// Starts `command`, waits for the line containing `marker`, and returns the process with
-/// the address on that line (`127.0.0.1:<port>`), if any. The process's later stderr is
-/// kept, and passed on to the test's.
-async fn spawn_until(command: &mut Command, marker: &str) -> Process {
-    let mut child = command.spawn().expect("the hybridlive binary runs");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no `{marker}` within 60 s"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("exited before `{marker}`"));
-        if line.contains(marker) {
-            break line;
-        }
-    };
-    let addr = line.split_once("127.0.0.1:").map(|(_, after)| {
-        let port: String = after.chars().take_while(char::is_ascii_digit).collect();
-        format!("127.0.0.1:{port}")
-    });
-    let kept = Arc::new(Mutex::new(Vec::new()));
-    let keep = Arc::clone(&kept);
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("{line}");
-            keep.lock().unwrap().push(line);
-        }
-    });
-    Process {
-        _child: child,
-        addr,
-        lines: kept,
-    }
 }
 
 /// The spans of `trace_id` Jaeger holds: `(operation name, service)` of each.
@@ -139,17 +89,17 @@ async fn one_like_is_one_trace_from_the_http_request_through_kafka_to_every_proj
         run,
     };
     let _relay = spawn_until(
-        &mut hybridlive(&db, &env, "relay", &["relay"]),
+        &mut traced(&db, &env, "relay", &["relay"]),
         "Serving /metrics.",
     )
     .await;
     let _project = spawn_until(
-        &mut hybridlive(&db, &env, "project", &["project", "all"]),
+        &mut traced(&db, &env, "project", &["project", "all"]),
         "Serving /metrics.",
     )
     .await;
     let serve = spawn_until(
-        hybridlive(&db, &env, "serve", &["serve"])
+        traced(&db, &env, "serve", &["serve"])
             .env("HTTP_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info,sqlx=warn,api::access=debug"),
