@@ -5,8 +5,9 @@
 # - installs schemathesis from PyPI into a venv kept under $HYBRIDLIVE_TOOLS (reused);
 # - starts or reuses PostgreSQL and Redis (scripts/services.sh) and makes a fresh database
 #   and Redis key prefix for the run, removed afterwards;
-# - builds the debug `hybridlive` (or takes $HYBRIDLIVE_BIN), runs `hybridlive dev` (the API
-#   and every projection, lite profile) on a free local port, registers a user for a token;
+# - takes the debug `hybridlive` of the test build (building it if needed) or
+#   $HYBRIDLIVE_BIN, runs `hybridlive dev` (the API and every projection, lite profile) on a
+#   free local port, registers a user for a token;
 # - writes the JUnit XML and the text summary to target/fuzz-api/, stops the instance and
 #   exits non-zero on any failure.
 # FUZZ_MAX_EXAMPLES (default 50: about 50 s of fuzzing here on 2 shared cores, 4 200 cases;
@@ -47,7 +48,10 @@ export KEY_ENCRYPTION_KEY
 
 bin="${HYBRIDLIVE_BIN:-}"
 if [ -z "$bin" ]; then
-  cargo build --locked -p hybridlive
+  # The binary the test suite runs, built as the suite builds it: after `cargo test` (as in
+  # scripts/test.sh) nothing is compiled again, whereas `cargo build -p hybridlive` unifies
+  # the dependencies' features otherwise and compiles many of them a second time.
+  cargo test --locked --workspace --no-run >&2
   bin="${CARGO_TARGET_DIR:-target}/debug/hybridlive"
 fi
 

@@ -386,14 +386,49 @@ async fn a_hundred_concurrent_likes_by_a_hundred_users_count_a_hundred_and_repea
 }
 
 #[tokio::test]
-async fn x_min_position_beyond_the_log_answers_503_after_the_bounded_wait() {
+async fn x_min_position_not_yet_applied_answers_503_after_the_bounded_wait_and_past_the_log_422() {
     let app = e2e::spawn_app_with(|s| s.min_position_wait = Duration::from_millis(200)).await;
     let reader = app.register("waiting").await;
+    // An open transaction with an id holds every log reader back: the publication below is
+    // in the log, and no projection applies it while the transaction is open.
+    let mut holdback = app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *holdback)
+        .await
+        .unwrap();
+    let published = app
+        .post(
+            "/v1/posts",
+            json!({"title": "Held back", "body_markdown": "Not applied yet."}),
+            Some(&reader.access_token),
+        )
+        .await;
+    assert_eq!(published.status(), 201);
+    let at = position(&published);
     let started = std::time::Instant::now();
-    let (status, body) = get(&app, "/v1/feed", Some(&reader.access_token), i64::MAX / 2).await;
+    let (status, body) = get(&app, "/v1/feed", Some(&reader.access_token), at).await;
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "read_model_behind");
     assert!(started.elapsed() < Duration::from_secs(2));
+    holdback.rollback().await.unwrap();
+    let waited = std::time::Instant::now();
+    while get(&app, "/v1/feed", Some(&reader.access_token), at)
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "applied once the transaction ended"
+        );
+    }
+
+    // A position this server never returned: refused at once, nothing to wait for.
+    let started = std::time::Instant::now();
+    let (status, body) = get(&app, "/v1/feed", Some(&reader.access_token), i64::MAX / 2).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "unknown_position");
+    assert!(started.elapsed() < Duration::from_millis(200));
     let response = app
         .http
         .get(app.url("/v1/feed"))
