@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::claims::Claims;
-use crate::text::trimmed_within;
+use crate::text::{holds_nul, trimmed_within};
 use crate::wire::domain_events;
 
 const TITLE_MAX: usize = 200;
@@ -119,7 +119,10 @@ impl Post {
                 let title = trimmed_within(&title, TITLE_MAX)
                     .ok_or(PostError::InvalidTitle)?
                     .to_owned();
-                if body_markdown.trim().is_empty() || body_markdown.chars().count() > BODY_MAX {
+                if body_markdown.trim().is_empty()
+                    || body_markdown.chars().count() > BODY_MAX
+                    || holds_nul(&body_markdown)
+                {
                     return Err(PostError::InvalidBody);
                 }
                 if media.len() > MEDIA_MAX || !media.iter().all(|url| is_valid_media_url(url)) {

@@ -123,6 +123,16 @@ async fn posts_are_published_validated_and_deleted_by_their_author_only() {
             json!({"title": "ok", "body_markdown": "x", "media": ["ftp://example.com/a"]}),
             "invalid_media",
         ),
+        // No read model could store a NUL (PostgreSQL text and jsonb refuse it): accepted,
+        // the event would stop every projection that stores posts.
+        (
+            json!({"title": "a\u{0}b", "body_markdown": "x"}),
+            "invalid_title",
+        ),
+        (
+            json!({"title": "ok", "body_markdown": "x\u{0}"}),
+            "invalid_body",
+        ),
     ] {
         let response = app
             .post("/v1/posts", body.clone(), Some(&ada.access_token))

@@ -63,7 +63,7 @@ pub struct RegisterRequest {
     #[schema(min_length = 10, max_length = 128)]
     pub password: String,
     /// 1–50 characters once trimmed; the username when absent.
-    #[schema(min_length = 1, max_length = 50)]
+    #[schema(min_length = 1, max_length = 50, pattern = r"^[^\x00]*$")]
     pub display_name: Option<String>,
 }
 

@@ -36,7 +36,7 @@ pub struct StartRequest {
     #[schema(min_items = 1, max_items = 50)]
     pub members: Vec<Uuid>,
     /// At most 100 characters (trimmed; empty is none).
-    #[schema(max_length = 100)]
+    #[schema(max_length = 100, pattern = r"^[^\x00]*$")]
     pub title: Option<String>,
 }
 
@@ -49,7 +49,7 @@ pub struct StartResponse {
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// Markdown, 1–4000 characters (trimmed); sanitised when shown.
-    #[schema(min_length = 1, max_length = 4000)]
+    #[schema(min_length = 1, max_length = 4000, pattern = r"^[^\x00]*$")]
     pub body: String,
 }
 

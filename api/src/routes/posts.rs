@@ -32,10 +32,10 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// 1–200 characters (trimmed).
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*$")]
     pub title: String,
     /// 1–20000 characters of markdown.
-    #[schema(min_length = 1, max_length = 20000)]
+    #[schema(min_length = 1, max_length = 20000, pattern = r"^[^\x00]*$")]
     pub body_markdown: String,
     /// Up to 10 absolute http(s) URLs of at most 2048 characters.
     #[serde(default)]
@@ -53,7 +53,7 @@ pub struct PublishResponse {
 #[serde(deny_unknown_fields)]
 pub struct CommentRequest {
     /// 1–2000 characters (trimmed).
-    #[schema(min_length = 1, max_length = 2000)]
+    #[schema(min_length = 1, max_length = 2000, pattern = r"^[^\x00]*$")]
     pub body: String,
 }
 
