@@ -65,6 +65,20 @@ async fn profiles_are_inserted_once_renamed_and_removed(store: &dyn ContentStore
     assert_eq!(store.profile(profile.user_id).await.unwrap(), None);
 }
 
+/// A post no store can hold (a NUL, which PostgreSQL's text and jsonb refuse, and so
+/// FerretDB) is rejected, to be dead-lettered, not reported unavailable and retried for
+/// ever behind every later event.
+async fn a_post_no_store_can_hold_is_rejected(store: &dyn ContentStore) {
+    let p = PostDoc {
+        title: "a\u{0}b".to_owned(),
+        ..post(1)
+    };
+    match store.insert_post(&p).await {
+        Err(projections::ReadModelError::Rejected(_)) => {}
+        other => panic!("a NUL in a title: {other:?}"),
+    }
+}
+
 /// A post without media (FerretDB drops an empty array from an upsert's `$setOnInsert`).
 async fn a_post_without_media_reads_back(store: &dyn ContentStore) {
     let bare = PostDoc {
@@ -440,6 +454,7 @@ async fn contract(store: &dyn ContentStore, racing_rounds: u64) {
     profiles_are_inserted_once_renamed_and_removed(store).await;
     posts_are_inserted_once_and_deleted_for_good(store).await;
     a_post_without_media_reads_back(store).await;
+    a_post_no_store_can_hold_is_rejected(store).await;
     comments_are_counted_once_and_paged_newest_first(store).await;
     likes_are_a_set_of_users(store).await;
     concurrent_writers_keep_counts_exact(store).await;

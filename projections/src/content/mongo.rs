@@ -947,7 +947,8 @@ const DATA_ERRORS: [i32; 11] = [
 
 /// Classifies a driver error. Only errors about the data are `Rejected` (the event would
 /// fail the same way every time): a write or command error whose code is one of
-/// [`DATA_ERRORS`], (de)serialisation, an argument the driver refuses. The rest — network,
+/// [`DATA_ERRORS`] (or FerretDB's PostgreSQL data exception), (de)serialisation, an argument
+/// the driver refuses. The rest — network,
 /// timeouts, server selection, pool, write concern, a stepping-down primary, a write
 /// conflict, shutdown, authentication, an operation the server does not implement — are
 /// `Unavailable`, retried until the server or an operator fixes them, so no event is
@@ -960,6 +961,11 @@ fn store_error(error: MongoError) -> ReadModelError {
             ReadModelError::Rejected(message)
         }
         ErrorKind::Command(e) if DATA_ERRORS.contains(&e.code) => ReadModelError::Rejected(message),
+        // FerretDB passes PostgreSQL's data exceptions on as `InternalError` (code 1) with
+        // the SQLSTATE in the message, e.g. 22P05 for a NUL in a string: no retry stores it.
+        ErrorKind::Command(e) if e.code == 1 && e.message.contains("(SQLSTATE 22") => {
+            ReadModelError::Rejected(message)
+        }
         ErrorKind::BsonSerialization(_)
         | ErrorKind::BsonDeserialization(_)
         | ErrorKind::InvalidArgument { .. } => ReadModelError::Rejected(message),
