@@ -48,10 +48,14 @@ impl LogFormat {
     /// # Errors
     /// Any other value, named in the message.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("LOG_FORMAT").as_deref() {
-            Err(_) | Ok("" | "text") => Ok(Self::Text),
-            Ok("json") => Ok(Self::Json),
-            Ok(other) => Err(format!(
+        Self::parse(std::env::var("LOG_FORMAT").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None | Some("" | "text") => Ok(Self::Text),
+            Some("json") => Ok(Self::Json),
+            Some(other) => Err(format!(
                 "LOG_FORMAT={other:?} is not a log format: use text or json"
             )),
         }
@@ -189,4 +193,20 @@ pub fn link_trace(span: &tracing::Span, traceparent: &str) {
 fn remote_context(traceparent: &str) -> opentelemetry::Context {
     let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
     TraceContextPropagator::new().extract(&carrier)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::LogFormat;
+
+    #[test]
+    fn log_formats_are_text_by_default_json_on_request_and_nothing_else() {
+        assert_eq!(LogFormat::parse(None), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some("")), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some("text")), Ok(LogFormat::Text));
+        assert_eq!(LogFormat::parse(Some("json")), Ok(LogFormat::Json));
+        let refused = LogFormat::parse(Some("JSON")).unwrap_err();
+        assert!(refused.contains("LOG_FORMAT=\"JSON\""), "{refused}");
+    }
 }
