@@ -46,15 +46,8 @@ struct Env {
     otlp: String,
 }
 
-/// The spans of `trace_id` Jaeger holds: `(operation name, service)` of each.
-async fn spans_of(jaeger: &str, trace_id: &str) -> Vec<(String, String)> {
-    let Ok(response) = reqwest::get(format!("{jaeger}/api/traces/{trace_id}")).await else {
-        return Vec::new();
-    };
-    let body: Value = response.json().await.unwrap_or_default();
-    let Some(trace) = body["data"].get(0) else {
-        return Vec::new();
-    };
+/// `(operation name, service)` of each span of Jaeger's `trace`.
+fn spans_in(trace: &Value) -> Vec<(String, String)> {
     trace["spans"]
         .as_array()
         .into_iter()
@@ -64,15 +57,38 @@ async fn spans_of(jaeger: &str, trace_id: &str) -> Vec<(String, String)> {
             let service = trace["processes"][process]["serviceName"]
                 .as_str()
                 .unwrap_or_default();
-            (
-                span["operationName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                service.to_owned(),
-            )
+            let name = span["operationName"].as_str().unwrap_or_default();
+            (name.to_owned(), service.to_owned())
         })
         .collect()
+}
+
+/// The spans of `trace_id` Jaeger holds, and those of the traces of `linking` (a service)
+/// that link to it: a projection that applies a batch at once does so in a span of its own,
+/// linked to every event's trace, and its live pushes are that span's children.
+async fn spans_of(jaeger: &str, trace_id: &str, linking: &str) -> Vec<(String, String)> {
+    let get = |url: String| async move {
+        match reqwest::get(url).await {
+            Ok(response) => response.json::<Value>().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        }
+    };
+    let own = get(format!("{jaeger}/api/traces/{trace_id}")).await;
+    let mut spans: Vec<(String, String)> = own["data"].get(0).map(spans_in).unwrap_or_default();
+    let others = get(format!("{jaeger}/api/traces?service={linking}&limit=100")).await;
+    for trace in others["data"].as_array().into_iter().flatten() {
+        let links_ours = trace["spans"].as_array().into_iter().flatten().any(|span| {
+            span["references"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["traceID"] == trace_id && r["refType"] == "FOLLOWS_FROM")
+        });
+        if links_ours && trace["traceID"] != trace_id {
+            spans.extend(spans_in(trace));
+        }
+    }
+    spans
 }
 
 #[tokio::test]
@@ -167,7 +183,7 @@ async fn one_like_is_one_trace_from_the_http_request_through_kafka_to_every_proj
     wanted.extend(APPLYING_A_LIKE);
     let start = Instant::now();
     let spans = loop {
-        let spans = spans_of(&jaeger, &trace_id).await;
+        let spans = spans_of(&jaeger, &trace_id, &format!("project-{}", env.run)).await;
         let names: BTreeSet<&str> = spans.iter().map(|(name, _)| name.as_str()).collect();
         if wanted.is_subset(&names) {
             break spans;
