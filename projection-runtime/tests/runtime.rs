@@ -744,3 +744,182 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
     relay_stop.cancel();
     relay.await.unwrap();
 }
+
+/// Runs a recorder of consumer group `group` on the Kafka source until cancelled, as
+/// `hybridlive project` runs a worker: when the source fails, a new consumer takes over
+/// after a second. Returns how many times the source failed.
+fn spawn_resilient_consumer(
+    db: &TestDb,
+    group: &str,
+    source: &KafkaSource,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<u32> {
+    let (pool, group, source, stop) = (
+        db.pool.clone(),
+        group.to_owned(),
+        source.clone(),
+        stop.clone(),
+    );
+    tokio::spawn(async move {
+        let recorder = Recorder {
+            name: group,
+            batches: AtomicBool::new(true),
+            ..Recorder::new(pool.clone()).await
+        };
+        let runner = Runner::new(pool, recorder, policy()).batch_size(50);
+        let mut failures = 0;
+        while let Err(error) = runner.run_kafka(&source, &stop).await {
+            failures += 1;
+            eprintln!("consumer failed ({error}); a new one in 1 s");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        failures
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_is_applied_and_the_checkpoint_stays_sound_across_a_killed_and_restarted_broker(
+) {
+    let broker = Arc::new(
+        tokio::task::spawn_blocking(testkit::kafka::OwnBroker::start)
+            .await
+            .unwrap(),
+    );
+    let db = TestDb::new().await;
+    let store = PgEventStore::new(db.pool.clone());
+    let prefix = "restart.".to_owned();
+    let group = format!("recorder-{}", Uuid::new_v4().simple());
+    let checkpoint_name = format!("projection:{group}");
+    watch_checkpoint(&db.pool, &checkpoint_name).await;
+    let (relay_stop, relay) = spawn_relay_with(
+        &db,
+        relay::RelaySettings {
+            brokers: broker.address.clone(),
+            topic_prefix: prefix.clone(),
+            topic_partitions: 4,
+            batch_size: 100,
+            ..relay::RelaySettings::default()
+        },
+    );
+    let source = KafkaSource {
+        brokers: broker.address.clone(),
+        topic_prefix: prefix,
+        stream_types: vec!["social".into()],
+        dlq_replication: 1,
+        fetch_wait: projection_runtime::kafka::DEFAULT_FETCH_WAIT,
+        relay: projection_runtime::kafka::DEFAULT_RELAY.to_owned(),
+    };
+    let stop = CancellationToken::new();
+    let consumers = [
+        spawn_resilient_consumer(&db, &group, &source, &stop),
+        spawn_resilient_consumer(&db, &group, &source, &stop),
+    ];
+    // Four writers append before, during and after the broker's death, about 12 s in all.
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..120 {
+                    ids.extend(follows(&store, 5).await);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                ids
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while applied(&db.pool).await.len() < 300 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "stalled before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGKILL: what the broker acknowledged is in its log files (the page cache), what it
+    // had not is re-sent by the relay; the consumers and the relay reconnect on their own.
+    // Down for longer than the relay's message timeout (30 s) with its start: deliveries in
+    // flight fail, and the relay publishes again from its checkpoint.
+    let killed_at = applied(&db.pool).await.len();
+    tokio::task::spawn_blocking({
+        let broker = Arc::clone(&broker);
+        move || broker.kill()
+    })
+    .await
+    .unwrap();
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    tokio::task::spawn_blocking({
+        let broker = Arc::clone(&broker);
+        move || broker.restart()
+    })
+    .await
+    .unwrap();
+    println!(
+        "killed the broker after {killed_at} events applied; it answered again {:.1} s later, with {} applied",
+        down.elapsed().as_secs_f64(),
+        applied(&db.pool).await.len()
+    );
+    let mut ids = Vec::new();
+    for writer in writers {
+        ids.extend(writer.await.unwrap());
+    }
+    assert!(killed_at < ids.len(), "the kill came after the end");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while applied(&db.pool).await.len() < ids.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events applied 180 s after the writers stopped (relay at {:?})",
+            applied(&db.pool).await.len(),
+            ids.len(),
+            checkpoint(&db.pool, "relay").await,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(applied(&db.pool).await, ids.iter().copied().collect());
+
+    // Read-your-writes comes back: the checkpoint reaches the end of the log, and it never
+    // passed an event not applied yet, before, during or after the broker's death.
+    let end = store::LogReader::new(db.pool.clone())
+        .last_up_to(i64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint(&db.pool, &checkpoint_name).await < end {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint stayed at {:?}; the relay is at {:?}, the log ends at {end:?}",
+            checkpoint(&db.pool, &checkpoint_name).await,
+            checkpoint(&db.pool, "relay").await,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let early: Vec<(i64, Vec<Uuid>)> = sqlx::query_as(
+        "SELECT global_position, missing FROM checkpoint_moves WHERE missing <> '{}' ORDER BY at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        early.is_empty(),
+        "the checkpoint passed events not applied yet: {} moves, first {:?}",
+        early.len(),
+        early.first()
+    );
+    assert!(DeadLetters::new(db.pool.clone())
+        .list(None)
+        .await
+        .unwrap()
+        .is_empty());
+    stop.cancel();
+    for consumer in consumers {
+        let failures = consumer.await.unwrap();
+        println!("a consumer's source failed {failures} times");
+    }
+    relay_stop.cancel();
+    relay.await.unwrap();
+}

@@ -11,7 +11,10 @@
 #   scripts/full/kafka.sh --reset  stop the broker, wipe its data, start it empty
 #   scripts/full/kafka.sh --stop   stop the broker this script started
 #
-# KAFKA_HEAP_OPTS overrides the heap (default -Xms256m -Xmx512m).
+# KAFKA_HEAP_OPTS overrides the heap (default -Xms256m -Xmx512m). KAFKA_PORT (default 9092)
+# and KAFKA_CONTROLLER_PORT (default KAFKA_PORT + 1) move the listeners: with a
+# HYBRIDLIVE_STATE of its own, a second broker beside the first (a test that kills and
+# restarts its broker: testkit::kafka::OwnBroker).
 set -euo pipefail
 
 KAFKA_VERSION=4.4.0
@@ -20,6 +23,8 @@ SCALA_BINARY=2.13
 # the same everywhere.
 DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 # How long to wait for an answer after the broker's log last grew, and at most.
+PORT="${KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 WAIT_SECONDS=120
 MAX_WAIT_SECONDS=900
 
@@ -46,7 +51,7 @@ log4j="$dir/log4j2.properties"
 logfile="$dir/kafka.log"
 pidfile="$dir/kafka.pid"
 
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; }
+port_open() { (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; }
 
 # A real Kafka request rather than a TCP connect (the listener accepts connections before
 # the broker has caught up with its metadata): ApiVersions v0, correlation id 1, client id
@@ -54,7 +59,7 @@ port_open() { (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; }
 kafka_answers() {
   local reply
   reply=$({
-    exec 3<>/dev/tcp/127.0.0.1/9092 || exit 1
+    exec 3<>/dev/tcp/127.0.0.1/$PORT || exit 1
     printf '\x00\x00\x00\x0c\x00\x12\x00\x00\x00\x00\x00\x01\x00\x02hl' >&3
     timeout 5 head -c 10 <&3 | od -An -tx1 | tr -d ' \n'
   } 2>/dev/null) || return 1
@@ -120,7 +125,7 @@ wait_ready() {
     if [ "$size" != "$last_size" ]; then last_size=$size last_growth=$SECONDS; fi
     sleep 0.5
   done
-  fail_with_log "Kafka did not answer on 127.0.0.1:9092 after $((SECONDS - start)) s (its log still for $((SECONDS - last_growth)) s)"
+  fail_with_log "Kafka did not answer on 127.0.0.1:$PORT after $((SECONDS - start)) s (its log still for $((SECONDS - last_growth)) s)"
 }
 
 # One run at a time (two at once would both start a broker on the same data directory);
@@ -138,7 +143,7 @@ case "$action" in
   reset)
     stop_broker
     if port_open; then
-      log "something else listens on 127.0.0.1:9092 (not started by this script); not resetting it"
+      log "something else listens on 127.0.0.1:$PORT (not started by this script); not resetting it"
       exit 1
     fi
     log "wiping $data"
@@ -169,10 +174,10 @@ if pid=$(our_pid) && grep -qE 'Transition from [A-Z_]+ to SHUTTING_DOWN' "$logfi
   rm -f "$pidfile"
 fi
 
-# Whatever answers on 9092 is reused (it may be still starting: wait for it). What goes
+# Whatever answers on the port is reused (it may be still starting: wait for it). What goes
 # away meanwhile, such as a broker killed a moment ago, is replaced below.
 if port_open && wait_ready "$(our_pid || true)"; then
-  log "Kafka is listening on 127.0.0.1:9092"
+  log "Kafka is listening on 127.0.0.1:$PORT"
   exit 0
 fi
 
@@ -251,9 +256,9 @@ cat >"$props" <<EOF
 # Written by scripts/full/kafka.sh at each start: edit the script, not this file.
 process.roles=broker,controller
 node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:9093
-listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
-advertised.listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
+controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -298,7 +303,7 @@ if pid=$(our_pid); then
   # Ours, alive, but not listening: still starting (or going away, after a kill).
   log "Kafka is starting or stopping (pid $pid); waiting for it"
   if wait_ready "$pid"; then
-    log "Kafka is listening on 127.0.0.1:9092"
+    log "Kafka is listening on 127.0.0.1:$PORT"
     exit 0
   fi
 fi
@@ -321,7 +326,7 @@ fi
 
 # The previous run's log is kept once, for a look at why it stopped.
 [ -f "$logfile" ] && mv -f "$logfile" "$logfile.1"
-log "starting Kafka $KAFKA_VERSION on 127.0.0.1:9092 (data: $data, log: $logfile)"
+log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$PORT (data: $data, log: $logfile)"
 partitions=$(find "$data" -mindepth 1 -maxdepth 1 -type d -name '*-[0-9]*' 2>/dev/null | wc -l)
 if [ "$partitions" -gt 1000 ]; then
   log "it holds $partitions partition directories and loads each before it answers: this start may take minutes"
@@ -336,4 +341,4 @@ for _ in $(seq 1 50); do [ -s "$pidfile" ] && break; sleep 0.1; done
 pid=$(cat "$pidfile" 2>/dev/null || true)
 [ -n "$pid" ] || fail_with_log "Kafka did not start"
 wait_ready "$pid" || fail_with_log "Kafka exited during startup"
-log "Kafka is listening on 127.0.0.1:9092 (pid $pid)"
+log "Kafka is listening on 127.0.0.1:$PORT (pid $pid)"

@@ -153,3 +153,135 @@ mod tests {
         }
     }
 }
+
+/// A Kafka broker of one test's own: one KRaft node on two free ports, its data under a
+/// directory of its own, started by `scripts/full/kafka.sh` (from the jars that script
+/// caches for the shared broker). A test may kill and restart it without disturbing the
+/// other tests' broker. Killed, and its directory removed, when dropped — or, when the test
+/// process exited first, by the next [`OwnBroker::start`].
+#[derive(Debug)]
+pub struct OwnBroker {
+    /// `127.0.0.1:<port>`: the bootstrap servers.
+    pub address: String,
+    port: u16,
+    state: std::path::PathBuf,
+}
+
+// Test support: a broker that cannot be started or killed fails the test, with why.
+#[allow(clippy::expect_used)]
+impl OwnBroker {
+    /// Starts the broker and waits until it answers Kafka requests (the script's wait).
+    ///
+    /// # Panics
+    /// When the script fails (no Java, no jars, the broker did not start), with its output.
+    pub fn start() -> Self {
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map(|address| address.port())
+                .expect("a free port")
+        };
+        remove_brokers_left_behind();
+        let (port, controller) = (free_port(), free_port());
+        let (pid, id) = (std::process::id(), Uuid::new_v4().simple());
+        let state = std::env::temp_dir().join(format!("hl_broker_{pid}_{id}"));
+        let broker = Self {
+            address: format!("127.0.0.1:{port}"),
+            port,
+            state,
+        };
+        broker.run_script(controller);
+        broker
+    }
+
+    /// Kills the broker with SIGKILL (no clean shutdown: its logs are recovered at the next
+    /// start) and waits until it is gone.
+    ///
+    /// # Panics
+    /// When there is no broker process to kill.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.state.join("kafka/kafka.pid"))
+            .expect("the broker's pid file");
+        let pid = pid.trim();
+        let status = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -9 {pid}");
+        let alive = std::path::Path::new("/proc").join(pid);
+        while alive.exists() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the broker again on its ports and data, and waits until it answers.
+    pub fn restart(&self) {
+        let controller = std::fs::read_to_string(self.state.join("controller-port"))
+            .ok()
+            .and_then(|port| port.trim().parse().ok())
+            .expect("the controller port");
+        self.run_script(controller);
+    }
+
+    fn run_script(&self, controller: u16) {
+        std::fs::create_dir_all(&self.state).expect("the broker's directory");
+        std::fs::write(self.state.join("controller-port"), controller.to_string())
+            .expect("the controller port");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/full/kafka.sh");
+        let output = std::process::Command::new(&script)
+            .env("HYBRIDLIVE_STATE", &self.state)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", controller.to_string())
+            .output()
+            .expect("scripts/full/kafka.sh");
+        assert!(
+            output.status.success(),
+            "{} failed:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        remove_broker(&self.state);
+    }
+}
+
+/// Kills the broker whose directory is `state` (if its process is still that broker) and
+/// removes the directory.
+fn remove_broker(state: &std::path::Path) {
+    if let Ok(pid) = std::fs::read_to_string(state.join("kafka/kafka.pid")) {
+        let pid = pid.trim();
+        let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&command).contains("kafka.Kafka") {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
+        }
+    }
+    let _ = std::fs::remove_dir_all(state);
+}
+
+/// The own brokers of test processes that exited without removing theirs (killed).
+fn remove_brokers_left_behind() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        // `hl_broker_<pid of the test process>_<uuid>`
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("hl_broker_")
+            .and_then(|rest| rest.split('_').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(owner).exists() {
+            remove_broker(&entry.path());
+        }
+    }
+}
