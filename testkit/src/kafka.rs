@@ -4,6 +4,8 @@
 //! A broker keeps every partition it ever created and loads each at start: left to pile
 //! up, thousands of test partitions made a broker's start outlast `scripts/services.sh`'s
 //! wait.
+//!
+//! [`OwnBroker`]: a broker of one test's own, for a test that kills and restarts it.
 
 use std::time::Duration;
 

@@ -5,7 +5,8 @@
 //! each [`TestDb`] creates `hl_test_<pid>_<uuid>` on it, runs the project's migrations, and
 //! drops the database again when dropped (or, when the test process exited first, the next
 //! test process drops it); `kafka::TestTopics` (feature `kafka`) does the same for Kafka
-//! topics. [`social`] writes a synthetic social log; [`tables`] copies and compares
+//! topics, and `kafka::OwnBroker` starts a Kafka broker a test may kill and restart.
+//! [`social`] writes a synthetic social log; [`tables`] copies and compares
 //! read-model tables. Used by the tests of every crate and by `bench`; uses `store` (its
 //! migrations) and `event-schemas`.
 
