@@ -300,3 +300,58 @@ async fn a_redelivered_like_pushes_the_stored_count() {
         .await
         .unwrap();
 }
+
+/// A batch's feed items go out in one pipeline per 5,000 stream keys: every channel's
+/// stream holds them in the order given, also across round trips, and the script is
+/// loaded on a Redis that has none cached.
+#[tokio::test(flavor = "multi_thread")]
+async fn feed_items_pushed_in_order_keep_their_order_across_round_trips() {
+    let mut redis = redis().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let prefix = format!("test:{}:ordered:", Uuid::new_v4().simple());
+    let live = LivePublisher::new(redis.clone(), &prefix, LiveSettings::default());
+    let channels = |range: std::ops::Range<usize>| -> Vec<String> {
+        range.map(|i| format!("user:{i}")).collect()
+    };
+    // 3,000 + 3,000 keys: the second push starts the second round trip.
+    let pushes = vec![
+        (channels(0..3000), serde_json::json!({ "n": 1 })),
+        (channels(1000..4000), serde_json::json!({ "n": 2 })),
+        (channels(1000..1010), serde_json::json!({ "n": 3 })),
+    ];
+    live.push_many_in_order("feed_item", pushes).await.unwrap();
+    let stream = |channel: &str| projections::live::stream_key(&prefix, channel);
+    let numbers = |entries: Vec<(String, Vec<(String, String)>)>| -> Vec<i64> {
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                let data = &fields.iter().find(|(f, _)| f == "data").unwrap().1;
+                serde_json::from_str::<serde_json::Value>(data).unwrap()["n"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    for (channel, expected) in [
+        ("user:1005", vec![1, 2, 3]),
+        ("user:5", vec![1]),
+        ("user:1500", vec![1, 2]),
+        ("user:3500", vec![2]),
+    ] {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(stream(channel))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(numbers(entries), expected, "{channel}");
+    }
+    projections::cache::unlink_matching(&mut redis, &format!("{prefix}*"))
+        .await
+        .unwrap();
+}

@@ -382,19 +382,30 @@ impl TimelineProjection {
         users: Vec<Uuid>,
         envelope: &EventEnvelope,
     ) -> Result<(), ApplyError> {
-        if let (Some(live), Event::PostPublished(e)) = (&self.live, &envelope.event) {
-            let item = serde_json::json!({
-                "post_id": e.post_id,
-                "author_id": e.author_id,
-                "title": e.title,
-                "preview": crate::content::markdown::preview(&e.body_markdown),
-                "created_at": envelope.recorded_at,
-            });
-            live.push_many(users.into_iter().map(user_channel), "feed_item", &item)
-                .await?;
+        if let (Some(live), Some((channels, item))) = (&self.live, feed_item(users, envelope)) {
+            live.push_many(channels, "feed_item", &item).await?;
         }
         Ok(())
     }
+}
+
+/// The channels of the timelines `users` that received a post, and its `feed_item`; none
+/// for other events.
+fn feed_item(
+    users: Vec<Uuid>,
+    envelope: &EventEnvelope,
+) -> Option<(Vec<String>, serde_json::Value)> {
+    let Event::PostPublished(e) = &envelope.event else {
+        return None;
+    };
+    let item = serde_json::json!({
+        "post_id": e.post_id,
+        "author_id": e.author_id,
+        "title": e.title,
+        "preview": crate::content::markdown::preview(&e.body_markdown),
+        "created_at": envelope.recorded_at,
+    });
+    Some((users.into_iter().map(user_channel).collect(), item))
 }
 
 impl Projection for TimelineProjection {
@@ -487,15 +498,23 @@ impl TimelineProjection {
             .write_all(&stored, self.settings)
             .await?
             .into_iter();
+        // The side effects: every feed item of the batch in one ordered round trip, and
+        // the registrations' saga steps (one per person) at once.
+        let mut feed_items = Vec::new();
+        let mut registered = Vec::new();
         for (envelope, write) in events.iter().zip(&writes) {
             match write {
                 Some(_) => {
-                    self.push_feed_item(delivered.next().unwrap_or_default(), envelope)
-                        .await?;
+                    let users = delivered.next().unwrap_or_default();
+                    feed_items.extend(feed_item(users, envelope));
                 }
-                None => self.report_registered_synced(envelope).await?,
+                None => registered.push(self.report_registered_synced(envelope)),
             }
         }
+        if let Some(live) = &self.live {
+            live.push_many_in_order("feed_item", feed_items).await?;
+        }
+        futures::future::try_join_all(registered).await?;
         Ok(())
     }
 }
