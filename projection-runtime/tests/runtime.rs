@@ -620,6 +620,48 @@ async fn checkpoint(pool: &PgPool, name: &str) -> store::LogPosition {
         .unwrap()
 }
 
+/// Waits, up to `limit`, until checkpoint `name` is at the end of the log; returns the end.
+async fn wait_for_the_end(pool: &PgPool, name: &str, limit: Duration) -> store::LogPosition {
+    let end = store::LogReader::new(pool.clone())
+        .last_up_to(i64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while checkpoint(pool, name).await < end {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint stayed at {:?}; the relay is at {:?}, the log ends at {end:?}",
+            checkpoint(pool, name).await,
+            checkpoint(pool, "relay").await,
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    end
+}
+
+/// Asserts that the watched checkpoint ([`watch_checkpoint`]) never passed an event not
+/// applied yet; returns how many times it moved.
+async fn assert_no_early_move(pool: &PgPool) -> usize {
+    let moves: Vec<(i64, Vec<Uuid>)> =
+        sqlx::query_as("SELECT global_position, missing FROM checkpoint_moves ORDER BY at")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let early: Vec<_> = moves
+        .iter()
+        .filter(|(_, missing)| !missing.is_empty())
+        .collect();
+    assert!(
+        early.is_empty(),
+        "the checkpoint passed events not applied yet: {} of {} moves, first {:?}",
+        early.len(),
+        moves.len(),
+        early.first()
+    );
+    moves.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_consumer_and_reaches_the_relay(
 ) {
@@ -698,46 +740,13 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
     // Events of a topic the projection does not read: its checkpoint follows the relay's
     // all the same, to the end of the log.
     others(&store, "comment", "comment.added", 10).await;
-    let end = store::LogReader::new(db.pool.clone())
-        .last_up_to(i64::MAX)
-        .await
-        .unwrap()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while checkpoint(&db.pool, &checkpoint_name).await < end {
-        assert!(
-            Instant::now() < deadline,
-            "the checkpoint stayed at {:?}; the relay is at {:?}, the log ends at {end:?}",
-            checkpoint(&db.pool, &checkpoint_name).await,
-            checkpoint(&db.pool, "relay").await,
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let end = wait_for_the_end(&db.pool, &checkpoint_name, Duration::from_secs(30)).await;
     assert_eq!(checkpoint(&db.pool, &checkpoint_name).await, end);
     assert_eq!(checkpoint(&db.pool, "relay").await, end);
 
-    let moves: Vec<(i64, Vec<Uuid>)> =
-        sqlx::query_as("SELECT global_position, missing FROM checkpoint_moves ORDER BY at")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    let early: Vec<_> = moves
-        .iter()
-        .filter(|(_, missing)| !missing.is_empty())
-        .collect();
-    assert!(
-        early.is_empty(),
-        "the checkpoint passed events not applied yet: {} of {} moves, first {:?}",
-        early.len(),
-        moves.len(),
-        early.first()
-    );
-    assert!(
-        moves.len() >= 5,
-        "the checkpoint moved only {} times",
-        moves.len()
-    );
-    println!("the checkpoint moved {} times", moves.len());
+    let moves = assert_no_early_move(&db.pool).await;
+    assert!(moves >= 5, "the checkpoint moved only {moves} times");
+    println!("the checkpoint moved {moves} times");
     stop.cancel();
     second.await.unwrap();
     third.await.unwrap();
@@ -883,33 +892,8 @@ async fn every_event_is_applied_and_the_checkpoint_stays_sound_across_a_killed_a
 
     // Read-your-writes comes back: the checkpoint reaches the end of the log, and it never
     // passed an event not applied yet, before, during or after the broker's death.
-    let end = store::LogReader::new(db.pool.clone())
-        .last_up_to(i64::MAX)
-        .await
-        .unwrap()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpoint(&db.pool, &checkpoint_name).await < end {
-        assert!(
-            Instant::now() < deadline,
-            "the checkpoint stayed at {:?}; the relay is at {:?}, the log ends at {end:?}",
-            checkpoint(&db.pool, &checkpoint_name).await,
-            checkpoint(&db.pool, "relay").await,
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let early: Vec<(i64, Vec<Uuid>)> = sqlx::query_as(
-        "SELECT global_position, missing FROM checkpoint_moves WHERE missing <> '{}' ORDER BY at",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    assert!(
-        early.is_empty(),
-        "the checkpoint passed events not applied yet: {} moves, first {:?}",
-        early.len(),
-        early.first()
-    );
+    wait_for_the_end(&db.pool, &checkpoint_name, Duration::from_secs(60)).await;
+    assert_no_early_move(&db.pool).await;
     assert!(DeadLetters::new(db.pool.clone())
         .list(None)
         .await

@@ -620,6 +620,17 @@ async fn verification_passes_on_a_clean_log_and_names_an_edited_payload() {
     assert!(clean["first_bad_position"].is_null());
     assert_eq!(clean["from_position"], 1);
     assert!(clean["next_from_position"].is_null(), "{clean}");
+    // A range at the very end of the positions: nothing to check, nothing after it.
+    let (status, last) = get(
+        &app,
+        &format!("/v1/audit/verify?from_position={}", i64::MAX),
+        &audra.access_token,
+    )
+    .await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(last["checked"], 0, "{last}");
+    assert_eq!(last["to_position"], i64::MAX, "{last}");
+    assert!(last["next_from_position"].is_null(), "{last}");
 
     let edited = position_of(
         &app,

@@ -339,7 +339,7 @@ pub async fn verify(
         reason: verification.reason,
         from_position: from,
         to_position: to,
-        next_from_position: more.then_some(to + 1),
+        next_from_position: more.then(|| to + 1),
     }))
 }
 
