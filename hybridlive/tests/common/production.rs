@@ -26,10 +26,22 @@ pub struct Production {
     pub env: Vec<(&'static str, String)>,
     /// The topics the relay publishes to (deleted with the test).
     pub topics: testkit::kafka::TestTopics,
-    /// The stderr of each process started, in a file: a failure shows their ends.
+    /// The stderr of each process started, in a file: a failure shows their ends. Removed
+    /// when the test passes, kept when it fails.
     logs: std::sync::Mutex<Vec<std::path::PathBuf>>,
     /// The pid of each process started, by its log's index: a failure says which exited.
     pids: std::sync::Mutex<HashMap<usize, u32>>,
+}
+
+impl Drop for Production {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        for path in self.logs.lock().unwrap().iter() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl Production {
