@@ -287,63 +287,58 @@ impl LivePublisher {
         event: &str,
         pushes: impl IntoIterator<Item = (Vec<String>, T)>,
     ) -> LiveResult<()> {
-        let mut invocations = Vec::new();
+        let span = telemetry::when_exporting(|| {
+            tracing::info_span!("live push", otel.kind = "producer", event)
+        });
+        // The script is loaded first in each pipeline: a pipeline does not load it on
+        // NOSCRIPT.
+        let pipeline = || {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.publish_many).ignore();
+            pipe
+        };
+        let (mut pipe, mut keys) = (pipeline(), 0);
         for (channels, data) in pushes {
             let data = serde_json::to_string(&data).map_err(undeliverable)?;
             for chunk in channels.chunks(500) {
-                let keys: Vec<String> = chunk
-                    .iter()
-                    .map(|channel| stream_key(&self.prefix, channel))
-                    .collect();
-                invocations.push((keys, data.clone()));
-            }
-        }
-        let span = telemetry::when_exporting(|| {
-            tracing::info_span!(
-                "live push",
-                otel.kind = "producer",
-                pushes = invocations.len(),
-                event
-            )
-        });
-        let mut rest = invocations.as_slice();
-        while !rest.is_empty() {
-            // Up to KEYS_PER_ROUND_TRIP keys, at least one invocation.
-            let mut keys = 0;
-            let take = rest
-                .iter()
-                .take_while(|(k, _)| {
-                    keys += k.len();
-                    keys <= KEYS_PER_ROUND_TRIP
-                })
-                .count()
-                .max(1);
-            let (now, later) = rest.split_at(take);
-            rest = later;
-            // The script is loaded first: a pipeline does not load it on NOSCRIPT.
-            let mut pipe = redis::pipe();
-            pipe.load_script(&self.publish_many).ignore();
-            for (keys, data) in now {
+                if keys > 0 && keys + chunk.len() > KEYS_PER_ROUND_TRIP {
+                    self.send_pushes(&pipe, keys, event, &span).await?;
+                    (pipe, keys) = (pipeline(), 0);
+                }
                 let mut invocation = self.publish_many.prepare_invoke();
-                for key in keys {
-                    invocation.key(key);
+                for channel in chunk {
+                    invocation.key(stream_key(&self.prefix, channel));
                 }
                 invocation
                     .arg(event)
-                    .arg(data)
+                    .arg(&data)
                     .arg(self.settings.retention_entries)
                     .arg(self.settings.retention.as_secs().max(1));
                 pipe.invoke_script(&invocation).ignore();
+                keys += chunk.len();
             }
-            let () = pipe
-                .query_async(&mut self.redis.clone())
-                .instrument(span.clone())
-                .await
-                .map_err(unavailable)?;
-            let pushed: usize = now.iter().map(|(keys, _)| keys.len()).sum();
-            metrics::counter!("live_published_total", "event" => event.to_owned())
-                .increment(pushed as u64);
         }
+        if keys > 0 {
+            self.send_pushes(&pipe, keys, event, &span).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a pipeline of [`Self::push_many_in_order`] that pushes to `keys` streams.
+    async fn send_pushes(
+        &self,
+        pipe: &redis::Pipeline,
+        keys: usize,
+        event: &str,
+        span: &tracing::Span,
+    ) -> LiveResult<()> {
+        let () = pipe
+            .query_async(&mut self.redis.clone())
+            .instrument(span.clone())
+            .await
+            .map_err(unavailable)?;
+        metrics::counter!("live_published_total", "event" => event.to_owned())
+            .increment(keys as u64);
         Ok(())
     }
 
