@@ -210,8 +210,17 @@ impl OwnBroker {
             .status()
             .expect("kill");
         assert!(status.success(), "kill -9 {pid}");
-        let alive = std::path::Path::new("/proc").join(pid);
-        while alive.exists() {
+        // Gone, or a zombie its new parent has not reaped yet (it holds no port or file).
+        let stat = std::path::Path::new("/proc").join(pid).join("stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&stat).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker (pid {pid}) outlived SIGKILL for 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
