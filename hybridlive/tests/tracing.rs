@@ -1,7 +1,8 @@
 //! One trace from a click to every read model: a like sent with a W3C `traceparent` to a
 //! `serve` process is followed, in Jaeger, through the append, the relay's publication to
 //! Kafka, each Kafka-fed projection that applies it and the live push — four processes,
-//! each exporting its spans over OTLP/HTTP. Also: `LOG_FORMAT=json` lines carry the trace.
+//! each exporting its spans over OTLP/HTTP. Also: `LOG_FORMAT=json` lines carry the trace,
+//! and a replay of the model adds no span.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
@@ -233,4 +234,43 @@ async fn one_like_is_one_trace_from_the_http_request_through_kafka_to_every_proj
     let span_id = access["span_id"].as_str().expect("a span id");
     assert!(span_id.len() == 16 && span_id != parent_span, "{access}");
     assert_eq!(access["fields"]["status"], 204, "{access}");
+
+    // A replay applies the like again, long after its trace ended, and exports no span of
+    // it (nor of any event): no span of the replay reaches the collector.
+    let replay = format!("replay-{}", env.run);
+    let replayed = traced(&db, &env, "replay", &["replay", "content", "--no-swap"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        replayed.status.success(),
+        "hybridlive replay content: {}\n{}",
+        replayed.status,
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    // The process flushed its spans as it exited; give the collector a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let services: Value = http
+        .get(format!("{jaeger}/api/services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let services: Vec<&str> = services["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        services.contains(&format!("serve-{}", env.run).as_str()),
+        "{services:?}"
+    );
+    assert!(
+        !services.contains(&replay.as_str()),
+        "the replay exported spans: {}",
+        spans_of(&jaeger, &trace_id, &replay).await.len()
+    );
 }

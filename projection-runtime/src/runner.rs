@@ -155,6 +155,8 @@ pub struct Runner<P> {
     range: RangeInclusive<i64>,
     /// Offers each batch whole to a projection that [`Projection::applies_batches`].
     batches: bool,
+    /// Opens a span per event (and per batch) while spans are exported.
+    traced: bool,
     /// The event types seen that the projection does not handle: the log reader leaves
     /// their payloads out.
     skipped: std::sync::Mutex<Vec<String>>,
@@ -184,6 +186,7 @@ impl<P: Projection> Runner<P> {
             label: projection.name().to_owned(),
             range: 0..=i64::MAX,
             batches: true,
+            traced: true,
             skipped: std::sync::Mutex::default(),
             projection,
         }
@@ -216,6 +219,15 @@ impl<P: Projection> Runner<P> {
     #[must_use]
     pub fn event_by_event(mut self) -> Self {
         self.batches = false;
+        self
+    }
+
+    /// Opens no span per event or batch, even while spans are exported: a replay applies
+    /// history again, whose traces ended long ago, and would add a span for every event of
+    /// the log to them.
+    #[must_use]
+    pub fn untraced(mut self) -> Self {
+        self.traced = false;
         self
     }
 
@@ -625,6 +637,9 @@ impl<P: Projection> Runner<P> {
         let Some(traceparent) = envelope.metadata.traceparent.as_deref() else {
             return tracing::Span::none();
         };
+        if !self.traced {
+            return tracing::Span::none();
+        }
         telemetry::when_exporting(|| {
             let span = tracing::info_span!(
                 "apply",
@@ -642,6 +657,9 @@ impl<P: Projection> Runner<P> {
     /// The span of applying `envelopes` at once, linked to each event's trace: what the
     /// batch does on behalf of every event (live pushes among it) is found from any of them.
     fn batch_span(&self, envelopes: &[EventEnvelope]) -> tracing::Span {
+        if !self.traced {
+            return tracing::Span::none();
+        }
         telemetry::when_exporting(|| {
             let span = tracing::info_span!(
                 "apply batch",

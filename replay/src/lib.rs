@@ -312,7 +312,8 @@ impl Replay {
         )
         .labelled(self.label())
         .within(self.range())
-        .batch_size(self.options.batch_size);
+        .batch_size(self.options.batch_size)
+        .untraced();
         Ok(if self.options.set_wise {
             runner
         } else {
