@@ -587,14 +587,18 @@ async fn watch_checkpoint(pool: &PgPool, name: &str) {
     .unwrap();
 }
 
-/// Runs a recorder of consumer group `group` on the Kafka source until cancelled (or
-/// aborted: a crash, nothing stored or committed after the last batch).
+/// Runs a recorder of consumer group `group`, shaped by `recorder`, on the Kafka source in
+/// batches of `batch_size` until cancelled (or aborted: a crash, nothing stored or committed
+/// after the last batch), as `hybridlive project` runs a worker: when the source fails, a
+/// new consumer takes over after a second. Returns how many times the source failed.
 fn spawn_consumer(
     db: &TestDb,
     group: &str,
     source: &KafkaSource,
     stop: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+    recorder: fn(Recorder) -> Recorder,
+    batch_size: u32,
+) -> tokio::task::JoinHandle<u32> {
     let (pool, group, source, stop) = (
         db.pool.clone(),
         group.to_owned(),
@@ -602,15 +606,36 @@ fn spawn_consumer(
         stop.clone(),
     );
     tokio::spawn(async move {
-        // Slow enough for the kill to come midway.
-        let recorder = Recorder {
+        let recorder = recorder(Recorder {
             name: group,
-            pace: Duration::from_millis(5),
             ..Recorder::new(pool.clone()).await
-        };
-        let runner = Runner::new(pool, recorder, policy()).batch_size(25);
-        runner.run_kafka(&source, &stop).await.unwrap();
+        });
+        let runner = Runner::new(pool, recorder, policy()).batch_size(batch_size);
+        let mut failures = 0;
+        while let Err(error) = runner.run_kafka(&source, &stop).await {
+            failures += 1;
+            eprintln!("consumer failed ({error}); a new one in 1 s");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        failures
     })
+}
+
+/// Slow enough for a kill to come midway.
+fn paced(recorder: Recorder) -> Recorder {
+    Recorder {
+        pace: Duration::from_millis(5),
+        ..recorder
+    }
+}
+
+/// Offered whole batches.
+fn batching(recorder: Recorder) -> Recorder {
+    recorder.batches.store(true, Ordering::Relaxed);
+    recorder
 }
 
 async fn checkpoint(pool: &PgPool, name: &str) -> store::LogPosition {
@@ -696,8 +721,8 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
         relay: projection_runtime::kafka::DEFAULT_RELAY.to_owned(),
     };
     let stop = CancellationToken::new();
-    let first = spawn_consumer(&db, &group, &source, &stop);
-    let second = spawn_consumer(&db, &group, &source, &stop);
+    let first = spawn_consumer(&db, &group, &source, &stop, paced, 25);
+    let second = spawn_consumer(&db, &group, &source, &stop, paced, 25);
     let start = Instant::now();
     while applied(&db.pool).await.is_empty() {
         assert!(start.elapsed() < Duration::from_secs(60), "stalled");
@@ -728,7 +753,7 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
     first.abort();
     assert!(first.await.unwrap_err().is_cancelled());
     let killed_at = applied(&db.pool).await.len();
-    let third = spawn_consumer(&db, &group, &source, &stop);
+    let third = spawn_consumer(&db, &group, &source, &stop, paced, 25);
     ids.extend(writer.await.unwrap());
     assert!(killed_at < ids.len(), "the kill came after the end");
     while applied(&db.pool).await.len() < ids.len() {
@@ -748,45 +773,18 @@ async fn the_kafka_checkpoint_never_passes_an_unapplied_event_across_a_killed_co
     assert!(moves >= 5, "the checkpoint moved only {moves} times");
     println!("the checkpoint moved {moves} times");
     stop.cancel();
-    second.await.unwrap();
-    third.await.unwrap();
+    assert_eq!(
+        second.await.unwrap(),
+        0,
+        "the second consumer's source failed"
+    );
+    assert_eq!(
+        third.await.unwrap(),
+        0,
+        "the third consumer's source failed"
+    );
     relay_stop.cancel();
     relay.await.unwrap();
-}
-
-/// Runs a recorder of consumer group `group` on the Kafka source until cancelled, as
-/// `hybridlive project` runs a worker: when the source fails, a new consumer takes over
-/// after a second. Returns how many times the source failed.
-fn spawn_resilient_consumer(
-    db: &TestDb,
-    group: &str,
-    source: &KafkaSource,
-    stop: &CancellationToken,
-) -> tokio::task::JoinHandle<u32> {
-    let (pool, group, source, stop) = (
-        db.pool.clone(),
-        group.to_owned(),
-        source.clone(),
-        stop.clone(),
-    );
-    tokio::spawn(async move {
-        let recorder = Recorder {
-            name: group,
-            batches: AtomicBool::new(true),
-            ..Recorder::new(pool.clone()).await
-        };
-        let runner = Runner::new(pool, recorder, policy()).batch_size(50);
-        let mut failures = 0;
-        while let Err(error) = runner.run_kafka(&source, &stop).await {
-            failures += 1;
-            eprintln!("consumer failed ({error}); a new one in 1 s");
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stop.cancelled() => break,
-            }
-        }
-        failures
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -823,8 +821,8 @@ async fn every_event_is_applied_and_the_checkpoint_stays_sound_across_a_killed_a
     };
     let stop = CancellationToken::new();
     let consumers = [
-        spawn_resilient_consumer(&db, &group, &source, &stop),
-        spawn_resilient_consumer(&db, &group, &source, &stop),
+        spawn_consumer(&db, &group, &source, &stop, batching, 50),
+        spawn_consumer(&db, &group, &source, &stop, batching, 50),
     ];
     // Four writers append before, during and after the broker's death, about 12 s in all.
     let writers: Vec<_> = (0..4)
