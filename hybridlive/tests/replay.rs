@@ -45,8 +45,8 @@ async fn replay_interrupted_by_sigint_resumes_then_swaps_in_a_model_equal_to_the
     interrupted_replay_resumes_to_the_live_model("INT").await;
 }
 
-/// Killed, it has no chance to save anything or to finish its batch: its in-memory mirror
-/// is gone, and the run that resumes works from the tables and the checkpoint alone.
+/// Killed, it has no chance to save anything or to finish its batch: its memory (what the
+/// batches stored) is gone, and the run that resumes works from the tables and the checkpoint alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_killed_by_sigkill_resumes_then_swaps_in_a_model_equal_to_the_live_one() {
     interrupted_replay_resumes_to_the_live_model("KILL").await;

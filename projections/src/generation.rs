@@ -86,7 +86,7 @@ impl Generations {
     /// The live generation of `model` configured as `base`.
     ///
     /// # Errors
-    /// [`ReadModelError::Unavailable`] when PostgreSQL cannot be read.
+    /// [`crate::ReadModelError::Unavailable`] when PostgreSQL cannot be read.
     pub async fn live(&self, model: &str, base: &str) -> ReadResult<Generation> {
         Self::live_with(&self.pool, model, base).await
     }

@@ -26,7 +26,9 @@
 //!   run them;
 //! - [`generation`]: which keyspace or database of a production model is live, after a
 //!   replay swapped a rebuilt one in ([`generation::Following`] stores follow it);
-//! - [`lite`]: what the lite PostgreSQL stores share (their schema, pair helpers);
+//! - [`lite`]: what the lite PostgreSQL stores share (their schema, pair helpers, the
+//!   [`lite::SoleWriter`] hook through which a replay, their one writer, drives their
+//!   batches);
 //! - [`error`]: [`ReadModelError`], how every read-model store fails (transient or not),
 //!   and how it becomes the runtime's `ApplyError`.
 //!
@@ -43,7 +45,6 @@ pub mod error;
 pub mod generation;
 pub mod lite;
 pub mod messaging;
-mod mirror;
 pub mod notifications;
 pub mod people;
 pub mod presence;

@@ -1,8 +1,10 @@
 //! What the lite (PostgreSQL) stores share: the schema of the live lite read models, the
-//! check of a schema name spliced into SQL, and the pair helpers of the set-wise batches
-//! (follows, likes). A leaf: the lite stores and the queries use it, it uses none of them.
+//! check of a schema name spliced into SQL, the pair helpers of the set-wise batches
+//! (follows, likes), and the [`SoleWriter`] hook a replay drives their batches with. A leaf:
+//! the lite stores and the queries use it, it uses none of them.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 
 use uuid::Uuid;
 
@@ -10,6 +12,32 @@ use crate::error::{ReadModelError, ReadResult};
 
 /// The PostgreSQL schema of the live lite read models (migration 4).
 pub const LITE_SCHEMA: &str = "read_model";
+
+/// The one writer of a lite store's tables — a replay into fresh tables, which no other
+/// process writes — handing each set-wise batch what the tables hold (`K`: the store's
+/// `KnownTimelines` or `KnownContent`), so that the batch need not load it back, and
+/// saying whether the batches leave derived columns to a settlement. Implemented by the
+/// `replay` crate; a live store has none and its batches load from the tables.
+///
+/// A batch takes `K` out ([`SoleWriter::lend`]) and gives it back with what it stored once
+/// it committed ([`SoleWriter::give_back`]); a batch that fails does not give it back. A
+/// single write changes the tables behind it ([`SoleWriter::forget`]).
+pub trait SoleWriter<K>: Debug + Send + Sync {
+    /// What the tables hold, lent to one batch; `None`: the batch loads from the tables.
+    fn lend(&self) -> Option<K>;
+
+    /// Back from a batch that committed, with what it stored taken in.
+    fn give_back(&self, known: K);
+
+    /// The tables changed behind what was lent (a single write): dropped for good.
+    fn forget(&self);
+
+    /// Whether the batches leave derived columns to a settlement (content: the posts'
+    /// counts, to `PgContent::settle_counts`), for tables nobody reads until then.
+    fn defers_derived(&self) -> bool {
+        false
+    }
+}
 
 /// Checks that `schema` is a plain identifier, since it is spliced into SQL.
 pub fn checked_schema(schema: &str) -> ReadResult<String> {

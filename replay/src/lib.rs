@@ -12,8 +12,10 @@
 //!    gap-free read order, batch by batch, with no side effects: no live updates, no caches,
 //!    no saga. Each batch is applied set-wise where the model's store can (the lite
 //!    timeline and content stores: [`projections::TimelineStore::write_all`]), to the same
-//!    effect as event by event, which is the fallback for a batch that fails. Events are decoded through the upcasters, so old versions arrive as current
-//!    types. Interrupted (SIGINT), it stops after the event in flight with its checkpoint
+//!    effect as event by event, which is the fallback for a batch that fails. The replay is
+//!    the target tables' one writer: it keeps in [`memory::Memory`] what the batches
+//!    stored, so that the next ones need not load it back. Events are decoded through the
+//!    upcasters, so old versions arrive as current types. Interrupted (SIGINT), it stops after the event in flight with its checkpoint
 //!    saved; run again, it goes on from there. Once it has applied its range, it settles
 //!    what the batches deferred ([`ModelProjection::settle`]: content derives its posts'
 //!    counts from the stored likes and comments in one statement, instead of rewriting a
@@ -39,6 +41,7 @@
 //! writing nothing. [`export::export`] writes the log as NDJSON for other tools.
 
 pub mod export;
+pub mod memory;
 pub mod models;
 
 use std::time::{Duration, Instant};
@@ -301,6 +304,9 @@ impl Replay {
                     .await?
             }
             None => {
+                if !fresh {
+                    self.model.repair_resumed(&self.pool, &target.name).await?;
+                }
                 self.model
                     .projection(&self.pool, &target.name, self.options.timeline, fresh)?
             }

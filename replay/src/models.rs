@@ -12,14 +12,16 @@ use std::sync::Arc;
 use event_schemas::EventEnvelope;
 use projections::analytics::{self, AnalyticsProjection};
 use projections::content::mongo::{self, MongoContent};
-use projections::content::postgres::PgContent;
+use projections::content::postgres::{KnownContent, PgContent};
 use projections::lite::LITE_SCHEMA;
-use projections::timeline::postgres::PgTimelines;
+use projections::timeline::postgres::{KnownTimelines, PgTimelines};
 use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
 use projections::{
     ApplyError, ContentProjection, Projection, TimelineProjection, TimelineSettings,
 };
 use sqlx::PgPool;
+
+use crate::memory::Memory;
 
 /// A read model replay can rebuild: a projection over a set of tables of one schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +91,11 @@ impl Model {
     }
 
     /// Its projection writing to the tables in `schema`, with no side effects: no live
-    /// updates, no caches, no saga. `fresh`: the tables are empty and this projection alone
-    /// writes them (a replay that did not resume), so the store may keep in memory what it
-    /// wrote instead of loading it back ([`PgContent::mirrored`], [`PgTimelines::mirrored`]).
-    /// Resumed, timelines recount their lengths first ([`PgTimelines::resumed`]): a killed
-    /// run may have stored part of a batch. Content leaves its posts' counts to
-    /// [`ModelProjection::settle`]
-    /// ([`PgContent::deferring_counts`]): nobody reads the tables before then.
+    /// updates, no caches, no saga. Its lite store is written by this replay alone
+    /// ([`PgContent::written_by`], [`PgTimelines::written_by`]); `fresh`: the tables are
+    /// empty (a replay that did not resume), so the replay keeps in [`Memory`] what the
+    /// batches stored instead of loading it back. Content leaves its posts' counts to
+    /// [`ModelProjection::settle`]: nobody reads the tables before then.
     ///
     /// # Errors
     /// When `schema` is not a plain identifier.
@@ -111,18 +111,30 @@ impl Model {
                 let store = PgTimelines::new(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?;
                 let store = if fresh {
-                    store.mirrored()
+                    store.written_by(Arc::new(Memory::<KnownTimelines>::fresh()))
                 } else {
-                    store.resumed()
+                    store
                 };
                 ModelProjection::Timeline(TimelineProjection::new(Arc::new(store), timeline))
             }
             ContentProjection::NAME => {
+                let memory = Arc::new(
+                    if fresh {
+                        Memory::<KnownContent>::fresh()
+                    } else {
+                        Memory::loading()
+                    }
+                    .deferring(),
+                );
                 let store = PgContent::new(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?
-                    .deferring_counts();
-                let store = Arc::new(if fresh { store.mirrored() } else { store });
-                ModelProjection::Content(ContentProjection::uncached(store.clone()), Some(store))
+                    .written_by(memory.clone());
+                let store = Arc::new(store);
+                let deferred = Deferred {
+                    store: store.clone(),
+                    memory,
+                };
+                ModelProjection::Content(ContentProjection::uncached(store), Some(deferred))
             }
             AnalyticsProjection::NAME => ModelProjection::Analytics(
                 AnalyticsProjection::new(pool.clone(), schema)
@@ -130,6 +142,23 @@ impl Model {
             ),
             other => return Err(ModelError::Unknown(other.to_owned())),
         })
+    }
+
+    /// Repairs what a killed run of a replay into `schema` may have left half-stored and
+    /// the batches applied again do not: the timelines' lengths are recounted from their
+    /// rows. Run before a resumed replay writes.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn repair_resumed(&self, pool: &PgPool, schema: &str) -> Result<(), ModelError> {
+        if self.name == TimelineProjection::NAME {
+            PgTimelines::new(pool.clone(), schema)
+                .map_err(|e| ModelError::Store(e.to_string()))?
+                .recount_lengths()
+                .await
+                .map_err(|e| ModelError::Store(format!("recounting the timelines: {e}")))?;
+        }
+        Ok(())
     }
 }
 
@@ -246,8 +275,15 @@ impl Production {
 pub enum ModelProjection {
     Timeline(TimelineProjection),
     /// With its lite store, whose counts are deferred (the MongoDB store counts as it goes).
-    Content(ContentProjection, Option<Arc<PgContent>>),
+    Content(ContentProjection, Option<Deferred>),
     Analytics(AnalyticsProjection),
+}
+
+/// A lite content store whose batches leave the posts' counts to [`ModelProjection::settle`].
+#[derive(Debug)]
+pub struct Deferred {
+    store: Arc<PgContent>,
+    memory: Arc<Memory<KnownContent>>,
 }
 
 impl ModelProjection {
@@ -257,12 +293,16 @@ impl ModelProjection {
     /// # Errors
     /// When the store fails; what was deferred stays deferred.
     pub async fn settle(&self) -> Result<(), ModelError> {
-        if let Self::Content(_, Some(store)) = self {
+        if let Self::Content(_, Some(Deferred { store, memory })) = self {
+            if !memory.deferred() {
+                return Ok(());
+            }
             let started = std::time::Instant::now();
             let posts = store
                 .settle_counts()
                 .await
                 .map_err(|e| ModelError::Store(format!("settling the posts' counts: {e}")))?;
+            memory.settled();
             let elapsed = started.elapsed();
             tracing::info!(
                 posts,

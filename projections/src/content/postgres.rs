@@ -1,6 +1,7 @@
 //! [`PgContent`]: the lite [`ContentStore`] in PostgreSQL, documents as jsonb (migration 4).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -10,40 +11,32 @@ use uuid::Uuid;
 
 use super::{Change, CommentDoc, ContentStore, ContentWrite, PostDoc, Profile};
 use crate::error::ReadResult;
-use crate::lite::{changed_pairs, checked_schema, stored_pairs, PairColumns};
-use crate::mirror::{Deferral, MirrorSlot};
+use crate::lite::{changed_pairs, checked_schema, stored_pairs, PairColumns, SoleWriter};
 
 /// Content in the tables of one schema (`read_model` by default; replay builds others).
 #[derive(Debug, Clone)]
 pub struct PgContent {
     pool: PgPool,
     schema: String,
-    /// What the set-wise batches would otherwise load, kept by a replay (see
-    /// [`PgContent::mirrored`]).
-    mirror: MirrorSlot<Mirror>,
-    /// From [`PgContent::deferring_counts`] until [`PgContent::settle_counts`].
-    deferred: Deferral,
+    /// The tables' one writer, a replay, handing the set-wise batches what they would
+    /// otherwise load (see [`PgContent::written_by`]).
+    sole_writer: Option<Arc<dyn SoleWriter<KnownContent>>>,
 }
 
-/// A copy in memory of the `posts` counts and the `likes` of a model this store alone has
-/// written since its tables were empty: the set-wise batches of a replay take them from
+/// The `posts` counts and the `likes` of tables written by one writer since they were
+/// empty, as that writer keeps them ([`SoleWriter`]): its set-wise batches take them from
 /// here instead of loading them (the two loads were a third of a `content` replay).
 #[derive(Debug, Default)]
-struct Mirror {
+pub struct KnownContent {
     /// (deleted, like count, comment count) of every stored post.
     posts: HashMap<Uuid, (bool, i64, i64)>,
     /// Every stored (post, user) like.
     likes: HashSet<(Uuid, Uuid)>,
 }
 
-impl Mirror {
-    /// Entries past which the mirror is dropped and the batches load from the tables
-    /// again. Estimated from the entry sizes, not measured: 17–41 bytes a slot of a std
-    /// hash map, 1.1–2.3 slots an entry, so 150–400 MB at the limit (a 1M-event log
-    /// needs about 0.6M entries).
-    const MAX_ENTRIES: usize = 4_000_000;
-
-    fn entries(&self) -> usize {
+impl KnownContent {
+    /// How many entries its map and set hold, which its keeper bounds.
+    pub fn entries(&self) -> usize {
         self.posts.len() + self.likes.len()
     }
 }
@@ -118,8 +111,7 @@ impl PgContent {
         Self {
             pool,
             schema: crate::lite::LITE_SCHEMA.to_owned(),
-            mirror: MirrorSlot::default(),
-            deferred: Deferral::default(),
+            sole_writer: None,
         }
     }
 
@@ -131,45 +123,30 @@ impl PgContent {
         Ok(Self {
             pool,
             schema: checked_schema(schema)?,
-            mirror: MirrorSlot::default(),
-            deferred: Deferral::default(),
+            sole_writer: None,
         })
     }
 
-    /// Keeps the posts' counts and the likes it writes in memory, so that its set-wise
-    /// batches need not load them. Only for tables that are **empty now and written by
-    /// this store alone** from now on (a replay into fresh tables: no other process writes
-    /// them): a single write, a failed batch or too many entries ([`Mirror::MAX_ENTRIES`])
-    /// drop the copy, and the batches load from the tables again.
+    /// Its set-wise batches take the posts' counts and the likes from `writer` instead of
+    /// loading them, and leave the posts' counts to [`PgContent::settle_counts`] while
+    /// `writer` defers them ([`SoleWriter::defers_derived`]). Only for tables that are
+    /// **empty now and written by `writer` alone** from now on (a replay into fresh tables:
+    /// no other process writes them).
     #[must_use]
-    pub fn mirrored(self) -> Self {
-        self.mirror.keep(Mirror::default());
-        self
+    pub fn written_by(self, writer: Arc<dyn SoleWriter<KnownContent>>) -> Self {
+        Self {
+            sole_writer: Some(writer),
+            ..self
+        }
     }
 
-    /// Leaves the posts' counts out of its set-wise batches until
-    /// [`PgContent::settle_counts`] derives them all at once: a replay's batches otherwise
-    /// rewrite a post row for nearly every like and comment (the largest cost of a `content`
-    /// replay). Until then the stored counts are stale, and so are the counts the batches
-    /// report; only for tables nobody reads yet (a replay's target, before its swap).
-    /// Single writes keep counting, from the stale counts; the settlement corrects them.
-    #[must_use]
-    pub fn deferring_counts(self) -> Self {
-        self.deferred.start();
-        self
-    }
-
-    /// Derives every post's like and comment counts from its stored likes and comments,
-    /// which are what the counts count, then ends the deferral of
-    /// [`PgContent::deferring_counts`]: later batches count again. Returns the posts whose
-    /// counts changed; does nothing unless counts are deferred.
+    /// Sets every post's like and comment counts to its stored likes and comments, which
+    /// are what the counts count: the settlement of batches that deferred them (a
+    /// replay's, see [`PgContent::written_by`]). Returns the posts whose counts changed.
     ///
     /// # Errors
-    /// When the update fails; the counts stay deferred then.
+    /// When the update fails.
     pub async fn settle_counts(&self) -> ReadResult<u64> {
-        if !self.deferred.pending() {
-            return Ok(0);
-        }
         let s = &self.schema;
         let settled = sqlx::query(&format!(
             "UPDATE {s}.posts p SET like_count = d.likes, comment_count = d.comments \
@@ -185,8 +162,14 @@ impl PgContent {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        self.deferred.settled();
         Ok(settled)
+    }
+
+    /// A single write changes the tables behind what the sole writer keeps.
+    fn forget_known(&self) {
+        if let Some(writer) = &self.sole_writer {
+            writer.forget();
+        }
     }
 
     /// Sets the counts of the live posts among `posts` that have likes or comments to the
@@ -311,7 +294,7 @@ impl ContentStore for PgContent {
     }
 
     async fn insert_post(&self, post: &PostDoc) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         let body = PostBody::of(post);
         sqlx::query(&format!(
             "INSERT INTO {}.posts (post_id, author_id, position, doc) VALUES ($1, $2, $3, $4) \
@@ -331,7 +314,7 @@ impl ContentStore for PgContent {
     }
 
     async fn delete_post(&self, post: Uuid) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         sqlx::query(&format!(
             "UPDATE {}.posts SET deleted = true WHERE post_id = $1",
             self.schema
@@ -365,7 +348,7 @@ impl ContentStore for PgContent {
     }
 
     async fn add_comment(&self, comment: &CommentDoc) -> ReadResult<Change> {
-        self.mirror.forget();
+        self.forget_known();
         let s = &self.schema;
         let body = CommentBody::of(comment);
         // One statement: the comment is stored unless its post is deleted, and counted the
@@ -402,7 +385,7 @@ impl ContentStore for PgContent {
     }
 
     async fn erase_user(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
-        self.mirror.forget();
+        self.forget_known();
         let s = &self.schema;
         // Committed on its own, before the rest: a post or comment of theirs stored by
         // another consumer meanwhile is either seen by the statements below, or its writer
@@ -502,7 +485,7 @@ impl ContentStore for PgContent {
     }
 
     async fn set_like(&self, post: Uuid, user: Uuid, liked: bool) -> ReadResult<Change> {
-        self.mirror.forget();
+        self.forget_known();
         let s = &self.schema;
         let (write, delta) = if liked {
             (
@@ -688,7 +671,7 @@ impl<'a> Plan<'a> {
     }
 }
 
-impl Mirror {
+impl KnownContent {
     /// Takes in what a batch stored: the posts' counts and the likes it changed.
     fn remember(
         &mut self,
@@ -766,45 +749,43 @@ impl PgContent {
     /// [`ContentStore::write_all`], set-wise, in one transaction, in three steps: loads the
     /// rows the writes touch ([`Self::load`]), applies the writes to them in memory with the
     /// semantics of the single writes above ([`Plan::of`]), then stores what changed with a
-    /// few array-bound statements ([`Self::store`]); a batch that was not mirrored then
+    /// few array-bound statements ([`Self::store`]); a batch without a sole writer then
     /// recounts the posts whose comments or likes came before them ([`Self::recount_after`]). The profiles and
     /// posts it loads stay locked until it commits, so a single write beside it (`dlq
     /// retry` while the projection runs) waits instead of being overwritten; at worst the
-    /// two deadlock and one of them is retried. A [`PgContent::mirrored`] store takes the
-    /// posts' counts and the likes from its mirror instead, unlocked: it is their one writer.
-    /// While counts are deferred ([`PgContent::deferring_counts`]), it updates only the
-    /// posts it tombstones; mirrored and deferred (a replay), its statements run at once,
+    /// two deadlock and one of them is retried. A store [`PgContent::written_by`] a sole writer takes the
+    /// posts' counts and the likes from it instead, unlocked. While that writer defers the
+    /// counts, it updates only the posts it tombstones, and its statements run at once,
     /// each in its own transaction.
     async fn write_set_wise(&self, writes: &[ContentWrite]) -> ReadResult<Vec<Option<Change>>> {
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
-        let mirror = self.mirror.take();
+        let known = self.sole_writer.as_ref().and_then(|w| w.lend());
         let mut tx = self.pool.begin().await?;
-        let mut loaded = self.load(&mut tx, writes, mirror.as_ref()).await?;
+        let mut loaded = self.load(&mut tx, writes, known.as_ref()).await?;
         let mut plan = Plan::of(writes, &mut loaded);
         let likes = changed_pairs(std::mem::take(&mut loaded.likes));
-        self.store(tx, &loaded, &plan, &likes, mirror.is_some())
+        self.store(tx, &loaded, &plan, &likes, known.is_some())
             .await?;
-        match mirror {
-            Some(mut kept) => {
+        match (&self.sole_writer, known) {
+            (Some(writer), Some(mut kept)) => {
                 kept.remember(&loaded.posts, &likes);
-                let entries = kept.entries();
-                self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
+                writer.give_back(kept);
             }
-            // A mirrored store (a replay) is the one writer, in log order: no comment or
+            // A sole writer (a replay) is the one writer, in log order: no comment or
             // like arrives before its post there; other stores recount.
-            None => self.recount_after(writes, &mut plan).await?,
+            _ => self.recount_after(writes, &mut plan).await?,
         }
         Ok(plan.changes)
     }
 
     /// The load step of [`Self::write_set_wise`]: what is stored now of the rows `writes`
     /// touch — profiles and posts locked (`FOR UPDATE`), the posts' counts and the likes
-    /// from `mirror` when there is one.
+    /// from `known` (its sole writer's) when there is one.
     async fn load<'a>(
         &self,
         tx: &mut sqlx::PgConnection,
         writes: &'a [ContentWrite],
-        mirror: Option<&Mirror>,
+        known: Option<&KnownContent>,
     ) -> ReadResult<Loaded<'a>> {
         let s = &self.schema;
         let (mut users, mut post_ids, mut comment_ids) = (Vec::new(), Vec::new(), Vec::new());
@@ -848,9 +829,9 @@ impl PgContent {
             }
         }
         let mut posts: HashMap<Uuid, PostState> = HashMap::new();
-        if let Some(mirror) = mirror {
+        if let Some(known) = known {
             for post_id in &post_ids {
-                if let Some(&counts) = mirror.posts.get(post_id) {
+                if let Some(&counts) = known.posts.get(post_id) {
                     posts.insert(*post_id, PostState::stored(counts));
                 }
             }
@@ -880,11 +861,11 @@ impl PgContent {
         // (stored, liked now) of each (post, user) pair: the likes of the posts liked or
         // unliked, of which the batch's pairs are kept.
         let like_pairs: Vec<(Uuid, Uuid)> = like_keys.into_iter().collect();
-        let likes = match mirror {
-            Some(mirror) => like_pairs
+        let likes = match known {
+            Some(known) => like_pairs
                 .iter()
                 .map(|pair| {
-                    let stored = mirror.likes.contains(pair);
+                    let stored = known.likes.contains(pair);
                     (*pair, (stored, stored))
                 })
                 .collect(),
@@ -906,7 +887,7 @@ impl PgContent {
     }
 
     /// The store step of [`Self::write_set_wise`]: what changed, with a few array-bound
-    /// statements, in `tx` — or, for a replay's batch (`mirrored` and deferred counts), at
+    /// statements, in `tx` — or, for a replay's batch (a sole writer's, deferring counts), at
     /// once on connections of their own (see below).
     async fn store(
         &self,
@@ -914,7 +895,7 @@ impl PgContent {
         loaded: &Loaded<'_>,
         plan: &Plan<'_>,
         (liked, unliked): &(PairColumns, PairColumns),
-        mirrored: bool,
+        sole_writer: bool,
     ) -> ReadResult<()> {
         let s = &self.schema;
         let (mut gone, mut put) = (Vec::new(), Vec::new());
@@ -927,7 +908,10 @@ impl PgContent {
         }
         let mut inserted = Vec::new();
         let mut updated = Vec::new();
-        let deferred = self.deferred.pending();
+        let deferred = self
+            .sole_writer
+            .as_ref()
+            .is_some_and(|w| w.defers_derived());
         for (post_id, state) in &loaded.posts {
             match state.new {
                 Some(doc) if !state.stored => inserted.push((doc, state)),
@@ -1035,8 +1019,8 @@ impl PgContent {
                 .bind(column(&updated, |(_, s)| s.like_count))
                 .bind(column(&updated, |(_, s)| s.comment_count))
         });
-        if mirrored && deferred {
-            // A replay's batch: no statement reads what another writes (the mirror holds
+        if sole_writer && deferred {
+            // A replay's batch: no statement reads what another writes (the writer holds
             // the state), so they run at once, each on its own connection, once the reads
             // are done. Not atomic: a crash or failure between them leaves part of the
             // batch, which the batch applied again (resumed, or event by event) completes,
@@ -1064,7 +1048,7 @@ impl PgContent {
         Ok(())
     }
 
-    /// After a batch that was not mirrored: recounts the posts it inserted and those a
+    /// After a batch without a sole writer: recounts the posts it inserted and those a
     /// comment or like found missing (see [`Self::recount`]), and corrects what it reports
     /// for their comments and likes.
     async fn recount_after(&self, writes: &[ContentWrite], plan: &mut Plan<'_>) -> ReadResult<()> {

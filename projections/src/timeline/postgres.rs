@@ -1,6 +1,8 @@
 //! [`PgTimelines`]: the lite [`TimelineStore`] in PostgreSQL (tables of migration 4).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::PgPool;
@@ -10,42 +12,37 @@ use super::{
     Direction, FollowCounts, TimelineEntry, TimelineSettings, TimelineStore, TimelineWrite,
 };
 use crate::error::{ReadModelError, ReadResult};
-use crate::lite::{changed_pairs, checked_schema, stored_pairs};
-use crate::mirror::{Deferral, MirrorSlot};
+use crate::lite::{changed_pairs, checked_schema, stored_pairs, SoleWriter};
 
 /// Timelines in the tables of one schema (`read_model` by default; replay builds others).
 #[derive(Debug, Clone)]
 pub struct PgTimelines {
     pool: PgPool,
     schema: String,
-    /// What the set-wise batches would otherwise load, kept by a replay (see
-    /// [`PgTimelines::mirrored`]).
-    mirror: MirrorSlot<Mirror>,
-    /// Set while the stored lengths may not count the stored rows (part of a replay's
-    /// batch stored, see [`PgTimelines::resumed`]): recounted before the next write.
-    recount: Deferral,
+    /// The tables' one writer, a replay, handing the set-wise batches what they would
+    /// otherwise load (see [`PgTimelines::written_by`]).
+    sole_writer: Option<Arc<dyn SoleWriter<KnownTimelines>>>,
+    /// Set while the stored lengths may not count the stored rows (a sole writer's batch
+    /// failed among its commits, see [`Self::store_at_once`]): recounted before the next
+    /// write.
+    lengths_unsure: Arc<AtomicBool>,
 }
 
-/// A copy in memory of what the set-wise batches of a store that alone has written its
-/// tables since they were empty would load: the follower sets, the sticky merged-at-read
-/// marks, the timeline lengths, and which posts were fanned out (only their timeline rows
-/// are loaded, for a redelivery or a removal).
+/// What the set-wise batches of tables written by one writer since they were empty would
+/// load, as that writer keeps it ([`SoleWriter`]): the follower sets, the sticky
+/// merged-at-read marks, the timeline lengths, and which posts were fanned out (only their
+/// timeline rows are loaded, for a redelivery or a removal).
 #[derive(Debug, Default)]
-struct Mirror {
+pub struct KnownTimelines {
     followers: HashMap<Uuid, HashSet<Uuid>>,
     merged: HashSet<Uuid>,
     lengths: HashMap<Uuid, i64>,
     fanned_out: HashSet<Uuid>,
 }
 
-impl Mirror {
-    /// Entries past which the mirror is dropped and the batches load from the tables
-    /// again. Estimated from the entry sizes, not measured: 17–41 bytes a slot of a std
-    /// hash map, 1.1–2.3 slots an entry, so 150–400 MB at the limit (a 1M-event log
-    /// needs about 0.6M entries).
-    const MAX_ENTRIES: usize = 4_000_000;
-
-    fn entries(&self) -> usize {
+impl KnownTimelines {
+    /// How many entries its maps and sets hold, which its keeper bounds.
+    pub fn entries(&self) -> usize {
         self.followers.values().map(HashSet::len).sum::<usize>()
             + self.merged.len()
             + self.lengths.len()
@@ -68,8 +65,8 @@ impl PgTimelines {
         Self {
             pool,
             schema: crate::lite::LITE_SCHEMA.to_owned(),
-            mirror: MirrorSlot::default(),
-            recount: Deferral::default(),
+            sole_writer: None,
+            lengths_unsure: Arc::default(),
         }
     }
 
@@ -81,36 +78,30 @@ impl PgTimelines {
         Ok(Self {
             pool,
             schema: checked_schema(schema)?,
-            mirror: MirrorSlot::default(),
-            recount: Deferral::default(),
+            sole_writer: None,
+            lengths_unsure: Arc::default(),
         })
     }
 
-    /// Keeps in memory what its set-wise batches would load back (follower sets, merged
-    /// marks, lengths, the posts fanned out). Only for tables that are **empty now and
-    /// written by this store alone** from now on (a replay into fresh tables): a single
-    /// write, a failed batch or too many entries drop the copy, and the batches load from
-    /// the tables again.
+    /// Its set-wise batches take what they would load from `writer`, and store what
+    /// changed without guarding against other writers: plain inserts, each statement at
+    /// once in a transaction of its own. Only for tables that are
+    /// **empty now and written by `writer` alone** from now on (a replay into fresh tables).
     #[must_use]
-    pub fn mirrored(self) -> Self {
-        self.mirror.keep(Mirror::default());
-        self
-    }
-
-    /// For tables a mirrored store may have left with part of a batch stored (a replay
-    /// killed mid-batch, now resumed): the lengths are recounted from the rows before the
-    /// first write.
-    #[must_use]
-    pub fn resumed(self) -> Self {
-        self.recount.start();
-        self
-    }
-
-    /// Recounts the lengths from the stored rows when they may be off (see `recount`).
-    async fn trust_lengths(&self) -> ReadResult<()> {
-        if !self.recount.pending() {
-            return Ok(());
+    pub fn written_by(self, writer: Arc<dyn SoleWriter<KnownTimelines>>) -> Self {
+        Self {
+            sole_writer: Some(writer),
+            ..self
         }
+    }
+
+    /// Sets every stored length to the count of the stored rows. For tables a sole writer
+    /// may have left with part of a batch stored (a replay killed mid-batch, resumed):
+    /// run before writing to them again.
+    ///
+    /// # Errors
+    /// When the statements fail.
+    pub async fn recount_lengths(&self) -> ReadResult<()> {
         let s = &self.schema;
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
@@ -128,9 +119,24 @@ impl PgTimelines {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.recount.settled();
         tracing::info!(schema = %s, "Timeline lengths recounted from the stored rows.");
         Ok(())
+    }
+
+    /// Recounts the lengths when they may be off (see `lengths_unsure`).
+    async fn trust_lengths(&self) -> ReadResult<()> {
+        if self.lengths_unsure.load(Ordering::Acquire) {
+            self.recount_lengths().await?;
+            self.lengths_unsure.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// A single write changes the tables behind what the sole writer keeps.
+    fn forget_known(&self) {
+        if let Some(writer) = &self.sole_writer {
+            writer.forget();
+        }
     }
 }
 
@@ -141,7 +147,7 @@ fn limit(n: usize) -> i64 {
 #[async_trait]
 impl TimelineStore for PgTimelines {
     async fn follow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         sqlx::query(&format!(
             "INSERT INTO {}.follows (follower_id, followee_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             self.schema
@@ -154,7 +160,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn unfollow(&self, follower: Uuid, followee: Uuid) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         sqlx::query(&format!(
             "DELETE FROM {}.follows WHERE follower_id = $1 AND followee_id = $2",
             self.schema
@@ -237,7 +243,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn add_author_post(&self, entry: TimelineEntry) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         sqlx::query(&format!(
             "INSERT INTO {}.author_posts (author_id, position, post_id) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
@@ -252,25 +258,25 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn deliver(&self, users: &[Uuid], entry: TimelineEntry, cap: usize) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         let rows = users.iter().map(|user| (*user, entry)).collect();
         self.add_rows(Rows::of(rows), cap).await
     }
 
     async fn backfill(&self, user: Uuid, entries: &[TimelineEntry], cap: usize) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         let rows = entries.iter().map(|entry| (user, *entry)).collect();
         self.add_rows(Rows::of(rows), cap).await
     }
 
     async fn retract(&self, users: &[Uuid], entry: TimelineEntry) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         let rows = users.iter().map(|user| (*user, entry.position)).collect();
         self.remove_rows(rows).await
     }
 
     async fn withdraw(&self, user: Uuid, author: Uuid) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         self.withdraw_all(vec![(user, author)]).await
     }
 
@@ -282,7 +288,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn mark_merged_at_read(&self, author: Uuid) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         sqlx::query(&format!(
             "INSERT INTO {}.merged_authors (author_id) VALUES ($1) ON CONFLICT DO NOTHING",
             self.schema
@@ -316,7 +322,7 @@ impl TimelineStore for PgTimelines {
     }
 
     async fn remove_post(&self, author: Uuid, post_id: Uuid) -> ReadResult<()> {
-        self.mirror.forget();
+        self.forget_known();
         self.trust_lengths().await?;
         let s = &self.schema;
         let mut tx = self.pool.begin().await?;
@@ -419,10 +425,10 @@ impl PgTimelines {
     /// not counted again (idempotent), and the timelines that passed `cap` by more than an
     /// eighth are trimmed back to it.
     async fn add_rows(&self, rows: Rows, cap: usize) -> ReadResult<()> {
+        self.trust_lengths().await?;
         if rows.users.is_empty() {
             return Ok(());
         }
-        self.trust_lengths().await?;
         let s = &self.schema;
         let cap = cap.max(1);
         let mut tx = self.pool.begin().await?;
@@ -555,7 +561,8 @@ struct Length {
     entries: i64,
     exists: bool,
     changed: bool,
-    /// Read from the table or the mirror: a row of `timeline_lengths` before the batch.
+    /// Read from the table or known to the sole writer: a row of `timeline_lengths` before
+    /// the batch.
     stored: bool,
 }
 
@@ -735,7 +742,7 @@ impl AuthorList {
     }
 }
 
-/// What a batch that is not mirrored checks again once committed, against what other
+/// What a batch without a sole writer checks again once committed, against what other
 /// writers committed meanwhile (see [`PgTimelines::recheck`]).
 #[derive(Default)]
 struct Recheck {
@@ -754,21 +761,22 @@ struct Recheck {
 impl PgTimelines {
     /// The load step of a set-wise batch's follow state: the follower sets of the
     /// `authors` who publish, the stored state of the `follow_pairs` (stored, now), and the
-    /// merged-at-read marks of the authors and `followees`. From `mirror` when there is one.
+    /// merged-at-read marks of the authors and `followees`. From `known` (its sole
+    /// writer's) when there is one.
     async fn load_graph(
         &self,
         tx: &mut sqlx::PgConnection,
         authors: &[Uuid],
         followees: &[Uuid],
         follow_pairs: &[(Uuid, Uuid)],
-        mirror: Option<&Mirror>,
+        known: Option<&KnownTimelines>,
     ) -> ReadResult<Graph> {
         let s = &self.schema;
         let mut followers: HashMap<Uuid, HashSet<Uuid>> =
             authors.iter().map(|a| (*a, HashSet::new())).collect();
-        if let Some(mirror) = mirror {
+        if let Some(known) = known {
             for (author, set) in &mut followers {
-                if let Some(stored) = mirror.followers.get(author) {
+                if let Some(stored) = known.followers.get(author) {
                     set.clone_from(stored);
                 }
             }
@@ -776,11 +784,11 @@ impl PgTimelines {
             followers.extend(followers_of(&mut *tx, s, authors).await?);
         }
         // Whom the followers follow, of which the batch's pairs are kept.
-        let follows = match mirror {
-            Some(mirror) => follow_pairs
+        let follows = match known {
+            Some(known) => follow_pairs
                 .iter()
                 .map(|&(follower, followee)| {
-                    let stored = mirror
+                    let stored = known
                         .followers
                         .get(&followee)
                         .is_some_and(|set| set.contains(&follower));
@@ -803,8 +811,8 @@ impl PgTimelines {
         marked.sort_unstable();
         marked.dedup();
         let mut merged: HashSet<Uuid> = HashSet::new();
-        if let Some(mirror) = mirror {
-            merged.extend(marked.iter().filter(|a| mirror.merged.contains(a)));
+        if let Some(known) = known {
+            merged.extend(marked.iter().filter(|a| known.merged.contains(a)));
         } else if !marked.is_empty() {
             let rows: Vec<Uuid> = sqlx::query_scalar(&format!(
                 "SELECT author_id FROM {s}.merged_authors WHERE author_id = ANY($1)"
@@ -824,13 +832,13 @@ impl PgTimelines {
     /// The load step of a set-wise batch's timelines: the rows and lengths its `steps`
     /// touch — every stored row of the posts published or `removed` (`unlisted`: their
     /// positions, when they were unlisted first), the lengths (locked), and all the rows of
-    /// the timelines it may take past `over` or follows or unfollows for. From `mirror`
+    /// the timelines it may take past `over` or follows or unfollows for. From `known`
     /// what it knows.
     async fn load_view(
         &self,
         tx: &mut sqlx::PgConnection,
         steps: &[Step],
-        mirror: Option<&Mirror>,
+        known: Option<&KnownTimelines>,
         mut removed: Vec<Uuid>,
         unlisted: &[i64],
         over: i64,
@@ -859,11 +867,11 @@ impl PgTimelines {
         // Every stored row of the posts published or removed, by position (a position is
         // one post's; a removed post's is in author_posts): a redelivered fan-out finds its
         // rows there, a removal the rows it removes.
-        if let Some(mirror) = mirror {
-            published.retain(|(post, _)| mirror.fanned_out.contains(post));
-            removed.retain(|post| mirror.fanned_out.contains(post));
+        if let Some(known) = known {
+            published.retain(|(post, _)| known.fanned_out.contains(post));
+            removed.retain(|post| known.fanned_out.contains(post));
         }
-        if mirror.is_some() && (!published.is_empty() || !removed.is_empty()) {
+        if known.is_some() && (!published.is_empty() || !removed.is_empty()) {
             let positions: Vec<i64> = published.iter().map(|(_, position)| *position).collect();
             let found = sqlx::query_as(&format!(
                 "SELECT {columns} FROM {s}.timelines t WHERE t.position = ANY($1::bigint[] || \
@@ -874,7 +882,7 @@ impl PgTimelines {
             .fetch_all(&mut *tx)
             .await?;
             loaded(&mut view.rows, &mut view.by_post, found);
-        } else if mirror.is_none() && (!published.is_empty() || !unlisted.is_empty()) {
+        } else if known.is_none() && (!published.is_empty() || !unlisted.is_empty()) {
             let mut positions: Vec<i64> = published.iter().map(|(_, position)| *position).collect();
             positions.extend(unlisted);
             let found = sqlx::query_as(&format!(
@@ -890,9 +898,9 @@ impl PgTimelines {
         users.extend(&whole);
         users.sort_unstable();
         users.dedup();
-        if let Some(mirror) = mirror {
+        if let Some(known) = known {
             for user in &users {
-                if let Some(&entries) = mirror.lengths.get(user) {
+                if let Some(&entries) = known.lengths.get(user) {
                     let length = Length {
                         entries,
                         exists: true,
@@ -957,10 +965,10 @@ impl PgTimelines {
     /// timeline lengths it loads stay locked until it commits, so a single write beside it
     /// (`dlq retry` while the projection runs) waits instead of being overwritten; a
     /// timeline row both insert fails the batch, which the runner then applies event by
-    /// event. Mirrored (a replay), its statements run at once, in their own transactions
+    /// event. Written by a sole writer (a replay), its statements run at once, in their own transactions
     /// ([`Self::store_at_once`]).
     ///
-    /// Not mirrored, other writers work beside it (the consumers of one Kafka group), and
+    /// Without one, other writers work beside it (the consumers of one Kafka group), and
     /// what it reads is their state before it commits, while its own writes become visible
     /// to them only when it commits. So it unlists the posts it removes before it reads
     /// their rows (a backfill's check waits for it, as for a single removal), and once
@@ -974,7 +982,7 @@ impl PgTimelines {
         let s = &self.schema;
         self.trust_lengths().await?;
         // Out until the batch commits: a batch that fails leaves it out, and it is dropped.
-        let mut mirror = self.mirror.take();
+        let mut known = self.sole_writer.as_ref().and_then(|w| w.lend());
         let cap = settings.cap.max(1);
         let over = limit(cap + cap / 8);
         let mut authors = Vec::new();
@@ -1007,13 +1015,7 @@ impl PgTimelines {
             mut follows,
             mut merged,
         } = self
-            .load_graph(
-                &mut tx,
-                &authors,
-                &followees,
-                &follow_pairs,
-                mirror.as_ref(),
-            )
+            .load_graph(&mut tx, &authors, &followees, &follow_pairs, known.as_ref())
             .await?;
         let Planned {
             steps,
@@ -1036,7 +1038,7 @@ impl PgTimelines {
         // The posts removed, unlisted first when others write beside the batch (then
         // their timeline rows are read after: see `remove_post`).
         let removed: Vec<Uuid> = removals.iter().map(|(_, post)| *post).collect();
-        let unlisted: Vec<i64> = if mirror.is_none() && !removals.is_empty() {
+        let unlisted: Vec<i64> = if known.is_none() && !removals.is_empty() {
             let (by, posts): (Vec<Uuid>, Vec<Uuid>) = removals.iter().copied().unzip();
             sqlx::query_scalar(&format!(
                 "WITH listed AS (SELECT position FROM {s}.author_posts WHERE post_id = ANY($2)), \
@@ -1055,7 +1057,7 @@ impl PgTimelines {
 
         // 3. The timeline rows and lengths the writes touch.
         let mut view = self
-            .load_view(&mut tx, &steps, mirror.as_ref(), removed, &unlisted, over)
+            .load_view(&mut tx, &steps, known.as_ref(), removed, &unlisted, over)
             .await?;
 
         // 4. The writes, in order.
@@ -1069,7 +1071,7 @@ impl PgTimelines {
                 "a timeline passed its cap where the batch did not foresee it".into(),
             ));
         }
-        let recheck = mirror.is_none().then(|| {
+        let recheck = known.is_none().then(|| {
             let lists = std::mem::take(&mut lists);
             Recheck::of(
                 writes,
@@ -1092,13 +1094,13 @@ impl PgTimelines {
             changed,
         } = Stored::of(
             s,
-            mirror.as_ref(),
+            known.as_ref(),
             follows,
             newly_merged,
             author_posts,
             &view,
         );
-        if mirror.is_some() {
+        if known.is_some() {
             self.store_at_once(tx, timelines, statements).await?;
         } else {
             for (sql, arrays) in statements {
@@ -1107,10 +1109,9 @@ impl PgTimelines {
             timelines.store(&mut tx, s).await?;
             tx.commit().await?;
         }
-        if let Some(mut kept) = mirror.take() {
+        if let (Some(writer), Some(mut kept)) = (&self.sole_writer, known.take()) {
             kept.remember(follow_changes, merged_now, changed, &steps);
-            let entries = kept.entries();
-            self.mirror.put_back(kept, entries, Mirror::MAX_ENTRIES);
+            writer.give_back(kept);
         }
         if let Some(recheck) = recheck {
             self.recheck(recheck, cap).await?;
@@ -1270,7 +1271,7 @@ fn apply_steps(
     backfilled
 }
 
-impl Mirror {
+impl KnownTimelines {
     /// Takes in what a batch stored: the follows it changed, the authors it marked merged,
     /// the timeline lengths it changed and the posts it fanned out.
     fn remember(
@@ -1299,7 +1300,7 @@ impl Mirror {
 }
 
 impl Recheck {
-    /// What a batch that is not mirrored checks again once committed. Pure: no IO.
+    /// What a batch without a sole writer checks again once committed. Pure: no IO.
     #[allow(clippy::too_many_arguments)]
     fn of(
         writes: &[TimelineWrite],
@@ -1356,13 +1357,13 @@ impl Recheck {
 }
 
 /// The store step of a set-wise batch, planned: the statements of its follows, merged
-/// marks and author lists, its timeline rows and lengths, and what a mirror takes in.
+/// marks and author lists, its timeline rows and lengths, and what its sole writer takes in.
 struct Stored {
     statements: Vec<(String, Arrays)>,
     timelines: TimelineChanges,
-    /// With a mirror: the follows changed (pair, now).
+    /// With a sole writer: the follows changed (pair, now).
     follow_changes: Vec<((Uuid, Uuid), bool)>,
-    /// With a mirror: the authors newly merged at read.
+    /// With a sole writer: the authors newly merged at read.
     merged_now: Vec<Uuid>,
     /// The timeline lengths changed.
     changed: Vec<(Uuid, i64)>,
@@ -1372,13 +1373,13 @@ impl Stored {
     /// What the batch changed, as statements on the tables of schema `s`. Pure: no IO.
     fn of(
         s: &str,
-        mirror: Option<&Mirror>,
+        known: Option<&KnownTimelines>,
         follows: HashMap<(Uuid, Uuid), (bool, bool)>,
         newly_merged: Vec<Uuid>,
         author_posts: HashMap<Uuid, (Uuid, Option<i64>)>,
         view: &View,
     ) -> Self {
-        let follow_changes: Vec<((Uuid, Uuid), bool)> = if mirror.is_some() {
+        let follow_changes: Vec<((Uuid, Uuid), bool)> = if known.is_some() {
             follows
                 .iter()
                 .filter(|(_, (stored, now))| stored != now)
@@ -1387,15 +1388,15 @@ impl Stored {
         } else {
             Vec::new()
         };
-        let merged_now = if mirror.is_some() {
+        let merged_now = if known.is_some() {
             newly_merged.clone()
         } else {
             Vec::new()
         };
-        // With the mirror, what is stored is known, so the inserts are plain: no row they
+        // With a sole writer, what is stored is known, so the inserts are plain: no row they
         // add can exist (one that did would fail the batch, which then goes event by
         // event). Without it, a batch applied again must find its rows.
-        let on_conflict = if mirror.is_some() {
+        let on_conflict = if known.is_some() {
             ""
         } else {
             " ON CONFLICT DO NOTHING"
@@ -1433,11 +1434,11 @@ impl Stored {
             (Vec::new(), Vec::new(), Vec::new()),
             (Vec::new(), Vec::new()),
         );
-        // A post listed before (known to the mirror as fanned out) may be listed still.
-        let relisted = mirror.is_some_and(|mirror| {
+        // A post listed before (known to the sole writer as fanned out) may be listed still.
+        let relisted = known.is_some_and(|known| {
             author_posts
                 .iter()
-                .any(|(post, (_, position))| position.is_some() && mirror.fanned_out.contains(post))
+                .any(|(post, (_, position))| position.is_some() && known.fanned_out.contains(post))
         });
         let listing_conflict = if relisted {
             " ON CONFLICT DO NOTHING"
@@ -1457,8 +1458,8 @@ impl Stored {
                 }
             }
         }
-        // Not mirrored, the removed posts were unlisted first (step 2).
-        if mirror.is_some() && !unlisted.0.is_empty() {
+        // Without a sole writer, the removed posts were unlisted first (step 2).
+        if known.is_some() && !unlisted.0.is_empty() {
             statements.push((
                 format!(
                 "DELETE FROM {s}.author_posts a USING unnest($1::uuid[], $2::uuid[]) AS u(a, p) \
@@ -1499,9 +1500,9 @@ impl Stored {
             .filter(|(_, l)| l.changed)
             .map(|(user, l)| (*user, l.entries))
             .collect();
-        // With the mirror: the new lengths inserted, the stored ones updated. Without it:
+        // With a sole writer: the new lengths inserted, the stored ones updated. Without it:
         // all upserted, as a row may have come since.
-        let (inserted, updated): (Vec<_>, Vec<_>) = if mirror.is_some() {
+        let (inserted, updated): (Vec<_>, Vec<_>) = if known.is_some() {
             changed
                 .iter()
                 .copied()
@@ -1514,7 +1515,7 @@ impl Stored {
             added,
             inserted,
             updated,
-            upsert: mirror.is_none(),
+            upsert: known.is_none(),
         };
         Self {
             statements,
@@ -1709,15 +1710,15 @@ impl PgTimelines {
     /// Connections a replay's batch inserts its timeline rows on, at once.
     const INSERTERS: usize = 2;
 
-    /// Stores a replay's batch (mirrored): no statement reads what another writes (the
-    /// mirror holds the state), so they run at once, each on its own connection and in its
+    /// Stores a replay's batch (a sole writer's): no statement reads what another writes
+    /// (the writer holds the state), so they run at once, each on its own connection and in its
     /// own transaction — the new timeline rows split by user over [`Self::INSERTERS`]
     /// connections, the removed rows and the lengths on `tx`, which made the batch's reads.
     /// A failure before the commits rolls them all back. The timeline rows and lengths
     /// commit first, then the follows, author lists and merged marks:
     /// - a failure or crash among the first commits leaves the lengths off from the stored
     ///   rows; they are recounted before the next write (after a crash, by the resumed
-    ///   replay: [`PgTimelines::resumed`]);
+    ///   replay: [`PgTimelines::recount_lengths`]);
     /// - the batch applied again then (event by event, or resumed) finds the follower sets
     ///   and author lists of before the batch, so it fans out and backfills as the first
     ///   time, finds the rows stored, and stores the rest. Stored the other way round, a
@@ -1752,13 +1753,13 @@ impl PgTimelines {
         let rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
         let others = others.into_iter().collect::<Result<Vec<_>, _>>()?;
         // From the first of these commits to the last, the lengths may not count the rows.
-        self.recount.start();
+        self.lengths_unsure.store(true, Ordering::Release);
         tx.commit().await?;
         let commits = rows.into_iter().map(sqlx::Transaction::commit);
         for committed in futures::future::join_all(commits).await {
             committed?;
         }
-        self.recount.settled();
+        self.lengths_unsure.store(false, Ordering::Release);
         // All of them to the end, none dropped in flight; then the first failure.
         let commits = others.into_iter().map(sqlx::Transaction::commit);
         for committed in futures::future::join_all(commits).await {

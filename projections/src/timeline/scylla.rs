@@ -55,7 +55,7 @@
 //! long), instead of 3 without it.
 //! When the counter exceeds `cap + cap / 8` the task trims, under the timeline's trim
 //! lease (a lightweight transaction, `INSERT … IF NOT EXISTS` with a TTL of
-//! [`TRIM_LEASE_SECS`]; a writer that finds it taken leaves the trim to its holder): it
+//! `TRIM_LEASE_SECS`; a writer that finds it taken leaves the trim to its holder): it
 //! reads the counter again, reads the newest `cap` positions of the partition,
 //! range-deletes everything older than the last of them (`position < ?`, one range
 //! tombstone below the live head, so reading the head never scans it) and decrements the
@@ -1058,7 +1058,7 @@ impl TimelineStore for ScyllaTimelines {
     }
 
     /// Every feed read asks this, so it costs one read of the (small) list of merged
-    /// authors, and then one read of the user's follows partition per [`IN_CHUNK`] of them,
+    /// authors, and then one read of the user's follows partition per `IN_CHUNK` of them,
     /// whatever the number of people the user follows.
     async fn merged_authors_followed_by(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
         let s = &self.statements;

@@ -4,15 +4,24 @@
 //! over a social log with follows and unfollows, popular authors merged at read time,
 //! timelines trimmed at a small cap, deletions, likes and unlikes, comments, renames and
 //! rolled-back registrations — in batches of several sizes, each batch applied twice now
-//! and then (a redelivery after a crash before the checkpoint).
+//! and then (a redelivery after a crash before the checkpoint). Both as a live store's
+//! batches, which load what they need from the tables, and as a replay's, whose
+//! [`Memory`] hands them what the batches before stored, and which leave the posts' counts
+//! to a settlement.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
 use event_schemas::EventEnvelope;
-use projections::content::postgres::PgContent;
+use projections::content::postgres::{KnownContent, PgContent};
 use projections::content::Change;
-use projections::timeline::postgres::PgTimelines;
+use projections::timeline::postgres::{KnownTimelines, PgTimelines};
 use projections::timeline::{TimelineEntry, TimelineWrite};
-use projections::{ContentStore, ContentWrite, TimelineSettings, TimelineStore};
+use projections::{
+    ContentStore, ContentWrite, TimelineProjection, TimelineSettings, TimelineStore,
+};
+use replay::memory::Memory;
+use replay::models::Model;
 use sqlx::PgPool;
 use testkit::social::SocialLog;
 use testkit::tables::{assert_same, copy_empty};
@@ -44,7 +53,7 @@ fn sorted(lists: &[Vec<uuid::Uuid>]) -> Vec<Vec<uuid::Uuid>> {
         .collect()
 }
 
-/// (batch size, mirrored, a single write mid-run) of the set-wise runs compared.
+/// (batch size, remembered, a single write mid-run) of the set-wise runs compared.
 const RUNS: [(usize, bool, bool); 6] = [
     (1, false, false),
     (7, false, false),
@@ -84,23 +93,23 @@ async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
         .iter()
         .any(|w| matches!(w, TimelineWrite::Remove { .. })));
 
-    // Mirrored: what the batches load kept in memory (a replay into fresh tables); `single`:
-    // the first publication of the sixth batch or a later one also applied alone just before
-    // its batch (to both), which must drop the mirror (kept, it would not know the post's
-    // rows are stored, and insert them again).
-    for (size, mirrored, single) in RUNS {
+    // Remembered: what the batches load kept in a replay's `Memory` (a replay into fresh
+    // tables); `single`: the first publication of the sixth batch or a later one also
+    // applied alone just before its batch (to both), which must drop what is remembered
+    // (kept, it would not know the post's rows are stored, and insert them again).
+    for (size, remembered, single) in RUNS {
         // The same batches, also those applied twice, one write at a time: a redelivered
         // publication fans out to the followers of the redelivery's moment in both (a
         // follow later in its batch is stored by then), so each is compared with the same
         // redeliveries.
-        let expected = format!("one_by_one_{size}_{mirrored}");
+        let expected = format!("one_by_one_{size}_{remembered}");
         copy_empty(&db.pool, "read_model", &expected, PgTimelines::TABLES).await;
         let one_by_one = PgTimelines::new(db.pool.clone(), &expected).unwrap();
-        let schema = format!("batches_of_{size}_{mirrored}");
+        let schema = format!("batches_of_{size}_{remembered}");
         copy_empty(&db.pool, "read_model", &schema, PgTimelines::TABLES).await;
         let batched = PgTimelines::new(db.pool.clone(), &schema).unwrap();
-        let batched = if mirrored {
-            batched.mirrored()
+        let batched = if remembered {
+            batched.written_by(Arc::new(Memory::<KnownTimelines>::fresh()))
         } else {
             batched
         };
@@ -147,7 +156,7 @@ async fn set_wise_timeline_batches_equal_the_events_applied_one_at_a_time() {
         assert_eq!(
             sorted(&batch_delivered),
             sorted(&delivered),
-            "batches of {size}, mirrored: {mirrored}"
+            "batches of {size}, remembered: {remembered}"
         );
     }
 }
@@ -250,28 +259,30 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
         assert!(writes.iter().any(kind));
     }
 
-    // Mirrored: the counts and likes kept in memory (a replay into fresh tables); `single`:
-    // the first write of the sixth batch also applied alone just before it, which must drop
-    // the mirror (kept, it would miss that write: a like counted twice). Deferred: the
-    // posts' counts left to a settlement at the end (a replay's batches).
-    let runs = RUNS.map(|(size, mirrored, single)| (size, mirrored, single, false));
-    for (size, mirrored, single, deferred) in runs.into_iter().chain([
+    // Remembered: the counts and likes kept in a replay's `Memory` (a replay into fresh
+    // tables); `single`: the first write of the sixth batch also applied alone just before
+    // it, which must drop what is remembered (kept, it would miss that write: a like
+    // counted twice). Deferred: the posts' counts left to a settlement at the end (a
+    // replay's batches).
+    let runs = RUNS.map(|(size, remembered, single)| (size, remembered, single, false));
+    for (size, remembered, single, deferred) in runs.into_iter().chain([
         (7, false, false, true),
         (64, true, true, true),
         (100_000, true, false, true),
     ]) {
-        let schema = format!("batches_of_{size}_{mirrored}_{deferred}");
+        let schema = format!("batches_of_{size}_{remembered}_{deferred}");
         copy_empty(&db.pool, "read_model", &schema, PgContent::TABLES).await;
         let batched = PgContent::new(db.pool.clone(), &schema).unwrap();
-        let batched = if mirrored {
-            batched.mirrored()
-        } else {
-            batched
+        let memory = match (remembered, deferred) {
+            (false, false) => None,
+            (true, false) => Some(Memory::<KnownContent>::fresh()),
+            (false, true) => Some(Memory::loading().deferring()),
+            (true, true) => Some(Memory::fresh().deferring()),
         };
-        let batched = if deferred {
-            batched.deferring_counts()
-        } else {
-            batched
+        let memory = memory.map(Arc::new);
+        let batched = match &memory {
+            Some(memory) => batched.written_by(memory.clone()),
+            None => batched,
         };
         let mut batch_changes = Vec::new();
         for (i, batch) in writes.chunks(size).enumerate() {
@@ -292,6 +303,7 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
             let stale_posts = count(&db.pool, &stale).await;
             assert_eq!(stale_posts > 0, size < writes.len(), "batches of {size}");
             let settled = batched.settle_counts().await.unwrap();
+            memory.as_ref().unwrap().settled();
             assert_eq!(settled, u64::try_from(stale_posts).unwrap());
             assert_eq!(
                 batched.settle_counts().await.unwrap(),
@@ -300,69 +312,18 @@ async fn set_wise_content_batches_equal_the_events_applied_one_at_a_time() {
             );
         }
         assert_same(&db.pool, PgContent::TABLES, "one_by_one", &schema).await;
-        if !single && (mirrored || !deferred) {
+        if !single && (remembered || !deferred) {
             // What each write changed and the counts after it (what the caches and pushes
-            // get), as one at a time; deferred, they are exact only from a mirror.
+            // get), as one at a time; deferred, they are exact only when remembered.
             assert_eq!(
                 batch_changes, changes,
-                "batches of {size}, mirrored: {mirrored}, deferred: {deferred}"
+                "batches of {size}, remembered: {remembered}, deferred: {deferred}"
             );
         }
     }
 }
 
-/// A set-wise batch computes counts from what it loaded; a single write beside it (`dlq
-/// retry` while the projection runs) must wait for it rather than be overwritten.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn set_wise_batches_beside_single_writes_lose_no_like() {
-    let db = TestDb::new().await;
-    let store = PgContent::lite(db.pool.clone());
-    let post = projections::content::PostDoc {
-        post_id: uuid::Uuid::now_v7(),
-        author_id: uuid::Uuid::new_v4(),
-        position: 1,
-        title: "Liked".into(),
-        body_markdown: "hi".into(),
-        body_html: "<p>hi</p>".into(),
-        preview: "hi".into(),
-        media: Vec::new(),
-        like_count: 0,
-        comment_count: 0,
-        created_at: chrono::Utc::now(),
-    };
-    store.insert_post(&post).await.unwrap();
-    let id = post.post_id;
-    let writers = (0..8).map(|writer| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            for _ in 0..10 {
-                if writer % 2 == 0 {
-                    store
-                        .set_like(id, uuid::Uuid::new_v4(), true)
-                        .await
-                        .unwrap();
-                } else {
-                    let likes: Vec<ContentWrite> = (0..10)
-                        .map(|_| ContentWrite::SetLike {
-                            post: id,
-                            user: uuid::Uuid::new_v4(),
-                            liked: true,
-                        })
-                        .collect();
-                    store.write_all(&likes).await.unwrap();
-                }
-            }
-        })
-    });
-    for writer in futures::future::join_all(writers).await {
-        writer.unwrap();
-    }
-    let rows = count(&db.pool, "SELECT count(*) FROM read_model.likes").await;
-    assert_eq!(rows, 4 * 10 + 4 * 10 * 10);
-    assert_eq!(store.post(id).await.unwrap().unwrap().like_count, rows);
-}
-
-/// A replay's content batch (mirrored, counts deferred) runs its statements at once, each
+/// A replay's content batch (remembered, counts deferred) runs its statements at once, each
 /// in its own transaction: one that fails leaves the others committed. Applied again event
 /// by event, as the runner does after a failed batch, the model still ends as one at a time
 /// — also for a post liked and then deleted in that batch, whose like the failed statement
@@ -372,7 +333,7 @@ async fn a_replay_batch_that_fails_halfway_is_completed_by_its_writes_applied_al
     let db = TestDb::new().await;
     let mut writes = content_log(&db.pool).await;
     let quarter = writes.len() / 4;
-    // A like of the third batch, stored behind the mirror's back below: the batch's likes
+    // A like of the third batch, stored behind the memory's back below: the batch's likes
     // statement fails; its posts and comments are stored all the same.
     let (post, user) = writes[2 * quarter..3 * quarter]
         .iter()
@@ -401,8 +362,7 @@ async fn a_replay_batch_that_fails_halfway_is_completed_by_its_writes_applied_al
     copy_empty(&db.pool, "read_model", "replayed", PgContent::TABLES).await;
     let replayed = PgContent::new(db.pool.clone(), "replayed")
         .unwrap()
-        .mirrored()
-        .deferring_counts();
+        .written_by(Arc::new(Memory::<KnownContent>::fresh().deferring()));
     replayed.write_all(batches[0]).await.unwrap();
     replayed.write_all(batches[1]).await.unwrap();
 
@@ -443,7 +403,7 @@ enum Fault {
     RowsCommit,
 }
 
-/// A replay's timeline batch (mirrored) runs its statements at once, each in its own
+/// A replay's timeline batch (remembered) runs its statements at once, each in its own
 /// transaction, and commits the timeline rows' and lengths' first. Wherever it fails, what it leaves stored
 /// is completed by its writes applied again one at a time, as the runner does after a
 /// failed batch: the failing batch publishes a post and then makes a follow of its author,
@@ -509,7 +469,7 @@ async fn a_replay_timeline_batch_that_fails_is_completed_by_its_writes_applied_a
         copy_empty(&db.pool, "read_model", &schema, PgTimelines::TABLES).await;
         let replayed = PgTimelines::new(db.pool.clone(), &schema)
             .unwrap()
-            .mirrored();
+            .written_by(Arc::new(Memory::<KnownTimelines>::fresh()));
         replayed.write_all(batches[0], settings).await.unwrap();
 
         let (table, when) = match fault {
@@ -556,9 +516,9 @@ async fn a_replay_timeline_batch_that_fails_is_completed_by_its_writes_applied_a
             .unwrap();
 
         let replayed = if restarted {
-            PgTimelines::new(db.pool.clone(), &schema)
-                .unwrap()
-                .resumed()
+            let model = Model::named(TimelineProjection::NAME).unwrap();
+            model.repair_resumed(&db.pool, &schema).await.unwrap();
+            PgTimelines::new(db.pool.clone(), &schema).unwrap()
         } else {
             replayed
         };
