@@ -6,7 +6,8 @@
 # Mailpit SMTP sink on 127.0.0.1:1025 and its HTTP API on 127.0.0.1:8025 (not part of
 # --full), with --tracing the Jaeger trace collector (OTLP/HTTP on 127.0.0.1:4318, query
 # API and UI on 127.0.0.1:16686), and with --browser Debian's Chromium and its WebDriver (/usr/bin/chromium,
-# /usr/bin/chromedriver) for the demo page's browser tests. Reuses what is running, starts
+# /usr/bin/chromedriver) for the demo page's browser tests, and with --ops Debian's
+# promtool (package prometheus), which checks ops/prometheus/. Reuses what is running, starts
 # what is installed but stopped, installs what is missing. Idempotent. Prints the variables
 # that point the processes at the servers it started (`eval "$(scripts/services.sh --full)"`).
 set -euo pipefail
@@ -18,6 +19,7 @@ exec 3>&1 1>&2
 
 servers=()
 with_browser=""
+with_ops=""
 for arg in "$@"; do
   case "$arg" in
     --kafka) servers+=(kafka) ;;
@@ -25,7 +27,8 @@ for arg in "$@"; do
     --mail) servers+=(mailpit) ;;
     --tracing) servers+=(jaeger) ;;
     --browser) with_browser=1 ;;
-    *) printf 'usage: %s [--full | --kafka] [--mail] [--tracing] [--browser]\n' "$0" >&2; exit 2 ;;
+    --ops) with_ops=1 ;;
+    *) printf 'usage: %s [--full | --kafka] [--mail] [--tracing] [--browser] [--ops]\n' "$0" >&2; exit 2 ;;
   esac
 done
 
@@ -141,10 +144,22 @@ ensure_browser() {
     || { log "chromium-driver did not install /usr/bin/chromedriver"; exit 1; }
 }
 
+# promtool checks the scrape configuration and runs the alert rules' unit tests; Debian's
+# prometheus package brings it (the server it also installs is not started here).
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    log "promtool is installed"
+    return
+  fi
+  apt_install --no-install-recommends prometheus
+  command -v promtool >/dev/null 2>&1 || { log "the prometheus package brought no promtool"; exit 1; }
+}
+
 ensure_postgres 3>&-
 ensure_redis 3>&-
 if [ "${#servers[@]}" -gt 0 ]; then ensure_servers $(printf '%s\n' "${servers[@]}" | sort -u) 3>&-; fi
 if [ -n "$with_browser" ]; then ensure_browser 3>&-; fi
+if [ -n "$with_ops" ]; then ensure_promtool 3>&-; fi
 # What the processes and tests need to reach them, on stdout (`eval "$(scripts/services.sh --full)"`).
 for server in "${servers[@]}"; do
   case "$server" in

@@ -2,14 +2,14 @@
 # The test command: starts (or installs) every server the tests talk to — PostgreSQL, Redis,
 # Apache Kafka, Apache Cassandra, FerretDB (MongoDB wire protocol), Mailpit (an SMTP sink
 # whose HTTP API gives the sent mail back), Jaeger (a trace collector whose query API gives
-# the spans back), and headless Chromium with chromedriver — then
+# the spans back), headless Chromium with chromedriver, and promtool — then
 # runs every test of the workspace against them, and then the OpenAPI fuzzer
 # (scripts/fuzz-api.sh). A variable set beforehand (DATABASE_URL, KAFKA_BROKERS,
 # SCYLLA_NODES, MONGODB_URI, SMTP_URL with MAILPIT_URL) points the tests at a server of
 # your own instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-servers=$(scripts/services.sh --full --mail --tracing --browser)
+servers=$(scripts/services.sh --full --mail --tracing --browser --ops)
 eval "$servers"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"

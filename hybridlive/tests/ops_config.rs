@@ -3,7 +3,8 @@
 //! them parses (with a real PromQL parser: a syntax error fails here, not on a dashboard),
 //! and every metric they name is exported by a running `serve`, `relay` or `project`
 //! process (on the real Kafka), driven by registrations, a login, a post, a like and an
-//! SSE connection.
+//! SSE connection. And promtool accepts them, and the alerts pass their unit tests
+//! (`ops/prometheus/alerts_test.yml`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -320,6 +321,41 @@ fn a_promql_syntax_error_is_caught() {
     }];
     let caught = std::panic::catch_unwind(|| metrics_named(&broken));
     assert!(caught.is_err(), "an unbalanced parenthesis parsed");
+}
+
+/// Runs `promtool` with `args` in `ops/prometheus/`; its output when it fails.
+fn promtool(args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(ops_dir().join("prometheus"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool did not run ({e}): these checks need Debian's promtool; run \
+                 `scripts/services.sh --ops`"
+            )
+        });
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool {}: {}\n{}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Prometheus' own checks: the scrape configuration and the alert rules load, and the
+/// alerts fire (and stay quiet) on the synthetic series of `alerts_test.yml` as each case
+/// says. A rule changed so that its case no longer holds fails here.
+#[test]
+fn promtool_accepts_the_config_and_the_alert_rules_pass_their_unit_tests() {
+    promtool(&["check", "config", "prometheus.yml"]).unwrap();
+    promtool(&["check", "rules", "alerts.yml"]).unwrap();
+    promtool(&["test", "rules", "alerts_test.yml"]).unwrap();
 }
 
 /// The metric families of a Prometheus text exposition, with their types.
