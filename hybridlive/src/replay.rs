@@ -47,7 +47,7 @@ pub struct ReplayArgs {
     stores: ReadStoreArgs,
 }
 
-/// For analysts: `replay <model>` rebuilds a read model (timeline, content, analytics)
+/// For analysts: `replay <model>` rebuilds a read model (timeline, content, notifications, analytics)
 /// from the log into fresh tables and swaps them in, resumably; `replay export` writes
 /// the log for use in other tools.
 #[derive(Debug, Args)]

@@ -147,14 +147,39 @@ impl Notifications {
 #[derive(Debug, Clone)]
 pub struct NotificationsProjection {
     pool: PgPool,
+    schema: String,
     live: Option<LivePublisher>,
 }
 
 impl NotificationsProjection {
     pub const NAME: &'static str = "notifications";
 
+    /// Its tables, in every schema that holds a copy (replay copies and swaps them).
+    pub const TABLES: &'static [&'static str] = &[
+        "notification_posts",
+        "notification_acts",
+        "notification_reads",
+    ];
+
+    /// Over the live tables, in [`crate::lite::LITE_SCHEMA`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, live: None }
+        Self {
+            pool,
+            schema: crate::lite::LITE_SCHEMA.to_owned(),
+            live: None,
+        }
+    }
+
+    /// Over the tables in `schema` (a replay's), pushing nothing.
+    ///
+    /// # Errors
+    /// [`ReadModelError::Rejected`] when `schema` is not a plain identifier.
+    pub fn in_schema(pool: PgPool, schema: &str) -> ReadResult<Self> {
+        Ok(Self {
+            pool,
+            schema: crate::lite::checked_schema(schema)?,
+            live: None,
+        })
     }
 
     /// Pushes a `notification` event to the person notified.
@@ -178,13 +203,14 @@ impl NotificationsProjection {
         {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO read_model.notification_acts (kind, target, actor, position, at) \
+        let s = &self.schema;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.notification_acts (kind, target, actor, position, at) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (target, kind, actor) DO UPDATE \
                 SET position = EXCLUDED.position, at = EXCLUDED.at \
-              WHERE notification_acts.position < EXCLUDED.position",
-        )
+              WHERE notification_acts.position < EXCLUDED.position"
+        ))
         .bind(kind)
         .bind(target)
         .bind(actor)
@@ -196,10 +222,11 @@ impl NotificationsProjection {
     }
 
     async fn undo(&self, kind: &str, target: Uuid, actor: Uuid, position: i64) -> ReadResult<()> {
-        sqlx::query(
-            "DELETE FROM read_model.notification_acts \
-              WHERE target = $1 AND kind = $2 AND actor = $3 AND position < $4",
-        )
+        let s = &self.schema;
+        sqlx::query(&format!(
+            "DELETE FROM {s}.notification_acts \
+              WHERE target = $1 AND kind = $2 AND actor = $3 AND position < $4"
+        ))
         .bind(target)
         .bind(kind)
         .bind(actor)
@@ -212,9 +239,10 @@ impl NotificationsProjection {
     /// The person a new act on `post` notifies: its author, if the post is known and
     /// live and the act is not theirs.
     async fn author(&self, post: Uuid, actor: Uuid) -> ReadResult<Option<Uuid>> {
-        let author: Option<Uuid> = sqlx::query_scalar(
-            "SELECT author FROM read_model.notification_posts WHERE post_id = $1 AND NOT deleted",
-        )
+        let s = &self.schema;
+        let author: Option<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT author FROM {s}.notification_posts WHERE post_id = $1 AND NOT deleted"
+        ))
         .bind(post)
         .fetch_optional(&self.pool)
         .await?;
@@ -251,12 +279,13 @@ impl NotificationsProjection {
 
     async fn forget(&self, user: Uuid) -> ReadResult<()> {
         let mut tx = self.pool.begin().await?;
+        let s = &self.schema;
         for statement in [
-            "DELETE FROM read_model.notification_acts WHERE actor = $1 OR target = $1",
-            "UPDATE read_model.notification_posts SET deleted = true WHERE author = $1",
-            "DELETE FROM read_model.notification_reads WHERE user_id = $1",
+            format!("DELETE FROM {s}.notification_acts WHERE actor = $1 OR target = $1"),
+            format!("UPDATE {s}.notification_posts SET deleted = true WHERE author = $1"),
+            format!("DELETE FROM {s}.notification_reads WHERE user_id = $1"),
         ] {
-            sqlx::query(statement).bind(user).execute(&mut *tx).await?;
+            sqlx::query(&statement).bind(user).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -285,12 +314,13 @@ impl Projection for NotificationsProjection {
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
         let position = envelope.global_position;
+        let s = &self.schema;
         match &envelope.event {
             Event::PostPublished(e) => {
-                sqlx::query(
-                    "INSERT INTO read_model.notification_posts (post_id, author) VALUES ($1, $2) \
-                     ON CONFLICT (post_id) DO NOTHING",
-                )
+                sqlx::query(&format!(
+                    "INSERT INTO {s}.notification_posts (post_id, author) VALUES ($1, $2) \
+                     ON CONFLICT (post_id) DO NOTHING"
+                ))
                 .bind(e.post_id)
                 .bind(e.author_id)
                 .execute(&self.pool)
@@ -299,20 +329,22 @@ impl Projection for NotificationsProjection {
             }
             Event::PostDeleted(e) => {
                 let mut tx = self.pool.begin().await.map_err(ReadModelError::from)?;
-                sqlx::query(
-                    "INSERT INTO read_model.notification_posts (post_id, author, deleted) \
-                     VALUES ($1, $2, true) ON CONFLICT (post_id) DO UPDATE SET deleted = true",
-                )
+                sqlx::query(&format!(
+                    "INSERT INTO {s}.notification_posts (post_id, author, deleted) \
+                     VALUES ($1, $2, true) ON CONFLICT (post_id) DO UPDATE SET deleted = true"
+                ))
                 .bind(e.post_id)
                 .bind(e.author_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(ReadModelError::from)?;
-                sqlx::query("DELETE FROM read_model.notification_acts WHERE target = $1")
-                    .bind(e.post_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(ReadModelError::from)?;
+                sqlx::query(&format!(
+                    "DELETE FROM {s}.notification_acts WHERE target = $1"
+                ))
+                .bind(e.post_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(ReadModelError::from)?;
                 tx.commit().await.map_err(ReadModelError::from)?;
             }
             Event::PostLiked(e) => {
@@ -356,11 +388,11 @@ impl Projection for NotificationsProjection {
             }
             Event::UserErased(e) => self.forget(e.user_id).await?,
             Event::UserNotificationsRead(e) => {
-                sqlx::query(
-                    "INSERT INTO read_model.notification_reads (user_id, up_to) VALUES ($1, $2) \
+                sqlx::query(&format!(
+                    "INSERT INTO {s}.notification_reads (user_id, up_to) VALUES ($1, $2) \
                      ON CONFLICT (user_id) DO UPDATE \
-                        SET up_to = greatest(notification_reads.up_to, EXCLUDED.up_to)",
-                )
+                        SET up_to = greatest(notification_reads.up_to, EXCLUDED.up_to)"
+                ))
                 .bind(e.user_id)
                 .bind(e.up_to)
                 .execute(&self.pool)

@@ -17,7 +17,8 @@ use projections::lite::LITE_SCHEMA;
 use projections::timeline::postgres::{KnownTimelines, PgTimelines};
 use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
 use projections::{
-    ApplyError, ContentProjection, Projection, TimelineProjection, TimelineSettings,
+    ApplyError, ContentProjection, NotificationsProjection, Projection, TimelineProjection,
+    TimelineSettings,
 };
 use sqlx::PgPool;
 
@@ -49,6 +50,12 @@ pub const MODELS: &[Model] = &[
         schema: LITE_SCHEMA,
         tables: PgContent::TABLES,
         about: "posts, comments, likes and profiles (lite)",
+    },
+    Model {
+        name: NotificationsProjection::NAME,
+        schema: LITE_SCHEMA,
+        tables: NotificationsProjection::TABLES,
+        about: "in-app notifications: follows, likes and comments on one's posts, read marks",
     },
     Model {
         name: AnalyticsProjection::NAME,
@@ -136,6 +143,10 @@ impl Model {
                 };
                 ModelProjection::Content(ContentProjection::uncached(store), Some(deferred))
             }
+            NotificationsProjection::NAME => ModelProjection::Notifications(
+                NotificationsProjection::in_schema(pool.clone(), schema)
+                    .map_err(|e| ModelError::Store(e.to_string()))?,
+            ),
             AnalyticsProjection::NAME => ModelProjection::Analytics(
                 AnalyticsProjection::new(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?,
@@ -276,6 +287,7 @@ pub enum ModelProjection {
     Timeline(TimelineProjection),
     /// With its lite store, whose counts are deferred (the MongoDB store counts as it goes).
     Content(ContentProjection, Option<Deferred>),
+    Notifications(NotificationsProjection),
     Analytics(AnalyticsProjection),
 }
 
@@ -319,6 +331,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.name(),
             Self::Content(p, _) => p.name(),
+            Self::Notifications(p) => p.name(),
             Self::Analytics(p) => p.name(),
         }
     }
@@ -327,6 +340,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.handles(event_type),
             Self::Content(p, _) => p.handles(event_type),
+            Self::Notifications(p) => p.handles(event_type),
             Self::Analytics(p) => p.handles(event_type),
         }
     }
@@ -335,6 +349,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.applies_batches(),
             Self::Content(p, _) => p.applies_batches(),
+            Self::Notifications(p) => p.applies_batches(),
             Self::Analytics(p) => p.applies_batches(),
         }
     }
@@ -343,6 +358,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.apply_batch(events).await,
             Self::Content(p, _) => p.apply_batch(events).await,
+            Self::Notifications(p) => p.apply_batch(events).await,
             Self::Analytics(p) => p.apply_batch(events).await,
         }
     }
@@ -351,6 +367,7 @@ impl Projection for ModelProjection {
         match self {
             Self::Timeline(p) => p.apply(event).await,
             Self::Content(p, _) => p.apply(event).await,
+            Self::Notifications(p) => p.apply(event).await,
             Self::Analytics(p) => p.apply(event).await,
         }
     }

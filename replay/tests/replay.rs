@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use projections::content::postgres::PgContent;
 use projections::timeline::postgres::PgTimelines;
 use projections::{
-    AnalyticsProjection, CacheSettings, ContentProjection, PostCache, RetryPolicy, Runner,
-    TimelineProjection, TimelineSettings,
+    AnalyticsProjection, CacheSettings, ContentProjection, NotificationsProjection, PostCache,
+    RetryPolicy, Runner, TimelineProjection, TimelineSettings,
 };
 use replay::{Model, ModelError, Progress, Replay, ReplayError, ReplayOptions};
 use sqlx::PgPool;
@@ -53,6 +53,14 @@ async fn build_live(pool: &PgPool) {
         .catch_up(&stop)
         .await
         .unwrap();
+    Runner::new(
+        pool.clone(),
+        NotificationsProjection::new(pool.clone()),
+        RetryPolicy::default(),
+    )
+    .catch_up(&stop)
+    .await
+    .unwrap();
     // Analytics has no live worker (replay builds it); a runner over its live tables stands
     // in for one.
     Runner::new(
