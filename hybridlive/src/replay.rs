@@ -47,7 +47,8 @@ pub struct ReplayArgs {
     stores: ReadStoreArgs,
 }
 
-/// For analysts: `replay <model>` rebuilds a read model (timeline, content, notifications, analytics)
+/// For analysts: `replay <model>` rebuilds a read model (timeline, content, notifications, people,
+/// analytics)
 /// from the log into fresh tables and swaps them in, resumably; `replay export` writes
 /// the log for use in other tools.
 #[derive(Debug, Args)]

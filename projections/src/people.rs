@@ -11,7 +11,7 @@ use event_schemas::{Event, EventEnvelope};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::error::ReadResult;
+use crate::error::{ReadModelError, ReadResult};
 use projection_runtime::runner::{ApplyError, Projection};
 
 /// One person as search finds them.
@@ -119,13 +119,32 @@ impl People {
 #[derive(Debug, Clone)]
 pub struct PeopleProjection {
     pool: PgPool,
+    schema: String,
 }
 
 impl PeopleProjection {
     pub const NAME: &'static str = "people";
 
+    /// Its tables, in every schema that holds a copy (replay copies and swaps them).
+    pub const TABLES: &'static [&'static str] = &["people"];
+
+    /// Over the live table, in [`crate::lite::LITE_SCHEMA`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            schema: crate::lite::LITE_SCHEMA.to_owned(),
+        }
+    }
+
+    /// Over the table in `schema` (a replay's).
+    ///
+    /// # Errors
+    /// [`crate::ReadModelError::Rejected`] when `schema` is not a plain identifier.
+    pub fn in_schema(pool: PgPool, schema: &str) -> ReadResult<Self> {
+        Ok(Self {
+            pool,
+            schema: crate::lite::checked_schema(schema)?,
+        })
     }
 }
 
@@ -145,32 +164,38 @@ impl Projection for PeopleProjection {
     }
 
     async fn apply(&self, envelope: &EventEnvelope) -> Result<(), ApplyError> {
-        let query = match &envelope.event {
-            Event::UserRegistered(e) => sqlx::query(
-                "INSERT INTO read_model.people (user_id, username, display_name, registered_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING",
-            )
-            .bind(e.user_id)
-            .bind(&e.username)
-            .bind(&e.display_name)
-            .bind(envelope.recorded_at),
+        let s = &self.schema;
+        let pool = &self.pool;
+        let remove = || format!("DELETE FROM {s}.people WHERE user_id = $1");
+        let done = match &envelope.event {
+            Event::UserRegistered(e) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {s}.people (user_id, username, display_name, registered_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING"
+                ))
+                .bind(e.user_id)
+                .bind(&e.username)
+                .bind(&e.display_name)
+                .bind(envelope.recorded_at)
+                .execute(pool)
+                .await
+            }
             Event::UserProfileUpdated(e) => {
-                sqlx::query("UPDATE read_model.people SET display_name = $2 WHERE user_id = $1")
-                    .bind(e.user_id)
-                    .bind(&e.display_name)
+                sqlx::query(&format!(
+                    "UPDATE {s}.people SET display_name = $2 WHERE user_id = $1"
+                ))
+                .bind(e.user_id)
+                .bind(&e.display_name)
+                .execute(pool)
+                .await
             }
             Event::UserRegistrationRolledBack(e) => {
-                sqlx::query("DELETE FROM read_model.people WHERE user_id = $1").bind(e.user_id)
+                sqlx::query(&remove()).bind(e.user_id).execute(pool).await
             }
-            Event::UserErased(e) => {
-                sqlx::query("DELETE FROM read_model.people WHERE user_id = $1").bind(e.user_id)
-            }
+            Event::UserErased(e) => sqlx::query(&remove()).bind(e.user_id).execute(pool).await,
             _ => return Ok(()),
         };
-        query
-            .execute(&self.pool)
-            .await
-            .map_err(crate::error::ReadModelError::from)?;
+        done.map_err(ReadModelError::from)?;
         Ok(())
     }
 }

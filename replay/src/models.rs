@@ -17,8 +17,8 @@ use projections::lite::LITE_SCHEMA;
 use projections::timeline::postgres::{KnownTimelines, PgTimelines};
 use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
 use projections::{
-    ApplyError, ContentProjection, NotificationsProjection, Projection, TimelineProjection,
-    TimelineSettings,
+    ApplyError, ContentProjection, NotificationsProjection, PeopleProjection, Projection,
+    TimelineProjection, TimelineSettings,
 };
 use sqlx::PgPool;
 
@@ -56,6 +56,12 @@ pub const MODELS: &[Model] = &[
         schema: LITE_SCHEMA,
         tables: NotificationsProjection::TABLES,
         about: "in-app notifications: follows, likes and comments on one's posts, read marks",
+    },
+    Model {
+        name: PeopleProjection::NAME,
+        schema: LITE_SCHEMA,
+        tables: PeopleProjection::TABLES,
+        about: "finding people by username or display name",
     },
     Model {
         name: AnalyticsProjection::NAME,
@@ -145,6 +151,10 @@ impl Model {
             }
             NotificationsProjection::NAME => ModelProjection::Notifications(
                 NotificationsProjection::in_schema(pool.clone(), schema)
+                    .map_err(|e| ModelError::Store(e.to_string()))?,
+            ),
+            PeopleProjection::NAME => ModelProjection::People(
+                PeopleProjection::in_schema(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?,
             ),
             AnalyticsProjection::NAME => ModelProjection::Analytics(
@@ -288,6 +298,7 @@ pub enum ModelProjection {
     /// With its lite store, whose counts are deferred (the MongoDB store counts as it goes).
     Content(ContentProjection, Option<Deferred>),
     Notifications(NotificationsProjection),
+    People(PeopleProjection),
     Analytics(AnalyticsProjection),
 }
 
@@ -332,6 +343,7 @@ impl Projection for ModelProjection {
             Self::Timeline(p) => p.name(),
             Self::Content(p, _) => p.name(),
             Self::Notifications(p) => p.name(),
+            Self::People(p) => p.name(),
             Self::Analytics(p) => p.name(),
         }
     }
@@ -341,6 +353,7 @@ impl Projection for ModelProjection {
             Self::Timeline(p) => p.handles(event_type),
             Self::Content(p, _) => p.handles(event_type),
             Self::Notifications(p) => p.handles(event_type),
+            Self::People(p) => p.handles(event_type),
             Self::Analytics(p) => p.handles(event_type),
         }
     }
@@ -350,6 +363,7 @@ impl Projection for ModelProjection {
             Self::Timeline(p) => p.applies_batches(),
             Self::Content(p, _) => p.applies_batches(),
             Self::Notifications(p) => p.applies_batches(),
+            Self::People(p) => p.applies_batches(),
             Self::Analytics(p) => p.applies_batches(),
         }
     }
@@ -359,6 +373,7 @@ impl Projection for ModelProjection {
             Self::Timeline(p) => p.apply_batch(events).await,
             Self::Content(p, _) => p.apply_batch(events).await,
             Self::Notifications(p) => p.apply_batch(events).await,
+            Self::People(p) => p.apply_batch(events).await,
             Self::Analytics(p) => p.apply_batch(events).await,
         }
     }
@@ -368,6 +383,7 @@ impl Projection for ModelProjection {
             Self::Timeline(p) => p.apply(event).await,
             Self::Content(p, _) => p.apply(event).await,
             Self::Notifications(p) => p.apply(event).await,
+            Self::People(p) => p.apply(event).await,
             Self::Analytics(p) => p.apply(event).await,
         }
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use projections::content::postgres::PgContent;
 use projections::timeline::postgres::PgTimelines;
 use projections::{
-    AnalyticsProjection, CacheSettings, ContentProjection, NotificationsProjection, PostCache,
-    RetryPolicy, Runner, TimelineProjection, TimelineSettings,
+    AnalyticsProjection, CacheSettings, ContentProjection, NotificationsProjection,
+    PeopleProjection, PostCache, RetryPolicy, Runner, TimelineProjection, TimelineSettings,
 };
 use replay::{Model, ModelError, Progress, Replay, ReplayError, ReplayOptions};
 use sqlx::PgPool;
@@ -56,6 +56,14 @@ async fn build_live(pool: &PgPool) {
     Runner::new(
         pool.clone(),
         NotificationsProjection::new(pool.clone()),
+        RetryPolicy::default(),
+    )
+    .catch_up(&stop)
+    .await
+    .unwrap();
+    Runner::new(
+        pool.clone(),
+        PeopleProjection::new(pool.clone()),
         RetryPolicy::default(),
     )
     .catch_up(&stop)
@@ -137,7 +145,13 @@ async fn every_lite_model_rebuilt_by_replay_equals_the_live_one_also_after_an_in
             "a --no-swap replay leaves the live model alone"
         );
         let rows = assert_same(&db.pool, model, model.schema, &format!("replay_{name}")).await;
-        assert!(rows > 1000, "{name}: only {rows} rows compared");
+        // `people` holds a row a person (40); the others, rows per act.
+        let least = if name == PeopleProjection::NAME {
+            40
+        } else {
+            1000
+        };
+        assert!(rows >= least, "{name}: only {rows} rows compared");
     }
 
     // Upcasting: u10 registered with `user.registered` v1, without a display name.
