@@ -48,7 +48,7 @@ pub struct ReplayArgs {
 }
 
 /// For analysts: `replay <model>` rebuilds a read model (timeline, content, notifications, people,
-/// analytics)
+/// messaging, analytics)
 /// from the log into fresh tables and swaps them in, resumably; `replay export` writes
 /// the log for use in other tools.
 #[derive(Debug, Args)]
@@ -154,6 +154,12 @@ async fn run(args: ReplayArgs, database: &DatabaseArgs) -> anyhow::Result<()> {
     let database_url = database.database_url.expose_secret();
     let name = args.model.clone().unwrap_or_default();
     let model = Model::named(&name)?;
+    if args.stores.unreplayable(model.name) {
+        anyhow::bail!(
+            "`{name}` is configured on ScyllaDB/Cassandra (SCYLLA_NODES), and replay rebuilds \
+             only its PostgreSQL tables so far"
+        );
+    }
     let options: sqlx::postgres::PgConnectOptions =
         database_url.parse().context("parsing DATABASE_URL")?;
     // The lock, the next batch's read, and a content batch's statements at once.

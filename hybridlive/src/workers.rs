@@ -93,6 +93,12 @@ impl ReadStoreArgs {
         }
     }
 
+    /// Whether `model` is configured on a production store replay cannot rebuild yet
+    /// (`messaging` on ScyllaDB/Cassandra).
+    pub fn unreplayable(&self, model: &str) -> bool {
+        model == MessagingProjection::NAME && self.scylla_chat().is_some()
+    }
+
     /// The production store `model` is configured on, if any (what `replay` rebuilds).
     pub fn production(&self, model: &str) -> Option<replay::Production> {
         match model {

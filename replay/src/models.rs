@@ -14,11 +14,12 @@ use projections::analytics::{self, AnalyticsProjection};
 use projections::content::mongo::{self, MongoContent};
 use projections::content::postgres::{KnownContent, PgContent};
 use projections::lite::LITE_SCHEMA;
+use projections::messaging::postgres::PgMessaging;
 use projections::timeline::postgres::{KnownTimelines, PgTimelines};
 use projections::timeline::scylla::{self, ScyllaSettings, ScyllaTimelines};
 use projections::{
-    ApplyError, ContentProjection, NotificationsProjection, PeopleProjection, Projection,
-    TimelineProjection, TimelineSettings,
+    ApplyError, ContentProjection, MessagingProjection, NotificationsProjection, PeopleProjection,
+    Projection, TimelineProjection, TimelineSettings,
 };
 use sqlx::PgPool;
 
@@ -62,6 +63,12 @@ pub const MODELS: &[Model] = &[
         schema: LITE_SCHEMA,
         tables: PeopleProjection::TABLES,
         about: "finding people by username or display name",
+    },
+    Model {
+        name: MessagingProjection::NAME,
+        schema: LITE_SCHEMA,
+        tables: PgMessaging::TABLES,
+        about: "chat profiles, conversations, inboxes and messages (lite)",
     },
     Model {
         name: AnalyticsProjection::NAME,
@@ -157,6 +164,11 @@ impl Model {
                 PeopleProjection::in_schema(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?,
             ),
+            MessagingProjection::NAME => {
+                let store = PgMessaging::in_schema(pool.clone(), schema)
+                    .map_err(|e| ModelError::Store(e.to_string()))?;
+                ModelProjection::Messaging(MessagingProjection::new(Arc::new(store), pool.clone()))
+            }
             AnalyticsProjection::NAME => ModelProjection::Analytics(
                 AnalyticsProjection::new(pool.clone(), schema)
                     .map_err(|e| ModelError::Store(e.to_string()))?,
@@ -299,6 +311,7 @@ pub enum ModelProjection {
     Content(ContentProjection, Option<Deferred>),
     Notifications(NotificationsProjection),
     People(PeopleProjection),
+    Messaging(MessagingProjection),
     Analytics(AnalyticsProjection),
 }
 
@@ -344,6 +357,7 @@ impl Projection for ModelProjection {
             Self::Content(p, _) => p.name(),
             Self::Notifications(p) => p.name(),
             Self::People(p) => p.name(),
+            Self::Messaging(p) => p.name(),
             Self::Analytics(p) => p.name(),
         }
     }
@@ -354,6 +368,7 @@ impl Projection for ModelProjection {
             Self::Content(p, _) => p.handles(event_type),
             Self::Notifications(p) => p.handles(event_type),
             Self::People(p) => p.handles(event_type),
+            Self::Messaging(p) => p.handles(event_type),
             Self::Analytics(p) => p.handles(event_type),
         }
     }
@@ -364,6 +379,7 @@ impl Projection for ModelProjection {
             Self::Content(p, _) => p.applies_batches(),
             Self::Notifications(p) => p.applies_batches(),
             Self::People(p) => p.applies_batches(),
+            Self::Messaging(p) => p.applies_batches(),
             Self::Analytics(p) => p.applies_batches(),
         }
     }
@@ -374,6 +390,7 @@ impl Projection for ModelProjection {
             Self::Content(p, _) => p.apply_batch(events).await,
             Self::Notifications(p) => p.apply_batch(events).await,
             Self::People(p) => p.apply_batch(events).await,
+            Self::Messaging(p) => p.apply_batch(events).await,
             Self::Analytics(p) => p.apply_batch(events).await,
         }
     }
@@ -384,6 +401,7 @@ impl Projection for ModelProjection {
             Self::Content(p, _) => p.apply(event).await,
             Self::Notifications(p) => p.apply(event).await,
             Self::People(p) => p.apply(event).await,
+            Self::Messaging(p) => p.apply(event).await,
             Self::Analytics(p) => p.apply(event).await,
         }
     }

@@ -1,7 +1,7 @@
 //! A synthetic social log for replay tests and benchmarks: users register (some with the
 //! old `user.registered` v1, which upcasters turn into v2), follow each other, publish,
-//! like, unlike, comment, delete posts, rename themselves, and a few registrations are
-//! rolled back — appended through the real event store (versions, hashes, claims aside),
+//! like, unlike, comment, delete posts, rename themselves, a few registrations are rolled
+//! back, and (when asked) they talk in conversations — appended through the real event store (versions, hashes, claims aside),
 //! phase by phase so every event follows what it depends on.
 
 use futures::{StreamExt, TryStreamExt};
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use event_schemas::comment::CommentAddedV1;
 use event_schemas::like::{PostLikedV1, PostUnlikedV1};
+use event_schemas::messaging::{ConversationReadV1, ConversationStartedV1, MessageSentV1};
 use event_schemas::post::{PostDeletedV1, PostPublishedV1};
 use event_schemas::social::{FollowedV1, UnfollowedV1};
 use event_schemas::user::{UserProfileUpdatedV1, UserRegisteredV3, UserRegistrationRolledBackV1};
@@ -29,6 +30,9 @@ pub struct SocialLog {
     pub posts_per_user: usize,
     pub likes_per_user: usize,
     pub comments_per_user: usize,
+    /// Conversations each user starts (none by default): with one or two others, three
+    /// messages and a read mark each.
+    pub conversations_per_user: usize,
     /// Appends in flight at once.
     pub concurrency: usize,
     pub seed: u64,
@@ -43,6 +47,7 @@ impl SocialLog {
             posts_per_user: 5,
             likes_per_user: 20,
             comments_per_user: 5,
+            conversations_per_user: 0,
             concurrency: 16,
             seed: 7,
         }
@@ -376,8 +381,67 @@ impl SocialLog {
                 vec![registered, rolled_back],
             ));
         }
+        // Drawn last, so that the rest of the log is the same with or without them.
+        for (i, &user) in users.iter().enumerate() {
+            for c in 0..self.conversations_per_user {
+                out.push(conversation(&mut rng, &users, user, format!("c{i}.{c}")));
+            }
+        }
         out
     }
+}
+
+/// A conversation `starter` starts with one or two of `users`: three messages by its
+/// members, then a read mark of one of them.
+fn conversation(rng: &mut StdRng, users: &[Uuid], starter: Uuid, title: String) -> Append {
+    let conversation_id = uuid(rng);
+    let mut members: Vec<Uuid> = users
+        .choose_multiple(rng, 3)
+        .copied()
+        .filter(|u| *u != starter)
+        .take(rng.gen_range(1..=2))
+        .collect();
+    members.push(starter);
+    let mut events = vec![encoded(
+        rng,
+        &Event::ConversationStarted(ConversationStartedV1 {
+            conversation_id,
+            started_by: starter,
+            members: members.clone(),
+            title,
+        }),
+    )];
+    let mut sent = Vec::new();
+    for m in 0..3 {
+        let message_id = uuid(rng);
+        let sender_id = members[rng.gen_range(0..members.len())];
+        sent.push(message_id);
+        events.push(encoded(
+            rng,
+            &Event::MessageSent(MessageSentV1 {
+                conversation_id,
+                message_id,
+                sender_id,
+                body: format!("message {m} of *{conversation_id}*"),
+            }),
+        ));
+    }
+    events.push(encoded(
+        rng,
+        &Event::ConversationRead(ConversationReadV1 {
+            conversation_id,
+            reader_id: members[0],
+            up_to: sent[1],
+        }),
+    ));
+    Append::new(
+        5,
+        stream_type::CONVERSATION,
+        conversation_id,
+        starter,
+        0,
+        events,
+    )
 }
 
 struct Append {

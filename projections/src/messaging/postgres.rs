@@ -46,22 +46,47 @@ fn message((message_id, sender_id, body, body_html, sent_at, position): MessageR
 #[derive(Debug, Clone)]
 pub struct PgMessaging {
     pool: PgPool,
+    schema: String,
 }
 
 impl PgMessaging {
+    /// Its tables, in every schema that holds a copy (replay copies and swaps them).
+    pub const TABLES: &'static [&'static str] = &[
+        "chat_profiles",
+        "conversations",
+        "conversation_members",
+        "messages",
+    ];
+
+    /// The live lite model, in [`crate::lite::LITE_SCHEMA`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            schema: crate::lite::LITE_SCHEMA.to_owned(),
+        }
+    }
+
+    /// The model in `schema` (a replay's).
+    ///
+    /// # Errors
+    /// [`crate::ReadModelError::Rejected`] when `schema` is not a plain identifier.
+    pub fn in_schema(pool: PgPool, schema: &str) -> ReadResult<Self> {
+        Ok(Self {
+            pool,
+            schema: crate::lite::checked_schema(schema)?,
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl MessagingStore for PgMessaging {
     async fn put_profile(&self, profile: &ChatProfile) -> ReadResult<()> {
-        sqlx::query(
-            "INSERT INTO read_model.chat_profiles (user_id, username, display_name) \
+        let s = &self.schema;
+        sqlx::query(&format!(
+            "INSERT INTO {s}.chat_profiles (user_id, username, display_name) \
              VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE \
-                SET username = excluded.username, display_name = excluded.display_name",
-        )
+                SET username = excluded.username, display_name = excluded.display_name"
+        ))
         .bind(profile.user_id)
         .bind(&profile.username)
         .bind(&profile.display_name)
@@ -71,16 +96,20 @@ impl MessagingStore for PgMessaging {
     }
 
     async fn rename(&self, user: Uuid, display_name: &str) -> ReadResult<()> {
-        sqlx::query("UPDATE read_model.chat_profiles SET display_name = $2 WHERE user_id = $1")
-            .bind(user)
-            .bind(display_name)
-            .execute(&self.pool)
-            .await?;
+        let s = &self.schema;
+        sqlx::query(&format!(
+            "UPDATE {s}.chat_profiles SET display_name = $2 WHERE user_id = $1"
+        ))
+        .bind(user)
+        .bind(display_name)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn remove_profile(&self, user: Uuid) -> ReadResult<()> {
-        sqlx::query("DELETE FROM read_model.chat_profiles WHERE user_id = $1")
+        let s = &self.schema;
+        sqlx::query(&format!("DELETE FROM {s}.chat_profiles WHERE user_id = $1"))
             .bind(user)
             .execute(&self.pool)
             .await?;
@@ -88,10 +117,11 @@ impl MessagingStore for PgMessaging {
     }
 
     async fn profiles(&self, users: &[Uuid]) -> ReadResult<Vec<ChatProfile>> {
-        let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT user_id, username, display_name FROM read_model.chat_profiles \
-              WHERE user_id = ANY($1)",
-        )
+        let s = &self.schema;
+        let rows: Vec<(Uuid, String, String)> = sqlx::query_as(&format!(
+            "SELECT user_id, username, display_name FROM {s}.chat_profiles \
+              WHERE user_id = ANY($1)"
+        ))
         .bind(users)
         .fetch_all(&self.pool)
         .await?;
@@ -106,12 +136,13 @@ impl MessagingStore for PgMessaging {
     }
 
     async fn start(&self, c: &StartedConversation) -> ReadResult<()> {
+        let s = &self.schema;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO read_model.conversations \
+        sqlx::query(&format!(
+            "INSERT INTO {s}.conversations \
                  (conversation_id, started_by, members, title, started_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+        ))
         .bind(c.conversation_id)
         .bind(c.started_by)
         .bind(&c.members)
@@ -119,10 +150,10 @@ impl MessagingStore for PgMessaging {
         .bind(c.started_at)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO read_model.conversation_members (user_id, conversation_id, last_activity) \
-             SELECT member, $2, $3 FROM unnest($1::uuid[]) AS member ON CONFLICT DO NOTHING",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO {s}.conversation_members (user_id, conversation_id, last_activity) \
+             SELECT member, $2, $3 FROM unnest($1::uuid[]) AS member ON CONFLICT DO NOTHING"
+        ))
         .bind(&c.members)
         .bind(c.conversation_id)
         .bind(c.position)
@@ -133,15 +164,16 @@ impl MessagingStore for PgMessaging {
     }
 
     async fn add_message(&self, conversation: Uuid, m: &MessageView) -> ReadResult<Vec<Uuid>> {
-        Ok(sqlx::query_scalar(
+        let s = &self.schema;
+        Ok(sqlx::query_scalar(&format!(
             "WITH stored AS ( \
-                 INSERT INTO read_model.messages \
+                 INSERT INTO {s}.messages \
                      (conversation_id, position, message_id, sender_id, body, body_html, sent_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1) \
-             UPDATE read_model.conversation_members \
+             UPDATE {s}.conversation_members \
                 SET last_activity = greatest(last_activity, $2) \
-              WHERE conversation_id = $1 RETURNING user_id",
-        )
+              WHERE conversation_id = $1 RETURNING user_id"
+        ))
         .bind(conversation)
         .bind(m.position)
         .bind(m.message_id)
@@ -158,6 +190,7 @@ impl MessagingStore for PgMessaging {
         &self,
         messages: &[(Uuid, MessageView)],
     ) -> ReadResult<HashMap<Uuid, Vec<Uuid>>> {
+        let s = &self.schema;
         let column =
             |f: fn(&(Uuid, MessageView)) -> Uuid| messages.iter().map(f).collect::<Vec<_>>();
         let conversations = column(|(c, _)| *c);
@@ -167,9 +200,9 @@ impl MessagingStore for PgMessaging {
         let bodies: Vec<&str> = messages.iter().map(|(_, m)| m.body.as_str()).collect();
         let html: Vec<&str> = messages.iter().map(|(_, m)| m.body_html.as_str()).collect();
         let sent: Vec<DateTime<Utc>> = messages.iter().map(|(_, m)| m.sent_at).collect();
-        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
             "WITH stored AS ( \
-                 INSERT INTO read_model.messages \
+                 INSERT INTO {s}.messages \
                      (conversation_id, position, message_id, sender_id, body, body_html, sent_at) \
                  SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], \
                                       $5::text[], $6::text[], $7::timestamptz[]) \
@@ -177,11 +210,11 @@ impl MessagingStore for PgMessaging {
              newest AS ( \
                  SELECT c AS conversation_id, max(p) AS position \
                    FROM unnest($1::uuid[], $2::bigint[]) AS m(c, p) GROUP BY c) \
-             UPDATE read_model.conversation_members m \
+             UPDATE {s}.conversation_members m \
                 SET last_activity = greatest(m.last_activity, n.position) \
                FROM newest n WHERE m.conversation_id = n.conversation_id \
-             RETURNING m.conversation_id, m.user_id",
-        )
+             RETURNING m.conversation_id, m.user_id"
+        ))
         .bind(&conversations)
         .bind(&positions)
         .bind(&ids)
@@ -199,13 +232,14 @@ impl MessagingStore for PgMessaging {
     }
 
     async fn mark_read(&self, reader: Uuid, conversation: Uuid, up_to: Uuid) -> ReadResult<()> {
-        sqlx::query(
-            "UPDATE read_model.conversation_members m \
+        let s = &self.schema;
+        sqlx::query(&format!(
+            "UPDATE {s}.conversation_members m \
                 SET read_position = greatest(m.read_position, x.position) \
-               FROM read_model.messages x \
+               FROM {s}.messages x \
               WHERE m.user_id = $1 AND m.conversation_id = $2 \
-                AND x.conversation_id = $2 AND x.message_id = $3",
-        )
+                AND x.conversation_id = $2 AND x.message_id = $3"
+        ))
         .bind(reader)
         .bind(conversation)
         .bind(up_to)
@@ -215,26 +249,27 @@ impl MessagingStore for PgMessaging {
     }
 
     async fn forget(&self, user: Uuid) -> ReadResult<Vec<Uuid>> {
+        let s = &self.schema;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE read_model.messages SET body = $2, body_html = '' \
-              WHERE sender_id = $1 AND body <> $2",
-        )
+        sqlx::query(&format!(
+            "UPDATE {s}.messages SET body = $2, body_html = '' \
+              WHERE sender_id = $1 AND body <> $2"
+        ))
         .bind(user)
         .bind(ERASED)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE read_model.conversations SET title = '' WHERE started_by = $1 AND title <> ''",
-        )
+        sqlx::query(&format!(
+            "UPDATE {s}.conversations SET title = '' WHERE started_by = $1 AND title <> ''"
+        ))
         .bind(user)
         .execute(&mut *tx)
         .await?;
-        let members = sqlx::query_scalar(
-            "SELECT DISTINCT m.user_id FROM read_model.conversation_members m \
-               JOIN read_model.conversation_members me \
-                 ON me.conversation_id = m.conversation_id AND me.user_id = $1",
-        )
+        let members = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT m.user_id FROM {s}.conversation_members m \
+               JOIN {s}.conversation_members me \
+                 ON me.conversation_id = m.conversation_id AND me.user_id = $1"
+        ))
         .bind(user)
         .fetch_all(&mut *tx)
         .await?;
@@ -243,10 +278,11 @@ impl MessagingStore for PgMessaging {
     }
 
     async fn is_member(&self, user: Uuid, conversation: Uuid) -> ReadResult<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM read_model.conversation_members \
-                             WHERE user_id = $1 AND conversation_id = $2)",
-        )
+        let s = &self.schema;
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}.conversation_members \
+                             WHERE user_id = $1 AND conversation_id = $2)"
+        ))
         .bind(user)
         .bind(conversation)
         .fetch_one(&self.pool)
@@ -259,21 +295,22 @@ impl MessagingStore for PgMessaging {
         before: Option<i64>,
         limit: usize,
     ) -> ReadResult<Vec<InboxItem>> {
-        let rows: Vec<InboxRow> = sqlx::query_as(
+        let s = &self.schema;
+        let rows: Vec<InboxRow> = sqlx::query_as(&format!(
             "SELECT c.conversation_id, c.members, c.title, m.last_activity, \
-                    (SELECT count(*) FROM (SELECT 1 FROM read_model.messages x \
+                    (SELECT count(*) FROM (SELECT 1 FROM {s}.messages x \
                       WHERE x.conversation_id = m.conversation_id \
                         AND x.position > m.read_position AND x.sender_id <> m.user_id \
                       LIMIT $4) unread), \
                     l.message_id, l.sender_id, l.body, l.body_html, l.sent_at, l.position \
-               FROM read_model.conversation_members m \
-               JOIN read_model.conversations c ON c.conversation_id = m.conversation_id \
-               LEFT JOIN LATERAL (SELECT * FROM read_model.messages x \
+               FROM {s}.conversation_members m \
+               JOIN {s}.conversations c ON c.conversation_id = m.conversation_id \
+               LEFT JOIN LATERAL (SELECT * FROM {s}.messages x \
                                    WHERE x.conversation_id = m.conversation_id \
                                    ORDER BY x.position DESC LIMIT 1) l ON true \
               WHERE m.user_id = $1 AND ($2::bigint IS NULL OR m.last_activity < $2) \
-              ORDER BY m.last_activity DESC LIMIT $3",
-        )
+              ORDER BY m.last_activity DESC LIMIT $3"
+        ))
         .bind(user)
         .bind(before)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -289,12 +326,13 @@ impl MessagingStore for PgMessaging {
         before: Option<i64>,
         limit: usize,
     ) -> ReadResult<Vec<MessageView>> {
-        let rows: Vec<MessageRow> = sqlx::query_as(
+        let s = &self.schema;
+        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
             "SELECT message_id, sender_id, body, body_html, sent_at, position \
-               FROM read_model.messages \
+               FROM {s}.messages \
               WHERE conversation_id = $1 AND ($2::bigint IS NULL OR position < $2) \
-              ORDER BY position DESC LIMIT $3",
-        )
+              ORDER BY position DESC LIMIT $3"
+        ))
         .bind(conversation)
         .bind(before)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
