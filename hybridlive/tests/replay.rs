@@ -40,6 +40,29 @@ fn replay(db: &TestDb, model: &str) -> tokio::process::Command {
     command
 }
 
+/// Messaging on Cassandra has no generations to rebuild into: replay refuses it rather
+/// than rebuild the PostgreSQL tables nobody reads then, and touches nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_refuses_messaging_configured_on_cassandra() {
+    let db = TestDb::new().await;
+    let output = replay(&db, "messaging")
+        .env("SCYLLA_NODES", "127.0.0.1:9")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`messaging` is configured on ScyllaDB/Cassandra"),
+        "{stderr}"
+    );
+    let replays: i64 = sqlx::query_scalar("SELECT count(*) FROM replays")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(replays, 0, "no replay was recorded");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_interrupted_by_sigint_resumes_then_swaps_in_a_model_equal_to_the_live_one() {
     interrupted_replay_resumes_to_the_live_model("INT").await;
