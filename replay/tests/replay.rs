@@ -10,8 +10,8 @@ use projections::messaging::postgres::PgMessaging;
 use projections::timeline::postgres::PgTimelines;
 use projections::{
     AnalyticsProjection, CacheSettings, ContentProjection, MessagingProjection,
-    NotificationsProjection, PeopleProjection, PostCache, RetryPolicy, Runner, TimelineProjection,
-    TimelineSettings,
+    NotificationsProjection, PeopleProjection, PostCache, Projection, RetryPolicy, Runner,
+    TimelineProjection, TimelineSettings,
 };
 use replay::{Model, ModelError, Progress, Replay, ReplayError, ReplayOptions};
 use sqlx::PgPool;
@@ -51,42 +51,22 @@ async fn build_live(pool: &PgPool) {
         .await
         .unwrap();
     let content = ContentProjection::new(Arc::new(PgContent::lite(pool.clone())), cache().await);
-    Runner::new(pool.clone(), content, RetryPolicy::default())
-        .catch_up(&stop)
-        .await
-        .unwrap();
-    Runner::new(
-        pool.clone(),
-        NotificationsProjection::new(pool.clone()),
-        RetryPolicy::default(),
-    )
-    .catch_up(&stop)
-    .await
-    .unwrap();
-    Runner::new(
-        pool.clone(),
-        PeopleProjection::new(pool.clone()),
-        RetryPolicy::default(),
-    )
-    .catch_up(&stop)
-    .await
-    .unwrap();
+    catch_up(pool, content).await;
+    catch_up(pool, NotificationsProjection::new(pool.clone())).await;
+    catch_up(pool, PeopleProjection::new(pool.clone())).await;
     let messaging =
         MessagingProjection::new(Arc::new(PgMessaging::new(pool.clone())), pool.clone());
-    Runner::new(pool.clone(), messaging, RetryPolicy::default())
-        .catch_up(&stop)
-        .await
-        .unwrap();
+    catch_up(pool, messaging).await;
     // Analytics has no live worker (replay builds it); a runner over its live tables stands
     // in for one.
-    Runner::new(
-        pool.clone(),
-        AnalyticsProjection::live(pool.clone()),
-        RetryPolicy::default(),
-    )
-    .catch_up(&stop)
-    .await
-    .unwrap();
+    catch_up(pool, AnalyticsProjection::live(pool.clone())).await;
+}
+
+async fn catch_up<P: Projection>(pool: &PgPool, projection: P) {
+    Runner::new(pool.clone(), projection, RetryPolicy::default())
+        .catch_up(&CancellationToken::new())
+        .await
+        .unwrap();
 }
 
 fn options() -> ReplayOptions {
