@@ -389,6 +389,12 @@ struct HttpArgs {
     /// The benchmark database, dropped and created anew, and dropped at the end.
     #[arg(long, default_value = "hybridlive_bench_http")]
     database_name: String,
+    /// Installs the telemetry `hybridlive serve` installs (`RUST_LOG`, default
+    /// `info,sqlx=warn`; `LOG_FORMAT`; spans exported when `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// is set) instead of the benchmark's warnings-only logs: the cost of the request
+    /// spans and logs, against a run without it.
+    #[arg(long)]
+    telemetry: bool,
 }
 
 #[derive(Debug, Args)]
@@ -468,14 +474,25 @@ impl AppendsArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `http --telemetry`: the subscriber `hybridlive serve` installs, so that its request
+    // spans and logs cost what they cost there.
+    let _telemetry = match &cli.command {
+        Command::Http(args) if args.telemetry => Some(
+            telemetry::init("hybridlive-bench-http", "info,sqlx=warn")
+                .map_err(anyhow::Error::msg)?,
+        ),
+        _ => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            None
+        }
+    };
     if cli.seal {
         store::keys::install(
             store::keys::Kek::from_base64(&BENCH_KEY_ENCRYPTION_KEY.into())?,
@@ -1059,15 +1076,27 @@ async fn http_bench(args: HttpArgs) -> anyhow::Result<()> {
     let phases = measured?;
     println!(
         "`{bench} http --clients {} --register-clients {} --seconds {} \
-         --register-seconds {} --warmup-seconds {} --pool-size {}`\n",
+         --register-seconds {} --warmup-seconds {} --pool-size {}{}`\n",
         args.clients,
         args.register_clients,
         args.seconds,
         args.register_seconds,
         args.warmup_seconds,
         args.pool_size,
+        if args.telemetry { " --telemetry" } else { "" },
         bench = invocation()
     );
+    if args.telemetry {
+        println!(
+            "Telemetry as `serve` installs it: LOG_FORMAT={}, RUST_LOG={}, spans {}.\n",
+            std::env::var("LOG_FORMAT").unwrap_or_else(|_| "text".into()),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+            match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Ok(endpoint) if !endpoint.is_empty() => format!("exported to {endpoint}"),
+                _ => "not exported".to_owned(),
+            }
+        );
+    }
     println!(
         "{cores} cores; PostgreSQL {} (synchronous_commit={}, shared_buffers={}); the API on {} \
          worker threads, pool {}.\n",
