@@ -75,14 +75,17 @@ pub struct Notifications {
     pool: PgPool,
 }
 
-type GroupRow = (
-    String,
+/// A row of [`Notifications::page`]: the unread count, then a group's columns (all null
+/// when the page is empty).
+type PageRow = (
+    i64,
+    Option<String>,
     Option<Uuid>,
-    Vec<Uuid>,
-    i64,
-    DateTime<Utc>,
-    i64,
-    bool,
+    Option<Vec<Uuid>>,
+    Option<i64>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<bool>,
 );
 
 impl Notifications {
@@ -96,50 +99,50 @@ impl Notifications {
     /// # Errors
     /// When PostgreSQL fails.
     pub async fn page(&self, user: Uuid, before: Option<i64>, limit: u32) -> ReadResult<Page> {
-        let rows: Vec<GroupRow> = sqlx::query_as(&format!(
+        // The groups are aggregated once, for the page and the unread count both; the count
+        // comes on every row, and alone (the group's columns null) when the page is empty.
+        let rows: Vec<PageRow> = sqlx::query_as(&format!(
             "WITH mine AS ({MINE}), \
                   mark AS (SELECT coalesce((SELECT up_to FROM read_model.notification_reads \
-                                             WHERE user_id = $1), 0) AS up_to) \
-             SELECT kind, post_id, \
-                    (array_agg(actor ORDER BY position DESC))[1:{ACTORS_SHOWN}], \
-                    count(*), max(at), max(position), max(position) <= (SELECT up_to FROM mark) \
-               FROM mine GROUP BY kind, post_id \
-             HAVING max(position) < $2 \
-              ORDER BY max(position) DESC LIMIT $3"
+                                             WHERE user_id = $1), 0) AS up_to), \
+                  groups AS ( \
+                    SELECT kind, post_id, \
+                           (array_agg(actor ORDER BY position DESC))[1:{ACTORS_SHOWN}] AS actors, \
+                           count(*) AS people, max(at) AS latest_at, max(position) AS latest \
+                      FROM mine GROUP BY kind, post_id), \
+                  unread AS ( \
+                    SELECT count(*) AS groups FROM ( \
+                      SELECT 1 FROM groups WHERE latest > (SELECT up_to FROM mark) \
+                       LIMIT {UNREAD_CAP}) u) \
+             SELECT unread.groups, g.kind, g.post_id, g.actors, g.people, g.latest_at, g.latest, \
+                    g.latest <= (SELECT up_to FROM mark) \
+               FROM unread LEFT JOIN LATERAL ( \
+                    SELECT * FROM groups WHERE latest < $2 ORDER BY latest DESC LIMIT $3) g ON true \
+              ORDER BY g.latest DESC"
         ))
         .bind(user)
         .bind(before.unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let unread: i64 = sqlx::query_scalar(&format!(
-            "WITH mine AS ({MINE}) \
-             SELECT count(*) FROM ( \
-               SELECT 1 FROM mine GROUP BY kind, post_id \
-               HAVING max(position) > coalesce((SELECT up_to FROM read_model.notification_reads \
-                                                 WHERE user_id = $1), 0) \
-               LIMIT {UNREAD_CAP}) unread"
-        ))
-        .bind(user)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Page {
-            items: rows
-                .into_iter()
-                .map(
-                    |(kind, post_id, actors, count, latest_at, latest, read)| Group {
-                        kind,
+        let unread = rows.first().map_or(0, |row| row.0);
+        let items = rows
+            .into_iter()
+            .filter_map(
+                |(_, kind, post_id, actors, count, latest_at, latest, read)| {
+                    Some(Group {
+                        kind: kind?,
                         post_id,
-                        actors,
-                        count,
-                        latest_at,
-                        latest,
-                        read,
-                    },
-                )
-                .collect(),
-            unread,
-        })
+                        actors: actors?,
+                        count: count?,
+                        latest_at: latest_at?,
+                        latest: latest?,
+                        read: read?,
+                    })
+                },
+            )
+            .collect();
+        Ok(Page { items, unread })
     }
 }
 

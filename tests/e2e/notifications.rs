@@ -195,6 +195,12 @@ async fn likes_comments_and_follows_notify_grouped_never_for_your_own_acts_and_r
         )
     );
     assert_eq!(page["unread"], 2);
+    // Past the oldest group: no items, and the unread count all the same.
+    let oldest = page["items"][2]["id"].as_str().unwrap().to_owned();
+    let past = notifications(&app, &ada, &format!("?before={oldest}"), liked).await;
+    assert_eq!(past["items"], json!([]));
+    assert_eq!(past["unread"], 2);
+    assert_eq!(past["next_cursor"], Value::Null);
 
     // Bad input.
     for bad in [json!("abc"), json!("-1"), json!(5)] {
