@@ -169,7 +169,7 @@ async fn every_email_arrives_once_when_the_emailer_is_killed_mid_way_and_restart
 
 /// Two emailers at once, as a deployment scaled out runs them (here on the log: one holds
 /// the projection's lease and the other stands by, taking over if it dies): every email
-/// arrives, and none twice.
+/// arrives, none twice, and the standby sends none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_emailers_at_once_send_every_email_once() {
     let app = spawn_app().await;
@@ -177,13 +177,23 @@ async fn two_emailers_at_once_send_every_email_once() {
     let people = backlog(&app).await;
     let smtp_url = testkit::mail_servers().0;
     let (lines, mut logged) = mpsc::unbounded_channel();
-    let mut first = emailer(&app, &smtp_url, lines.clone());
+    let mut first = emailer(&app, &smtp_url, lines);
     next_sent(&mut logged).await;
+    let (lines, mut standby) = mpsc::unbounded_channel();
     let mut second = emailer(&app, &smtp_url, lines);
     let repeated = arrived(&mailpit, &people).await;
     first.start_kill().unwrap();
     second.start_kill().unwrap();
     assert!(repeated.is_empty(), "sent more than once: {repeated:?}");
+    // The second stood by while the first held the lease: it sent nothing.
+    let mut sent_by_second = 0;
+    while let Ok(line) = standby.try_recv() {
+        sent_by_second += usize::from(line.contains("Email sent."));
+    }
+    assert_eq!(
+        sent_by_second, 0,
+        "the standby emailer sent while the first was active"
+    );
 }
 
 /// Two emailers applying one event at the same moment — a Kafka rebalance hands the batch
